@@ -1,0 +1,286 @@
+"""What the engine needs from the outside world, and the records that cross the boundary.
+
+The engine talks to the CRM only through :class:`CrmPort` and to Exchange only through
+:class:`ExchangePort`. The simulator implements both in process ("direct mode");
+``engine/ews.py`` implements :class:`ExchangePort` over exchangelib ("wire mode").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Protocol, runtime_checkable
+
+
+class Workload(IntEnum):
+    INCOMING = 1
+    OUTGOING = 2
+    ACT = 3
+
+
+class Status(IntEnum):
+    """`incomingemailstatus`, `outgoingemailstatus`, `actstatus`, `mailboxstatus`."""
+
+    NOT_RUN = 0
+    SUCCESS = 1
+    FAILURE = 2
+
+
+class Approval(IntEnum):
+    """`emailrouteraccessapproval`."""
+
+    EMPTY = 0
+    APPROVED = 1
+    PENDING = 2
+    REJECTED = 3
+
+
+class IncomingMethod(IntEnum):
+    NONE = 0
+    OUTLOOK = 1
+    SSS = 2
+    FORWARD_MAILBOX = 3
+
+
+class OutgoingMethod(IntEnum):
+    NONE = 0
+    OUTLOOK = 1
+    SSS = 2
+
+
+class ActMethod(IntEnum):
+    OUTLOOK = 0
+    SSS = 1
+    NONE = 2
+
+
+class AlertLevel(IntEnum):
+    INFORMATION = 1
+    WARNING = 2
+    ERROR = 3
+
+
+@dataclass(slots=True)
+class ProfileSettings:
+    """The parts of an email server profile that the engine reads."""
+
+    id: str
+    name: str
+    ownerid: str
+    active: bool
+    minpollingintervalinminutes: int
+    maxconcurrentconnections: int
+    moveundeliveredemails: bool
+    processemailsreceivedafter: datetime | None
+    timeoutmailboxconnection: bool
+    timeoutmailboxconnectionafteramount: int
+    ewsurl: str | None = None
+    useautodiscover: bool = True
+
+
+@dataclass(slots=True)
+class OrgSettings:
+    """Organization switches the engine honours."""
+
+    requireapprovalforuseremail: bool = True
+    requireapprovalforqueueemail: bool = True
+    generatealertsforerrors: bool = True
+    generatealertsforwarnings: bool = False
+    generatealertsforinformation: bool = True
+    notifymailboxownerofemailserverlevelalerts: bool = False
+    tracksentitems: bool = False
+
+
+@dataclass(slots=True)
+class MailboxWork:
+    """A leased mailbox: the state the engine works from during one cycle."""
+
+    id: str
+    emailaddress: str
+    ownerid: str
+    regardingobjectid: str
+    regardingobjecttypecode: str  # "systemuser" or "queue"
+    profileid: str | None
+    active: bool
+    incomingemaildeliverymethod: int
+    outgoingemaildeliverymethod: int
+    enabledforincomingemail: bool
+    enabledforoutgoingemail: bool
+    incomingemailstatus: int
+    outgoingemailstatus: int
+    emailrouteraccessapproval: int
+    processemailreceivedafter: datetime | None  # the incoming watermark
+    receivingpostponeduntil: datetime | None
+    postponesendinguntil: datetime | None
+    lastincomingstartedon: datetime | None
+    lastoutgoingstartedon: datetime | None
+    noemailcount: int
+    incomingtransientfailurecount: int
+    outgoingtransientfailurecount: int
+    undeliverablefolder: str | None
+    ewsurl: str | None = None
+
+
+@dataclass(slots=True)
+class ItemProperties:
+    """An Exchange message as the engine sees it (properties, never re-parsed MIME)."""
+
+    item_id: str
+    received: datetime
+    message_id: str | None
+    subject: str
+    sender: str | None
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    thread_index: str | None = None
+    body: str = ""
+    size: int = 0
+    date: datetime | None = None
+    categories: tuple[str, ...] = ()
+    parse_error: str | None = None
+    folder: str = "inbox"  # "inbox" or "sentitems"
+
+
+class ItemOutcomeKind(IntEnum):
+    TRACKED = 1
+    SKIPPED = 2
+    FAILED = 3
+
+
+@dataclass(slots=True)
+class ItemOutcome:
+    """What the CRM platform made of one Exchange item."""
+
+    item_id: str
+    kind: ItemOutcomeKind
+    reason: str | None = None  # skip reason or error code
+    detail: str = ""
+    activityid: str | None = None
+    correlationmethod: int = 0
+
+
+@dataclass(slots=True)
+class OutgoingEmail:
+    """An email activity in Pending Send, ready to submit."""
+
+    activityid: str
+    subject: str
+    body: str
+    sender: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    trackingtoken: str | None
+    deliveryattempts: int
+    in_reply_to: str | None = None
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    """What the engine submits to Exchange."""
+
+    subject: str
+    body: str
+    sender: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    save_copy: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SendResult:
+    message_id: str
+    sent_item_id: str | None
+
+
+@dataclass(slots=True)
+class SendOutcome:
+    activityid: str
+    sent: bool
+    message_id: str | None = None
+    subject: str | None = None
+    error_code: str | None = None
+    error_detail: str = ""
+    failed_for_good: bool = False  # Failed (8) after the last allowed attempt
+
+
+@dataclass(slots=True)
+class Alert:
+    """One trace-log entry to write (a repeat updates the existing row)."""
+
+    level: AlertLevel
+    regardingobjectid: str
+    regardingobjecttypecode: str  # "mailbox" or "emailserverprofile"
+    ownerid: str  # whose alert wall
+    tracecode: str
+    text: str
+
+
+@dataclass(slots=True)
+class ItemError:
+    """An item-level row (`exchangesyncidmapping`)."""
+
+    mailboxid: str
+    exchangeentryid: str
+    state: ItemOutcomeKind  # SKIPPED or FAILED
+    errorname: str
+    detail: str = ""
+    objectid: str | None = None
+
+
+@dataclass(slots=True)
+class MailboxUpdate:
+    """Columns to write on a mailbox when its lease is released."""
+
+    mailboxid: str
+    values: dict[str, object]
+
+
+@runtime_checkable
+class CrmPort(Protocol):
+    """The CRM platform as the engine uses it."""
+
+    def org_settings(self) -> OrgSettings: ...
+
+    def profiles(self) -> dict[str, ProfileSettings]: ...
+
+    def next_due(self) -> datetime | None: ...
+
+    def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]: ...
+
+    def release(self, hostid: str, updates: list[MailboxUpdate]) -> None: ...
+
+    def deliver_incoming(self, mailbox: MailboxWork, items: list[ItemProperties]) -> list[ItemOutcome]: ...
+
+    def pending_sends(self, mailbox: MailboxWork, limit: int) -> list[OutgoingEmail]: ...
+
+    def record_send_outcomes(self, mailbox: MailboxWork, outcomes: list[SendOutcome]) -> None: ...
+
+    def record_item_errors(self, errors: list[ItemError]) -> None: ...
+
+    def write_alerts(self, alerts: list[Alert]) -> None: ...
+
+
+@runtime_checkable
+class ExchangePort(Protocol):
+    """Exchange Online as the engine uses it (one mailbox per call)."""
+
+    async def find_new_items(
+        self, mailbox: str, folder: str, after: datetime | None, max_items: int
+    ) -> list[ItemProperties]: ...
+
+    async def ensure_folder(self, mailbox: str, parent: str, name: str, known_id: str | None) -> str: ...
+
+    async def move_item(self, mailbox: str, item_id: str, folder_id: str) -> str: ...
+
+    async def add_category(self, mailbox: str, item_id: str, category: str) -> None: ...
+
+    async def delete_item(self, mailbox: str, item_id: str) -> None: ...
+
+    async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult: ...

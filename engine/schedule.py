@@ -1,0 +1,93 @@
+"""When a workload runs next (SPEC 3.1, 3.2, choices 10.1 and 10.5).
+
+The next run is computed at the end of a cycle:
+
+* normal cadence 5 minutes; a busy mailbox (the cycle found items) comes back after 2 minutes;
+* a quiet mailbox stretches by one minute per further empty cycle, up to 12 minutes;
+* after a transient error, a flat 5 minutes (or Exchange's back-off hint when it is longer),
+  plus a small seeded jitter only when jitter is enabled;
+* and whatever the rule gives, never earlier than the last start plus the profile's
+  ``minpollingintervalinminutes``: that floor is a hard invariant.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+from engine.ports import Approval, IncomingMethod, OrgSettings, OutgoingMethod, Status, Workload
+
+CADENCE_S = 300
+BUSY_S = 120
+IDLE_STEP_S = 60
+IDLE_MAX_S = 720
+TRANSIENT_RETRY_S = 300
+TRANSIENT_LIMIT = 10  # consecutive transient failures before a workload is treated as failed for good
+JITTER_MAX_S = 30
+
+
+def cadence_delay(found_items: bool, noemailcount: int) -> int:
+    """Seconds from the end of a successful cycle to the next one, before the floor."""
+    if found_items:
+        return BUSY_S
+    extra = max(0, noemailcount - 1) * IDLE_STEP_S
+    return min(CADENCE_S + extra, IDLE_MAX_S)
+
+
+def error_delay(backoff_ms: int | None, rng: random.Random | None = None) -> float:
+    """Seconds to wait after a transient error."""
+    delay = float(TRANSIENT_RETRY_S)
+    if backoff_ms:
+        delay = max(delay, backoff_ms / 1000.0)
+    if rng is not None:
+        delay += rng.uniform(0, JITTER_MAX_S)
+    return delay
+
+
+def next_run(started: datetime, ended: datetime, delay_s: float, min_polling_minutes: int) -> datetime:
+    """The next start: ``ended + delay``, but never closer than the floor to ``started``."""
+    candidate = ended + timedelta(seconds=delay_s)
+    floor = started + timedelta(minutes=min_polling_minutes)
+    return candidate if candidate >= floor else floor
+
+
+def earliest_start(last_started: datetime | None, min_polling_minutes: int) -> datetime | None:
+    """The earliest moment a workload may start again, given its last start."""
+    if last_started is None:
+        return None
+    return last_started + timedelta(minutes=min_polling_minutes)
+
+
+def approval_ok(org: OrgSettings, owner_type: str, approval: int) -> bool:
+    required = org.requireapprovalforqueueemail if owner_type == "queue" else org.requireapprovalforuseremail
+    return not required or approval == Approval.APPROVED
+
+
+def workload_eligible(
+    workload: Workload,
+    *,
+    org: OrgSettings,
+    owner_type: str,
+    mailbox_active: bool,
+    profile_active: bool,
+    delivery_method: int,
+    enabled: bool,
+    status: int,
+    approval: int,
+) -> bool:
+    """The preconditions of SPEC 3.1: may this workload run at all?"""
+    sss = IncomingMethod.SSS if workload is Workload.INCOMING else OutgoingMethod.SSS
+    return (
+        mailbox_active
+        and profile_active
+        and delivery_method == sss
+        and enabled
+        and status != Status.NOT_RUN
+        and approval_ok(org, owner_type, approval)
+    )
+
+
+def mailbox_due(incoming_next: datetime | None, outgoing_next: datetime | None) -> datetime | None:
+    """`postponemailboxprocessinguntil`: the earliest next run of the workloads that may run."""
+    times = [t for t in (incoming_next, outgoing_next) if t is not None]
+    return min(times) if times else None

@@ -1,0 +1,306 @@
+"""The SSS service: lease due mailboxes, run their workloads under the caps, release them.
+
+One call of :meth:`SyncService.run_due` handles everything due at the clock's current time, in
+batches: lease a batch (``hostid``, ``processingstatecode``), run each mailbox's due workloads
+concurrently (at most ``maxconcurrentconnections`` mailboxes of a profile at once), then
+release the batch with the next run times, counters and statuses in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine import alerts as alert_rules
+from engine import schedule
+from engine.clock import Clock
+from engine.errors import SyncError
+from engine.incoming import run_incoming
+from engine.outgoing import run_outgoing
+from engine.ports import (
+    Alert,
+    CrmPort,
+    ExchangePort,
+    ItemOutcomeKind,
+    MailboxUpdate,
+    MailboxWork,
+    OrgSettings,
+    ProfileSettings,
+    Status,
+    Workload,
+)
+
+Event = tuple[Any, ...]
+DUE_NOW = datetime(2000, 1, 1, tzinfo=UTC)  # "never run yet": due at once
+
+
+@dataclass
+class EngineStats:
+    polls: int = 0
+    polls_by_workload: Counter = field(default_factory=Counter)
+    emails_tracked: int = 0
+    emails_skipped: Counter = field(default_factory=Counter)  # by reason
+    emails_undeliverable: int = 0
+    emails_sent: int = 0
+    emails_send_failed: int = 0
+    errors: Counter = field(default_factory=Counter)  # by code
+    disabled: int = 0
+
+
+_FIELDS = {
+    Workload.INCOMING: dict(
+        next="receivingpostponeduntil",
+        started="lastincomingstartedon",
+        enabled="enabledforincomingemail",
+        status="incomingemailstatus",
+        method="incomingemaildeliverymethod",
+        transient="incomingtransientfailurecount",
+    ),
+    Workload.OUTGOING: dict(
+        next="postponesendinguntil",
+        started="lastoutgoingstartedon",
+        enabled="enabledforoutgoingemail",
+        status="outgoingemailstatus",
+        method="outgoingemaildeliverymethod",
+        transient="outgoingtransientfailurecount",
+    ),
+}
+
+
+def _get(mailbox: MailboxWork, values: dict[str, object], name: str):
+    return values[name] if name in values else getattr(mailbox, name)
+
+
+def eligible(workload: Workload, mailbox: MailboxWork, values: dict[str, object],
+             profile: ProfileSettings | None, org: OrgSettings) -> bool:
+    f = _FIELDS[workload]
+    return profile is not None and schedule.workload_eligible(
+        workload,
+        org=org,
+        owner_type=mailbox.regardingobjecttypecode,
+        mailbox_active=mailbox.active,
+        profile_active=profile.active,
+        delivery_method=_get(mailbox, values, f["method"]),
+        enabled=_get(mailbox, values, f["enabled"]),
+        status=_get(mailbox, values, f["status"]),
+        approval=mailbox.emailrouteraccessapproval,
+    )
+
+
+def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: ProfileSettings | None,
+                  org: OrgSettings) -> None:
+    """Derive `postponemailboxprocessinguntil` and `mailboxstatus` from the workload columns."""
+    nexts = [
+        _get(mailbox, values, f["next"]) or DUE_NOW
+        for workload, f in _FIELDS.items()
+        if eligible(workload, mailbox, values, profile, org)
+    ]
+    values["postponemailboxprocessinguntil"] = min(nexts) if nexts else None
+    statuses = [_get(mailbox, values, "incomingemailstatus"), _get(mailbox, values, "outgoingemailstatus")]
+    if Status.FAILURE in statuses:
+        values["mailboxstatus"] = int(Status.FAILURE)
+    elif Status.SUCCESS in statuses:
+        values["mailboxstatus"] = int(Status.SUCCESS)
+    else:
+        values["mailboxstatus"] = int(Status.NOT_RUN)
+
+
+class SyncService:
+    """The polling engine of one host."""
+
+    def __init__(
+        self,
+        crm: CrmPort,
+        exchange: ExchangePort,
+        clock: Clock,
+        *,
+        hostid: str = "sss-host-1",
+        rng: random.Random | None = None,
+        jitter: bool = False,
+        lease_batch: int = 2000,
+        events: list[Event] | None = None,
+    ) -> None:
+        self.crm = crm
+        self.exchange = exchange
+        self.clock = clock
+        self.hostid = hostid
+        self.rng = rng or random.Random(0)
+        self.jitter = jitter
+        self.lease_batch = lease_batch
+        self.events = events
+        self.stats = EngineStats()
+        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._in_flight: set[str] = set()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def next_due(self) -> datetime | None:
+        return self.crm.next_due()
+
+    async def run_due(self) -> int:
+        """Run every workload due now; returns the number of workload cycles started."""
+        started = self.stats.polls
+        while True:
+            now = self.clock.now()
+            org = self.crm.org_settings()
+            profiles = self.crm.profiles()
+            batch = self.crm.lease_due(self.hostid, now, self.lease_batch)
+            if not batch:
+                return self.stats.polls - started
+            alerts: list[Alert] = []
+            updates = await asyncio.gather(*(self._process(mb, org, profiles, now, alerts) for mb in batch))
+            if alerts:
+                self.crm.write_alerts(alerts)
+            self.crm.release(self.hostid, list(updates))
+
+    async def run_forever(self, stop: asyncio.Event, idle_check_s: float = 60.0) -> None:
+        """Poll until ``stop`` is set (real-time service)."""
+        while not stop.is_set():
+            await self.run_due()
+            due = self.next_due()
+            now = self.clock.now()
+            wake = now + timedelta(seconds=idle_check_s)
+            if due is not None and due < wake:
+                wake = due
+            sleeper = asyncio.ensure_future(self.clock.sleep_until(wake))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+
+    # -- one mailbox ---------------------------------------------------------------------------
+    def _semaphore(self, profile: ProfileSettings) -> asyncio.Semaphore:
+        entry = self._semaphores.get(profile.id)
+        if entry is None or entry[0] != profile.maxconcurrentconnections:
+            entry = (profile.maxconcurrentconnections, asyncio.Semaphore(profile.maxconcurrentconnections))
+            self._semaphores[profile.id] = entry
+        return entry[1]
+
+    def _log(self, *event: Any) -> None:
+        if self.events is not None:
+            self.events.append(event)
+
+    async def _process(self, mailbox: MailboxWork, org: OrgSettings, profiles: dict[str, ProfileSettings],
+                       now: datetime, alerts: list[Alert]) -> MailboxUpdate:
+        if mailbox.id in self._in_flight:  # never process one mailbox twice at once
+            raise RuntimeError(f"mailbox {mailbox.id} leased twice by {self.hostid}")
+        self._in_flight.add(mailbox.id)
+        values: dict[str, object] = {}
+        profile = profiles.get(mailbox.profileid) if mailbox.profileid else None
+        try:
+            if profile is not None:
+                async with self._semaphore(profile):
+                    for workload in (Workload.INCOMING, Workload.OUTGOING):
+                        await self._maybe_run(workload, mailbox, profile, org, now, values, alerts)
+            finish_values(mailbox, values, profile, org)
+        finally:
+            self._in_flight.discard(mailbox.id)
+        return MailboxUpdate(mailbox.id, values)
+
+    async def _maybe_run(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings,
+                         org: OrgSettings, now: datetime, values: dict[str, object], alerts: list[Alert]) -> None:
+        f = _FIELDS[workload]
+        if not eligible(workload, mailbox, values, profile, org):
+            return
+        next_at = getattr(mailbox, f["next"])
+        if next_at is not None and next_at > now:
+            return
+        floor = schedule.earliest_start(getattr(mailbox, f["started"]), profile.minpollingintervalinminutes)
+        if floor is not None and floor > now:  # the profile's minimum polling interval is a hard floor
+            values[f["next"]] = floor
+            return
+        start = now
+        values[f["started"]] = start
+        self.stats.polls += 1
+        self.stats.polls_by_workload[workload.name] += 1
+        self._log(start.isoformat(), "start", mailbox.emailaddress, workload.name)
+        error: SyncError | None = None
+        found = False
+        try:
+            if workload is Workload.INCOMING:
+                result = await run_incoming(self.crm, self.exchange, org, profile, mailbox)
+                found = result.found > 0
+                self._note_incoming(mailbox, result, values)
+                error = result.error
+            else:
+                result = await run_outgoing(self.crm, self.exchange, mailbox)
+                found = result.found > 0
+                self._note_outgoing(mailbox, result)
+                error = result.error
+        except SyncError as exc:
+            error = exc
+        except Exception as exc:  # a bug or an unexpected answer must not crash the cycle
+            error = SyncError("UnexpectedError", f"{type(exc).__name__}: {exc}")
+        end = self.clock.now()
+        if error is None:
+            self._on_success(workload, mailbox, profile, start, end, found, values)
+        else:
+            self._on_error(workload, mailbox, profile, org, start, end, error, values, alerts)
+
+    def _note_incoming(self, mailbox: MailboxWork, result, values: dict[str, object]) -> None:
+        if result.watermark is not None:
+            values["processemailreceivedafter"] = result.watermark
+        if result.undeliverablefolder != mailbox.undeliverablefolder:
+            values["undeliverablefolder"] = result.undeliverablefolder
+        values["itemsprocessedforlastsync"] = result.tracked + result.skipped
+        values["itemsfailedforlastsync"] = result.failed
+        st = self.stats
+        st.emails_tracked += result.tracked
+        st.emails_undeliverable += result.failed
+        for item, outcome in result.outcomes:
+            if outcome.kind is ItemOutcomeKind.SKIPPED:
+                st.emails_skipped[outcome.reason] += 1
+            if self.events is not None:
+                self._log(item.received.isoformat(), "item", mailbox.emailaddress, item.item_id,
+                          outcome.kind.name, outcome.reason, outcome.activityid)
+
+    def _note_outgoing(self, mailbox: MailboxWork, result) -> None:
+        self.stats.emails_sent += result.sent
+        self.stats.emails_send_failed += result.failed
+        if self.events is not None:
+            for o in result.outcomes:
+                self._log("send", mailbox.emailaddress, o.activityid, o.sent, o.error_code, o.failed_for_good)
+
+    def _on_success(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings,
+                    start: datetime, end: datetime, found: bool, values: dict[str, object]) -> None:
+        f = _FIELDS[workload]
+        if workload is Workload.INCOMING:
+            noemail = 0 if found else mailbox.noemailcount + 1
+            values["noemailcount"] = noemail
+        else:
+            noemail = 0 if found else _get(mailbox, values, "noemailcount")
+        delay = schedule.cadence_delay(found, noemail)
+        values[f["next"]] = schedule.next_run(start, end, delay, profile.minpollingintervalinminutes)
+        values[f["transient"]] = 0
+        values[f["status"]] = int(Status.SUCCESS)
+        values["transientfailurecount"] = 0
+        values["lastsuccessfulsynccompletedon"] = end
+
+    def _on_error(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings, org: OrgSettings,
+                  start: datetime, end: datetime, error: SyncError, values: dict[str, object],
+                  alerts: list[Alert]) -> None:
+        f = _FIELDS[workload]
+        st = self.stats
+        st.errors[error.code] += 1
+        count = getattr(mailbox, f["transient"]) + 1 if error.transient else 0
+        disable = not error.transient or count >= schedule.TRANSIENT_LIMIT
+        values["lastsyncerror"] = error.detail[:2000]
+        values["lastsyncerrorcode"] = error.code
+        values["lastsyncerrorcount"] = max(count, 1)
+        values["lastsyncerroroccurredon"] = end
+        values[f["transient"]] = count
+        values["transientfailurecount"] = count
+        if disable:
+            st.disabled += 1
+            values[f["enabled"]] = False
+            values[f["status"]] = int(Status.FAILURE)
+            values[f["next"]] = None
+        else:
+            delay = schedule.error_delay(error.backoff_ms, self.rng if self.jitter else None)
+            values[f["next"]] = schedule.next_run(start, end, delay, profile.minpollingintervalinminutes)
+        self._log(end.isoformat(), "error", mailbox.emailaddress, workload.name, error.code, disable)
+        alerts.extend(alert_rules.for_error(org, mailbox, profile, workload, error, disabled=disable,
+                                            attempts=count))

@@ -1,0 +1,395 @@
+"""Tables of the fake CRM organization, with the Dataverse names and option values of SPEC section 2.
+
+Ids are GUID strings derived from the sandbox's seed. Times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores UTC; always gives back aware UTC datetimes (SQLite keeps no zone of its own)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
+def _dt(**kw) -> Field:  # a UTC datetime column
+    return Field(default=None, sa_column=Column(UTCDateTime(), **kw))
+
+
+class ServerType(IntEnum):
+    EXCHANGE_SERVER = 0
+    OTHER_POP3_SMTP = 1
+    EXCHANGE_SERVER_HYBRID = 2
+    EXCHANGE_ONLINE_HYBRID = 3
+    IMAP_SMTP = 4
+
+
+class CredentialRetrieval(IntEnum):
+    BY_USER_OR_QUEUE = 0
+    IN_PROFILE = 1
+    SERVER_TO_SERVER = 2
+    WINDOWS_INTEGRATED = 3
+    ANONYMOUS = 4
+    GMAIL_OAUTH = 5
+    HYBRID_MODERN_AUTH = 6
+    AZURE_AD_OAUTH = 7
+
+
+class TestExecutionStatus(IntEnum):
+    FAILURE = 0
+    SUCCESS = 1
+    WARNING = 2
+
+
+class EmailStatus(IntEnum):
+    """`email.statuscode`."""
+
+    DRAFT = 1
+    COMPLETED = 2
+    SENT = 3
+    RECEIVED = 4
+    CANCELED = 5
+    PENDING_SEND = 6
+    SENDING = 7
+    FAILED = 8
+
+
+class EmailState(IntEnum):
+    """`email.statecode`."""
+
+    OPEN = 0
+    COMPLETED = 1
+    CANCELED = 2
+
+
+EMAIL_STATE_OF_STATUS = {
+    EmailStatus.DRAFT: EmailState.OPEN,
+    EmailStatus.FAILED: EmailState.OPEN,
+    EmailStatus.COMPLETED: EmailState.COMPLETED,
+    EmailStatus.SENT: EmailState.COMPLETED,
+    EmailStatus.RECEIVED: EmailState.COMPLETED,
+    EmailStatus.PENDING_SEND: EmailState.COMPLETED,
+    EmailStatus.SENDING: EmailState.COMPLETED,
+    EmailStatus.CANCELED: EmailState.CANCELED,
+}
+
+
+class CorrelationMethod(IntEnum):
+    NONE = 0
+    SKIPPED = 1
+    XHEADER = 2
+    IN_REPLY_TO = 3
+    TRACKING_TOKEN = 4
+    CONVERSATION_INDEX = 5
+    SMART_MATCHING = 6
+    CUSTOM = 7
+
+
+class TrackSetting(IntEnum):
+    """`incomingemailfilteringmethod`: which incoming email a user or queue tracks."""
+
+    ALL = 0
+    REPLIES_TO_CRM_EMAIL = 1
+    FROM_LEADS_CONTACTS_ACCOUNTS = 2
+    FROM_EMAIL_ENABLED_RECORDS = 3
+    NONE = 4
+
+
+class ParticipationType(IntEnum):
+    SENDER = 1
+    TO = 2
+    CC = 3
+    BCC = 4
+
+
+class AsyncState(IntEnum):
+    WAITING = 0
+    IN_PROGRESS = 1
+    SUCCEEDED = 2
+    FAILED = 3
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organization"
+
+    organizationid: str = Field(primary_key=True)
+    name: str
+    emailconnectionchannel: int = 0  # 0 SSS, 1 Email Router
+    defaultemailserverprofileid: str | None = None
+    incomingemaildeliverymethod: int = 2  # mailbox option values (2.3)
+    outgoingemaildeliverymethod: int = 2
+    actdeliverymethod: int = 1
+    requireapprovalforuseremail: bool = True
+    requireapprovalforqueueemail: bool = True
+    emailcorrelationenabled: bool = True
+    trackingtokenenabled: bool = True
+    trackingprefix: str = "CRM"
+    trackingtokennext: int = 1
+    enablesmartmatching: bool = False
+    tracksentitems: bool = False
+    generatealertsforerrors: bool = True
+    generatealertsforwarnings: bool = False
+    generatealertsforinformation: bool = True
+    notifymailboxownerofemailserverlevelalerts: bool = False
+    s2stenantid: str | None = None
+    maxuploadfilesize: int = 5 * 1024 * 1024
+    ifdconfigured: bool = False
+    hybridconnectorinstalled: bool = False
+
+
+class SecurityRole(SQLModel, table=True):
+    __tablename__ = "role"
+
+    roleid: str = Field(primary_key=True)
+    name: str = Field(index=True, unique=True)
+    privileges: str = ""  # comma-separated privilege names
+
+
+class SystemUser(SQLModel, table=True):
+    __tablename__ = "systemuser"
+
+    systemuserid: str = Field(primary_key=True)
+    fullname: str
+    domainname: str = Field(index=True, unique=True)
+    internalemailaddress: str = Field(index=True)
+    isdisabled: bool = False
+    incomingemailfilteringmethod: int = TrackSetting.REPLIES_TO_CRM_EMAIL
+
+
+class SystemUserRoles(SQLModel, table=True):
+    __tablename__ = "systemuserroles"
+
+    systemuserid: str = Field(primary_key=True, foreign_key="systemuser.systemuserid")
+    roleid: str = Field(primary_key=True, foreign_key="role.roleid")
+
+
+class Queue(SQLModel, table=True):
+    __tablename__ = "queue"
+
+    queueid: str = Field(primary_key=True)
+    name: str
+    emailaddress: str = Field(index=True)
+    ownerid: str
+    incomingemailfilteringmethod: int = TrackSetting.ALL
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contact"
+
+    contactid: str = Field(primary_key=True)
+    fullname: str
+    emailaddress1: str | None = Field(default=None, index=True)
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "account"
+
+    accountid: str = Field(primary_key=True)
+    name: str
+    emailaddress1: str | None = Field(default=None, index=True)
+
+
+class Lead(SQLModel, table=True):
+    __tablename__ = "lead"
+
+    leadid: str = Field(primary_key=True)
+    fullname: str
+    emailaddress1: str | None = Field(default=None, index=True)
+
+
+class EmailServerProfile(SQLModel, table=True):
+    __tablename__ = "emailserverprofile"
+
+    emailserverprofileid: str = Field(primary_key=True)
+    name: str = Field(index=True, unique=True)
+    description: str | None = None
+    ownerid: str
+    servertype: int = ServerType.EXCHANGE_ONLINE_HYBRID
+    usedefaulttenantid: bool = True
+    exchangeonlinetenantid: str | None = None
+    useautodiscover: bool = True
+    incomingserverlocation: str | None = None
+    outgoingserverlocation: str | None = None
+    processemailsreceivedafter: datetime | None = _dt()
+    minpollingintervalinminutes: int = 5
+    maxconcurrentconnections: int = 10
+    moveundeliveredemails: bool = False
+    sendemailalert: bool = False
+    timeoutmailboxconnection: bool = True
+    timeoutmailboxconnectionafteramount: int = 60000
+    incomingcredentialretrieval: int = CredentialRetrieval.SERVER_TO_SERVER
+    outgoingcredentialretrieval: int = CredentialRetrieval.SERVER_TO_SERVER
+    lastteststarttime: datetime | None = _dt()
+    lasttestexecutionstatus: int | None = None
+    lasttestrequest: str | None = Field(default=None, sa_column=Column(Text))
+    lasttestresponse: str | None = Field(default=None, sa_column=Column(Text))
+    statecode: int = 0
+    statuscode: int = 1
+
+
+class Mailbox(SQLModel, table=True):
+    __tablename__ = "mailbox"
+    __table_args__ = (Index("ix_mailbox_due", "postponemailboxprocessinguntil"),)
+
+    mailboxid: str = Field(primary_key=True)
+    name: str
+    emailaddress: str = Field(index=True)
+    ownerid: str
+    regardingobjectid: str
+    regardingobjecttypecode: str  # "systemuser" or "queue"
+    emailserverprofile: str | None = None
+    statecode: int = 0
+    statuscode: int = 1
+    incomingemaildeliverymethod: int = 0
+    outgoingemaildeliverymethod: int = 0
+    actdeliverymethod: int = 2
+    incomingemailstatus: int = 0
+    outgoingemailstatus: int = 0
+    actstatus: int = 0
+    mailboxstatus: int = 0
+    enabledforincomingemail: bool = False
+    enabledforoutgoingemail: bool = False
+    enabledforact: bool = False
+    emailrouteraccessapproval: int = 2
+    processemailreceivedafter: datetime | None = _dt()
+    postponemailboxprocessinguntil: datetime | None = _dt()
+    receivingpostponeduntil: datetime | None = _dt()
+    postponesendinguntil: datetime | None = _dt()
+    receivingpostponeduntilforact: datetime | None = _dt()
+    lastincomingstartedon: datetime | None = _dt()
+    lastoutgoingstartedon: datetime | None = _dt()
+    hostid: str | None = None
+    processingstatecode: int = 0
+    processinglastattemptedon: datetime | None = _dt()
+    forcedunlockcount: int = 0
+    noemailcount: int = 0
+    noactcount: int = 0
+    transientfailurecount: int = 0
+    incomingtransientfailurecount: int = 0
+    outgoingtransientfailurecount: int = 0
+    lastsyncerror: str | None = None
+    lastsyncerrorcode: str | None = None
+    lastsyncerrorcount: int = 0
+    lastsyncerroroccurredon: datetime | None = _dt()
+    lastsuccessfulsynccompletedon: datetime | None = _dt()
+    itemsprocessedforlastsync: int = 0
+    itemsfailedforlastsync: int = 0
+    testemailconfigurationscheduled: bool = False
+    testemailconfigurationretrycount: int = 0
+    testmailboxaccesscompletedon: datetime | None = _dt()
+    ewsurl: str | None = None
+    lastautodiscoveredon: datetime | None = _dt()
+    undeliverablefolder: str | None = None
+    isactsyncorgflagset: bool = False
+    orgmarkedasprimaryforexchangesync: bool = False
+
+
+class Email(SQLModel, table=True):
+    __tablename__ = "email"
+
+    activityid: str = Field(primary_key=True)
+    subject: str | None = None
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    sender: str | None = None
+    torecipients: str | None = None
+    messageid: str | None = None
+    dupkey: int | None = Field(default=None, sa_column=Column(BigInteger, index=True, unique=True))
+    messageidkey: int | None = Field(default=None, sa_column=Column(BigInteger, index=True))
+    inreplyto: str | None = None
+    conversationindex: str | None = Field(default=None, index=True)
+    directioncode: bool = False
+    statecode: int = 0
+    statuscode: int = 1
+    ownerid: str | None = None
+    regardingobjectid: str | None = None
+    regardingobjecttypecode: str | None = None
+    correlatedactivityid: str | None = None
+    correlationmethod: int = 0
+    acceptingentityid: str | None = None
+    acceptingentitytypecode: str | None = None
+    receivingmailboxid: str | None = None
+    sendermailboxid: str | None = None
+    exchangeitemid: str | None = None
+    deliveryattempts: int = 0
+    trackingtoken: str | None = Field(default=None, index=True)
+    senton: datetime | None = _dt()
+    createdon: datetime | None = _dt()
+    modifiedon: datetime | None = _dt()
+
+
+class ActivityParty(SQLModel, table=True):
+    __tablename__ = "activityparty"
+
+    activitypartyid: int | None = Field(default=None, primary_key=True)
+    activityid: str = Field(index=True)
+    participationtypemask: int
+    partyid: str | None = None
+    partyobjecttypecode: str | None = None
+    addressused: str | None = None
+
+
+class TraceLog(SQLModel, table=True):
+    __tablename__ = "tracelog"
+    __table_args__ = (Index("ix_tracelog_repeat", "regardingobjectid", "ownerid", "tracecode", "level"),)
+
+    tracelogid: int | None = Field(default=None, primary_key=True)
+    level: int  # 1 Information, 2 Warning, 3 Error
+    regardingobjectid: str
+    regardingobjecttypecode: str
+    ownerid: str
+    tracecode: str
+    text: str = Field(sa_column=Column(Text))
+    errorcount: int = 1
+    createdon: datetime | None = _dt()
+    modifiedon: datetime | None = _dt()
+
+
+class ExchangeSyncIdMapping(SQLModel, table=True):
+    """Item-level monitoring: an email that was skipped or failed (kept 3 days)."""
+
+    __tablename__ = "exchangesyncidmapping"
+
+    exchangesyncidmappingid: int | None = Field(default=None, primary_key=True)
+    mailboxid: str = Field(index=True)
+    exchangeentryid: str
+    objectid: str | None = None
+    objecttypecode: str = "email"
+    itemstate: int  # 2 skipped, 3 failed (engine.ports.ItemOutcomeKind)
+    lastsyncerror: str
+    lastsyncerrordetail: str | None = None
+    retries: int = 0
+    lastsyncerroroccurredon: datetime | None = _dt()
+
+
+class AsyncOperation(SQLModel, table=True):
+    __tablename__ = "asyncoperation"
+
+    asyncoperationid: str = Field(primary_key=True)
+    name: str
+    operationtype: str
+    ownerid: str | None = None
+    regardingobjectid: str | None = None
+    statecode: int = AsyncState.WAITING
+    progress: int = 0
+    result: str | None = Field(default=None, sa_column=Column(Text))
+    startedon: datetime | None = _dt()
+    completedon: datetime | None = _dt()
+    createdon: datetime | None = _dt()

@@ -1,0 +1,86 @@
+"""Direct mode: the engine's ExchangePort served in process from the fake store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from engine.errors import ExchangeError
+from engine.ports import ItemProperties, OutgoingMessage, SendResult
+from simulator.exchange.mime import MessageData
+from simulator.exchange.store import ExchangeStore, StoreError
+from simulator.faults import FaultInjector
+
+
+class DirectExchange:
+    """ExchangePort over :class:`ExchangeStore`, with the fault rules applied to each call."""
+
+    def __init__(self, store: ExchangeStore, faults: FaultInjector | None = None) -> None:
+        self.store = store
+        self.faults = faults or FaultInjector()
+        self.calls = 0
+
+    def _enter(self, operation: str, mailbox: str) -> None:
+        self.calls += 1
+        self.faults.check(operation, mailbox)
+
+    async def find_new_items(self, mailbox: str, folder: str, after: datetime | None,
+                             max_items: int) -> list[ItemProperties]:
+        self._enter("find_new_items", mailbox)
+        try:
+            items = self.store.find(mailbox, folder, after, max_items)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+        return [item.properties(folder) for item in items]
+
+    async def ensure_folder(self, mailbox: str, parent: str, name: str, known_id: str | None) -> str:
+        self._enter("ensure_folder", mailbox)
+        try:
+            mbx = self.store.mailbox(mailbox)
+            if known_id and known_id in mbx.folders:
+                return known_id
+            existing = self.store.find_child(mailbox, parent, name)
+            if existing is not None:
+                return existing.folder_id
+            return self.store.create_folder(mailbox, parent, name).folder_id
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
+    async def move_item(self, mailbox: str, item_id: str, folder_id: str) -> str:
+        self._enter("move_item", mailbox)
+        try:
+            return self.store.move(mailbox, item_id, folder_id)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
+    async def add_category(self, mailbox: str, item_id: str, category: str) -> None:
+        self._enter("add_category", mailbox)
+        try:
+            item = self.store.get(mailbox, item_id)
+            self.store.update(mailbox, item_id, categories=[*item.categories, category])
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
+    async def delete_item(self, mailbox: str, item_id: str) -> None:
+        self._enter("delete_item", mailbox)
+        try:
+            self.store.delete(mailbox, item_id)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
+    async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult:
+        self._enter("send", mailbox)
+        data = MessageData(
+            subject=message.subject,
+            sender=message.sender,
+            to=message.to,
+            cc=message.cc,
+            bcc=message.bcc,
+            in_reply_to=message.in_reply_to,
+            body=message.body,
+            extra_headers=dict(message.headers),
+        )
+        try:
+            message_id, sent_id = self.store.send(mailbox, data, save_copy=message.save_copy)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+        return SendResult(message_id, sent_id)

@@ -1,0 +1,151 @@
+"""RFC 5322 messages: parsed once, at delivery, into the properties Exchange serves.
+
+Malformed input never raises here: the problem is kept in ``parse_error`` so that the item
+can still be stored (as Exchange does) and the CRM can refuse it item by item.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
+
+_PARSER = BytesParser(policy=policy.compat32)
+
+
+def normalize_message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip().strip("<>").strip().lower()
+    return value or None
+
+
+def normalize_address(value: str | None) -> str | None:
+    if not value:
+        return None
+    _, addr = email.utils.parseaddr(value)
+    addr = addr.strip().lower()
+    return addr if "@" in addr else None
+
+
+def _addresses(values: list[str]) -> tuple[str, ...]:
+    out = []
+    for _, addr in email.utils.getaddresses(values):
+        addr = addr.strip().lower()
+        if "@" in addr and addr not in out:
+            out.append(addr)
+    return tuple(out)
+
+
+@dataclass(slots=True)
+class MessageData:
+    """The properties of one message, as stored by the fake Exchange."""
+
+    subject: str = ""
+    sender: str | None = None
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    thread_index: str | None = None
+    date: datetime | None = None
+    body: str = ""
+    size: int = 0
+    parse_error: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+
+    def render(self) -> bytes:
+        """The message as RFC 5322 bytes (the original bytes when it came in as bytes)."""
+        if self.raw is not None:
+            return self.raw
+        lines = []
+        if self.sender:
+            lines.append(f"From: {self.sender}")
+        if self.to:
+            lines.append("To: " + ", ".join(self.to))
+        if self.cc:
+            lines.append("Cc: " + ", ".join(self.cc))
+        lines.append(f"Subject: {self.subject}")
+        if self.date is not None:
+            lines.append("Date: " + email.utils.format_datetime(self.date.astimezone(UTC)))
+        if self.message_id:
+            lines.append(f"Message-ID: <{self.message_id}>")
+        if self.in_reply_to:
+            lines.append(f"In-Reply-To: <{self.in_reply_to}>")
+        if self.references:
+            lines.append("References: " + " ".join(f"<{r}>" for r in self.references))
+        if self.thread_index:
+            lines.append(f"Thread-Index: {self.thread_index}")
+        for name, value in self.extra_headers.items():
+            lines.append(f"{name}: {value}")
+        lines.append("MIME-Version: 1.0")
+        lines.append('Content-Type: text/plain; charset="utf-8"')
+        lines.append("Content-Transfer-Encoding: 8bit")
+        head = "\r\n".join(lines).encode("utf-8", "replace")
+        return head + b"\r\n\r\n" + self.body.encode("utf-8", "replace")
+
+    def fallback_key(self) -> str:
+        """SPEC 10.2: the duplicate key of a message without a Message-ID."""
+        basis = "\x1f".join(
+            [self.sender or "", self.date.isoformat() if self.date else "", self.subject, self.body]
+        )
+        return "sha1:" + hashlib.sha1(basis.encode("utf-8", "replace")).hexdigest()
+
+
+def _text_body(msg: Message) -> str:
+    try:
+        if msg.is_multipart():
+            for part in msg.walk():
+                if part.get_content_type() == "text/plain" and not part.is_multipart():
+                    payload = part.get_payload(decode=True) or b""
+                    return payload.decode(part.get_content_charset() or "utf-8", "replace")
+            return ""
+        payload = msg.get_payload(decode=True) or b""
+        return payload.decode(msg.get_content_charset() or "utf-8", "replace")
+    except (LookupError, ValueError, TypeError):
+        return ""
+
+
+def parse_message(raw: bytes) -> MessageData:
+    """Parse RFC 5322 bytes; problems end up in ``parse_error``, never as an exception."""
+    data = MessageData(raw=raw, size=len(raw))
+    try:
+        msg = _PARSER.parsebytes(raw)
+    except Exception as exc:  # the parser is lenient; this is a last line of defence
+        data.parse_error = f"the message cannot be parsed: {exc}"
+        return data
+    if not msg.keys():
+        data.parse_error = "the message has no headers"
+        return data
+    try:
+        data.subject = str(msg.get("Subject", "") or "")
+        data.sender = normalize_address(msg.get("From"))
+        data.to = _addresses(msg.get_all("To", []))
+        data.cc = _addresses(msg.get_all("Cc", []))
+        data.bcc = _addresses(msg.get_all("Bcc", []))
+        data.message_id = normalize_message_id(msg.get("Message-ID"))
+        data.in_reply_to = normalize_message_id(msg.get("In-Reply-To"))
+        refs = msg.get("References", "") or ""
+        data.references = tuple(r for r in (normalize_message_id(x) for x in refs.split()) if r)
+        data.thread_index = (msg.get("Thread-Index") or "").strip() or None
+        date_header = msg.get("Date")
+        if date_header:
+            try:
+                parsed = email.utils.parsedate_to_datetime(date_header)
+                data.date = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            except (TypeError, ValueError):
+                data.parse_error = f"the Date header {date_header!r} is not a date"
+        data.body = _text_body(msg)
+    except Exception as exc:  # a header so broken that reading it fails
+        data.parse_error = f"a header cannot be read: {exc}"
+        return data
+    if data.parse_error is None and data.sender is None:
+        data.parse_error = "the From header is missing or holds no address"
+    return data
