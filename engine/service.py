@@ -33,6 +33,7 @@ from engine.ports import (
     Status,
     Workload,
 )
+from engine.timeouts import bounded_port
 
 Event = tuple[Any, ...]
 DUE_NOW = datetime(2000, 1, 1, tzinfo=UTC)  # "never run yet": due at once
@@ -219,14 +220,17 @@ class SyncService:
         self._log(start.isoformat(), "start", mailbox.emailaddress, workload.name)
         error: SyncError | None = None
         found = False
+        exchange = bounded_port(self.exchange, real_clock=not self.clock.is_virtual,
+                                enabled=profile.timeoutmailboxconnection,
+                                amount_ms=profile.timeoutmailboxconnectionafteramount)
         try:
             if workload is Workload.INCOMING:
-                result = await run_incoming(self.crm, self.exchange, org, profile, mailbox)
+                result = await run_incoming(self.crm, exchange, org, profile, mailbox)
                 found = result.found > 0
                 self._note_incoming(mailbox, result, values)
                 error = result.error
             else:
-                result = await run_outgoing(self.crm, self.exchange, mailbox)
+                result = await run_outgoing(self.crm, exchange, mailbox)
                 found = result.found > 0
                 self._note_outgoing(mailbox, result)
                 error = result.error
