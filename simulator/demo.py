@@ -1,0 +1,139 @@
+"""The `sss demo` scenario: a small organization, a day of seeded mail, and a summary.
+
+The organization is set up through the same administrator operations a person would use
+(profile, default settings, approval, Test & Enable). Two mailboxes are given Exchange faults:
+one fails permanently (401 for the connecting account) and one is busy for a few calls.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from simulator.crm.db import sqlite_url
+from simulator.crm.models import Email, EmailStatus, ExchangeSyncIdMapping, Mailbox, TraceLog
+from simulator.sandbox import DEFAULT_START, Sandbox
+from simulator.traffic import Party, TrafficMix, TrafficPlan
+
+DEMO_DB = "sss-demo.db"
+FIRST_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Gus", "Hana", "Ivo", "Jia", "Kai", "Lena",
+               "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove", "Uma", "Vik", "Wen", "Xavi",
+               "Yara", "Zed")
+LAST_NAMES = ("Berg", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Haddad", "Ito", "Jensen", "Khan")
+LEVELS = {1: "information", 2: "warning", 3: "error"}
+
+
+def fresh_database(path: str | Path) -> Path:
+    """Remove a previous demo database (and its WAL files); return the absolute path."""
+    path = Path(path).resolve()
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return path
+
+
+class Demo:
+    def __init__(self, *, seed: int = 1, db_path: str | Path = DEMO_DB, users: int = 30, queues: int = 3,
+                 contacts: int = 40, hours: float = 24.0, start: datetime = DEFAULT_START) -> None:
+        self.seed = seed
+        self.hours = hours
+        self.db_path = fresh_database(db_path)
+        self.sb = Sandbox(db_url=sqlite_url(self.db_path), seed=seed, start=start)
+        self.rng = random.Random(f"demo-{seed}")
+        self.n_users, self.n_queues, self.n_contacts = users, queues, contacts
+        self.failing: dict[str, str] = {}
+
+    async def setup(self) -> None:
+        sb, rng, admin = self.sb, self.rng, self.sb.admin
+        domain = "contoso.example"
+        tenant = "72f988bf-0000-4000-8000-" + f"{rng.getrandbits(48):012x}"
+        admin.create_organization("Contoso", admin_name="Dana Admin", admin_domain="dana",
+                                  admin_email=f"dana@{domain}", tenant_id=tenant)
+        admin.update_org("dana", generatealertsforwarnings=True)
+        users: list[Party] = []
+        names = set()
+        while len(users) < self.n_users:
+            name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+            if name in names:
+                continue
+            names.add(name)
+            address = name.lower().replace(" ", ".") + "@" + domain
+            track = 0 if rng.random() < 0.3 else 1  # SPEC 10.7: users default to replies only
+            users.append(Party(address, admin.add_user(name, address, track=track)))
+        queues = []
+        for qname in ("Support", "Sales", "Billing", "Partners", "Careers")[: self.n_queues]:
+            address = f"{qname.lower()}@{domain}"
+            admin.add_queue(qname, address, owner="dana")
+            queues.append(Party(address))
+        contacts = []
+        for i in range(self.n_contacts):
+            kind = "contact" if i % 5 else rng.choice(("account", "lead"))
+            address = f"{rng.choice(FIRST_NAMES).lower()}{i}@fabrikam.example"
+            admin.add_record(kind, address.split("@")[0].title(), address)
+            contacts.append(address)
+        process_from = sb.clock.now() - timedelta(hours=12)
+        profile = admin.create_profile(
+            "dana", name="Exchange Online", description="Contoso's Exchange Online tenant",
+            processemailsreceivedafter=process_from, moveundeliveredemails=True, minpollingintervalinminutes=5)
+        admin.set_default_profile("dana", profile)
+        ids = [m.mailboxid for m in admin.mailboxes()]
+        admin.apply_default_settings("dana", ids)
+        admin.approve("dana", ids)
+        await admin.test_and_enable("dana", ids)
+        # Mail that is already in the mailboxes, some of it from before the "process email from" date.
+        self.plan = TrafficPlan(sb, random.Random(f"traffic-{self.seed}"), users=users, queues=queues,
+                                contacts=contacts, mix=TrafficMix())
+        start = sb.clock.now()
+        self.plan.schedule(start, start + timedelta(hours=self.hours), process_from=process_from)
+        # One mailbox loses Exchange access for good; one is busy for a few calls.
+        broken, busy = rng.sample(users[1:], 2)
+        sb.add_fault(code="8005E272", mailbox=broken.address)
+        sb.add_fault(code="ErrorServerBusy", mailbox=busy.address, count=3, backoff_ms=600_000)
+        self.failing = {broken.address: "8005E272 (permanent)", busy.address: "ErrorServerBusy x3 (transient)"}
+
+    async def run(self, progress: Callable[[datetime], None] | None = None) -> None:
+        await self.sb.run_for(self.hours * 3600, progress)
+
+    def summary(self, wall_seconds: float) -> dict:
+        E, X, T, M = Email.__table__, ExchangeSyncIdMapping.__table__, TraceLog.__table__, Mailbox.__table__
+        with self.sb.db.connect() as conn:
+            by_status = dict(conn.execute(select(E.c.statuscode, func.count()).group_by(E.c.statuscode)).all())
+            skipped = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(X.c.itemstate == 2)
+                                        .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
+            failed = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(
+                X.c.itemstate == 3, X.c.objecttypecode == "email", X.c.exchangeentryid != "")
+                .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
+            alerts = dict(conn.execute(select(T.c.level, func.count()).group_by(T.c.level)).all())
+            mailboxes = conn.execute(select(
+                M.c.emailaddress, M.c.regardingobjecttypecode, M.c.incomingemailstatus, M.c.outgoingemailstatus,
+                M.c.mailboxstatus, M.c.enabledforincomingemail, M.c.enabledforoutgoingemail,
+                M.c.lastsyncerrorcode).order_by(M.c.emailaddress)).all()
+        status_names = {0: "Not Run", 1: "Success", 2: "Failure"}
+        stats = self.sb.engine.stats
+        return {
+            "seed": self.seed,
+            "database": str(self.db_path),
+            "mailboxes": [
+                {"emailaddress": m[0], "type": m[1], "incoming": status_names[m[2]], "outgoing": status_names[m[3]],
+                 "mailbox": status_names[m[4]], "enabledforincomingemail": bool(m[5]),
+                 "enabledforoutgoingemail": bool(m[6]), "lastsyncerrorcode": m[7]}
+                for m in mailboxes
+            ],
+            "mailbox_polls": stats.polls,
+            "emails_tracked": by_status.get(EmailStatus.RECEIVED, 0),
+            "emails_skipped": sum(skipped.values()),
+            "skipped_reasons": skipped,
+            "emails_undeliverable": sum(failed.values()),
+            "undeliverable_reasons": failed,
+            "emails_sent": by_status.get(EmailStatus.SENT, 0),
+            "emails_pending_send": by_status.get(EmailStatus.PENDING_SEND, 0),
+            "emails_failed_to_send": by_status.get(EmailStatus.FAILED, 0),
+            "alerts": {name: alerts.get(level, 0) for level, name in LEVELS.items()},
+            "faults": self.failing,
+            "traffic": dict(sorted(self.plan.counts.items())),
+            "simulated_seconds": int(self.hours * 3600),
+            "wall_seconds": round(wall_seconds, 3),
+        }
