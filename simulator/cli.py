@@ -29,11 +29,13 @@ def _root() -> None:
 
 def _print_summary(console: Console, s: dict) -> None:
     table = Table(title="Mailboxes", show_lines=False)
-    for col in ("mailbox", "type", "incoming", "outgoing", "status", "last error"):
-        table.add_column(col)
+    table.add_column("mailbox", no_wrap=True)
+    for col in ("owner", "in", "out", "status", "last error"):
+        table.add_column(col, overflow="fold")
     for m in s["mailboxes"]:
         style = "red" if m["mailbox"] == "Failure" else None
-        table.add_row(m["emailaddress"], m["type"], m["incoming"], m["outgoing"], m["mailbox"],
+        owner = "queue" if m["type"] == "queue" else "user"
+        table.add_row(m["emailaddress"], owner, m["incoming"], m["outgoing"], m["mailbox"],
                       m["lastsyncerrorcode"] or "", style=style)
     console.print(table)
     totals = Table(title="Email", show_header=False)
