@@ -1,0 +1,152 @@
+"""What one EWS request works on, and the helpers every operation shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from lxml import etree
+
+from simulator.exchange.ews.xml import EwsFault, ResponseError, el, sub, t
+from simulator.exchange.store import ExchangeMailbox, ExchangeStore, Folder, Item, StoreError
+
+# exchangelib's Root ("root") is the top of the hierarchy; the store's top is "msgfolderroot".
+FOLDER_ALIASES = {"root": "msgfolderroot"}
+
+
+@dataclass(slots=True)
+class Context:
+    store: ExchangeStore
+    address: str | None
+    mailbox: ExchangeMailbox | None
+    now: datetime
+    operation: str
+
+    def need_mailbox(self) -> ExchangeMailbox:
+        if self.mailbox is None:
+            raise EwsFault("ErrorMissingEmailAddress",
+                           f"{self.operation} needs a mailbox: send an X-AnchorMailbox header or an "
+                           "ExchangeImpersonation SOAP header naming its primary SMTP address")
+        return self.mailbox
+
+    # -- folders ---------------------------------------------------------------------------
+    def folder(self, ref: etree._Element) -> Folder:
+        """Resolve a ``t:FolderId`` or ``t:DistinguishedFolderId`` element."""
+        mbx = self.need_mailbox()
+        if ref.tag == t("DistinguishedFolderId"):
+            name = (ref.get("Id") or "").strip()
+            owner = ref.findtext(f"{t('Mailbox')}/{t('EmailAddress')}")
+            if owner and owner.strip().lower() != mbx.address:
+                raise ResponseError("ErrorAccessDenied",
+                                    f"the request acts on {mbx.address}; it cannot open folders of {owner.strip()}")
+            folder_id = mbx.distinguished.get(FOLDER_ALIASES.get(name, name))
+            if folder_id is None:
+                raise ResponseError("ErrorFolderNotFound",
+                                    f"the distinguished folder {name!r} does not exist in {mbx.address}")
+            return mbx.folders[folder_id]
+        if ref.tag == t("FolderId"):
+            folder = mbx.folders.get(ref.get("Id") or "")
+            if folder is None:
+                raise ResponseError("ErrorFolderNotFound", f"folder id {ref.get('Id')!r} does not exist in {mbx.address}")
+            return folder
+        raise ResponseError("ErrorInvalidIdMalformed", f"{etree.QName(ref).localname} is not a folder id")
+
+    def folder_refs(self, container: etree._Element | None) -> list[etree._Element]:
+        if container is None:
+            return []
+        return [c for c in container if c.tag in (t("FolderId"), t("DistinguishedFolderId"))]
+
+    def only_folder(self, container: etree._Element | None, what: str) -> Folder:
+        refs = self.folder_refs(container)
+        if len(refs) != 1:
+            raise EwsFault("ErrorSchemaValidation", f"The request failed schema validation: {what} needs one folder id")
+        return self.folder(refs[0])
+
+    # -- items -----------------------------------------------------------------------------
+    def item(self, ref: etree._Element) -> Item:
+        mbx = self.need_mailbox()
+        item_id = ref.get("Id") or ""
+        try:
+            return mbx.item(item_id)
+        except StoreError as exc:
+            raise ResponseError(exc.code, exc.message) from None
+
+    def item_refs(self, container: etree._Element | None) -> list[etree._Element]:
+        if container is None:
+            return []
+        return [c for c in container if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))]
+
+
+class Responses:
+    """The ``m:<Op>Response`` element with one response message per requested id, in order."""
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        self.root = el(f"m:{operation}Response")
+        self.messages = sub(self.root, "m:ResponseMessages")
+
+    def success(self) -> etree._Element:
+        msg = sub(self.messages, f"m:{self.operation}ResponseMessage", attrib={"ResponseClass": "Success"})
+        sub(msg, "m:ResponseCode", "NoError")
+        return msg
+
+    def error(self, code: str, text: str) -> etree._Element:
+        msg = sub(self.messages, f"m:{self.operation}ResponseMessage", attrib={"ResponseClass": "Error"})
+        sub(msg, "m:MessageText", text)
+        sub(msg, "m:ResponseCode", code)
+        sub(msg, "m:DescriptiveLinkKey", "0")
+        return msg
+
+    def run(self, func, *args) -> None:
+        """Answer one requested id: ``func(*args)`` returns the children of a success message;
+        a per-message error (ResponseError, StoreError) becomes an error message instead."""
+        try:
+            result = func(*args)
+        except ResponseError as exc:
+            self.error(exc.code, exc.message)
+            return
+        except StoreError as exc:
+            self.error(exc.code, exc.message)
+            return
+        msg = self.success()
+        for child in result or ():
+            msg.append(child)
+
+
+def store_call(func, *args, **kwargs):
+    """Call the store; its errors become per-message errors."""
+    try:
+        return func(*args, **kwargs)
+    except StoreError as exc:
+        raise ResponseError(exc.code, exc.message) from None
+
+
+def change_key(obj_id: str, version: int = 0) -> str:
+    import base64
+
+    return base64.b64encode(f"CK{version}:{obj_id[-8:]}".encode()).decode()
+
+
+def mailbox_element(tag: str, address: str | None, name: str | None = None, *, local: bool = False):
+    box = el(tag)
+    sub(box, "t:Name", name or address or "")
+    sub(box, "t:EmailAddress", address or "")
+    sub(box, "t:RoutingType", "SMTP")
+    sub(box, "t:MailboxType", "Mailbox" if local else "OneOff")
+    return box
+
+
+def parse_shape(shape: etree._Element | None) -> tuple[str, list[str]]:
+    """(base shape, requested field URIs) of an ItemShape / FolderShape element."""
+    if shape is None:
+        return "Default", []
+    base = (shape.findtext(t("BaseShape")) or "Default").strip()
+    fields: list[str] = []
+    props = shape.find(t("AdditionalProperties"))
+    if props is not None:
+        for p in props:
+            uri = p.get("FieldURI")
+            if uri:
+                fields.append(uri)
+    return base, fields
+

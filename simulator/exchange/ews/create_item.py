@@ -1,0 +1,146 @@
+"""CreateItem (MessageDisposition SaveOnly / SendOnly / SendAndSaveCopy) and SendItem.
+
+Sending goes through :meth:`ExchangeStore.send`, so the sending quotas apply, local recipients
+get the message in their Inbox and external recipients are recorded in ``store.outbound``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from lxml import etree
+
+from simulator.exchange.ews.context import Context, Responses, store_call
+from simulator.exchange.ews.items import item_id_only
+from simulator.exchange.ews.xml import EwsFault, ResponseError, el, m, parse_bool, t
+from simulator.exchange.mime import MessageData, normalize_address, normalize_message_id, parse_message
+from simulator.exchange.store import Folder, Item
+
+DISPOSITIONS = ("SaveOnly", "SendOnly", "SendAndSaveCopy")
+
+
+def _addresses(msg: etree._Element, tag: str) -> tuple[str, ...]:
+    box = msg.find(t(tag))
+    if box is None:
+        return ()
+    out: list[str] = []
+    for mailbox in box.iter(t("Mailbox")):
+        raw = mailbox.findtext(t("EmailAddress"))
+        addr = normalize_address(raw)
+        if addr is None:
+            raise ResponseError("ErrorInvalidRecipients", f"{tag}: {raw!r} is not an SMTP address")
+        if addr not in out:
+            out.append(addr)
+    return tuple(out)
+
+
+def message_from_xml(msg: etree._Element) -> tuple[MessageData, list[str] | None, bool | None]:
+    """(message data, categories, is_read) of a ``t:Message`` in a CreateItem request."""
+    if msg.tag != t("Message"):
+        raise ResponseError("ErrorInvalidRequest",
+                            f"the simulator only creates t:Message items, not {etree.QName(msg).localname}")
+    mime = msg.findtext(t("MimeContent"))
+    if mime is not None and mime.strip():
+        try:
+            raw = base64.b64decode(mime.strip(), validate=False)
+        except (binascii.Error, ValueError):
+            raise ResponseError("ErrorMimeContentConversionFailed", "MimeContent is not base64") from None
+        data = parse_message(raw)
+    else:
+        data = MessageData()
+    subject = msg.findtext(t("Subject"))
+    if subject is not None:
+        data.subject = subject
+    body = msg.findtext(t("Body"))
+    if body is not None:
+        data.body = body
+    for tag, attr in (("ToRecipients", "to"), ("CcRecipients", "cc"), ("BccRecipients", "bcc")):
+        found = _addresses(msg, tag)
+        if found:
+            setattr(data, attr, found)
+    sender = _addresses(msg, "From") or _addresses(msg, "Sender")
+    if sender:
+        data.sender = sender[0]
+    for tag, attr in (("InternetMessageId", "message_id"), ("InReplyTo", "in_reply_to")):
+        value = msg.findtext(t(tag))
+        if value:
+            setattr(data, attr, normalize_message_id(value))
+    refs = msg.findtext(t("References"))
+    if refs:
+        data.references = tuple(r for r in (normalize_message_id(x) for x in refs.split()) if r)
+    if mime is None or not mime.strip():
+        data.raw = None
+        data.size = len(data.body.encode("utf-8", "replace")) + 200
+    cats = msg.find(t("Categories"))
+    categories = [s.text or "" for s in cats.iter(t("String"))] if cats is not None else None
+    is_read_text = msg.findtext(t("IsRead"))
+    return data, categories, (parse_bool(is_read_text) if is_read_text is not None else None)
+
+
+def save(ctx: Context, folder: Folder, data: MessageData, categories: list[str] | None = None,
+         is_read: bool = True) -> Item:
+    """Store a message in a folder without sending it (a draft)."""
+    mbx = ctx.need_mailbox()
+    # The store has no public "save" yet; _place is what deliver/send/move use.
+    return ctx.store._place(mbx, folder, data, ctx.now, categories, is_read)
+
+
+def _send(ctx: Context, data: MessageData, save_to: Folder | None, categories: list[str] | None) -> str | None:
+    mbx = ctx.need_mailbox()
+    _, sent_id = store_call(ctx.store.send, mbx.address, data, save_copy=save_to is not None)
+    if sent_id is not None and save_to is not None and save_to.folder_id != mbx.distinguished["sentitems"]:
+        sent_id = store_call(ctx.store.move, mbx.address, sent_id, save_to.folder_id)
+    if sent_id is not None and categories:
+        store_call(ctx.store.update, mbx.address, sent_id, categories=categories)
+    return sent_id
+
+
+def create_item(ctx: Context, req: etree._Element) -> etree._Element:
+    disposition = req.get("MessageDisposition", "SaveOnly")
+    if disposition not in DISPOSITIONS:
+        raise EwsFault("ErrorSchemaValidation",
+                       f"The request failed schema validation: MessageDisposition {disposition!r}")
+    mbx = ctx.need_mailbox()
+    saved_ref = ctx.folder_refs(req.find(m("SavedItemFolderId")))
+    out = Responses("CreateItem")
+    container = req.find(m("Items"))
+    for msg in (container if container is not None else ()):
+        if not isinstance(msg.tag, str):
+            continue
+
+        def one(msg: etree._Element = msg) -> list[etree._Element]:
+            data, categories, is_read = message_from_xml(msg)
+            if disposition == "SaveOnly":
+                folder = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["drafts"]]
+                item = save(ctx, folder, data, categories, True if is_read is None else is_read)
+                return [el("m:Items", None, None, item_id_only(item.item_id))]
+            save_to = None
+            if disposition == "SendAndSaveCopy":
+                save_to = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["sentitems"]]
+            _send(ctx, data, save_to, categories)
+            return [el("m:Items")]
+
+        out.run(one)
+    return out.root
+
+
+def send_item(ctx: Context, req: etree._Element) -> etree._Element:
+    mbx = ctx.need_mailbox()
+    save_copy = parse_bool(req.get("SaveItemToFolder", "true"))
+    saved_ref = ctx.folder_refs(req.find(m("SavedItemFolderId")))
+    out = Responses("SendItem")
+    for ref in ctx.item_refs(req.find(m("ItemIds"))):
+        def one(r: etree._Element = ref) -> list:
+            draft = ctx.item(r)
+            save_to = None
+            if save_copy:
+                save_to = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["sentitems"]]
+            _send(ctx, draft.data, save_to, list(draft.categories))
+            store_call(ctx.store.delete, mbx.address, draft.item_id)
+            return []
+        out.run(one)
+    return out.root
+
+
+OPERATIONS = {"CreateItem": create_item, "SendItem": send_item}

@@ -1,0 +1,94 @@
+"""FindItem: restrictions, sort order and indexed paging (at most 1000 items a page)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from lxml import etree
+
+from simulator.exchange.ews.context import Context, Responses
+from simulator.exchange.ews.items import item_element, item_fields
+from simulator.exchange.ews.restrictions import ITEM_FIELDS, compile_restriction
+from simulator.exchange.ews.xml import ResponseError, el, m, sub, t, xml_bool
+from simulator.exchange.store import FIND_PAGE_MAX, Folder, Item
+
+
+def _candidates(folder: Folder, predicate) -> list[Item]:
+    """Items of the folder, oldest first; a received-after bound narrows the scan (bisect)."""
+    bound = predicate.received_after if predicate is not None else None
+    if bound is not None:
+        when, inclusive = bound
+        items = folder.after(when - timedelta(microseconds=1) if inclusive else when, len(folder.order) + 1)
+    else:
+        items = [folder.items[folder.by_order[seq]] for _, seq in folder.order]
+    return [i for i in items if predicate(i)] if predicate is not None else items
+
+
+def _sort(items: list[Item], sort_order: etree._Element | None) -> list[Item]:
+    if sort_order is None:  # Exchange's default view: newest first
+        return list(reversed(items))
+    orders = [fo for fo in sort_order if fo.tag == t("FieldOrder")]
+    for fo in reversed(orders):
+        field = fo.find(t("FieldURI"))
+        uri = field.get("FieldURI") if field is not None else None
+        if uri not in ITEM_FIELDS:
+            raise ResponseError("ErrorUnsupportedPathForSortGroup", f"the simulator cannot sort on {uri!r}")
+        getter, kind = ITEM_FIELDS[uri]
+
+        def key(i: Item, getter=getter, kind=kind):
+            value = getter(i)
+            if kind == "list":
+                value = ",".join(value)
+            if isinstance(value, str):
+                value = value.casefold()
+            return (value is None, value if value is not None else 0)
+
+        items = sorted(items, key=key, reverse=fo.get("Order", "Ascending") == "Descending")
+    return items
+
+
+def _page(total: int, req: etree._Element) -> tuple[int, int]:
+    view = req.find(m("IndexedPageItemView"))
+    if view is not None:
+        limit = min(int(view.get("MaxEntriesReturned") or FIND_PAGE_MAX), FIND_PAGE_MAX)
+        offset = int(view.get("Offset") or 0)
+        if view.get("BasePoint", "Beginning") == "End":
+            offset = max(0, total - offset - limit)
+        return offset, limit
+    view = req.find(m("FractionalPageItemView"))
+    if view is not None:
+        limit = min(int(view.get("MaxEntriesReturned") or FIND_PAGE_MAX), FIND_PAGE_MAX)
+        denominator = max(1, int(view.get("Denominator") or 1))
+        return total * int(view.get("Numerator") or 0) // denominator, limit
+    return 0, FIND_PAGE_MAX
+
+
+def find_item(ctx: Context, req: etree._Element) -> etree._Element:
+    fields = item_fields(req.find(m("ItemShape")))
+    traversal = req.get("Traversal", "Shallow")
+    restriction = req.find(m("Restriction"))
+    out = Responses("FindItem")
+
+    def one(ref: etree._Element) -> list[etree._Element]:
+        folder = ctx.folder(ref)
+        if req.find(m("QueryString")) is not None:
+            raise ResponseError("ErrorUnsupportedQueryFilter", "the simulator does not support AQS QueryString")
+        predicate = compile_restriction(restriction) if restriction is not None else None
+        matches = _candidates(folder, predicate) if traversal == "Shallow" else []
+        matches = _sort(matches, req.find(m("SortOrder")))
+        offset, limit = _page(len(matches), req)
+        page = matches[offset:offset + limit]
+        end = offset + len(page)
+        root = el("m:RootFolder", {"IndexedPagingOffset": str(end), "TotalItemsInView": str(len(matches)),
+                                   "IncludesLastItemInRange": xml_bool(end >= len(matches))})
+        items = sub(root, "t:Items")
+        for item in page:
+            items.append(item_element(ctx, item, fields))
+        return [root]
+
+    for ref in ctx.folder_refs(req.find(m("ParentFolderIds"))):
+        out.run(one, ref)
+    return out.root
+
+
+OPERATIONS = {"FindItem": find_item}

@@ -1,0 +1,198 @@
+"""Item rendering (the properties Exchange serves for a message) and GetItem."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from lxml import etree
+
+from simulator.exchange.ews.context import Context, Responses, change_key, mailbox_element, parse_shape
+from simulator.exchange.ews.xml import el, format_datetime, m, sub, xml_bool
+from simulator.exchange.store import ExchangeStore, Item
+
+ID_FIELDS = ("item:ItemId",)
+DEFAULT_FIELDS = (
+    "item:ItemId", "item:ParentFolderId", "item:ItemClass", "item:Subject", "item:Sensitivity", "item:DateTimeReceived",
+    "item:Size", "item:Importance", "item:IsSubmitted", "item:IsDraft", "item:IsFromMe", "item:IsResend",
+    "item:IsUnmodified", "item:DateTimeSent", "item:DateTimeCreated", "item:DisplayCc", "item:DisplayTo",
+    "item:HasAttachments", "message:Sender", "message:IsReadReceiptRequested", "message:ConversationIndex",
+    "message:ConversationTopic", "message:From", "message:InternetMessageId", "message:IsRead",
+    "message:IsResponseRequested", "message:References", "message:ReceivedBy", "message:ReceivedRepresenting",
+)
+ALL_FIELDS = DEFAULT_FIELDS[:3] + ("item:MimeContent",) + DEFAULT_FIELDS[3:] + (
+    "item:Body", "item:Categories", "item:InReplyTo", "item:InternetMessageHeaders", "item:LastModifiedTime",
+    "message:ToRecipients", "message:CcRecipients",
+)
+# The order of the EWS schema (exchangelib does not care, strict clients do).
+SCHEMA_ORDER = (
+    "item:MimeContent", "item:ItemId", "item:ParentFolderId", "item:ItemClass", "item:Subject", "item:Sensitivity",
+    "item:Body", "item:DateTimeReceived", "item:Size", "item:Categories", "item:Importance", "item:InReplyTo",
+    "item:IsSubmitted", "item:IsDraft", "item:IsFromMe", "item:IsResend", "item:IsUnmodified",
+    "item:InternetMessageHeaders", "item:DateTimeSent", "item:DateTimeCreated", "item:DisplayCc", "item:DisplayTo",
+    "item:HasAttachments", "item:Culture", "item:LastModifiedTime", "item:IsAssociated", "item:ConversationId",
+    "item:TextBody", "message:Sender", "message:ToRecipients", "message:CcRecipients", "message:BccRecipients",
+    "message:IsReadReceiptRequested", "message:IsDeliveryReceiptRequested", "message:ConversationIndex",
+    "message:ConversationTopic", "message:From", "message:InternetMessageId", "message:IsRead",
+    "message:IsResponseRequested", "message:References", "message:ReplyTo", "message:ReceivedBy",
+    "message:ReceivedRepresenting",
+)
+_RANK = {uri: i for i, uri in enumerate(SCHEMA_ORDER)}
+
+
+class ItemView:
+    """One stored item seen from one mailbox (for rendering and restrictions)."""
+
+    __slots__ = ("item", "owner", "store")
+
+    def __init__(self, item: Item, owner: str, store: ExchangeStore) -> None:
+        self.item = item
+        self.owner = owner
+        self.store = store
+
+    def is_local(self, address: str | None) -> bool:
+        return bool(address) and address in self.store.mailboxes
+
+
+def bracket(message_id: str | None) -> str | None:
+    return f"<{message_id}>" if message_id else None
+
+
+def _text(tag: str, get: Callable[[ItemView], Any]) -> Callable[[ItemView], etree._Element | None]:
+    def render(v: ItemView) -> etree._Element | None:
+        value = get(v)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            value = xml_bool(value)
+        return el(tag, None, str(value))
+    return render
+
+
+def _mailbox(tag: str, get: Callable[[ItemView], str | None]):
+    def render(v: ItemView) -> etree._Element | None:
+        address = get(v)
+        if not address:
+            return None
+        return el(tag, None, None, mailbox_element("t:Mailbox", address, local=v.is_local(address)))
+    return render
+
+
+def _mailboxes(tag: str, get: Callable[[ItemView], tuple[str, ...]]):
+    def render(v: ItemView) -> etree._Element | None:
+        addresses = get(v)
+        if not addresses:
+            return None
+        return el(tag, None, None, *(mailbox_element("t:Mailbox", a, local=v.is_local(a)) for a in addresses))
+    return render
+
+
+def _mime(v: ItemView) -> etree._Element:
+    return el("t:MimeContent", {"CharacterSet": "UTF-8"}, base64.b64encode(v.item.data.render()).decode("ascii"))
+
+
+def _categories(v: ItemView) -> etree._Element | None:
+    if not v.item.categories:
+        return None
+    return el("t:Categories", None, None, *(el("t:String", None, c) for c in v.item.categories))
+
+
+def _headers(v: ItemView) -> etree._Element:
+    d = v.item.data
+    pairs = [("From", d.sender), ("To", ", ".join(d.to) or None), ("Cc", ", ".join(d.cc) or None),
+             ("Subject", d.subject), ("Message-ID", bracket(d.message_id)), ("In-Reply-To", bracket(d.in_reply_to)),
+             ("References", " ".join(f"<{r}>" for r in d.references) or None), ("Thread-Index", d.thread_index)]
+    pairs += list(d.extra_headers.items())
+    box = el("t:InternetMessageHeaders")
+    for name, value in pairs:
+        if value:
+            sub(box, "t:InternetMessageHeader", value, {"HeaderName": name})
+    return box
+
+
+def _sent(v: ItemView):
+    return v.item.data.date or v.item.received
+
+
+RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
+    "item:MimeContent": _mime,
+    "item:ItemId": lambda v: el("t:ItemId", {"Id": v.item.item_id, "ChangeKey": change_key(v.item.item_id)}),
+    "item:ParentFolderId": lambda v: el("t:ParentFolderId", {"Id": v.item.folder_id,
+                                                            "ChangeKey": change_key(v.item.folder_id)}),
+    "item:ItemClass": _text("t:ItemClass", lambda v: v.item.item_class),
+    "item:Subject": _text("t:Subject", lambda v: v.item.data.subject),
+    "item:Sensitivity": _text("t:Sensitivity", lambda v: "Normal"),
+    "item:Body": lambda v: el("t:Body", {"BodyType": "Text"}, v.item.data.body),
+    "item:TextBody": lambda v: el("t:TextBody", {"BodyType": "Text"}, v.item.data.body),
+    "item:DateTimeReceived": _text("t:DateTimeReceived", lambda v: format_datetime(v.item.received)),
+    "item:Size": _text("t:Size", lambda v: v.item.data.size),
+    "item:Categories": _categories,
+    "item:Importance": _text("t:Importance", lambda v: "Normal"),
+    "item:InReplyTo": _text("t:InReplyTo", lambda v: bracket(v.item.data.in_reply_to)),
+    "item:IsSubmitted": _text("t:IsSubmitted", lambda v: False),
+    "item:IsDraft": _text("t:IsDraft", lambda v: v.store.mailboxes[v.owner].distinguished.get("drafts")
+                          == v.item.folder_id),
+    "item:IsFromMe": _text("t:IsFromMe", lambda v: v.item.data.sender == v.owner),
+    "item:IsResend": _text("t:IsResend", lambda v: False),
+    "item:IsUnmodified": _text("t:IsUnmodified", lambda v: True),
+    "item:InternetMessageHeaders": _headers,
+    "item:DateTimeSent": _text("t:DateTimeSent", lambda v: format_datetime(_sent(v))),
+    "item:DateTimeCreated": _text("t:DateTimeCreated", lambda v: format_datetime(v.item.received)),
+    "item:LastModifiedTime": _text("t:LastModifiedTime", lambda v: format_datetime(v.item.received)),
+    "item:DisplayCc": _text("t:DisplayCc", lambda v: "; ".join(v.item.data.cc)),
+    "item:DisplayTo": _text("t:DisplayTo", lambda v: "; ".join(v.item.data.to)),
+    "item:HasAttachments": _text("t:HasAttachments", lambda v: False),
+    "item:IsAssociated": _text("t:IsAssociated", lambda v: False),
+    "message:Sender": _mailbox("t:Sender", lambda v: v.item.data.sender),
+    "message:From": _mailbox("t:From", lambda v: v.item.data.sender),
+    "message:ToRecipients": _mailboxes("t:ToRecipients", lambda v: v.item.data.to),
+    "message:CcRecipients": _mailboxes("t:CcRecipients", lambda v: v.item.data.cc),
+    "message:BccRecipients": _mailboxes("t:BccRecipients", lambda v: v.item.data.bcc if v.item.data.sender == v.owner
+                                        else ()),
+    "message:IsReadReceiptRequested": _text("t:IsReadReceiptRequested", lambda v: False),
+    "message:IsDeliveryReceiptRequested": _text("t:IsDeliveryReceiptRequested", lambda v: False),
+    "message:ConversationIndex": _text("t:ConversationIndex", lambda v: v.item.data.thread_index),
+    "message:ConversationTopic": _text("t:ConversationTopic", lambda v: v.item.data.subject),
+    "message:InternetMessageId": _text("t:InternetMessageId", lambda v: bracket(v.item.data.message_id)),
+    "message:IsRead": _text("t:IsRead", lambda v: v.item.is_read),
+    "message:IsResponseRequested": _text("t:IsResponseRequested", lambda v: False),
+    "message:References": _text("t:References", lambda v: " ".join(f"<{r}>" for r in v.item.data.references) or None),
+    "message:ReceivedBy": _mailbox("t:ReceivedBy", lambda v: v.owner if v.item.data.sender != v.owner else None),
+    "message:ReceivedRepresenting": _mailbox("t:ReceivedRepresenting",
+                                             lambda v: v.owner if v.item.data.sender != v.owner else None),
+}
+
+
+def item_fields(shape: etree._Element | None) -> list[str]:
+    """The field URIs to render, in schema order (unknown URIs are left out, as for an unset property)."""
+    base, extra = parse_shape(shape)
+    fields = set(ID_FIELDS if base == "IdOnly" else ALL_FIELDS if base == "AllProperties" else DEFAULT_FIELDS)
+    fields.update(uri for uri in extra if uri in RENDERERS)
+    fields.add("item:ItemId")
+    return sorted(fields, key=lambda uri: _RANK.get(uri, len(_RANK)))
+
+
+def item_element(ctx: Context, item: Item, fields: list[str]) -> etree._Element:
+    view = ItemView(item, ctx.need_mailbox().address, ctx.store)
+    e = el("t:Message")
+    for uri in fields:
+        child = RENDERERS[uri](view)
+        if child is not None:
+            e.append(child)
+    return e
+
+
+def item_id_only(item_id: str) -> etree._Element:
+    return el("t:Message", None, None, el("t:ItemId", {"Id": item_id, "ChangeKey": change_key(item_id)}))
+
+
+def get_item(ctx: Context, req: etree._Element) -> etree._Element:
+    fields = item_fields(req.find(m("ItemShape")))
+    out = Responses("GetItem")
+    for ref in ctx.item_refs(req.find(m("ItemIds"))):
+        out.run(lambda r=ref: [el("m:Items", None, None, item_element(ctx, ctx.item(r), fields))])
+    return out.root
+
+
+OPERATIONS = {"GetItem": get_item}

@@ -1,0 +1,223 @@
+"""EWS restrictions (``m:Restriction``) compiled into Python predicates.
+
+Supported: And, Or, Not, Exists, IsEqualTo, IsNotEqualTo, IsGreaterThan(OrEqualTo),
+IsLessThan(OrEqualTo) against a ``t:Constant`` (or another field), and Contains with the
+containment modes FullString, Prefixed, Substring, PrefixOnWords, ExactPhrase and the comparisons
+Exact / IgnoreCase (and the IgnoreNonSpacingCharacters / Loose variants, treated as IgnoreCase).
+Strings compare case-insensitively, as Exchange does; a multi-valued property (Categories,
+recipients) matches when one of its values matches. Any other operator or field is refused with
+``ErrorUnsupportedPathForQuery`` / ``ErrorInvalidRestriction`` naming it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from lxml import etree
+
+from simulator.exchange.ews.xml import ResponseError, parse_bool, parse_datetime, t
+from simulator.exchange.store import Folder, Item
+
+
+def _mid(value: str | None) -> str | None:
+    return value.strip().strip("<>").strip().lower() if value else None
+
+
+# field URI -> (getter, kind); kinds: str, datetime, int, bool, list (of str), mid (message id)
+ITEM_FIELDS: dict[str, tuple[Callable[[Item], Any], str]] = {
+    "item:Subject": (lambda i: i.data.subject, "str"),
+    "message:ConversationTopic": (lambda i: i.data.subject, "str"),
+    "item:DateTimeReceived": (lambda i: i.received, "datetime"),
+    "item:DateTimeCreated": (lambda i: i.received, "datetime"),
+    "item:DateTimeSent": (lambda i: i.data.date or i.received, "datetime"),
+    "item:Size": (lambda i: i.data.size, "int"),
+    "item:Categories": (lambda i: i.categories, "list"),
+    "item:ItemClass": (lambda i: i.item_class, "str"),
+    "item:Body": (lambda i: i.data.body, "str"),
+    "item:TextBody": (lambda i: i.data.body, "str"),
+    "item:HasAttachments": (lambda i: False, "bool"),
+    "item:InReplyTo": (lambda i: i.data.in_reply_to, "mid"),
+    "message:From": (lambda i: i.data.sender, "str"),
+    "message:Sender": (lambda i: i.data.sender, "str"),
+    "message:ToRecipients": (lambda i: list(i.data.to), "list"),
+    "message:CcRecipients": (lambda i: list(i.data.cc), "list"),
+    "message:IsRead": (lambda i: i.is_read, "bool"),
+    "message:InternetMessageId": (lambda i: i.data.message_id, "mid"),
+}
+FOLDER_FIELDS: dict[str, tuple[Callable[[Folder], Any], str]] = {
+    "folder:DisplayName": (lambda f: f.name, "str"),
+    "folder:TotalCount": (lambda f: len(f.items), "int"),
+    "folder:FolderClass": (lambda f: {"calendar": "IPF.Appointment", "contacts": "IPF.Contact",
+                                      "tasks": "IPF.Task"}.get(f.distinguished or "", "IPF.Note"), "str"),
+}
+_COMPARE = {
+    "IsEqualTo": operator.eq, "IsNotEqualTo": operator.ne, "IsGreaterThan": operator.gt,
+    "IsGreaterThanOrEqualTo": operator.ge, "IsLessThan": operator.lt, "IsLessThanOrEqualTo": operator.le,
+}
+
+
+class Predicate:
+    """A compiled restriction; ``received_after`` is a lower bound on DateTimeReceived (fast path)."""
+
+    def __init__(self, func: Callable[[Any], bool], received_after: tuple[datetime, bool] | None = None) -> None:
+        self.func = func
+        self.received_after = received_after  # (bound, inclusive)
+
+    def __call__(self, obj: Any) -> bool:
+        return self.func(obj)
+
+
+def _convert(raw: str, kind: str, uri: str) -> Any:
+    if kind == "datetime":
+        return parse_datetime(raw)
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ResponseError("ErrorInvalidValueForProperty", f"{raw!r} is not a number for {uri}") from None
+    if kind == "bool":
+        return parse_bool(raw)
+    if kind == "mid":
+        return _mid(raw)
+    return raw.casefold()
+
+
+def _norm(value: Any, kind: str) -> Any:
+    if kind in ("str", "list") and isinstance(value, str):
+        return value.casefold()
+    if kind == "mid":
+        return _mid(value)
+    return value
+
+
+class _Compiler:
+    def __init__(self, kind: str) -> None:
+        self.fields = ITEM_FIELDS if kind == "item" else FOLDER_FIELDS
+
+    def field(self, elem: etree._Element | None) -> tuple[str, Callable[[Any], Any], str]:
+        if elem is None:
+            raise ResponseError("ErrorInvalidRestriction", "a comparison needs a t:FieldURI")
+        if elem.tag != t("FieldURI"):
+            raise ResponseError("ErrorUnsupportedPathForQuery",
+                                f"{etree.QName(elem).localname} paths are not supported in restrictions by the simulator")
+        uri = elem.get("FieldURI") or ""
+        if uri not in self.fields:
+            raise ResponseError("ErrorUnsupportedPathForQuery", f"the simulator cannot restrict on {uri!r}")
+        getter, kind = self.fields[uri]
+        return uri, getter, kind
+
+    def compile(self, elem: etree._Element) -> Callable[[Any], bool]:
+        name = etree.QName(elem).localname
+        kids = [c for c in elem if isinstance(c.tag, str)]
+        if name in ("And", "Or"):
+            parts = [self.compile(c) for c in kids]
+            if name == "And":
+                return lambda o: all(p(o) for p in parts)
+            return lambda o: any(p(o) for p in parts)
+        if name == "Not":
+            if len(kids) != 1:
+                raise ResponseError("ErrorInvalidRestriction", "Not takes exactly one restriction")
+            inner = self.compile(kids[0])
+            return lambda o: not inner(o)
+        if name == "Exists":
+            _, getter, _ = self.field(kids[0] if kids else None)
+            return lambda o: getter(o) not in (None, "", [], ())
+        if name in _COMPARE:
+            return self._compare(name, kids)
+        if name == "Contains":
+            return self._contains(elem, kids)
+        raise ResponseError("ErrorInvalidRestriction", f"the simulator does not support the {name} restriction")
+
+    def _operand(self, kids: list[etree._Element]) -> etree._Element:
+        holder = next((c for c in kids if c.tag == t("FieldURIOrConstant")), None)
+        inner = [c for c in holder if isinstance(c.tag, str)] if holder is not None else []
+        if not inner:
+            raise ResponseError("ErrorInvalidRestriction", "a comparison needs a t:FieldURIOrConstant")
+        return inner[0]
+
+    def _compare(self, name: str, kids: list[etree._Element]) -> Callable[[Any], bool]:
+        uri, getter, kind = self.field(kids[0] if kids else None)
+        cmp = _COMPARE[name]
+        operand = self._operand(kids)
+        if operand.tag == t("Constant"):
+            constant = _convert(operand.get("Value") or "", "str" if kind == "list" else kind, uri)
+
+            def other(_o: Any) -> Any:
+                return constant
+        else:
+            _, other_get, other_kind = self.field(operand)
+
+            def other(o: Any) -> Any:
+                return _norm(other_get(o), other_kind)
+
+        def test(o: Any) -> bool:
+            value, expected = getter(o), other(o)
+            if kind == "list":
+                values = [_norm(v, "str") for v in value]
+                if name == "IsNotEqualTo":
+                    return expected not in values
+                return any(cmp(v, expected) for v in values)
+            value = _norm(value, kind)
+            if value is None or expected is None:
+                return name == "IsNotEqualTo" and value != expected
+            try:
+                return cmp(value, expected)
+            except TypeError:
+                return False
+        return test
+
+    def _contains(self, elem: etree._Element, kids: list[etree._Element]) -> Callable[[Any], bool]:
+        uri, getter, kind = self.field(kids[0] if kids else None)
+        constant = next((c for c in kids if c.tag == t("Constant")), None)
+        if constant is None:
+            raise ResponseError("ErrorInvalidRestriction", "Contains needs a t:Constant")
+        mode = elem.get("ContainmentMode", "FullString")
+        exact = elem.get("ContainmentComparison", "Exact") == "Exact"
+        wanted = constant.get("Value") or ""
+        wanted = wanted if exact else wanted.casefold()
+
+        def match(text: str) -> bool:
+            text = text if exact else text.casefold()
+            if mode == "FullString":
+                return text == wanted
+            if mode == "Prefixed":
+                return text.startswith(wanted)
+            if mode == "PrefixOnWords":
+                return any(w.startswith(wanted) for w in text.split()) or text.startswith(wanted)
+            return wanted in text  # Substring, ExactPhrase
+
+        def test(o: Any) -> bool:
+            value = getter(o)
+            if value is None:
+                return False
+            if kind == "list":
+                return any(match(str(v)) for v in value)
+            return match(str(value))
+        return test
+
+
+def _received_bound(elem: etree._Element) -> tuple[datetime, bool] | None:
+    """A lower bound on DateTimeReceived implied by the whole restriction, if there is one."""
+    name = etree.QName(elem).localname
+    kids = [c for c in elem if isinstance(c.tag, str)]
+    if name == "And":
+        bounds = [b for b in (_received_bound(c) for c in kids) if b is not None]
+        return max(bounds, key=lambda b: (b[0], not b[1])) if bounds else None
+    if name in ("IsGreaterThan", "IsGreaterThanOrEqualTo") and kids and kids[0].tag == t("FieldURI") \
+            and kids[0].get("FieldURI") == "item:DateTimeReceived":
+        holder = next((c for c in kids if c.tag == t("FieldURIOrConstant")), None)
+        const = holder.find(t("Constant")) if holder is not None else None
+        if const is not None:
+            return parse_datetime(const.get("Value") or ""), name.endswith("OrEqualTo")
+    return None
+
+
+def compile_restriction(restriction: etree._Element, kind: str = "item") -> Predicate:
+    kids = [c for c in restriction if isinstance(c.tag, str)]
+    if len(kids) != 1:
+        raise ResponseError("ErrorInvalidRestriction", "m:Restriction takes exactly one search expression")
+    func = _Compiler(kind).compile(kids[0])
+    return Predicate(func, _received_bound(kids[0]) if kind == "item" else None)

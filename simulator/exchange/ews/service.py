@@ -1,0 +1,281 @@
+"""The EWS SOAP endpoint: ``POST /EWS/Exchange.asmx`` on the same store as direct mode.
+
+One request goes through these steps, each with the answer Exchange Online would give:
+
+1. size limit (HTTP 413 with a SOAP fault), read the bearer token;
+2. safe XML parsing (no DTD, no entities, no network): a malformed or hostile body gets HTTP 500
+   with a SOAP fault ``ErrorSchemaValidation``;
+3. mailbox selection: the ``ExchangeImpersonation`` SOAP header, else the ``X-AnchorMailbox``
+   HTTP header, else the mailbox named in a ``DistinguishedFolderId``; unknown ->
+   ``ErrorNonExistentMailbox``;
+4. authorization: ``authorize(token, mailbox)`` raising refuses with HTTP 401;
+5. throttling: at most 27 requests in flight per mailbox (``ErrorExceededConnectionCount``),
+   then the fault rules (``ErrorServerBusy`` carries ``BackOffMilliseconds``);
+6. the operation, answering one response message per requested id, in order.
+
+An operation the simulator does not implement is answered with a SOAP fault
+``ErrorInvalidOperation`` naming it (not ``ErrorInvalidRequest``: exchangelib takes that code for
+"wrong API version", retries every version and then hides the message).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from lxml import etree
+
+from engine.clock import Clock
+from engine.errors import ExchangeError
+from simulator.exchange.ews import convert_id, create_item, find_item, folders, item_ops, items, sync
+from simulator.exchange.ews.context import Context
+from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
+from simulator.exchange.store import ExchangeStore
+from simulator.faults import FaultInjector
+
+log = logging.getLogger(__name__)
+
+EWS_PATH = "/EWS/Exchange.asmx"
+MAX_CONCURRENT_PER_MAILBOX = 27
+MAX_REQUEST_BYTES = 36 * 1024 * 1024
+# Exchange Online's ServerVersionInfo: build 15.20 and a "V2018_01_08"-style version string
+# (exchangelib then keeps the API version it asked for, as with the real service).
+EXO_BUILD = (15, 20, 7452, 30)
+EXO_VERSION = "V2018_01_08"
+
+Handler = Callable[[Context, etree._Element], etree._Element]
+OPERATIONS: dict[str, Handler] = {}
+for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync):
+    OPERATIONS.update(_module.OPERATIONS)
+
+# Fault rules name the engine's Exchange calls (simulator.faults.OPERATIONS); an EWS request is
+# checked under the engine call it serves, so the same rules work in direct and wire mode.
+# Other EWS operations are checked under their own name (only "*" rules match them).
+FAULT_OPERATIONS = {
+    "FindItem": "find_new_items",
+    "FindFolder": "ensure_folder",
+    "CreateFolder": "ensure_folder",
+    "MoveItem": "move_item",
+    "UpdateItem": "add_category",
+    "DeleteItem": "delete_item",
+    "SendItem": "send",
+}
+# Injected codes that are not EWS response codes: how they show on the wire.
+_CRM_CODES_AS_ACCESS_DENIED = {"8005E274", "8005E259", "8005E273", "8005E276"}
+
+Authorize = Callable[[str | None, str | None], Any]
+
+
+class Unauthorized(Exception):
+    """The bearer token (or its access to the mailbox) was refused: HTTP 401."""
+
+
+class DropConnection(Exception):
+    """An injected NetworkError: the connection is closed without an answer."""
+
+
+class EwsService:
+    """Exchange Web Services over an :class:`ExchangeStore`.
+
+    ``authorize(token, mailbox)`` gets the bearer token (or None) and the target mailbox
+    address (None for a request that names no mailbox, such as exchangelib's version probe);
+    it raises to refuse (HTTP 401, the exception text in the body). ``authorize=None`` accepts
+    every request. ``delay(operation, mailbox)``, when given, is awaited while a request holds
+    its connection slot (simulated latency; tests use it to hold requests open).
+    """
+
+    def __init__(self, store: ExchangeStore, clock: Clock, *, authorize: Authorize | None = None,
+                 faults: FaultInjector | None = None, version: str = EXO_VERSION,
+                 build: tuple[int, int, int, int] = EXO_BUILD, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 max_concurrent: int = MAX_CONCURRENT_PER_MAILBOX,
+                 delay: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.authorize = authorize
+        self.faults = faults
+        self.max_request_bytes = max_request_bytes
+        self.max_concurrent = max_concurrent
+        self.delay = delay
+        self.server_version = {
+            "MajorVersion": str(build[0]), "MinorVersion": str(build[1]),
+            "MajorBuildNumber": str(build[2]), "MinorBuildNumber": str(build[3]), "Version": version,
+        }
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.calls: dict[str, int] = defaultdict(int)  # operation -> requests answered
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(EWS_PATH, self.handle), web.post(EWS_PATH.lower(), self.handle)]
+
+    # -- HTTP ------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except EwsFault as exc:
+            return self._fault(exc)
+        except Unauthorized as exc:
+            return self._unauthorized(str(exc))
+        except DropConnection:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        except Exception:  # never a traceback on the wire, never a dead server
+            log.exception("EWS request failed")
+            return self._fault(EwsFault("ErrorInternalServerError", "An internal server error occurred."))
+
+    async def _read(self, request: web.Request) -> bytes:
+        limit = self.max_request_bytes
+        too_big = EwsFault("ErrorMessageSizeExceeded",
+                           f"The request is larger than the {limit} bytes the server accepts.", status=413)
+        if request.content_length is not None and request.content_length > limit:
+            raise too_big
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                raise too_big
+        return bytes(body)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        token = _bearer(request.headers.get("Authorization"))
+        anchor = (request.headers.get("X-AnchorMailbox") or "").strip().lower() or None
+        if self.authorize is not None and anchor is not None:
+            self._authorize(token, anchor)
+        body = await self._read(request)
+        root = parse_request(body)
+        header = root.find(f"{{{SOAPNS}}}Header")
+        soap_body = root.find(f"{{{SOAPNS}}}Body")
+        ops = [c for c in soap_body if isinstance(c.tag, str)] if soap_body is not None else []
+        if len(ops) != 1:
+            raise EwsFault("ErrorSchemaValidation",
+                           "The request failed schema validation: the SOAP Body must hold exactly one operation.")
+        req = ops[0]
+        qname = etree.QName(req)
+        if qname.namespace != MNS:
+            raise EwsFault("ErrorSchemaValidation",
+                           f"The request failed schema validation: {qname.localname!r} is not an EWS operation "
+                           f"(namespace {qname.namespace!r}).")
+        operation = qname.localname
+        handler = OPERATIONS.get(operation)
+        if handler is None:
+            raise EwsFault("ErrorInvalidOperation",
+                           f"The EWS operation {operation!r} is not implemented by the sss-sim Exchange simulator. "
+                           f"Implemented: {', '.join(sorted(OPERATIONS))}.")
+        address = _impersonated(header) or anchor or _folder_owner(req)
+        if self.authorize is not None and address != anchor:
+            self._authorize(token, address)
+        if self.authorize is not None and address is None:
+            self._authorize(token, None)
+        mailbox = None
+        if address is not None:
+            mailbox = self.store.mailboxes.get(address)
+            if mailbox is None:
+                raise EwsFault("ErrorNonExistentMailbox", f"The SMTP address {address!r} has no mailbox associated "
+                                                          "with it.")
+        ctx = Context(self.store, address, mailbox, self.clock.now(), operation)
+        if address is None:
+            return self._answer(handler(ctx, req))
+        if self.in_flight[address] >= self.max_concurrent:
+            raise EwsFault("ErrorExceededConnectionCount",
+                           f"You have exceeded the available concurrent connections for your account "
+                           f"({self.max_concurrent}). Try again once your other requests have completed.")
+        self.in_flight[address] += 1
+        try:
+            if self.delay is not None:
+                await self.delay(operation, address)
+            self._check_faults(operation, req, address)
+            ctx.now = self.clock.now()
+            return self._answer(handler(ctx, req))
+        finally:
+            self.in_flight[address] -= 1
+
+    def _authorize(self, token: str | None, address: str | None) -> None:
+        try:
+            self.authorize(token, address)
+        except Exception as exc:
+            raise Unauthorized(str(exc) or exc.__class__.__name__) from None
+
+    def _check_faults(self, operation: str, req: etree._Element, address: str) -> None:
+        if self.faults is None:
+            return
+        name = FAULT_OPERATIONS.get(operation, operation)
+        if operation == "CreateItem" and req.get("MessageDisposition", "SaveOnly") != "SaveOnly":
+            name = "send"
+        try:
+            self.faults.check(name, address)
+        except ExchangeError as exc:
+            raise _wire_error(exc, operation) from None
+
+    # -- answers ---------------------------------------------------------------------------
+    def _answer(self, response: etree._Element) -> web.Response:
+        self.calls[etree.QName(response).localname.removesuffix("Response")] += 1
+        return web.Response(body=envelope(response, self.server_version), status=200,
+                            content_type="text/xml", charset="utf-8")
+
+    def _fault(self, exc: EwsFault) -> web.Response:
+        if exc.code == "HttpServiceUnavailable":
+            return web.Response(status=503, text="Service Unavailable", headers={"Retry-After": "1"})
+        if exc.code == "HttpInternalServerError":
+            return web.Response(status=500, text="Internal Server Error")
+        return web.Response(body=fault(exc.code, exc.message, exc.values), status=exc.status,
+                            content_type="text/xml", charset="utf-8")
+
+    def _unauthorized(self, reason: str) -> web.Response:
+        text = f"401 Unauthorized: the bearer token was refused ({reason})."
+        return web.Response(status=401, text=text, headers={
+            "WWW-Authenticate": 'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
+                                'trusted_issuers="00000001-0000-0000-c000-000000000000@*"',
+            "x-ms-diagnostics": f'2000001;reason="{_header_safe(reason)}";error_category="invalid_token"',
+        })
+
+
+def _wire_error(exc: ExchangeError, operation: str) -> Exception:
+    code = getattr(exc, "code", "ErrorInternalServerError")
+    message = getattr(exc, "detail", None) or str(exc)
+    if code == "ErrorServerBusy":
+        values = {"BackOffMilliseconds": str(exc.backoff_ms)} if getattr(exc, "backoff_ms", None) else None
+        return EwsFault(code, f"The server cannot service this request right now. Try again later. ({message})",
+                        values=values)
+    if code in ("8005E272", "AuthenticationFailure"):
+        return Unauthorized(message)
+    if code in _CRM_CODES_AS_ACCESS_DENIED:
+        return EwsFault("ErrorAccessDenied", f"Access is denied. Check credentials and try again. ({code}: {message})")
+    if code == "NetworkError":
+        return DropConnection(message)
+    if code in ("HttpServiceUnavailable", "HttpInternalServerError"):
+        return EwsFault(code, message)
+    return EwsFault(code, f"{operation}: {message}")
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _impersonated(header: etree._Element | None) -> str | None:
+    if header is None:
+        return None
+    sid = header.find(f"{t('ExchangeImpersonation')}/{t('ConnectingSID')}")
+    if sid is None:
+        return None
+    for tag in ("PrimarySmtpAddress", "SmtpAddress"):
+        value = sid.findtext(t(tag))
+        if value and value.strip():
+            return value.strip().lower()
+    return None
+
+
+def _folder_owner(req: etree._Element) -> str | None:
+    for ref in req.iter(t("DistinguishedFolderId")):
+        value = ref.findtext(f"{t('Mailbox')}/{t('EmailAddress')}")
+        if value and value.strip():
+            return value.strip().lower()
+    return None
+
+
+def _header_safe(text: str) -> str:
+    return "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F and ch != '"')[:200]
