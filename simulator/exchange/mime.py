@@ -6,15 +6,22 @@ can still be stored (as Exchange does) and the CRM can refuse it item by item.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import hashlib
+import quopri
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
+from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser
+from email.parser import Parser
 
-_PARSER = BytesParser(policy=policy.compat32)
+_PARSER = Parser(policy=policy.compat32)
+# "addr@domain" or "Display Name <addr@domain>": the common shapes, read without the full RFC 5322 parser.
+_SIMPLE_ADDRESS = re.compile(r'^\s*(?:[^<>",;@]*<)?([^\s<>",;()@]+@[^\s<>",;()@]+?)>?\s*$')
 
 
 def normalize_message_id(value: str | None) -> str | None:
@@ -27,18 +34,34 @@ def normalize_message_id(value: str | None) -> str | None:
 def normalize_address(value: str | None) -> str | None:
     if not value:
         return None
-    _, addr = email.utils.parseaddr(value)
+    value = str(value)
+    simple = _SIMPLE_ADDRESS.match(value)
+    addr = simple.group(1) if simple else email.utils.parseaddr(value)[1]
     addr = addr.strip().lower()
     return addr if "@" in addr else None
 
 
 def _addresses(values: list[str]) -> tuple[str, ...]:
-    out = []
-    for _, addr in email.utils.getaddresses(values):
-        addr = addr.strip().lower()
-        if "@" in addr and addr not in out:
-            out.append(addr)
+    out: list[str] = []
+    for value in values:
+        parts = [str(value)] if "," not in str(value) else None
+        found = [normalize_address(parts[0])] if parts else [
+            a.strip().lower() for _, a in email.utils.getaddresses([str(value)])]
+        for addr in found:
+            if addr and "@" in addr and addr not in out:
+                out.append(addr)
     return tuple(out)
+
+
+def _header_text(value) -> str:
+    """A header as text: RFC 2047 encoded words decoded, raw UTF-8 (RFC 6532) kept."""
+    text = str(value or "")
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (LookupError, ValueError, UnicodeError):
+        return text
 
 
 @dataclass(slots=True)
@@ -99,17 +122,29 @@ class MessageData:
         return "sha1:" + hashlib.sha1(basis.encode("utf-8", "replace")).hexdigest()
 
 
+def _payload_bytes(part: Message) -> bytes:
+    """The decoded payload of a non-multipart part (text was read as UTF-8 with surrogates)."""
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return b""
+    raw = payload.encode("utf-8", "surrogateescape")
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if cte == "base64":
+        return base64.b64decode(raw + b"===", validate=False)
+    if cte == "quoted-printable":
+        return quopri.decodestring(raw)
+    return raw
+
+
 def _text_body(msg: Message) -> str:
     try:
         if msg.is_multipart():
             for part in msg.walk():
                 if part.get_content_type() == "text/plain" and not part.is_multipart():
-                    payload = part.get_payload(decode=True) or b""
-                    return payload.decode(part.get_content_charset() or "utf-8", "replace")
+                    return _payload_bytes(part).decode(part.get_content_charset() or "utf-8", "replace")
             return ""
-        payload = msg.get_payload(decode=True) or b""
-        return payload.decode(msg.get_content_charset() or "utf-8", "replace")
-    except (LookupError, ValueError, TypeError):
+        return _payload_bytes(msg).decode(msg.get_content_charset() or "utf-8", "replace")
+    except (LookupError, ValueError, TypeError, binascii.Error):
         return ""
 
 
@@ -117,7 +152,12 @@ def parse_message(raw: bytes) -> MessageData:
     """Parse RFC 5322 bytes; problems end up in ``parse_error``, never as an exception."""
     data = MessageData(raw=raw, size=len(raw))
     try:
-        msg = _PARSER.parsebytes(raw)
+        # Raw UTF-8 headers (RFC 6532) are read as text; bytes that are not UTF-8 survive as
+        # surrogates and come back unchanged when the body is decoded.
+        text = raw.decode("utf-8", "surrogateescape")
+        msg = _PARSER.parsestr(text, headersonly=True)
+        if msg.get_content_maintype() == "multipart":
+            msg = _PARSER.parsestr(text)
     except Exception as exc:  # the parser is lenient; this is a last line of defence
         data.parse_error = f"the message cannot be parsed: {exc}"
         return data
@@ -125,7 +165,7 @@ def parse_message(raw: bytes) -> MessageData:
         data.parse_error = "the message has no headers"
         return data
     try:
-        data.subject = str(msg.get("Subject", "") or "")
+        data.subject = _header_text(msg.get("Subject", ""))
         data.sender = normalize_address(msg.get("From"))
         data.to = _addresses(msg.get_all("To", []))
         data.cc = _addresses(msg.get_all("Cc", []))
