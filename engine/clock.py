@@ -147,3 +147,4 @@ class VirtualClock:
         if self._participants and len(self._sleepers) < self._participants:
             return
         self.advance_to(self._sleepers[0][0])
+        self._schedule_wake()  # later sleepers: jump again once the woken ones have run

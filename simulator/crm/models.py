@@ -29,6 +29,46 @@ class UTCDateTime(TypeDecorator):
             value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
 
+    # SQLite hot path: one function each way instead of this type's hook chained with SQLite's
+    # DATETIME processors; the stored text is the same ("YYYY-MM-DD HH:MM:SS.ffffff").
+    def bind_processor(self, dialect):
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        slow = super().bind_processor(dialect)
+        cache: dict[datetime, str] = {}  # a batch writes the same few instants many times
+
+        def process(value, _utc=UTC, _datetime=datetime):
+            if value is None:
+                return None
+            text = cache.get(value) if type(value) is _datetime else None
+            if text is not None:
+                return text
+            text = slow(value)
+            if value.tzinfo is _utc:
+                if len(cache) >= 4096:
+                    cache.clear()
+                cache[value] = text
+            return text
+
+        return process
+
+    def result_processor(self, dialect, coltype):
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        slow = super().result_processor(dialect, coltype)
+        parse = datetime.fromisoformat
+
+        def process(value):
+            if value is None:
+                return None
+            try:
+                parsed = parse(value + "+00:00")  # stored naive UTC; gives tzinfo UTC itself
+            except (TypeError, ValueError):
+                return slow(value)
+            return parsed if parsed.tzinfo is not None else slow(value)
+
+        return process
+
 
 def _dt(**kw) -> Field:  # a UTC datetime column
     return Field(default=None, sa_column=Column(UTCDateTime(), **kw))
@@ -304,6 +344,8 @@ class Mailbox(SQLModel, table=True):
 
 class Email(SQLModel, table=True):
     __tablename__ = "email"
+    # pending sends per sender mailbox, asked for at every lease
+    __table_args__ = (Index("ix_email_pending", "statuscode", "sendermailboxid"),)
 
     activityid: str = Field(primary_key=True)
     subject: str | None = None

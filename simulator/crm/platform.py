@@ -81,6 +81,137 @@ _LEASE_COLUMNS = [
 ]
 
 
+class Prepared:
+    """A Core statement compiled once for one dialect, executed on the DBAPI cursor.
+
+    For the few statements run per mailbox or per item on the polling path, SQLAlchemy's
+    per-execution work (cache key, parameter processing, result wrapping) costs several times
+    what the database does. The SQL text still comes from Core, and each value still goes
+    through its column type's bind processor (UTC datetimes, booleans)."""
+
+    __slots__ = ("sql", "_params", "_positional", "ok", "stmt", "params")
+
+    def __init__(self, stmt, dialect, column_keys: list[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        self.stmt = stmt
+        self.sql = compiled.string
+        self._positional = dialect.positional
+        names = list(compiled.positiontup or ()) if dialect.positional else list(compiled.binds)
+        self._params = []
+        for name in names:
+            bind = compiled.binds[name]
+            self._params.append((name, bind.key if bind.key in compiled.binds else name,
+                                 bind.type._cached_bind_processor(dialect), bind.value))
+        # defaults computed at execution time (insert/update "prefetch") are left to SQLAlchemy
+        self.ok = not (getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None)
+                       or getattr(compiled, "literal_execute_params", None) or compiled.post_compile_params)
+        self.params = self._make_params()
+
+    def _make_params(self):
+        """``row dict -> DBAPI parameters``, generated once: one expression per parameter."""
+        namespace: dict = {}
+        parts = []
+        for i, (name, key, proc, const) in enumerate(self._params):
+            namespace[f"c{i}"] = const
+            value = f"row.get({key!r}, c{i})"
+            if proc is not None:
+                namespace[f"p{i}"] = proc
+                value = f"p{i}({value})"
+            parts.append(value if self._positional else f"{name!r}: {value}")
+        body = f"({', '.join(parts)},)" if self._positional else f"{{{', '.join(parts)}}}"
+        if self._positional and not parts:
+            body = "()"
+        exec(f"def params(row):\n    return {body}\n", namespace)  # noqa: S102 - names come from Core
+        return namespace["params"]
+
+    def executemany(self, conn, rows: list[dict]) -> None:
+        """Run on ``conn`` (a SQLAlchemy Connection inside its transaction)."""
+        if not rows:
+            return
+        if not self.ok:
+            conn.execute(self.stmt, rows)
+            return
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(self.sql, [self.params(r) for r in rows])
+        finally:
+            cursor.close()
+
+    def fetchall(self, conn, row: dict, columns: list | None = None) -> list[tuple]:
+        """The rows, each value through the result processor of ``columns[i]``'s type when given."""
+        if not self.ok:
+            return [tuple(r) for r in conn.execute(self.stmt, row)]
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(self.sql, self.params(row))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        if columns is None or not rows:
+            return rows
+        dialect = conn.dialect
+        procs = [(i, c.type._cached_result_processor(dialect, None)) for i, c in enumerate(columns)]
+        procs = [(i, p) for i, p in procs if p is not None]
+        if not procs:
+            return rows
+        out = []
+        for r in rows:
+            r = list(r)
+            for i, p in procs:
+                r[i] = p(r[i])
+            out.append(r)
+        return out
+
+
+def _lease_statement(postgres: bool):
+    """Take up to ``:limit`` due mailboxes (free, or leased longer ago than ``:stale``) for ``:hostid``."""
+    now = bindparam("now", type_=M.c.processinglastattemptedon.type)
+    stale = bindparam("stale", type_=M.c.processinglastattemptedon.type)
+    due = (
+        select(M.c.mailboxid)
+        .where(
+            M.c.postponemailboxprocessinguntil <= now,
+            or_(M.c.processingstatecode == 0,
+                and_(M.c.processingstatecode == 1, M.c.processinglastattemptedon < stale)),
+        )
+        .order_by(M.c.postponemailboxprocessinguntil, M.c.mailboxid)
+        .limit(bindparam("limit", type_=M.c.forcedunlockcount.type))
+    )
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(M)
+        .where(M.c.mailboxid.in_(due.scalar_subquery()))
+        .values(
+            hostid=bindparam("hostid", type_=M.c.hostid.type),
+            processingstatecode=1,
+            processinglastattemptedon=now,
+            forcedunlockcount=M.c.forcedunlockcount + (M.c.processingstatecode == 1).cast(M.c.forcedunlockcount.type),
+        )
+        .returning(*_LEASE_COLUMNS)
+    )
+
+
+def _select_dupkeys(column: str, binds: list):
+    return select(E.c.dupkey).where(E.c[column].in_(binds))
+
+
+def _select_correlation(column: str, binds: list):
+    stmt = select(E.c[column], E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode).where(
+        E.c[column].in_(binds))
+    return stmt.order_by(E.c.createdon) if column == "conversationindex" else stmt
+
+
+def _release_statement(shape: tuple[str, ...]):
+    """UPDATE of one leased mailbox (by id and host) setting the columns of ``shape`` and freeing it."""
+    values = {name: bindparam(name, type_=M.c[name].type) for name in shape}
+    values["hostid"] = None
+    values["processingstatecode"] = 0
+    return (update(M)
+            .where(M.c.mailboxid == bindparam("b_mailboxid"), M.c.hostid == bindparam("b_hostid"))
+            .values(values))
+
+
 def key64(text: str) -> int:
     """A signed 64-bit key of a text (indexed instead of the long text itself)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(),
@@ -89,13 +220,15 @@ def key64(text: str) -> int:
 
 def duplicate_key(item: ItemProperties) -> int:
     """SPEC 10.2: the normalized Message-ID, or a hash of sender, date, subject and body."""
-    if item.message_id:
-        return key64("mid:" + item.message_id)
+    message_id = normalize_message_id(item.message_id)
+    if message_id:
+        return key64("mid:" + message_id)
     basis = "\x1f".join([item.sender or "", item.date.isoformat() if item.date else "", item.subject, item.body])
     return key64("sha1:" + hashlib.sha1(basis.encode("utf-8", "replace")).hexdigest())
 
 
 def message_key(message_id: str | None) -> int | None:
+    message_id = normalize_message_id(message_id)
     return key64("mid:" + message_id) if message_id else None
 
 
@@ -149,6 +282,7 @@ class Platform:
         self._pending_senders: set[str] | None = None
         self._last_purge: datetime | None = None
         self._postgres = db.dialect.name == "postgresql"
+        self._statements: dict[tuple, Prepared] = {}
 
     def _reset_pending(self) -> None:
         self._emails: list[dict] = []
@@ -246,10 +380,11 @@ class Platform:
     # -- leasing ---------------------------------------------------------------------------
     def next_due(self) -> datetime | None:
         with self.db.connect() as conn:
-            free = conn.execute(select(func.min(M.c.postponemailboxprocessinguntil)).where(
-                M.c.processingstatecode == 0)).scalar()
-            locked = conn.execute(select(func.min(M.c.processinglastattemptedon)).where(
-                M.c.processingstatecode == 1, M.c.postponemailboxprocessinguntil.is_not(None))).scalar()
+            free = self._prepared(("next_free",), lambda: select(func.min(M.c.postponemailboxprocessinguntil)).where(
+                M.c.processingstatecode == 0)).fetchall(conn, {}, [M.c.postponemailboxprocessinguntil])[0][0]
+            locked = self._prepared(("next_locked",), lambda: select(func.min(M.c.processinglastattemptedon)).where(
+                M.c.processingstatecode == 1, M.c.postponemailboxprocessinguntil.is_not(None))).fetchall(
+                conn, {}, [M.c.processinglastattemptedon])[0][0]
         free = _aware(free)
         if locked is not None:
             expiry = _aware(locked) + LEASE_TIMEOUT
@@ -257,34 +392,13 @@ class Platform:
         return free
 
     def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]:
-        stale = now - LEASE_TIMEOUT
-        due = (
-            select(M.c.mailboxid)
-            .where(
-                M.c.postponemailboxprocessinguntil <= now,
-                or_(M.c.processingstatecode == 0,
-                    and_(M.c.processingstatecode == 1, M.c.processinglastattemptedon < stale)),
-            )
-            .order_by(M.c.postponemailboxprocessinguntil, M.c.mailboxid)
-            .limit(limit)
-        )
-        if self._postgres:
-            due = due.with_for_update(skip_locked=True)
-        stmt = (
-            update(M)
-            .where(M.c.mailboxid.in_(due.scalar_subquery()))
-            .values(
-                hostid=hostid,
-                processingstatecode=1,
-                processinglastattemptedon=now,
-                forcedunlockcount=M.c.forcedunlockcount + (M.c.processingstatecode == 1).cast(M.c.forcedunlockcount.type),
-            )
-            .returning(*_LEASE_COLUMNS)
-        )
+        params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
+        lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
+        senders = self._prepared(("pending_senders",), lambda: select(E.c.sendermailboxid).where(
+            E.c.statuscode == EmailStatus.PENDING_SEND).distinct())
         with self.db.begin() as conn:
-            rows = conn.execute(stmt).all()
-            self._pending_senders = {r[0] for r in conn.execute(
-                select(E.c.sendermailboxid).where(E.c.statuscode == EmailStatus.PENDING_SEND).distinct())}
+            rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
+            self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
         works = [
             MailboxWork(
                 id=r[0], emailaddress=r[1], ownerid=r[2], regardingobjectid=r[3], regardingobjecttypecode=r[4],
@@ -302,21 +416,39 @@ class Platform:
         return works
 
     def release(self, hostid: str, updates: list[MailboxUpdate]) -> None:
-        """Write the batch: pending rows, then the mailbox updates grouped by identical values."""
-        groups: dict[tuple, list[str]] = defaultdict(list)
+        """Write the batch in one transaction: pending rows, then the mailbox updates.
+
+        The updates are grouped by the set of columns they change; each group is one
+        executemany of one cached statement (a handful of shapes cover a whole batch)."""
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
         for upd in updates:
-            key = tuple(sorted(upd.values.items()))
-            groups[key].append(upd.mailboxid)
+            row = dict(upd.values)
+            shape = tuple(sorted(row))
+            row["b_mailboxid"] = upd.mailboxid
+            row["b_hostid"] = hostid
+            shapes[shape].append(row)
         with self.db.begin() as conn:
             self._flush(conn)
-            for key, ids in groups.items():
-                values = dict(key)
-                values["hostid"] = None
-                values["processingstatecode"] = 0
-                for start in range(0, len(ids), 500):
-                    conn.execute(update(M).where(M.c.mailboxid.in_(ids[start:start + 500]),
-                                                 M.c.hostid == hostid).values(**values))
+            for shape, rows in shapes.items():
+                self._prepared(("release", shape), lambda shape=shape: _release_statement(shape)).executemany(conn, rows)
         self._purge_old_item_rows()
+
+    def _prepared(self, key: tuple, build) -> Prepared:
+        prepared = self._statements.get(key)
+        if prepared is None:
+            prepared = self._statements[key] = Prepared(build(), self.db.dialect)
+        return prepared
+
+    def _insert_many(self, conn, table, rows: list[dict]) -> None:
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for row in rows:
+            shapes[tuple(row)].append(row)
+        for shape, group in shapes.items():
+            key = ("insert", table.name, shape)
+            prepared = self._statements.get(key)
+            if prepared is None:
+                prepared = self._statements[key] = Prepared(insert(table), self.db.dialect, list(shape))
+            prepared.executemany(conn, group)
 
     def update_mailboxes(self, updates: list[MailboxUpdate]) -> None:
         """Write mailbox columns outside a lease (administration, Test & Enable)."""
@@ -328,11 +460,11 @@ class Platform:
 
     def _flush(self, conn) -> None:
         if self._emails:
-            conn.execute(insert(E), self._emails)
+            self._insert_many(conn, E, self._emails)
         if self._parties:
-            conn.execute(insert(P), self._parties)
+            self._insert_many(conn, P, self._parties)
         if self._item_rows:
-            conn.execute(insert(X), self._item_rows)
+            self._insert_many(conn, X, self._item_rows)
         by_id = update(E).where(E.c.activityid == bindparam("b_activityid"))
         if self._send_updates:
             conn.execute(by_id, self._send_updates)
@@ -361,23 +493,26 @@ class Platform:
         by_conv: dict[str, Correlated] = {}
         with self.db.connect() as conn:
             if dupkeys:
-                known_dups.update(r[0] for r in conn.execute(select(E.c.dupkey).where(E.c.dupkey.in_(dupkeys))))
+                known_dups.update(r[0] for r in self._select_in(conn, "dupkey", _select_dupkeys, dupkeys))
             if msgkeys:
-                for k, aid, reg, regtype in conn.execute(select(
-                        E.c.messageidkey, E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode,
-                ).where(E.c.messageidkey.in_(msgkeys))):
+                for k, aid, reg, regtype in self._select_in(conn, "messageidkey", _select_correlation, msgkeys):
                     by_msgkey.setdefault(k, Correlated(aid, reg, regtype))
             if tokens:
-                for tok, aid, reg, regtype in conn.execute(select(
-                        E.c.trackingtoken, E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode,
-                ).where(E.c.trackingtoken.in_(tokens))):
+                for tok, aid, reg, regtype in self._select_in(conn, "trackingtoken", _select_correlation, tokens):
                     by_token.setdefault(tok, Correlated(aid, reg, regtype))
             if convs:
-                for conv, aid, reg, regtype in conn.execute(select(
-                        E.c.conversationindex, E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode,
-                ).where(E.c.conversationindex.in_(convs)).order_by(E.c.createdon)):
+                for conv, aid, reg, regtype in self._select_in(conn, "conversationindex", _select_correlation,
+                                                               convs):
                     by_conv.setdefault(conv, Correlated(aid, reg, regtype))
         return known_dups, by_msgkey, by_token, by_conv
+
+    def _select_in(self, conn, column: str, build, values) -> list[tuple]:
+        """Rows of ``build(column, binds)`` for the values, with one prepared statement per list length."""
+        values = list(values)
+        n = len(values)
+        prepared = self._prepared(("in", column, build.__name__, n),
+                                  lambda: build(column, [bindparam(f"k{i}") for i in range(n)]))
+        return prepared.fetchall(conn, {f"k{i}": v for i, v in enumerate(values)})
 
     def _tokens_in(self, subject: str) -> list[str]:
         prefix = self._tracking_prefix()

@@ -1,0 +1,1 @@
+"""Benchmarks of the simulated SSS engine (run ``python -m benchmarks.simulation --help``)."""
