@@ -435,3 +435,57 @@ class AsyncOperation(SQLModel, table=True):
     startedon: datetime | None = _dt()
     completedon: datetime | None = _dt()
     createdon: datetime | None = _dt()
+
+
+# -- S2S setup state (SPEC 1.2-1.4), kept in the CRM database so that the setup flow can be done
+# one CLI command at a time.
+
+class SimulatorState(SQLModel, table=True):
+    """Sandbox state beside the CRM tables: the identity service (JSON), the persisted virtual clock."""
+
+    __tablename__ = "simulatorstate"
+
+    key: str = Field(primary_key=True)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    modifiedon: datetime | None = _dt()
+
+
+class S2SCertificate(SQLModel, table=True):
+    """A certificate installed on the CRM deployment (SPEC 1.2, CertificateReconfiguration.ps1).
+
+    One row per certificate type; only ``S2STokenIssuer`` is simulated. The private key is kept
+    unencrypted (PKCS#8 PEM): this is a sandbox.
+    """
+
+    __tablename__ = "s2scertificate"
+
+    certificatetype: str = Field(primary_key=True)
+    thumbprint: str
+    subject: str
+    serialnumber: str
+    notbefore: datetime | None = _dt()
+    notafter: datetime | None = _dt()
+    certificatepem: str = Field(sa_column=Column(Text, nullable=False))
+    privatekeypem: str = Field(sa_column=Column(Text, nullable=False))
+    serviceaccount: str
+    storefindtype: str
+    sourcefile: str | None = None
+    installedon: datetime | None = _dt()
+    installedby: str | None = None
+
+
+class S2SConfiguration(SQLModel, table=True):
+    """Server-based authentication with Exchange Online (SPEC 1.3, ConfigureCrmServerSideSync)."""
+
+    __tablename__ = "s2sconfiguration"
+
+    organizationid: str = Field(primary_key=True)
+    authorizationserverprincipalid: str  # 00000001-0000-0000-c000-000000000000
+    authorizationservermetadataurl: str | None = None
+    tenantid: str
+    rootdomainname: str
+    serviceprincipalname: str
+    certificatethumbprint: str  # the certificate registered as a verify key of the CRM principal
+    o365adminemail: str
+    configuredon: datetime | None = _dt()
+    configuredby: str | None = None
