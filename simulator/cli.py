@@ -106,6 +106,339 @@ def demo(
         _print_summary(console, summary)
 
 
+# ------------------------------------------------------------------------------ the setup flow (SPEC 1.1-1.4)
+# One command per step; the state between steps lives in the CRM database given by --db (identity
+# service and the sandbox's virtual clock included). A refused step prints one line on stderr, exits 1
+# and writes nothing.
+
+org_app = typer.Typer(no_args_is_help=True, help="The CRM organization (SPEC 1.1).")
+tenant_app = typer.Typer(no_args_is_help=True, help="The Office 365 tenant, done by its administrator.")
+cert_app = typer.Typer(no_args_is_help=True, help="S2S certificates: make one, install it (SPEC 1.2).")
+s2s_app = typer.Typer(no_args_is_help=True, help="Server-based authentication (SPEC 1.3, 1.4).")
+clock_app = typer.Typer(no_args_is_help=True, help="The sandbox's virtual clock (certificates expire in it).")
+app.add_typer(org_app, name="org")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(cert_app, name="cert")
+app.add_typer(s2s_app, name="s2s")
+app.add_typer(clock_app, name="clock")
+
+DEFAULT_DB = "sss.db"
+
+
+def _db_option():
+    return typer.Option(DEFAULT_DB, "--db", envvar="SSS_DB", metavar="URL",
+                        help="The sandbox's CRM database: a SQLAlchemy URL, or a SQLite file path.")
+
+
+def _as_option():
+    return typer.Option(..., "--as", metavar="USER",
+                        help="The CRM user who runs the step (domain name, e.g. admin); needs System Administrator.")
+
+
+def _engine(db: str):
+    from simulator.crm.db import make_engine, sqlite_url
+
+    return make_engine(db if "://" in db else sqlite_url(db))
+
+
+def _option_name(field: str | None) -> str | None:
+    if not field:
+        return None
+    return "--as" if field == "as_user" else "--" + field.replace("_", "-")
+
+
+class _Refused:
+    """Turn a refused step into one line on stderr and exit code 1."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            return False
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from simulator.crm.admin import AdminError
+        from simulator.crm.db import DatabaseError
+        from simulator.identity import CertificateError, IdentityError
+
+        if isinstance(exc, AdminError):
+            text = str(exc)
+            if exc.field and text.startswith(f"{exc.field}: "):
+                text = text[len(exc.field) + 2:]
+            option = _option_name(exc.field)
+            line = f"{option}: {text}" if option else text
+        elif isinstance(exc, CertificateError | IdentityError):
+            line = exc.message
+        elif isinstance(exc, DatabaseError):
+            line = str(exc)
+        elif isinstance(exc, SQLAlchemyError):
+            line = "database: " + (str(getattr(exc, "orig", None) or exc).splitlines() or ["unusable"])[0]
+        else:
+            return False
+        typer.echo("Error: " + " ".join(line.split()), err=True)
+        raise typer.Exit(1)
+
+
+def _say(text: str) -> None:
+    Console(highlight=False, soft_wrap=True).print(text)
+
+
+@org_app.command("init")
+def org_init(
+    name: str = typer.Option(..., "--name", help="The organization's name, e.g. Contoso."),
+    admin_email: str = typer.Option(..., "--admin-email", help="Email address of the first System Administrator."),
+    admin_domain: str = typer.Option("admin", "--admin-domain", help="Domain (logon) name of that user; pass it as --as."),
+    admin_name: str = typer.Option("Admin", "--admin-name", help="Full name of that user."),
+    seed: int = typer.Option(0, help="Seed of the ids."),
+    db: str = _db_option(),
+) -> None:
+    """Create the CRM organization with its security roles and a first System Administrator."""
+    import re
+
+    from simulator.crm.admin import Admin, AdminError
+    from simulator.crm.platform import IdFactory, Platform
+    from simulator.crm.s2s import current_time, load_clock
+
+    with _Refused():
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", admin_email.strip()):
+            raise AdminError(f"{admin_email!r} is not an email address", "admin_email")
+        if not admin_domain.strip() or any(c.isspace() for c in admin_domain.strip()):
+            raise AdminError(f"{admin_domain!r} is not a logon name", "admin_domain")
+        engine = _engine(db)
+        from sqlmodel import Session
+
+        with Session(engine) as session:
+            clock = load_clock(session)
+        admin = Admin(engine, clock, Platform(engine, clock), None, IdFactory(seed))  # type: ignore[arg-type]
+        orgid = admin.create_organization(name, admin_name=admin_name.strip() or "Admin",
+                                          admin_domain=admin_domain.strip(), admin_email=admin_email.strip())
+        current_time(engine)  # fixes the sandbox clock at its first use
+    _say(f"[green]Organization {name.strip()} created[/green] (id {orgid}).")
+    _say(f"System Administrator: {admin_domain.strip()} <{admin_email.strip().lower()}> (use --as {admin_domain.strip()}).")
+    _say("Next (Office 365 side): sss tenant create --name ... --domain ... --admin ...")
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: str = typer.Option(..., "--name", help="The tenant's name, e.g. Contoso."),
+    domain: list[str] = typer.Option([], "--domain", help="A domain of the tenant (repeatable); "
+                                     "default <name>.onmicrosoft.com."),
+    admin: list[str] = typer.Option(..., "--admin", help="An Office 365 global administrator address (repeatable)."),
+    db: str = _db_option(),
+) -> None:
+    """Create an Office 365 tenant in the sandbox's identity service."""
+    from simulator.crm.s2s import create_tenant
+
+    with _Refused():
+        tenant = create_tenant(_engine(db), name, list(domain), list(admin))
+    _say(f"[green]Tenant {tenant.name} created[/green]: tenant id {tenant.tenant_id}")
+    _say(f"Domains: {', '.join(tenant.domains)}; administrators: {', '.join(tenant.admins)}")
+    _say("Next: sss cert new --subject CN=<CRM server> --days 365 --password ... --out certs")
+
+
+@tenant_app.command("list")
+def tenant_list(db: str = _db_option()) -> None:
+    """The tenants of the sandbox's identity service."""
+    from simulator.crm.s2s import list_tenants
+
+    with _Refused():
+        tenants = list_tenants(_engine(db))
+    table = Table(title="Tenants")
+    for col in ("name", "tenant id", "domains", "administrators", "CRM principal keys"):
+        table.add_column(col, overflow="fold")
+    from simulator.identity import CRM_APP_ID
+
+    for t in tenants:
+        sp = t.principals.get(CRM_APP_ID)
+        keys = ", ".join(f"{k.thumbprint[:8]}… until {k.end:%Y-%m-%d}" for k in sp.keys) if sp else ""
+        table.add_row(t.name, t.tenant_id, ", ".join(t.domains), ", ".join(t.admins), keys or "none")
+    Console().print(table)
+
+
+@cert_app.command("new")
+def cert_new(
+    subject: str = typer.Option(..., "--subject", help="The subject, CN=<name>, e.g. CN=crm.contoso.com."),
+    days: int = typer.Option(365, "--days", help="Validity in days, from the sandbox clock's now."),
+    password: str = typer.Option(..., "--password", prompt=True, hide_input=True, confirmation_prompt=True,
+                                 help="Password of the .pfx."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder to write <name>.pfx and <name>.cer into."),
+    name: str | None = typer.Option(None, "--name", help="File name without extension; default from the CN."),
+    without_private_key: bool = typer.Option(False, "--without-private-key",
+                                             help="Leave the private key out of the .pfx (an exercise)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    db: str = _db_option(),
+) -> None:
+    """Make a self-signed certificate: a .pfx with its private key and a .cer with the public part."""
+    from sqlmodel import Session
+
+    from simulator.crm.s2s import load_clock, new_certificate, save_clock
+
+    with _Refused():
+        engine = _engine(db)
+        with Session(engine) as session:
+            clock = load_clock(session)
+            made = new_certificate(subject, days, password, out, clock=clock, file_name=name,
+                                   with_private_key=not without_private_key, overwrite=force)
+            save_clock(session, clock)
+            session.commit()
+    _say(f"[green]Certificate {made.subject}[/green] thumbprint {made.thumbprint}")
+    _say(f"Valid from {made.not_before:%Y-%m-%d %H:%M:%S} to {made.not_after:%Y-%m-%d %H:%M:%S} UTC (sandbox time).")
+    _say(f"Wrote {made.pfx_path}{'' if made.with_private_key else ' (without private key)'} and {made.cer_path}.")
+    _say(f"Next (SPEC 1.2): sss cert install --certificate-file {made.pfx_path} --password ... "
+         f"--certificate-type S2STokenIssuer --service-account DOMAIN\\account "
+         f"--store-find-type FindBySubjectDistinguishedName --update-crm --as <admin>")
+
+
+@cert_app.command("install")
+def cert_install(
+    certificate_file: str = typer.Option(..., "--certificate-file", "--certificateFile",
+                                         help="The .pfx file (with its private key)."),
+    password: str = typer.Option(..., "--password", prompt=True, hide_input=True, help="Password of the .pfx."),
+    certificate_type: str = typer.Option(..., "--certificate-type", "--certificateType",
+                                         help="S2STokenIssuer: the certificate the CRM signs S2S tokens with."),
+    service_account: str = typer.Option(..., "--service-account", "--serviceAccount",
+                                        help="DOMAIN\\account of the asynchronous service (reads the key)."),
+    store_find_type: str = typer.Option("FindBySubjectDistinguishedName", "--store-find-type", "--storeFindType",
+                                        help="How the script finds the certificate in the store."),
+    update_crm: bool = typer.Option(False, "--update-crm", "--updateCrm",
+                                    help="Update the CRM deployment (without it only the server's store changes)."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """SPEC 1.2 (CertificateReconfiguration.ps1): install the certificate as the S2S token issuer."""
+    from simulator.crm.s2s import install_certificate
+
+    with _Refused():
+        done = install_certificate(_engine(db), as_user, certificate_file, password,
+                                   certificate_type=certificate_type, service_account=service_account,
+                                   store_find_type=store_find_type, update_crm=update_crm)
+    _say(f"Certificate {done.subject}, thumbprint {done.thumbprint}, valid until "
+         f"{done.not_after:%Y-%m-%d %H:%M:%S} UTC; private key readable by {done.service_account}.")
+    if not done.updated_crm:
+        _say("[yellow]The certificate was imported on the server only; the CRM deployment was not changed. "
+             "Run again with --update-crm.[/yellow]")
+        return
+    if done.replaced_thumbprint:
+        _say(f"It replaces the S2S token issuer certificate {done.replaced_thumbprint}.")
+    _say(f"[green]Installed as the {done.certificate_type} certificate of the CRM deployment.[/green]")
+    _say("Next (SPEC 1.3): sss s2s configure --root-domain-name ... --private-key-password ... --cer-file-path ... "
+         "--pfx-file-path ... --organization-name ... --o365-admin-email ... --as <admin>")
+
+
+@s2s_app.command("configure")
+def s2s_configure(
+    root_domain_name: str = typer.Option(..., "--root-domain-name", "--rootDomainName",
+                                         help="Name of the server that runs the CRM, e.g. crm.contoso.com."),
+    private_key_password: str = typer.Option(..., "--private-key-password", "--privateKeyPassword", prompt=True,
+                                             hide_input=True, help="Password of the certificate's private key."),
+    cer_file_path: str = typer.Option(..., "--cer-file-path", "--cerFilePath", help="The public certificate (.cer)."),
+    pfx_file_path: str = typer.Option(..., "--pfx-file-path", "--pfxFilePath", help="The .pfx with the private key."),
+    organization_name: str = typer.Option(..., "--organization-name", "--organizationName",
+                                          help="The CRM organization, e.g. Contoso."),
+    o365_admin_email: str = typer.Option(..., "--o365-admin-email", "--O365AdminEmail",
+                                         help="An Office 365 tenant admin, e.g. admin@contoso.onmicrosoft.com."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """SPEC 1.3 (ConfigureCrmServerSideSync): register the CRM with Exchange Online's identity service."""
+    from simulator.crm.s2s import configure_server_side_sync
+    from simulator.identity import ACS_PRINCIPAL_ID
+
+    with _Refused():
+        done = configure_server_side_sync(
+            _engine(db), as_user, root_domain_name=root_domain_name, private_key_password=private_key_password,
+            cer_file_path=cer_file_path, pfx_file_path=pfx_file_path, organization_name=organization_name,
+            o365_admin_email=o365_admin_email)
+    _say(f"Tenant {done.tenant_name} ({done.tenant_id}):")
+    _say(f"  service principal name {done.service_principal_name} registered")
+    _say(f"  certificate {done.thumbprint} added as a verify key (key id {done.key_id}, until "
+         f"{done.key_end:%Y-%m-%d %H:%M:%S} UTC)")
+    for tp in done.removed_keys:
+        _say(f"  expired key {tp} removed")
+    _say(f"Server-based authentication configured (authorization server principal {ACS_PRINCIPAL_ID}).")
+    if done.previous_tenant_id:
+        _say(f"[yellow]The organization's tenant id changed from {done.previous_tenant_id}.[/yellow]")
+    _say(f"S2STenantId of organization {done.organization_name} = {done.tenant_id}")
+    _say("[green]ConfigureCrmServerSideSync succeeded.[/green] Check it: sss s2s validate")
+
+
+@s2s_app.command("validate")
+def s2s_validate(db: str = _db_option()) -> None:
+    """SPEC 1.4: server-based authentication validation; exits 1 on "Authentication failure"."""
+    from simulator.crm.s2s import validate_s2s
+
+    with _Refused():
+        result = validate_s2s(_engine(db))
+    table = Table(title=f"Server-based authentication at {result.checked_at:%Y-%m-%d %H:%M:%S} UTC (sandbox time)")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for c in result.checks:
+        mark = "[green]OK[/green]" if c.ok else ("[red]FAILED[/red]" if c.ok is False else "[dim]skipped[/dim]")
+        table.add_row(c.name, mark, c.detail)
+    Console(highlight=False).print(table)
+    if result.ok:
+        _say("[green]Success.[/green]")
+        return
+    typer.echo(" ".join(result.message.split()), err=True)
+    raise typer.Exit(1)
+
+
+@clock_app.command("show")
+def clock_show(db: str = _db_option()) -> None:
+    """The sandbox's current time."""
+    from simulator.crm.s2s import current_time
+
+    with _Refused():
+        now = current_time(_engine(db))
+    _say(f"{now:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@clock_app.command("advance")
+def clock_advance(
+    days: float = typer.Option(0.0, "--days", min=0, help="Days to move forward."),
+    hours: float = typer.Option(0.0, "--hours", min=0, help="Hours to move forward."),
+    db: str = _db_option(),
+) -> None:
+    """Fast-forward the sandbox clock (it never goes back)."""
+    from simulator.crm.s2s import advance_clock
+
+    with _Refused():
+        now = advance_clock(_engine(db), days=days, hours=hours)
+    _say(f"The sandbox clock is now {now:%Y-%m-%d %H:%M:%S} UTC.")
+
+
+# ------------------------------------------------------------------------------ wire mode (the network services)
+@app.command()
+def serve(
+    db: str = _db_option(),
+    seed: int = typer.Option(1, help="Seed of the organization built on an empty database."),
+    virtual: bool = typer.Option(False, "--virtual", help="Virtual clock, moved with POST /_sim/clock/advance."),
+    info_json: Path | None = typer.Option(None, "--info-json", metavar="FILE",
+                                          help="Write the endpoints, CA file, ids and certificate as JSON."),
+    http_port: int = typer.Option(0, min=0, max=65535, help="HTTPS port (0: a free one)."),
+    smtp_port: int = typer.Option(0, min=0, max=65535, help="SMTP port (0: a free one)."),
+    users: int = typer.Option(10, min=1, max=10_000, help="Users of the organization built on an empty database."),
+    state_dir: Path | None = typer.Option(None, help="Where the CA and certificates live (default $SSS_HOME)."),
+) -> None:
+    """Run EWS, Autodiscover, SMTP, the identity service and the engine on loopback."""
+    from simulator.crm.db import sqlite_url
+    from simulator.serve import serve as run_serve
+
+    url = db if "://" in db else sqlite_url(db)
+
+    async def go() -> None:
+        await run_serve(db_url=url, seed=seed, state_dir=state_dir, virtual=virtual, users=users, queues=2,
+                        contacts=20, http_port=http_port, smtp_port=smtp_port, info_json=info_json, out=_say)
+
+    with _Refused():
+        try:
+            asyncio.run(go())
+        except KeyboardInterrupt:
+            _say("Stopped.")
+
+
 def main() -> None:
     app()
 
