@@ -35,6 +35,41 @@ def fresh_database(path: str | Path) -> Path:
     return path
 
 
+
+def build_organization(admin, rng: random.Random, *, users: int, queues: int, contacts: int,
+                       tenant_id: str | None = None, domain: str = "contoso.example",
+                       ) -> tuple[list[Party], list[Party], list[str]]:
+    """Contoso: an administrator (dana), seeded users and queues, and contacts/accounts/leads.
+
+    Returns (users, queues, contact addresses). ``tenant_id`` pre-sets the organization's Exchange
+    Online tenant (as if ConfigureCrmServerSideSync had run); leave it None to do that step for real.
+    """
+    admin.create_organization("Contoso", admin_name="Dana Admin", admin_domain="dana",
+                              admin_email=f"dana@{domain}", tenant_id=tenant_id)
+    people: list[Party] = []
+    names = set()
+    while len(people) < users:
+        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+        if name in names:
+            continue
+        names.add(name)
+        address = name.lower().replace(" ", ".") + "@" + domain
+        track = 0 if rng.random() < 0.3 else 1  # SPEC 10.7: users default to replies only
+        people.append(Party(address, admin.add_user(name, address, track=track)))
+    boxes = []
+    for qname in ("Support", "Sales", "Billing", "Partners", "Careers")[:queues]:
+        address = f"{qname.lower()}@{domain}"
+        admin.add_queue(qname, address, owner="dana")
+        boxes.append(Party(address))
+    records = []
+    for i in range(contacts):
+        kind = "contact" if i % 5 else rng.choice(("account", "lead"))
+        address = f"{rng.choice(FIRST_NAMES).lower()}{i}@fabrikam.example"
+        admin.add_record(kind, address.split("@")[0].title(), address)
+        records.append(address)
+    return people, boxes, records
+
+
 class Demo:
     def __init__(self, *, seed: int = 1, db_path: str | Path = DEMO_DB, users: int = 30, queues: int = 3,
                  contacts: int = 40, hours: float = 24.0, start: datetime = DEFAULT_START) -> None:
@@ -48,32 +83,10 @@ class Demo:
 
     async def setup(self) -> None:
         sb, rng, admin = self.sb, self.rng, self.sb.admin
-        domain = "contoso.example"
         tenant = "72f988bf-0000-4000-8000-" + f"{rng.getrandbits(48):012x}"
-        admin.create_organization("Contoso", admin_name="Dana Admin", admin_domain="dana",
-                                  admin_email=f"dana@{domain}", tenant_id=tenant)
+        users, queues, contacts = build_organization(admin, rng, users=self.n_users, queues=self.n_queues,
+                                                     contacts=self.n_contacts, tenant_id=tenant)
         admin.update_org("dana", generatealertsforwarnings=True)
-        users: list[Party] = []
-        names = set()
-        while len(users) < self.n_users:
-            name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
-            if name in names:
-                continue
-            names.add(name)
-            address = name.lower().replace(" ", ".") + "@" + domain
-            track = 0 if rng.random() < 0.3 else 1  # SPEC 10.7: users default to replies only
-            users.append(Party(address, admin.add_user(name, address, track=track)))
-        queues = []
-        for qname in ("Support", "Sales", "Billing", "Partners", "Careers")[: self.n_queues]:
-            address = f"{qname.lower()}@{domain}"
-            admin.add_queue(qname, address, owner="dana")
-            queues.append(Party(address))
-        contacts = []
-        for i in range(self.n_contacts):
-            kind = "contact" if i % 5 else rng.choice(("account", "lead"))
-            address = f"{rng.choice(FIRST_NAMES).lower()}{i}@fabrikam.example"
-            admin.add_record(kind, address.split("@")[0].title(), address)
-            contacts.append(address)
         process_from = sb.clock.now() - timedelta(hours=12)
         profile = admin.create_profile(
             "dana", name="Exchange Online", description="Contoso's Exchange Online tenant",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.clock import VirtualClock, as_utc
+from engine.clock import Clock, VirtualClock, as_utc
 from engine.service import SyncService
 from simulator.crm.admin import Admin
 from simulator.crm.db import MEMORY_URL, make_engine
@@ -27,15 +27,19 @@ DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 
 
 class Sandbox:
-    """Org + Exchange + engine in one process, on a virtual clock ("direct mode")."""
+    """Org + Exchange + engine in one process, on a virtual clock ("direct mode").
+
+    ``clock`` replaces the virtual clock (a :class:`~engine.clock.RealClock` for a real-time
+    service: then :meth:`run_until` is not used; the engine runs with ``engine.run_forever``).
+    """
 
     def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
                  record_events: bool = True, jitter: bool = False, lease_batch: int = 2000,
-                 hostid: str = "sss-host-1") -> None:
+                 hostid: str = "sss-host-1", clock: Clock | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(f"sandbox-{seed}")
-        self.clock = VirtualClock(as_utc(start))
-        self.db = make_engine(db_url)
+        self.clock = clock if clock is not None else VirtualClock(as_utc(start))
+        self.db = make_engine(db_url, durable=False)  # a simulation artefact: no fsync (BENCHMARKS.md)
         self.ids = IdFactory(seed)
         self.store = ExchangeStore(self.clock, IdSource(seed))
         self.faults = FaultInjector(random.Random(f"faults-{seed}"))

@@ -1,0 +1,104 @@
+"""The ``/_sim`` control plane: drive a running sandbox over HTTP from any language.
+
+* ``GET  /_sim/clock``                 the sandbox time (and whether it is virtual)
+* ``POST /_sim/clock/advance``         ``{"seconds": N}``: run everything due up to now + N (virtual clock)
+* ``GET  /_sim/mailboxes``             statuses of every mailbox
+* ``GET  /_sim/stats``                 engine counters
+* ``GET  /_sim/faults``                the fault rules
+* ``POST /_sim/faults``                add a rule: ``{"code": ..., "operation": ..., "mailbox": ..., "count": ..., "probability": ..., "backoff_ms": ...}``
+* ``DELETE /_sim/faults``              remove all rules
+
+Bad input gets a 400 with ``{"error": ...}`` naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from simulator.faults import FaultRule, FaultRuleError
+
+MAX_ADVANCE_S = 366 * 86400
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is not JSON: {exc}"}),
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}),
+                                 content_type="application/json")
+    return body
+
+
+def control_routes(sandbox) -> list[web.RouteDef]:
+    """Routes over a :class:`~simulator.sandbox.Sandbox` (which must outlive the server)."""
+    lock = asyncio.Lock()
+
+    async def clock(_request: web.Request) -> web.Response:
+        return web.json_response({"now": sandbox.clock.now().isoformat(), "virtual": sandbox.clock.is_virtual})
+
+    async def advance(request: web.Request) -> web.Response:
+        if not sandbox.clock.is_virtual:
+            return _error(409, "the sandbox runs on the real clock; start it with --virtual to move time")
+        body = await _json_body(request)
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_ADVANCE_S:
+            return _error(400, f"seconds: {seconds!r} is not a number of seconds from 0 to {MAX_ADVANCE_S}")
+        async with lock:
+            polls = sandbox.engine.stats.polls
+            await sandbox.run_until(sandbox.clock.now() + timedelta(seconds=seconds))
+            return web.json_response({"now": sandbox.clock.now().isoformat(),
+                                      "polls": sandbox.engine.stats.polls - polls})
+
+    async def mailboxes(_request: web.Request) -> web.Response:
+        return web.json_response([asdict(m) for m in sandbox.admin.mailboxes()])
+
+    async def stats(_request: web.Request) -> web.Response:
+        st = sandbox.engine.stats
+        return web.json_response({
+            "polls": st.polls, "emails_tracked": st.emails_tracked, "emails_skipped": dict(st.emails_skipped),
+            "emails_undeliverable": st.emails_undeliverable, "emails_sent": st.emails_sent,
+            "emails_send_failed": st.emails_send_failed, "errors": dict(st.errors), "disabled": st.disabled})
+
+    async def list_faults(_request: web.Request) -> web.Response:
+        return web.json_response([asdict(r) for r in sandbox.faults.rules])
+
+    async def add_fault(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        allowed = {"code", "operation", "mailbox", "count", "probability", "backoff_ms"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            return _error(400, f"{unknown[0]}: not a field of a fault rule ({', '.join(sorted(allowed))})")
+        if "code" not in body:
+            return _error(400, "code: is required")
+        try:
+            rule = sandbox.faults.add(FaultRule(**body))
+        except (FaultRuleError, TypeError) as exc:
+            return _error(400, str(exc))
+        return web.json_response(asdict(rule), status=201)
+
+    async def clear_faults(_request: web.Request) -> web.Response:
+        sandbox.faults.clear()
+        return web.json_response({"rules": 0})
+
+    return [
+        web.get("/_sim/clock", clock),
+        web.post("/_sim/clock/advance", advance),
+        web.get("/_sim/mailboxes", mailboxes),
+        web.get("/_sim/stats", stats),
+        web.get("/_sim/faults", list_faults),
+        web.post("/_sim/faults", add_fault),
+        web.delete("/_sim/faults", clear_faults),
+    ]

@@ -1,0 +1,258 @@
+"""Wire mode: the sandbox's services on loopback HTTPS/SMTP, and the engine on the real clients.
+
+A :class:`WireSandbox` wraps a :class:`~simulator.sandbox.Sandbox` (same CRM database, same
+Exchange store, same fault rules) and adds:
+
+* one HTTPS server (the sandbox CA, see :mod:`simulator.tls`) carrying EWS, Autodiscover, the
+  identity service and the ``/_sim`` control plane; EWS checks every bearer token with the
+  identity service (signature, audience, tenant, expiry, the ``full_access_as_app`` role);
+* SMTP ingress (aiosmtpd) into the same store;
+* the engine's Exchange port replaced by :class:`engine.ews.EwsExchange` (exchangelib), its EWS
+  URL found by Autodiscover and its tokens got with msal from the certificate the CRM deployment
+  has installed (SPEC 1.2) for the tenant stored on the organization (SPEC 1.3).
+
+The S2S setup can be done step by step through :mod:`simulator.crm.s2s` (as a trainee would), or
+in one call with :meth:`WireSandbox.configure_s2s`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from engine.autodiscover import AutodiscoverResolver
+from engine.clock import Clock, VirtualClock
+from engine.errors import TokenError
+from engine.ews import EwsExchange
+from engine.tokens import MsalTokenSource
+from simulator.control import control_routes
+from simulator.crm import s2s
+from simulator.crm.db import MEMORY_URL
+from simulator.crm.models import Organization
+from simulator.exchange.autodiscover import autodiscover_routes
+from simulator.exchange.ews import EwsService
+from simulator.exchange.smtp import SmtpIngress
+from simulator.identity import IdentityService
+from simulator.identity.service import CRM_APP_ID, EXCHANGE_SCOPE
+from simulator.sandbox import DEFAULT_START, Sandbox
+from simulator.tls import TlsFiles, default_state_dir, ensure_tls
+from simulator.web import WebServer
+
+APP_ROLE = "full_access_as_app"
+CREDENTIALS_TTL = timedelta(minutes=1)  # how long the token source trusts what it read from the database
+
+
+class CrmTokenSource:
+    """The CRM deployment's S2S token source: its installed certificate and its organization's tenant.
+
+    It reads them from the CRM database (what the real deployment knows), never from the identity
+    service: whether the certificate is registered, valid and for that tenant is for the identity
+    service to say when msal asks it for a token.
+    """
+
+    def __init__(self, sandbox: Sandbox, authority_base: str, ca_file: str | Path) -> None:
+        self.sb = sandbox
+        self.authority_base = authority_base.rstrip("/")
+        self.ca_file = str(ca_file)
+        self._source: MsalTokenSource | None = None
+        self._key: tuple[str, str] | None = None
+        self._read_at: datetime | None = None
+
+    def _current(self) -> MsalTokenSource:
+        now = self.sb.clock.now()
+        if self._source is not None and self._read_at is not None and now - self._read_at < CREDENTIALS_TTL:
+            return self._source
+        cert = s2s.installed_certificate(self.sb.db)
+        org = _organization(self.sb)
+        if cert is None:
+            raise TokenError("no certificate is installed as the S2S token issuer (run `sss cert install`)")
+        if not org.s2stenantid:
+            raise TokenError("the organization has no Exchange Online tenant id (run `sss s2s configure`)")
+        key = (org.s2stenantid, cert.thumbprint)
+        if key != self._key:
+            if self._source is not None:
+                self._source.close()
+            self._source = MsalTokenSource(f"{self.authority_base}/{org.s2stenantid}", CRM_APP_ID,
+                                           private_key_pem=cert.privatekeypem, thumbprint=cert.thumbprint,
+                                           scope=EXCHANGE_SCOPE, ca_file=self.ca_file, clock=self.sb.clock)
+            self._key = key
+        self._read_at = now
+        return self._source
+
+    async def get_token(self) -> str:
+        return await self._current().get_token()
+
+    def invalidate(self) -> None:
+        self._read_at = None
+        if self._source is not None:
+            self._source.invalidate()
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+
+
+@dataclass
+class S2SSetup:
+    tenant_id: str
+    tenant_domain: str
+    admin_email: str
+    pfx: Path
+    cer: Path
+    password: str
+    thumbprint: str
+
+
+@dataclass
+class ServeInfo:
+    """What a client in any language needs to connect (``sss serve --info-json``)."""
+
+    ews_url: str
+    autodiscover_url: str
+    smtp_host: str
+    smtp_port: int
+    ca_file: str
+    authority: str
+    tenant_id: str
+    client_id: str
+    scope: str
+    certificate_pfx: str
+    certificate_password: str
+    control_url: str
+    mailboxes: list[str] = field(default_factory=list)
+
+
+class WireSandbox:
+    """A sandbox reached over the network by real clients, with the engine in wire mode."""
+
+    def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
+                 state_dir: Path | None = None, clock: Clock | None = None, record_events: bool = True,
+                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0,
+                 max_connections: int = 10) -> None:
+        clock = clock if clock is not None else VirtualClock(start)
+        self.sb = Sandbox(db_url=db_url, seed=seed, start=start, record_events=record_events, clock=clock)
+        self.clock = clock
+        self.state_dir = state_dir or default_state_dir()
+        self.tls: TlsFiles = ensure_tls(self.state_dir)
+        self.host = host
+        self.identity: IdentityService = self._load_identity()
+        self.server = WebServer(host=host, port=http_port, ssl_context=self.tls.server_context())
+        self.ews = EwsService(self.sb.store, clock, authorize=self.authorize, faults=self.sb.faults)
+        self.smtp = SmtpIngress(self.sb.store, host=host, port=smtp_port)
+        self.max_connections = max_connections
+        self._ids = random.Random(f"wire-message-ids-{seed}")
+        self.exchange: EwsExchange | None = None
+        self.tokens: CrmTokenSource | None = None
+        self.s2s: S2SSetup | None = None
+
+    # -- the parts ------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def ews_url(self) -> str:
+        return f"{self.base_url}/EWS/Exchange.asmx"
+
+    def authorize(self, token: str | None, mailbox: str | None) -> None:
+        """EWS's check of a bearer token: the identity service's signature, audience, tenant, expiry."""
+        if not token:
+            raise PermissionError("the request carries no bearer token")
+        tenant = _organization(self.sb).s2stenantid
+        claims = self.identity.validate_access_token(token, tenant_id=tenant)
+        if APP_ROLE not in (claims.get("roles") or []):
+            raise PermissionError(f"the token lacks the {APP_ROLE} role needed to act for {mailbox or 'a mailbox'}")
+
+    def _message_id(self, sender: str) -> str:
+        domain = sender.rsplit("@", 1)[-1] if "@" in sender else "sandbox.invalid"
+        return f"{self._ids.getrandbits(64):016x}.{self._ids.getrandbits(32):08x}@{domain.lower()}"
+
+    def _load_identity(self) -> IdentityService:
+        with Session(self.sb.db) as session:
+            return s2s.load_identity(session, self.clock, seed=self.sb.seed)
+
+    async def start(self) -> None:
+        """Start HTTPS and SMTP, and put the engine (and Test & Enable) on the real clients.
+
+        The identity service starts from the state the S2S steps stored in the database."""
+        self.identity = self._load_identity()
+        self.server.add_routes(self.identity.routes(public_base_url=None))
+        self.server.add_routes(self.ews.routes())
+        self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url))
+        self.server.add_routes(control_routes(self.sb))
+        await self.server.start()
+        await self.smtp.start()
+        self.tokens = CrmTokenSource(self.sb, self.base_url, self.tls.ca_file)
+        self.exchange = EwsExchange(AutodiscoverResolver(self.base_url, self.tls.ca_file), self.tokens,
+                                    max_connections=self.max_connections, ca_file=self.tls.ca_file,
+                                    clock=self.clock, message_id_factory=self._message_id)
+        self.sb.engine.exchange = self.exchange
+        self.sb.admin.exchange = self.exchange
+
+    async def stop(self) -> None:
+        await self.smtp.stop()
+        await self.server.stop()
+        if self.exchange is not None:
+            self.exchange.close()
+        if self.tokens is not None:
+            self.tokens.close()
+        self.sb.close()
+
+    async def __aenter__(self) -> WireSandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- the S2S steps in one call --------------------------------------------------------------
+    def configure_s2s(self, *, as_user: str, tenant_name: str = "Contoso", days: int = 365,
+                      password: str = "sandbox-pfx-password", root_domain_name: str = "crm.contoso.example",
+                      service_account: str = r"CONTOSO\crmasync") -> S2SSetup:
+        """Tenant, certificate, SPEC 1.2 and 1.3, as the trainee would do them one by one.
+
+        Call it before :meth:`start` (the running identity service starts from the stored state)."""
+        if self.exchange is not None:
+            raise RuntimeError("configure S2S before the sandbox starts")
+        org = _organization(self.sb)
+        domain = f"{tenant_name.lower()}.onmicrosoft.com"
+        admin_email = f"admin@{domain}"
+        tenant = s2s.create_tenant(self.sb.db, tenant_name, [domain], [admin_email], clock=self.clock)
+        folder = self.state_dir / "certificates" / f"seed-{self.sb.seed}"
+        cert = s2s.new_certificate(f"CN={root_domain_name}", days, password, folder, clock=self.clock,
+                                   overwrite=True)
+        s2s.install_certificate(self.sb.db, as_user, cert.pfx_path, password, service_account=service_account,
+                                clock=self.clock)
+        s2s.configure_server_side_sync(self.sb.db, as_user, root_domain_name=root_domain_name,
+                                       private_key_password=password, cer_file_path=cert.cer_path,
+                                       pfx_file_path=cert.pfx_path, organization_name=org.name,
+                                       o365_admin_email=admin_email, clock=self.clock)
+        self.s2s = S2SSetup(tenant.tenant_id, domain, admin_email, Path(cert.pfx_path), Path(cert.cer_path),
+                            password, cert.thumbprint)
+        return self.s2s
+
+    def info(self) -> ServeInfo:
+        s = self.s2s
+        tenant = s.tenant_id if s else (_organization(self.sb).s2stenantid or "")
+        return ServeInfo(
+            ews_url=self.ews_url,
+            autodiscover_url=f"{self.base_url}/autodiscover/autodiscover.json/v1.0/{{email}}?Protocol=EWS",
+            smtp_host=self.smtp.host, smtp_port=self.smtp.port, ca_file=str(self.tls.ca_file),
+            authority=f"{self.base_url}/{tenant}", tenant_id=tenant, client_id=CRM_APP_ID, scope=EXCHANGE_SCOPE,
+            certificate_pfx=str(s.pfx) if s else "", certificate_password=s.password if s else "",
+            control_url=f"{self.base_url}/_sim",
+            mailboxes=sorted(self.sb.store.mailboxes),
+        )
+
+
+def _organization(sb: Sandbox) -> Organization:
+    with Session(sb.db) as session:
+        org = session.exec(select(Organization)).first()
+    if org is None:
+        raise TokenError("the organization does not exist yet")
+    return org
