@@ -646,6 +646,15 @@ class EwsExchange:
         return await self._call(mailbox, submit)
 
     # -- lifetime ------------------------------------------------------------------------------
+    async def ews_url_for(self, mailbox: str) -> str | None:
+        """The EWS URL this port uses for the mailbox (found by the resolver, e.g. Autodiscover)."""
+        try:
+            return await self._url(mailbox)
+        except ExchangeError:
+            raise
+        except Exception as exc:  # a resolver failing in an unexpected way
+            raise map_error(exc) from exc
+
     def close(self) -> None:
         """Close the session pools and the worker threads."""
         for config in self._configs.values():

@@ -79,36 +79,43 @@ def _get(mailbox: MailboxWork, values: dict[str, object], name: str):
 
 def eligible(workload: Workload, mailbox: MailboxWork, values: dict[str, object],
              profile: ProfileSettings | None, org: OrgSettings) -> bool:
+    """SPEC 3.1 (:func:`schedule.workload_eligible`) for the mailbox as changed by ``values``."""
+    if profile is None:
+        return False
     f = _FIELDS[workload]
-    return profile is not None and schedule.workload_eligible(
-        workload,
-        org=org,
-        owner_type=mailbox.regardingobjecttypecode,
-        mailbox_active=mailbox.active,
-        profile_active=profile.active,
-        delivery_method=_get(mailbox, values, f["method"]),
-        enabled=_get(mailbox, values, f["enabled"]),
-        status=_get(mailbox, values, f["status"]),
-        approval=mailbox.emailrouteraccessapproval,
+    method, enabled, status = f["method"], f["enabled"], f["status"]
+    return schedule.may_run(
+        schedule.SSS_METHOD[workload], org, mailbox.regardingobjecttypecode, mailbox.active, profile.active,
+        values[method] if method in values else getattr(mailbox, method),
+        values[enabled] if enabled in values else getattr(mailbox, enabled),
+        values[status] if status in values else getattr(mailbox, status),
+        mailbox.emailrouteraccessapproval,
     )
+
+
+_FAILURE, _SUCCESS, _NOT_RUN = int(Status.FAILURE), int(Status.SUCCESS), int(Status.NOT_RUN)
+_NAMES = {w: w.name for w in Workload}  # Enum.name is a property: slow on the hot path
 
 
 def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: ProfileSettings | None,
                   org: OrgSettings) -> None:
     """Derive `postponemailboxprocessinguntil` and `mailboxstatus` from the workload columns."""
-    nexts = [
-        _get(mailbox, values, f["next"]) or DUE_NOW
-        for workload, f in _FIELDS.items()
-        if eligible(workload, mailbox, values, profile, org)
-    ]
-    values["postponemailboxprocessinguntil"] = min(nexts) if nexts else None
-    statuses = [_get(mailbox, values, "incomingemailstatus"), _get(mailbox, values, "outgoingemailstatus")]
-    if Status.FAILURE in statuses:
-        values["mailboxstatus"] = int(Status.FAILURE)
-    elif Status.SUCCESS in statuses:
-        values["mailboxstatus"] = int(Status.SUCCESS)
+    due = None
+    for workload, f in _FIELDS.items():
+        if eligible(workload, mailbox, values, profile, org):
+            name = f["next"]
+            at = (values[name] if name in values else getattr(mailbox, name)) or DUE_NOW
+            if due is None or at < due:
+                due = at
+    values["postponemailboxprocessinguntil"] = due
+    s_in = values.get("incomingemailstatus", mailbox.incomingemailstatus)
+    s_out = values.get("outgoingemailstatus", mailbox.outgoingemailstatus)
+    if s_in == _FAILURE or s_out == _FAILURE:
+        values["mailboxstatus"] = _FAILURE
+    elif s_in == _SUCCESS or s_out == _SUCCESS:
+        values["mailboxstatus"] = _SUCCESS
     else:
-        values["mailboxstatus"] = int(Status.NOT_RUN)
+        values["mailboxstatus"] = _NOT_RUN
 
 
 @types.coroutine
@@ -161,6 +168,7 @@ class SyncService:
         self.events = events
         self.stats = EngineStats()
         self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._ports: dict[str, tuple[tuple, ExchangePort]] = {}
         self._in_flight: set[str] = set()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -246,27 +254,39 @@ class SyncService:
     async def _maybe_run(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings,
                          org: OrgSettings, now: datetime, values: dict[str, object], alerts: list[Alert]) -> None:
         f = _FIELDS[workload]
+        next_at = getattr(mailbox, f["next"])
+        if next_at is not None and next_at > now:  # not due (the cheaper test first; neither writes)
+            return
         if not eligible(workload, mailbox, values, profile, org):
             return
-        next_at = getattr(mailbox, f["next"])
-        if next_at is not None and next_at > now:
-            return
-        floor = schedule.earliest_start(getattr(mailbox, f["started"]), profile.minpollingintervalinminutes)
-        if floor is not None and floor > now:  # the profile's minimum polling interval is a hard floor
-            values[f["next"]] = floor
-            return
+        last = getattr(mailbox, f["started"])
+        if last is not None:
+            floor = last + schedule.minutes(profile.minpollingintervalinminutes)
+            if floor > now:  # the profile's minimum polling interval is a hard floor
+                values[f["next"]] = floor
+                return
         start = now
         values[f["started"]] = start
+        if profile.useautodiscover and mailbox.ewsurl is None and "ewsurl" not in values:
+            values["ewsurl"] = None  # asked once per cycle, whatever the answer
+            discovered = True
+        else:
+            discovered = False
         self.stats.polls += 1
-        self.stats.polls_by_workload[workload.name] += 1
+        self.stats.polls_by_workload[_NAMES[workload]] += 1
         if self.events is not None:
             self._log(start.isoformat(), "start", mailbox.emailaddress, workload.name)
         error: SyncError | None = None
         found = False
-        exchange = bounded_port(self.exchange, real_clock=not self.clock.is_virtual,
-                                enabled=profile.timeoutmailboxconnection,
-                                amount_ms=profile.timeoutmailboxconnectionafteramount)
+        exchange = self._port(profile)
         try:
+            if discovered:
+                url = await exchange.ews_url_for(mailbox.emailaddress)
+                if url is None:
+                    del values["ewsurl"]
+                else:
+                    values["ewsurl"] = url
+                    values["lastautodiscoveredon"] = self.clock.now()
             if workload is Workload.INCOMING:
                 result = await run_incoming(self.crm, exchange, org, profile, mailbox)
                 found = result.found > 0
@@ -287,7 +307,22 @@ class SyncService:
         else:
             self._on_error(workload, mailbox, profile, org, start, end, error, values, alerts)
 
+    def _port(self, profile: ProfileSettings) -> ExchangePort:
+        """The Exchange port for the profile's mailboxes (one per profile and settings, reused)."""
+        key = (profile.timeoutmailboxconnection, profile.timeoutmailboxconnectionafteramount)
+        entry = self._ports.get(profile.id)
+        if entry is None or entry[0] != key:
+            entry = (key, bounded_port(self.exchange, real_clock=not self.clock.is_virtual,
+                                       enabled=profile.timeoutmailboxconnection,
+                                       amount_ms=profile.timeoutmailboxconnectionafteramount))
+            self._ports[profile.id] = entry
+        return entry[1]
+
     def _note_incoming(self, mailbox: MailboxWork, result, values: dict[str, object]) -> None:
+        if not result.found:  # the common case: nothing new (no watermark, folder unchanged, no outcomes)
+            values["itemsprocessedforlastsync"] = 0
+            values["itemsfailedforlastsync"] = 0
+            return
         if result.watermark is not None:
             values["processemailreceivedafter"] = result.watermark
         if result.undeliverablefolder != mailbox.undeliverablefolder:
@@ -322,7 +357,7 @@ class SyncService:
         delay = schedule.cadence_delay(found, noemail)
         values[f["next"]] = schedule.next_run(start, end, delay, profile.minpollingintervalinminutes)
         values[f["transient"]] = 0
-        values[f["status"]] = int(Status.SUCCESS)
+        values[f["status"]] = _SUCCESS
         values["transientfailurecount"] = 0
         values["lastsuccessfulsynccompletedon"] = end
 

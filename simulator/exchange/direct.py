@@ -67,6 +67,10 @@ class DirectExchange:
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
+    async def ews_url_for(self, mailbox: str) -> str | None:
+        """In process there is no URL to discover."""
+        return None
+
     async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult:
         self._enter("send", mailbox)
         data = MessageData(
