@@ -89,6 +89,7 @@ class MsalTokenSource:
         self._cache = msal.TokenCache()
         self._app: msal.ConfidentialClientApplication | None = None
         self._lock = threading.Lock()
+        self._stale = False  # invalidated while the lock was held: drop the cache at the next call
         self._expiry: dict[str, datetime] = {}  # access token -> expiry in clock time
         self.requests_made = 0  # token requests that reached the identity service
 
@@ -178,13 +179,24 @@ class MsalTokenSource:
         self._expiry.clear()
 
     def invalidate(self) -> None:
-        """Forget cached tokens (e.g. after the resource answered 401); the next call asks again."""
-        with self._lock:
-            self._drop_cached_tokens()
+        """Forget cached tokens (e.g. after the resource answered 401); the next call asks again.
+
+        Never blocks: it may be called on the event loop while a worker thread holds the lock
+        and waits for the identity service, which may be served by that same loop."""
+        self._stale = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop_cached_tokens()
+                self._stale = False
+            finally:
+                self._lock.release()
 
     def get_token_sync(self) -> str:
         """The access token, from cache while it is fresh in clock time; raises TokenError."""
         with self._lock:
+            if self._stale:
+                self._drop_cached_tokens()
+                self._stale = False
             for _ in range(2):
                 try:
                     app = self._application()
