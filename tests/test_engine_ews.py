@@ -419,9 +419,6 @@ def test_unknown_mailbox_and_missing_item_without_faults(tls):
     run_env(tls, scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="simulator/exchange/ews/item_ops.py: a MoveItem whose ToFolderId does not "
-                                       "exist is answered as a SOAP fault ErrorInternalServerError instead of "
-                                       "ErrorFolderNotFound (direct mode raises ErrorFolderNotFound)")
 def test_move_to_a_missing_folder_is_folder_not_found(tls):
     async def scenario(env: Env):
         item = env.store.deliver(MessageData(subject="x", sender=CARL, to=(ALICE,)))[ALICE]

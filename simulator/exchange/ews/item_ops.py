@@ -13,11 +13,13 @@ DELETE_TYPES = ("HardDelete", "SoftDelete", "MoveToDeletedItems")
 
 def _move_or_copy(operation: str, copy: bool):
     def handler(ctx: Context, req: etree._Element) -> etree._Element:
-        dest = ctx.only_folder(req.find(m("ToFolderId")), f"{operation} ToFolderId")
+        to_folder = req.find(m("ToFolderId"))
         out = Responses(operation)
         address = ctx.need_mailbox().address
         for ref in ctx.item_refs(req.find(m("ItemIds"))):
             def one(r: etree._Element = ref) -> list[etree._Element]:
+                # a missing destination is answered per item (ErrorFolderNotFound), as Exchange does
+                dest = ctx.only_folder(to_folder, f"{operation} ToFolderId")
                 item = ctx.item(r)
                 new_id = store_call(ctx.store.move, address, item.item_id, dest.folder_id, copy=copy)
                 return [el("m:Items", None, None, item_id_only(new_id))]
