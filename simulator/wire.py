@@ -33,7 +33,7 @@ from engine.tokens import MsalTokenSource
 from simulator.control import control_routes
 from simulator.crm import s2s
 from simulator.crm.db import MEMORY_URL
-from simulator.crm.models import Organization
+from simulator.crm.models import EmailServerProfile, Mailbox, Organization
 from simulator.exchange.autodiscover import autodiscover_routes
 from simulator.exchange.ews import EwsService
 from simulator.exchange.smtp import SmtpIngress
@@ -149,6 +149,8 @@ class WireSandbox:
         self.exchange: EwsExchange | None = None
         self.tokens: CrmTokenSource | None = None
         self.s2s: S2SSetup | None = None
+        # The tenant that hosts the Exchange mailboxes: EWS accepts only its tokens.
+        self.exchange_tenant: str | None = None
 
     # -- the parts ------------------------------------------------------------------------------
     @property
@@ -163,10 +165,22 @@ class WireSandbox:
         """EWS's check of a bearer token: the identity service's signature, audience, tenant, expiry."""
         if not token:
             raise PermissionError("the request carries no bearer token")
-        tenant = _organization(self.sb).s2stenantid
-        claims = self.identity.validate_access_token(token, tenant_id=tenant)
+        if self.exchange_tenant is None:
+            raise PermissionError("Exchange Online has no tenant in this sandbox yet")
+        claims = self.identity.validate_access_token(token, tenant_id=self.exchange_tenant)
         if APP_ROLE not in (claims.get("roles") or []):
             raise PermissionError(f"the token lacks the {APP_ROLE} role needed to act for {mailbox or 'a mailbox'}")
+
+    async def _ews_url(self, address: str) -> str:
+        """Where a mailbox's EWS is: Autodiscover, or the profile's location when auto discover is off."""
+        with Session(self.sb.db) as session:
+            profile = session.exec(
+                select(EmailServerProfile).join(Mailbox, Mailbox.emailserverprofile
+                                                == EmailServerProfile.emailserverprofileid)
+                .where(Mailbox.emailaddress == address.lower())).first()
+        if profile is not None and not profile.useautodiscover and profile.incomingserverlocation:
+            return profile.incomingserverlocation
+        return await self._autodiscover(address)
 
     def _message_id(self, sender: str) -> str:
         domain = sender.rsplit("@", 1)[-1] if "@" in sender else "sandbox.invalid"
@@ -181,6 +195,8 @@ class WireSandbox:
 
         The identity service starts from the state the S2S steps stored in the database."""
         self.identity = self._load_identity()
+        if self.exchange_tenant is None:
+            self.exchange_tenant = _organization(self.sb).s2stenantid
         self.server.add_routes(self.identity.routes(public_base_url=None))
         self.server.add_routes(self.ews.routes())
         self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url))
@@ -188,7 +204,8 @@ class WireSandbox:
         await self.server.start()
         await self.smtp.start()
         self.tokens = CrmTokenSource(self.sb, self.base_url, self.tls.ca_file)
-        self.exchange = EwsExchange(AutodiscoverResolver(self.base_url, self.tls.ca_file), self.tokens,
+        self._autodiscover = AutodiscoverResolver(self.base_url, self.tls.ca_file)
+        self.exchange = EwsExchange(self._ews_url, self.tokens,
                                     max_connections=self.max_connections, ca_file=self.tls.ca_file,
                                     clock=self.clock, message_id_factory=self._message_id)
         self.sb.engine.exchange = self.exchange
@@ -232,6 +249,7 @@ class WireSandbox:
                                        private_key_password=password, cer_file_path=cert.cer_path,
                                        pfx_file_path=cert.pfx_path, organization_name=org.name,
                                        o365_admin_email=admin_email, clock=self.clock)
+        self.exchange_tenant = tenant.tenant_id
         self.s2s = S2SSetup(tenant.tenant_id, domain, admin_email, Path(cert.pfx_path), Path(cert.cer_path),
                             password, cert.thumbprint)
         return self.s2s
