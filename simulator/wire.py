@@ -97,6 +97,96 @@ class CrmTokenSource:
             self._source.close()
 
 
+class ProfilePorts:
+    """The engine's Exchange port in wire mode: one :class:`EwsExchange` per email server profile.
+
+    Each mailbox's calls go to its profile's port, so ``maxconcurrentconnections`` caps the
+    connections of each profile (S2S credentials live in the profile, SPEC 3.2) and the profile's
+    connection timeout bounds each HTTP call.
+    """
+
+    def __init__(self, wire: WireSandbox, token_source) -> None:
+        self.wire = wire
+        self._token_source = token_source
+        self._ports: dict[tuple, EwsExchange] = {}
+        self._profile_of: dict[str, tuple] = {}
+
+    @property
+    def token_source(self):
+        return self._token_source
+
+    @token_source.setter
+    def token_source(self, source) -> None:
+        self._token_source = source
+        for port in self._ports.values():
+            port.token_source = source
+
+    def _key(self, mailbox: str) -> tuple:
+        key = self._profile_of.get(mailbox)
+        if key is None:
+            with Session(self.wire.sb.db) as session:
+                profile = session.exec(
+                    select(EmailServerProfile).join(Mailbox, Mailbox.emailserverprofile
+                                                    == EmailServerProfile.emailserverprofileid)
+                    .where(Mailbox.emailaddress == mailbox.lower())).first()
+            if profile is None:
+                key = ("", 10, None)
+            else:
+                timeout = (profile.timeoutmailboxconnectionafteramount / 1000.0
+                           if profile.timeoutmailboxconnection and profile.timeoutmailboxconnectionafteramount
+                           else None)
+                key = (profile.emailserverprofileid, profile.maxconcurrentconnections, timeout)
+            self._profile_of[mailbox] = key
+        return key
+
+    def forget(self) -> None:
+        """Read the profiles again (after a profile or a mailbox's profile changed)."""
+        self._profile_of.clear()
+
+    def port(self, mailbox: str) -> EwsExchange:
+        key = self._key(mailbox)
+        port = self._ports.get(key)
+        if port is None:
+            w = self.wire
+            port = EwsExchange(w._ews_url, self._token_source, max_connections=key[1], ca_file=w.tls.ca_file,
+                               clock=w.clock, message_id_factory=w._message_id, timeout_s=key[2])
+            self._ports[key] = port
+        return port
+
+    @property
+    def calls(self) -> int:
+        return sum(p.calls for p in self._ports.values())
+
+    @property
+    def token_refreshes(self) -> int:
+        return sum(p.token_refreshes for p in self._ports.values())
+
+    async def find_new_items(self, mailbox, folder, after, max_items):
+        return await self.port(mailbox).find_new_items(mailbox, folder, after, max_items)
+
+    async def ensure_folder(self, mailbox, parent, name, known_id):
+        return await self.port(mailbox).ensure_folder(mailbox, parent, name, known_id)
+
+    async def move_item(self, mailbox, item_id, folder_id):
+        return await self.port(mailbox).move_item(mailbox, item_id, folder_id)
+
+    async def add_category(self, mailbox, item_id, category):
+        return await self.port(mailbox).add_category(mailbox, item_id, category)
+
+    async def delete_item(self, mailbox, item_id):
+        return await self.port(mailbox).delete_item(mailbox, item_id)
+
+    async def send(self, mailbox, message):
+        return await self.port(mailbox).send(mailbox, message)
+
+    async def ews_url_for(self, mailbox):
+        return await self.port(mailbox).ews_url_for(mailbox)
+
+    def close(self) -> None:
+        for port in self._ports.values():
+            port.close()
+
+
 @dataclass
 class S2SSetup:
     tenant_id: str
@@ -132,8 +222,7 @@ class WireSandbox:
 
     def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
                  state_dir: Path | None = None, clock: Clock | None = None, record_events: bool = True,
-                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0,
-                 max_connections: int = 10) -> None:
+                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0) -> None:
         clock = clock if clock is not None else VirtualClock(start)
         self.sb = Sandbox(db_url=db_url, seed=seed, start=start, record_events=record_events, clock=clock)
         self.clock = clock
@@ -144,9 +233,8 @@ class WireSandbox:
         self.server = WebServer(host=host, port=http_port, ssl_context=self.tls.server_context())
         self.ews = EwsService(self.sb.store, clock, authorize=self.authorize, faults=self.sb.faults)
         self.smtp = SmtpIngress(self.sb.store, host=host, port=smtp_port)
-        self.max_connections = max_connections
         self._ids = random.Random(f"wire-message-ids-{seed}")
-        self.exchange: EwsExchange | None = None
+        self.exchange: ProfilePorts | None = None
         self.tokens: CrmTokenSource | None = None
         self.s2s: S2SSetup | None = None
         # The tenant that hosts the Exchange mailboxes: EWS accepts only its tokens.
@@ -205,9 +293,7 @@ class WireSandbox:
         await self.smtp.start()
         self.tokens = CrmTokenSource(self.sb, self.base_url, self.tls.ca_file)
         self._autodiscover = AutodiscoverResolver(self.base_url, self.tls.ca_file)
-        self.exchange = EwsExchange(self._ews_url, self.tokens,
-                                    max_connections=self.max_connections, ca_file=self.tls.ca_file,
-                                    clock=self.clock, message_id_factory=self._message_id)
+        self.exchange = ProfilePorts(self, self.tokens)
         self.sb.engine.exchange = self.exchange
         self.sb.admin.exchange = self.exchange
 

@@ -182,6 +182,39 @@ def test_a_user_suite_drives_the_fake_ews_with_exchangelib_and_msal_tokens(tmp_p
     asyncio.run(go())
 
 
+def test_each_profile_caps_its_own_concurrent_exchange_connections(tmp_path):
+    async def go():
+        wire = WireSandbox(seed=3, state_dir=tmp_path)
+        _org(wire.sb)
+        for i in range(6):
+            wire.sb.admin.add_user(f"User {i}", f"user{i}@contoso.example")
+        wire.configure_s2s(as_user="admin")
+        admin = wire.sb.admin
+        profile = admin.create_profile("admin", name="EXO", maxconcurrentconnections=2,
+                                       processemailsreceivedafter=wire.clock.now() - timedelta(days=1))
+        admin.set_default_profile("admin", profile)
+        ids = [m.mailboxid for m in admin.mailboxes()]
+        admin.apply_default_settings("admin", ids)
+        admin.approve("admin", ids)
+        await wire.start()
+        try:
+            await admin.test_and_enable("admin", ids)
+
+            async def slow(operation, mailbox):
+                await asyncio.sleep(0.05)
+
+            wire.ews.delay = slow
+            await wire.sb.run_for(600)
+            port = wire.exchange.port(ALICE)
+            assert port.max_connections == 2
+            assert port.max_in_flight == 2  # the cap was reached and never passed
+            assert wire.sb.engine.stats.polls >= 2 * len(ids)
+        finally:
+            await wire.stop()
+
+    asyncio.run(go())
+
+
 # -- differential: the same seeded scenario, direct mode and wire mode -------------------------
 async def _scenario(sb: Sandbox) -> None:
     alice = sb.admin.mailbox_id(ALICE)
