@@ -73,7 +73,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -102,7 +102,7 @@ from exchangelib.services import CreateFolder
 from oauthlib.oauth2 import WebApplicationClient
 
 from engine.errors import ExchangeError, SyncError
-from engine.ports import ItemProperties, OutgoingMessage, SendResult
+from engine.ports import ItemProperties, OutgoingMessage, SendResult, TokenSource
 
 T = TypeVar("T")
 
@@ -115,14 +115,6 @@ ITEM_FIELDS = (
 )
 MISSING_SENDER = "the From header is missing or holds no address"
 _FOLDER_CLASSES: dict[str, type] = {"root": Root, "inbox": Inbox, "sentitems": SentItems}
-
-
-class TokenSource(Protocol):
-    """What :class:`EwsExchange` needs from a token source (e.g. :class:`engine.tokens.MsalTokenSource`)."""
-
-    async def get_token(self) -> str: ...
-
-    def invalidate(self) -> None: ...
 
 
 EwsUrl = str | Callable[[str], Awaitable[str]]

@@ -288,3 +288,12 @@ class ExchangePort(Protocol):
     async def ews_url_for(self, mailbox: str) -> str | None:
         """The mailbox's EWS URL as found by Autodiscover (None when there is no URL to find)."""
         ...
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    """Access tokens for Exchange (S2S): e.g. :class:`engine.tokens.MsalTokenSource`."""
+
+    async def get_token(self) -> str: ...
+
+    def invalidate(self) -> None: ...
