@@ -19,6 +19,8 @@ def _candidates(folder: Folder, predicate) -> list[Item]:
     if bound is not None:
         when, inclusive = bound
         items = folder.after(when - timedelta(microseconds=1) if inclusive else when, len(folder.order) + 1)
+        if predicate.bound_only:  # the bisect already applied the whole restriction
+            return items
     else:
         items = [folder.items[folder.by_order[seq]] for _, seq in folder.order]
     return [i for i in items if predicate(i)] if predicate is not None else items
@@ -28,6 +30,10 @@ def _sort(items: list[Item], sort_order: etree._Element | None) -> list[Item]:
     if sort_order is None:  # Exchange's default view: newest first
         return list(reversed(items))
     orders = [fo for fo in sort_order if fo.tag == t("FieldOrder")]
+    if len(orders) == 1 and orders[0].get("Order", "Ascending") != "Descending":
+        field = orders[0].find(t("FieldURI"))
+        if field is not None and field.get("FieldURI") == "item:DateTimeReceived":
+            return items  # the candidates come oldest first ((received, seq) order): a stable sort keeps them
     for fo in reversed(orders):
         field = fo.find(t("FieldURI"))
         uri = field.get("FieldURI") if field is not None else None

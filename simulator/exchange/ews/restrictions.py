@@ -62,9 +62,11 @@ _COMPARE = {
 class Predicate:
     """A compiled restriction; ``received_after`` is a lower bound on DateTimeReceived (fast path)."""
 
-    def __init__(self, func: Callable[[Any], bool], received_after: tuple[datetime, bool] | None = None) -> None:
+    def __init__(self, func: Callable[[Any], bool], received_after: tuple[datetime, bool] | None = None,
+                 bound_only: bool = False) -> None:
         self.func = func
         self.received_after = received_after  # (bound, inclusive)
+        self.bound_only = bound_only  # the whole restriction is that bound: items past it need no other test
 
     def __call__(self, obj: Any) -> bool:
         return self.func(obj)
@@ -220,4 +222,7 @@ def compile_restriction(restriction: etree._Element, kind: str = "item") -> Pred
     if len(kids) != 1:
         raise ResponseError("ErrorInvalidRestriction", "m:Restriction takes exactly one search expression")
     func = _Compiler(kind).compile(kids[0])
-    return Predicate(func, _received_bound(kids[0]) if kind == "item" else None)
+    bound = _received_bound(kids[0]) if kind == "item" else None
+    # outside an And, a bound is found only on a lone IsGreaterThan(OrEqualTo) DateTimeReceived vs a constant
+    bound_only = bound is not None and etree.QName(kids[0]).localname in ("IsGreaterThan", "IsGreaterThanOrEqualTo")
+    return Predicate(func, bound, bound_only)
