@@ -58,6 +58,7 @@ TOKEN_LIFETIME = timedelta(hours=1)
 ASSERTION_SKEW = timedelta(minutes=5)  # tolerated clock difference for client assertions
 ASSERTION_ALGORITHMS = ("RS256", "PS256", "RS384", "PS384", "RS512", "PS512")
 MAX_JWT_CHARS = 16 * 1024
+VERIFIED_TOKENS_MAX = 4096
 _RESERVED_SCOPES = {"openid", "profile", "offline_access"}
 
 
@@ -221,6 +222,7 @@ class IdentityService:
         self._tenants: dict[str, Tenant] = {}  # by tenant id
         self._by_ref: dict[str, str] = {}  # lower-case id or domain -> tenant id
         self._seen_assertions: dict[tuple[str, str], float] = {}  # (client id, jti) -> forget after (epoch s)
+        self._verified_tokens: dict[str, dict[str, Any]] = {}  # token text -> claims whose signature verified
         if signing_key is None or signing_certificate is None:
             signing_key, signing_certificate = certs.make_certificate(
                 "accounts.accesscontrol.windows.net", 3650, clock, clock.now() - timedelta(days=1))
@@ -640,6 +642,13 @@ class IdentityService:
         """
         if not isinstance(token, str) or not token or len(token) > MAX_JWT_CHARS:
             raise InvalidToken("malformed", "The access token is missing or too large.")
+        verified = self._verified_tokens.get(token)
+        claims = dict(verified) if verified is not None else self._verify_signature(token)
+        return self._check_claims(token, claims, tenant_id=tenant_id, resource=resource)
+
+    def _verify_signature(self, token: str) -> dict[str, Any]:
+        """Header, signature and payload of a token; remembered by the exact token text, since
+        checking a signature costs far more than the claims checks that follow every time."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -663,6 +672,13 @@ class IdentityService:
             claims = None
         if not isinstance(claims, dict):
             raise InvalidToken("malformed", "The access token's payload is not a JSON object.")
+        if len(self._verified_tokens) >= VERIFIED_TOKENS_MAX:
+            self._verified_tokens.clear()
+        self._verified_tokens[token] = dict(claims)
+        return claims
+
+    def _check_claims(self, token: str, claims: dict[str, Any], *, tenant_id: str | None,
+                      resource: str) -> dict[str, Any]:
         tid = claims.get("tid")
         tenant = self._tenants.get(tid) if isinstance(tid, str) else None
         if tenant is None:
