@@ -1,0 +1,355 @@
+"""Engine throughput in wire mode against a bare exchangelib loop making the same EWS calls.
+
+    python -m benchmarks.wire --json
+    python -m benchmarks.wire --mailboxes 50 --hours 2 --rounds 2 --profile /tmp/wire.prof
+
+Setup (not timed): a :class:`~simulator.wire.WireSandbox` on a temporary SQLite file
+(``record_events=False``): an organization with ``--mailboxes`` users tracking all incoming mail,
+S2S configured (msal tokens from the sandbox identity service, certificate installed), the default
+profile (``maxconcurrentconnections`` = ``--connections``), approved, tested and enabled over the
+wire (exchangelib, Autodiscover), and light inbound mail (``--emails-per-mailbox-hour`` messages
+per mailbox and simulated hour, delivered into the store at seeded times, from a contact).
+
+Engine segment (timed): ``WireSandbox.sb.run_for(hours)``: the engine on its virtual clock polls
+every mailbox over HTTPS with exchangelib (tokens through msal), the fake EWS in the same process
+and event loop. ``engine_polls_per_s`` = workload cycles (incoming + outgoing, ``stats.polls``)
+per wall second of the segment. The EWS requests the server answered in the segment are counted
+by operation (``requests_per_poll``).
+
+Bare segment (timed): what exchangelib alone costs for the same EWS work, in the same process,
+against the same server, with the same exchangelib configuration (OAuth2 bearer token,
+``Version(Build(15, 20), "Exchange2016")``, ``FailFast``, impersonation, ``max_connections``,
+the sandbox CA) and the same concurrency cap (a pool of ``--connections`` threads): for each
+incoming cycle of the engine segment, the FindItem that :meth:`engine.ews.EwsExchange.find_new_items`
+sends for an empty inbox (``inbox.filter(datetime_received__gt=watermark).order_by(
+"datetime_received").values_list("id", "changekey")``, one page of 1000, DistinguishedFolderId),
+round-robin over the mailboxes with the watermark at the current time (empty answers). Outgoing
+cycles cost no EWS request when nothing is queued to send, so the bare loop has nothing to do for
+them. ``bare_exchangelib_per_s`` = the engine segment's cycles / the bare segment's wall seconds:
+the cycle rate the engine would reach if everything but exchangelib and the server were free.
+``ratio`` = ``engine_polls_per_s / bare_exchangelib_per_s``. ``bare_serial_per_s`` is the same
+bare loop with one thread (one request at a time): the engine's virtual clock advances only when
+no work is in flight, so polls due at different simulated instants cannot overlap.
+
+Segments alternate (engine, bare, bare, engine, ...: ABBA) and medians over ``--rounds`` are
+reported. Each engine segment simulates ``--hours`` more hours of the same sandbox. CPU time of
+the process per cycle is reported for both (``cpu_ms_per_poll``); it is steadier than wall time on
+a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+from exchangelib import IMPERSONATION, OAUTH2, Account, Configuration, EWSDateTime, FailFast, Mailbox
+from exchangelib import UTC as EWS_UTC
+from exchangelib.folders import Inbox, Root
+from exchangelib.properties import DistinguishedFolderId
+from exchangelib.protocol import Protocol as EwsProtocol
+
+from engine.ews import EXO_VERSION, FIND_PAGE_MAX, _trust_ca
+from simulator.crm.db import sqlite_url
+from simulator.crm.models import TrackSetting
+from simulator.exchange.mime import MessageData
+from simulator.wire import WireSandbox
+
+DOMAIN = "contoso.example"
+CONTACT = "carl@fabrikam.example"
+
+
+# -- setup --------------------------------------------------------------------------------------
+async def build(args: argparse.Namespace, folder: Path) -> tuple[WireSandbox, list[str]]:
+    wire = WireSandbox(db_url=sqlite_url(str(folder / "bench.db")), seed=args.seed, state_dir=folder,
+                       record_events=False)
+    sb = wire.sb
+    admin = sb.admin
+    admin.create_organization("Contoso")
+    addresses = [f"user{i:04d}@{DOMAIN}" for i in range(args.mailboxes)]
+    for i, address in enumerate(addresses):
+        admin.add_user(f"User {i}", address, track=int(TrackSetting.ALL))
+    admin.add_record("contact", "Carl", CONTACT)
+    wire.configure_s2s(as_user="admin")
+    profile = admin.create_profile("admin", name="EXO", maxconcurrentconnections=args.connections,
+                                   processemailsreceivedafter=sb.clock.now() - timedelta(days=1))
+    admin.set_default_profile("admin", profile)
+    ids = [m.mailboxid for m in admin.mailboxes() if m.emailaddress in set(addresses)]
+    admin.apply_default_settings("admin", ids)
+    admin.approve("admin", ids)
+    await wire.start()
+    results = await admin.test_and_enable("admin", ids)
+    failed = [r.errors for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"test & enable failed: {failed[:3]}")
+    return wire, addresses
+
+
+def schedule_mail(wire: WireSandbox, addresses: list[str], hours: float, per_hour: float, seed: int,
+                  segment: int) -> int:
+    """Seeded inbound mail over one engine segment (delivered at its simulated times)."""
+    sb = wire.sb
+    rng = random.Random(f"wire-bench-{seed}-{segment}")
+    start = sb.clock.now()
+    total = round(len(addresses) * per_hour * hours)
+    for n in range(total):
+        to = rng.choice(addresses)
+        when = start + timedelta(seconds=rng.uniform(1, hours * 3600 - 1))
+        msg = MessageData(subject=f"Order {segment}.{n}: delivery date", sender=CONTACT, to=(to,),
+                          message_id=f"wire.{segment}.{n}.{seed}@fabrikam.example", body=f"Hello {n}.")
+        sb.at(when, lambda msg=msg: sb.store.deliver(msg))
+    return total
+
+
+# -- the two segments ------------------------------------------------------------------------------
+async def engine_segment(wire: WireSandbox, hours: float, profile: cProfile.Profile | None) -> dict[str, Any]:
+    stats = wire.sb.engine.stats
+    polls0 = stats.polls
+    incoming0 = stats.polls_by_workload.copy()
+    tracked0 = stats.emails_tracked
+    errors0 = sum(stats.errors.values())
+    calls0 = Counter(wire.ews.calls)
+    gc.collect()
+    cpu, t0 = time.process_time(), time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    await wire.sb.run_for(hours * 3600)
+    if profile is not None:
+        profile.disable()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
+    polls = stats.polls - polls0
+    by_workload = dict(stats.polls_by_workload - incoming0)
+    requests = Counter(wire.ews.calls)
+    requests.subtract(calls0)
+    requests = Counter({k: v for k, v in requests.items() if v})
+    return {"seconds": wall, "polls": polls, "polls_by_workload": by_workload, "per_s": polls / wall,
+            "cpu_ms_per_poll": cpu / polls * 1000, "requests": dict(requests),
+            "tracked": stats.emails_tracked - tracked0, "errors": sum(stats.errors.values()) - errors0}
+
+
+class Bare:
+    """exchangelib alone: the engine's FindItem for an empty inbox, same configuration and cap."""
+
+    def __init__(self, wire: WireSandbox, addresses: list[str], connections: int, timeout_s: float | None,
+                 token: str, threads: int | None = None) -> None:
+        from exchangelib import OAuth2AuthorizationCodeCredentials
+
+        self.wire = wire
+        self.connections = connections
+        # exchangelib's OAuth2 sessions keep the token they were created with: give it before any session
+        self.credentials = OAuth2AuthorizationCodeCredentials(
+            access_token={"access_token": token, "token_type": "Bearer", "expires_at": time.time() + 86400})
+        _trust_ca(wire.ews_url, str(wire.tls.ca_file))  # the engine's way of trusting the sandbox CA
+        self.config = Configuration(service_endpoint=wire.ews_url, credentials=self.credentials, auth_type=OAUTH2,
+                                    version=EXO_VERSION, retry_policy=FailFast(), max_connections=connections)
+        self.inboxes = []
+        for address in addresses:
+            account = Account(primary_smtp_address=address, config=self.config, autodiscover=False,
+                              access_type=IMPERSONATION, default_timezone=EWS_UTC, locale="en_US")
+            if timeout_s:
+                account.protocol.TIMEOUT = timeout_s  # as EwsExchange does with the profile's timeout
+            mailbox = Mailbox(email_address=address)
+            root = Root(account=account, _distinguished_id=DistinguishedFolderId(id="root", mailbox=mailbox))
+            self.inboxes.append(Inbox(root=root, _distinguished_id=DistinguishedFolderId(id="inbox", mailbox=mailbox)))
+        self.threads = threads or connections
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="bare-ews")
+
+    @staticmethod
+    def _find(inbox: Any, bound: EWSDateTime) -> int:
+        qs = inbox.filter(datetime_received__gt=bound).order_by("datetime_received").values_list("id", "changekey")
+        qs.page_size = FIND_PAGE_MAX
+        n = 0
+        for row in qs[:FIND_PAGE_MAX]:
+            if isinstance(row, Exception):
+                raise row
+            n += 1
+        return n
+
+    def _run(self, finds: int, bound: EWSDateTime) -> int:
+        futures = [self.pool.submit(self._find, self.inboxes[i % len(self.inboxes)], bound) for i in range(finds)]
+        return sum(f.result() for f in futures)
+
+    async def segment(self, finds: int, cycles: int) -> dict[str, Any]:
+        bound = EWSDateTime.from_datetime(self.wire.clock.now().astimezone(UTC))
+        await asyncio.to_thread(self._run, self.threads * 2, bound)  # sessions up (untimed)
+        calls0 = self.wire.ews.calls.get("FindItem", 0)
+        gc.collect()
+        cpu, t0 = time.process_time(), time.perf_counter()
+        found = await asyncio.to_thread(self._run, finds, bound)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
+        answered = self.wire.ews.calls.get("FindItem", 0) - calls0
+        if answered != finds or found:
+            raise RuntimeError(f"bare loop: {answered} FindItem answered of {finds}, {found} items found")
+        return {"seconds": wall, "finds": finds, "per_s": cycles / wall, "finditem_per_s": finds / wall,
+                "cpu_ms_per_poll": cpu / cycles * 1000}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            protocol, _ = EwsProtocol[self.config]
+            del EwsProtocol[self.config]
+            if not isinstance(protocol, Exception):
+                protocol.close()
+        except KeyError:
+            pass
+
+
+# -- the run ----------------------------------------------------------------------------------------
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sss-bench-wire-") as tmp:
+        t0 = time.perf_counter()
+        wire, addresses = await build(args, Path(tmp))
+        setup_s = time.perf_counter() - t0
+        port = wire.exchange.port(addresses[0])  # the engine's EwsExchange for the profile
+        if port.max_connections != args.connections:
+            raise RuntimeError(f"the engine's port allows {port.max_connections} connections, not {args.connections}")
+        timeout_s = port.timeout_s
+        engine_runs: list[dict[str, Any]] = []
+        bare_runs: list[dict[str, Any]] = []
+        serial_runs: list[dict[str, Any]] = []  # the same FindItems one at a time (one thread)
+        delivered = 0
+        profile = cProfile.Profile() if args.profile else None
+        try:
+            # a short warm-up of both paths (connections, code, first polls after Test & Enable)
+            delivered += schedule_mail(wire, addresses, 0.25, args.emails_per_mailbox_hour, args.seed, -1)
+            await engine_segment(wire, 0.25, None)
+            segment = 0
+
+            async def run_engine() -> None:
+                nonlocal delivered, segment
+                delivered += schedule_mail(wire, addresses, args.hours, args.emails_per_mailbox_hour, args.seed,
+                                           segment)
+                segment += 1
+                engine_runs.append(await engine_segment(wire, args.hours, profile))
+
+            async def run_bare() -> None:
+                ref = engine_runs[-1]
+                finds = ref["requests"].get("FindItem", 0)  # the FindItems of the engine segment
+                # a new exchangelib Protocol (session pool) and a token valid now in the sandbox clock, each
+                # time: an engine segment lasts hours of clock time, the token expires in clock time, and
+                # exchangelib's OAuth2 sessions keep their token (the engine's EwsExchange adds the current
+                # one to every request). exchangelib turns the 401 into ErrorServerBusy, and with FailFast
+                # its threads were seen blocked for good in Protocol.decrease_poolsize()
+                assert wire.tokens is not None
+                variants = ((args.connections, bare_runs), (1, serial_runs))
+                for threads, runs in variants if len(bare_runs) % 2 == 0 else reversed(variants):
+                    bare = Bare(wire, addresses, args.connections, timeout_s, await wire.tokens.get_token(), threads)
+                    try:
+                        runs.append(await bare.segment(finds, ref["polls"]))
+                    finally:
+                        bare.close()
+
+            for r in range(args.rounds):
+                if r % 2 == 0:
+                    await run_engine()
+                    await run_bare()
+                else:
+                    await run_bare()
+                    await run_engine()
+        finally:
+            await wire.stop()
+    if profile is not None:
+        profile.dump_stats(args.profile)
+
+    e = statistics.median(x["per_s"] for x in engine_runs)
+    b = statistics.median(x["per_s"] for x in bare_runs)
+    last = engine_runs[-1]
+    requests = Counter()
+    for x in engine_runs:
+        requests.update(x["requests"])
+    polls = sum(x["polls"] for x in engine_runs)
+    incoming = sum(x["polls_by_workload"].get("INCOMING", 0) for x in engine_runs)
+    return {
+        "engine_polls_per_s": round(e, 1),
+        "bare_exchangelib_per_s": round(b, 1),
+        "ratio": round(e / b, 3),
+        "target_ratio": 0.8,
+        "engine_cpu_ms_per_poll": round(statistics.median(x["cpu_ms_per_poll"] for x in engine_runs), 3),
+        "bare_cpu_ms_per_poll": round(statistics.median(x["cpu_ms_per_poll"] for x in bare_runs), 3),
+        "bare_finditem_per_s": round(statistics.median(x["finditem_per_s"] for x in bare_runs), 1),
+        "bare_serial_per_s": round(statistics.median(x["per_s"] for x in serial_runs), 1),
+        "ratio_to_serial": round(e / statistics.median(x["per_s"] for x in serial_runs), 3),
+        "engine_finditem_per_s": round(statistics.median(
+            x["requests"].get("FindItem", 0) / x["seconds"] for x in engine_runs), 1),
+        "polls_per_segment": last["polls"],
+        "polls_by_workload_per_segment": last["polls_by_workload"],
+        "ews_requests_by_operation": dict(sorted(requests.items())),
+        "ews_requests_per_poll": round(sum(requests.values()) / polls, 3),
+        "ews_requests_per_incoming_poll": round(sum(requests.values()) / incoming, 3) if incoming else None,
+        "emails_delivered": delivered,
+        "emails_tracked": sum(x["tracked"] for x in engine_runs),
+        "errors": sum(x["errors"] for x in engine_runs),
+        "runs_engine_polls_per_s": [round(x["per_s"], 1) for x in engine_runs],
+        "runs_bare_exchangelib_per_s": [round(x["per_s"], 1) for x in bare_runs],
+        "engine_segment_seconds": [round(x["seconds"], 2) for x in engine_runs],
+        "bare_segment_seconds": [round(x["seconds"], 2) for x in bare_runs],
+        "mailboxes": args.mailboxes,
+        "hours_per_segment": args.hours,
+        "emails_per_mailbox_hour": args.emails_per_mailbox_hour,
+        "connections": args.connections,
+        "rounds": args.rounds,
+        "seed": args.seed,
+        "db": "temporary SQLite file",
+        "setup_seconds": round(setup_s, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "python": sys.version.split()[0],
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.wire", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mailboxes", type=int, default=50)
+    parser.add_argument("--hours", type=float, default=2.0, help="simulated hours per engine segment")
+    parser.add_argument("--emails-per-mailbox-hour", type=float, default=0.5)
+    parser.add_argument("--connections", type=int, default=10,
+                        help="the profile's maxconcurrentconnections = the bare loop's thread pool")
+    parser.add_argument("--rounds", type=int, default=2, help="engine and bare segments each (median; ABBA)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", default=None, help="write a cProfile of the engine segments (event-loop "
+                                                       "thread: engine, server, database) to this file")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.mailboxes < 1 or args.hours <= 0 or args.connections < 1 or args.rounds < 1:
+        parser.error("--mailboxes, --connections, --rounds must be >= 1 and --hours > 0")
+    if args.emails_per_mailbox_hour < 0:
+        parser.error("--emails-per-mailbox-hour must not be negative")
+    result = asyncio.run(run(args))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0
+    r = result
+    print(f"Wire mode: {r['mailboxes']} mailboxes x {r['hours_per_segment']:g} simulated h per segment, "
+          f"{r['connections']} connections, median of {r['rounds']} segments each")
+    print(f"{'':<34}{'polls/s':>10}{'cpu ms/poll':>13}{'FindItem/s':>12}")
+    print(f"{'engine (WireSandbox.sb.run_for)':<34}{r['engine_polls_per_s']:>10.1f}{r['engine_cpu_ms_per_poll']:>13.3f}"
+          f"{r['engine_finditem_per_s']:>12.1f}")
+    print(f"{'bare exchangelib, same FindItems':<34}{r['bare_exchangelib_per_s']:>10.1f}{r['bare_cpu_ms_per_poll']:>13.3f}"
+          f"{r['bare_finditem_per_s']:>12.1f}")
+    met = "met" if r["ratio"] >= r["target_ratio"] else "NOT met"
+    print(f"{'bare exchangelib, one at a time':<34}{r['bare_serial_per_s']:>10.1f}")
+    print(f"ratio engine / bare {r['ratio']:.3f} (target >= {r['target_ratio']}: {met})")
+    print(f"EWS requests per poll {r['ews_requests_per_poll']} (per incoming poll {r['ews_requests_per_incoming_poll']}),"
+          f" by operation {r['ews_requests_by_operation']}")
+    print(f"emails delivered {r['emails_delivered']}, tracked {r['emails_tracked']}, errors {r['errors']}; "
+          f"setup {r['setup_seconds']} s, wall {r['wall_seconds']} s, load average {r['load_average_1min']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
