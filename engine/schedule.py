@@ -44,10 +44,39 @@ def error_delay(backoff_ms: int | None, rng: random.Random | None = None) -> flo
     return delay
 
 
+# timedelta objects of the few whole delays used over and over (built once: the hot path adds them)
+_SECONDS: dict[int, timedelta] = {}
+_MINUTES: dict[int, timedelta] = {}
+
+
+def seconds(delay_s: float) -> timedelta:
+    """``timedelta(seconds=delay_s)``, shared for whole seconds."""
+    if type(delay_s) is not int:
+        return timedelta(seconds=delay_s)
+    td = _SECONDS.get(delay_s)
+    if td is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        td = _SECONDS[delay_s] = timedelta(seconds=delay_s)
+    return td
+
+
+def minutes(count: int) -> timedelta:
+    """``timedelta(minutes=count)``, shared for whole minutes."""
+    if type(count) is not int:
+        return timedelta(minutes=count)
+    td = _MINUTES.get(count)
+    if td is None:
+        if len(_MINUTES) >= 4096:
+            _MINUTES.clear()
+        td = _MINUTES[count] = timedelta(minutes=count)
+    return td
+
+
 def next_run(started: datetime, ended: datetime, delay_s: float, min_polling_minutes: int) -> datetime:
     """The next start: ``ended + delay``, but never closer than the floor to ``started``."""
-    candidate = ended + timedelta(seconds=delay_s)
-    floor = started + timedelta(minutes=min_polling_minutes)
+    candidate = ended + seconds(delay_s)
+    floor = started + minutes(min_polling_minutes)
     return candidate if candidate >= floor else floor
 
 
@@ -55,12 +84,27 @@ def earliest_start(last_started: datetime | None, min_polling_minutes: int) -> d
     """The earliest moment a workload may start again, given its last start."""
     if last_started is None:
         return None
-    return last_started + timedelta(minutes=min_polling_minutes)
+    return last_started + minutes(min_polling_minutes)
 
 
 def approval_ok(org: OrgSettings, owner_type: str, approval: int) -> bool:
     required = org.requireapprovalforqueueemail if owner_type == "queue" else org.requireapprovalforuseremail
     return not required or approval == Approval.APPROVED
+
+
+_NOT_RUN = int(Status.NOT_RUN)
+_APPROVED = int(Approval.APPROVED)
+SSS_METHOD = {Workload.INCOMING: int(IncomingMethod.SSS), Workload.OUTGOING: int(OutgoingMethod.SSS)}
+
+
+def may_run(sss_method: int, org: OrgSettings, owner_type: str, mailbox_active: bool, profile_active: bool,
+            delivery_method: int, enabled: bool, status: int, approval: int) -> bool:
+    """:func:`workload_eligible` with positional arguments (the engine asks it per mailbox and cycle)."""
+    if not (mailbox_active and profile_active and delivery_method == sss_method and enabled
+            and status != _NOT_RUN):
+        return False
+    required = org.requireapprovalforqueueemail if owner_type == "queue" else org.requireapprovalforuseremail
+    return not required or approval == _APPROVED
 
 
 def workload_eligible(
@@ -76,15 +120,8 @@ def workload_eligible(
     approval: int,
 ) -> bool:
     """The preconditions of SPEC 3.1: may this workload run at all?"""
-    sss = IncomingMethod.SSS if workload is Workload.INCOMING else OutgoingMethod.SSS
-    return (
-        mailbox_active
-        and profile_active
-        and delivery_method == sss
-        and enabled
-        and status != Status.NOT_RUN
-        and approval_ok(org, owner_type, approval)
-    )
+    return may_run(SSS_METHOD[workload], org, owner_type, mailbox_active, profile_active, delivery_method,
+                   enabled, status, approval)
 
 
 def mailbox_due(incoming_next: datetime | None, outgoing_next: datetime | None) -> datetime | None:

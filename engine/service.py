@@ -159,7 +159,7 @@ class SyncService:
         events: list[Event] | None = None,
     ) -> None:
         self.crm = crm
-        self.exchange = exchange
+        self._exchange = exchange
         self.clock = clock
         self.hostid = hostid
         self.rng = rng or random.Random(0)
@@ -170,6 +170,18 @@ class SyncService:
         self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._ports: dict[str, tuple[tuple, ExchangePort]] = {}
         self._in_flight: set[str] = set()
+        self._port_discovers = True  # does the Exchange port find EWS URLs (Autodiscover)?
+
+    @property
+    def exchange(self) -> ExchangePort:
+        return self._exchange
+
+    @exchange.setter
+    def exchange(self, port: ExchangePort) -> None:
+        """Put the engine on another Exchange port (e.g. from direct to wire mode)."""
+        self._exchange = port
+        self._ports.clear()
+        self._port_discovers = True
 
     # -- the loop ------------------------------------------------------------------------------
     def next_due(self) -> datetime | None:
@@ -267,7 +279,8 @@ class SyncService:
                 return
         start = now
         values[f["started"]] = start
-        if profile.useautodiscover and mailbox.ewsurl is None and "ewsurl" not in values:
+        if (profile.useautodiscover and self._port_discovers and mailbox.ewsurl is None
+                and "ewsurl" not in values):
             values["ewsurl"] = None  # asked once per cycle, whatever the answer
             discovered = True
         else:
@@ -282,8 +295,9 @@ class SyncService:
         try:
             if discovered:
                 url = await exchange.ews_url_for(mailbox.emailaddress)
-                if url is None:
+                if url is None:  # a port without URLs (in process): stop asking it
                     del values["ewsurl"]
+                    self._port_discovers = False
                 else:
                     values["ewsurl"] = url
                     values["lastautodiscoveredon"] = self.clock.now()

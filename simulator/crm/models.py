@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import IntEnum
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -57,15 +57,24 @@ class UTCDateTime(TypeDecorator):
             return super().result_processor(dialect, coltype)
         slow = super().result_processor(dialect, coltype)
         parse = datetime.fromisoformat
+        cache: dict[str, datetime] = {}  # a lease reads the same few instants many times
 
         def process(value):
             if value is None:
                 return None
+            parsed = cache.get(value)
+            if parsed is not None:
+                return parsed
             try:
                 parsed = parse(value + "+00:00")  # stored naive UTC; gives tzinfo UTC itself
             except (TypeError, ValueError):
                 return slow(value)
-            return parsed if parsed.tzinfo is not None else slow(value)
+            if parsed.tzinfo is None:
+                return slow(value)
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[value] = parsed
+            return parsed
 
         return process
 
@@ -287,7 +296,12 @@ class EmailServerProfile(SQLModel, table=True):
 
 class Mailbox(SQLModel, table=True):
     __tablename__ = "mailbox"
-    __table_args__ = (Index("ix_mailbox_due", "postponemailboxprocessinguntil"),)
+    __table_args__ = (
+        Index("ix_mailbox_due", "postponemailboxprocessinguntil"),
+        # next_due asks for the oldest lease; only leased rows are in this index (usually none)
+        Index("ix_mailbox_leased", "processinglastattemptedon",
+              sqlite_where=text("processingstatecode = 1"), postgresql_where=text("processingstatecode = 1")),
+    )
 
     mailboxid: str = Field(primary_key=True)
     name: str

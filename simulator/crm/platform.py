@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, literal_column, or_, select, update
 
 from engine.clock import Clock
 from engine.errors import Nature, SyncError, kind_of
@@ -78,6 +78,20 @@ _LEASE_COLUMNS = [
     M.c.receivingpostponeduntil, M.c.postponesendinguntil, M.c.lastincomingstartedon,
     M.c.lastoutgoingstartedon, M.c.noemailcount, M.c.incomingtransientfailurecount,
     M.c.outgoingtransientfailurecount, M.c.undeliverablefolder, M.c.ewsurl, M.c.transientfailurecount,
+]
+
+_ORG = Organization.__table__
+_ORG_COLUMNS = [  # named as the fields of OrgSettings
+    _ORG.c.requireapprovalforuseremail, _ORG.c.requireapprovalforqueueemail, _ORG.c.generatealertsforerrors,
+    _ORG.c.generatealertsforwarnings, _ORG.c.generatealertsforinformation,
+    _ORG.c.notifymailboxownerofemailserverlevelalerts, _ORG.c.tracksentitems,
+]
+_PRO = EmailServerProfile.__table__
+_PROFILE_COLUMNS = [
+    _PRO.c.emailserverprofileid, _PRO.c.name, _PRO.c.ownerid, _PRO.c.statecode, _PRO.c.minpollingintervalinminutes,
+    _PRO.c.maxconcurrentconnections, _PRO.c.moveundeliveredemails, _PRO.c.processemailsreceivedafter,
+    _PRO.c.timeoutmailboxconnection, _PRO.c.timeoutmailboxconnectionafteramount, _PRO.c.incomingserverlocation,
+    _PRO.c.useautodiscover,
 ]
 
 
@@ -163,6 +177,21 @@ class Prepared:
         return out
 
 
+class _Borrowed:
+    """``with`` over a connection that someone else closes."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def __enter__(self):
+        return self.conn
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
 def _lease_statement(postgres: bool):
     """Take up to ``:limit`` due mailboxes (free, or leased longer ago than ``:stale``) for ``:hostid``."""
     now = bindparam("now", type_=M.c.processinglastattemptedon.type)
@@ -190,6 +219,18 @@ def _lease_statement(postgres: bool):
         )
         .returning(*_LEASE_COLUMNS)
     )
+
+
+def _next_due_statement():
+    """One query: the earliest due time of a free mailbox and the oldest lease.
+
+    The state codes are literals, so that SQLite uses the partial index of leased rows."""
+    free = select(func.min(M.c.postponemailboxprocessinguntil)).where(
+        M.c.processingstatecode == literal_column("0")).scalar_subquery()
+    locked = select(func.min(M.c.processinglastattemptedon)).where(
+        M.c.processingstatecode == literal_column("1"),
+        M.c.postponemailboxprocessinguntil.is_not(None)).scalar_subquery()
+    return select(free, locked)
 
 
 def _select_dupkeys(column: str, binds: list):
@@ -283,6 +324,8 @@ class Platform:
         self._last_purge: datetime | None = None
         self._postgres = db.dialect.name == "postgresql"
         self._statements: dict[tuple, Prepared] = {}
+        self._keep_reader = db.dialect.name == "sqlite"
+        self._reader = None  # see _reading
 
     def _reset_pending(self) -> None:
         self._emails: list[dict] = []
@@ -296,40 +339,35 @@ class Platform:
 
     # -- settings --------------------------------------------------------------------------
     def org_settings(self) -> OrgSettings:
+        # read at every scheduling step: a prepared statement of the columns needed (the first row)
         with self.db.connect() as conn:
-            row = conn.execute(select(Organization.__table__)).mappings().first()
-        if row is None:
+            rows = self._prepared(("org_settings",), lambda: select(*_ORG_COLUMNS).limit(1)).fetchall(
+                conn, {}, _ORG_COLUMNS)
+        if not rows:
             return OrgSettings()
-        return OrgSettings(
-            requireapprovalforuseremail=row["requireapprovalforuseremail"],
-            requireapprovalforqueueemail=row["requireapprovalforqueueemail"],
-            generatealertsforerrors=row["generatealertsforerrors"],
-            generatealertsforwarnings=row["generatealertsforwarnings"],
-            generatealertsforinformation=row["generatealertsforinformation"],
-            notifymailboxownerofemailserverlevelalerts=row["notifymailboxownerofemailserverlevelalerts"],
-            tracksentitems=row["tracksentitems"],
-        )
+        return OrgSettings(**{c.name: v for c, v in zip(_ORG_COLUMNS, rows[0], strict=True)})
 
     def _org_row(self, conn):
         return conn.execute(select(Organization.__table__)).mappings().first()
 
     def profiles(self) -> dict[str, ProfileSettings]:
         with self.db.connect() as conn:
-            rows = conn.execute(select(EmailServerProfile.__table__)).mappings().all()
+            rows = self._prepared(("profiles",), lambda: select(*_PROFILE_COLUMNS)).fetchall(
+                conn, {}, _PROFILE_COLUMNS)
         return {
-            r["emailserverprofileid"]: ProfileSettings(
-                id=r["emailserverprofileid"],
-                name=r["name"],
-                ownerid=r["ownerid"],
-                active=r["statecode"] == 0,
-                minpollingintervalinminutes=r["minpollingintervalinminutes"],
-                maxconcurrentconnections=r["maxconcurrentconnections"],
-                moveundeliveredemails=r["moveundeliveredemails"],
-                processemailsreceivedafter=r["processemailsreceivedafter"],
-                timeoutmailboxconnection=r["timeoutmailboxconnection"],
-                timeoutmailboxconnectionafteramount=r["timeoutmailboxconnectionafteramount"],
-                ewsurl=r["incomingserverlocation"],
-                useautodiscover=r["useautodiscover"],
+            r[0]: ProfileSettings(
+                id=r[0],
+                name=r[1],
+                ownerid=r[2],
+                active=r[3] == 0,
+                minpollingintervalinminutes=r[4],
+                maxconcurrentconnections=r[5],
+                moveundeliveredemails=r[6],
+                processemailsreceivedafter=r[7],
+                timeoutmailboxconnection=r[8],
+                timeoutmailboxconnectionafteramount=r[9],
+                ewsurl=r[10],
+                useautodiscover=r[11],
             )
             for r in rows
         }
@@ -380,11 +418,8 @@ class Platform:
     # -- leasing ---------------------------------------------------------------------------
     def next_due(self) -> datetime | None:
         with self.db.connect() as conn:
-            free = self._prepared(("next_free",), lambda: select(func.min(M.c.postponemailboxprocessinguntil)).where(
-                M.c.processingstatecode == 0)).fetchall(conn, {}, [M.c.postponemailboxprocessinguntil])[0][0]
-            locked = self._prepared(("next_locked",), lambda: select(func.min(M.c.processinglastattemptedon)).where(
-                M.c.processingstatecode == 1, M.c.postponemailboxprocessinguntil.is_not(None))).fetchall(
-                conn, {}, [M.c.processinglastattemptedon])[0][0]
+            free, locked = self._prepared(("next_due",), _next_due_statement).fetchall(
+                conn, {}, [M.c.postponemailboxprocessinguntil, M.c.processinglastattemptedon])[0]
         free = _aware(free)
         if locked is not None:
             expiry = _aware(locked) + LEASE_TIMEOUT
@@ -413,6 +448,8 @@ class Platform:
             for r in rows
         ]
         works.sort(key=lambda w: (w.receivingpostponeduntil or now, w.id))
+        if works and self._keep_reader and self._reader is None:
+            self._reader = self.db.connect()
         return works
 
     def release(self, hostid: str, updates: list[MailboxUpdate]) -> None:
@@ -427,11 +464,27 @@ class Platform:
             row["b_mailboxid"] = upd.mailboxid
             row["b_hostid"] = hostid
             shapes[shape].append(row)
+        self._close_reader()
         with self.db.begin() as conn:
             self._flush(conn)
             for shape, rows in shapes.items():
                 self._prepared(("release", shape), lambda shape=shape: _release_statement(shape)).executemany(conn, rows)
         self._purge_old_item_rows()
+
+    def _reading(self):
+        """A connection for the duplicate and correlation lookups of the leased batch.
+
+        On SQLite one connection is kept from the lease to the release (a pool checkout per
+        mailbox with mail cost more than the lookup); its SELECTs run outside any transaction on
+        the DBAPI cursor, so each sees what is committed. Elsewhere a connection per call."""
+        if self._reader is not None:
+            return _Borrowed(self._reader)
+        return self.db.connect()
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def _prepared(self, key: tuple, build) -> Prepared:
         prepared = self._statements.get(key)
@@ -488,10 +541,12 @@ class Platform:
         tokens = {t for i in items for t in self._tokens_in(i.subject)}
         convs = {c for i in items if (c := conversation_base(i.thread_index))}
         known_dups: set[int] = set(k for k in dupkeys if k in self._dupkeys)
-        by_msgkey = {k: v for k, v in self._by_msgkey.items() if k in msgkeys}
-        by_token = {k: v for k, v in self._by_token.items() if k in tokens}
+        # the pending maps grow through a batch: look the (few) keys up rather than scan the maps
+        pending_msg, pending_tok = self._by_msgkey, self._by_token
+        by_msgkey = {k: pending_msg[k] for k in msgkeys if k in pending_msg}
+        by_token = {k: pending_tok[k] for k in tokens if k in pending_tok}
         by_conv: dict[str, Correlated] = {}
-        with self.db.connect() as conn:
+        with self._reading() as conn:
             if dupkeys:
                 known_dups.update(r[0] for r in self._select_in(conn, "dupkey", _select_dupkeys, dupkeys))
             if msgkeys:
