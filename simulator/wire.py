@@ -44,7 +44,7 @@ from simulator.tls import TlsFiles, default_state_dir, ensure_tls
 from simulator.web import WebServer
 
 APP_ROLE = "full_access_as_app"
-CREDENTIALS_TTL = timedelta(minutes=1)  # how long the token source trusts what it read from the database
+CREDENTIALS_TTL = timedelta(minutes=15)  # how long the token source trusts what it read from the database
 
 
 class CrmTokenSource:
