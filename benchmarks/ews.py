@@ -37,9 +37,7 @@ import argparse
 import asyncio
 import cProfile
 import io
-import json
 import multiprocessing as mp
-import os
 import pstats
 import statistics
 import sys
@@ -51,6 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
+from benchmarks.report import environment, print_json
 from simulator.exchange.ews import EwsService
 from simulator.exchange.ews.service import EWS_PATH
 from simulator.exchange.mime import MessageData
@@ -330,11 +329,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "request_bytes": len(bench.body(False)),
         "answer_bytes": len(bench.answers[False]),
         "answer_bytes_full_page": len(bench.answers[True]),
-        "load_average_1min": round(os.getloadavg()[0], 2),
         "client": "separate process (spawn), aiohttp client, keep-alive, HTTPS",
         "server": "this process: WireSandbox HTTPS server (aiohttp), token checked by the identity service",
-        "python": sys.version.split()[0],
-        "wall_seconds": round(time.perf_counter() - started, 2),
+        **environment(started),
     }
     if profile_text is not None:
         print(profile_text, file=sys.stderr)
@@ -359,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                      "0 <= --matches < --items")
     result = asyncio.run(run(args))
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        print_json(result)
         return 0
     print(f"EWS FindItem over HTTPS, {result['mailbox_items']} items in the mailbox, MaxEntriesReturned "
           f"{result['max_entries_returned']}, {result['concurrency']} connections, median of {result['rounds']} runs "

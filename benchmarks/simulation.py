@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import gc
 import heapq
-import json
 import os
 import random
 import resource
@@ -40,6 +39,7 @@ from datetime import timedelta
 
 from sqlalchemy import insert
 
+from benchmarks.report import print_json
 from engine.ports import Approval, IncomingMethod, OutgoingMethod, Status
 from simulator.crm.db import sqlite_url
 from simulator.crm.models import Contact, Mailbox, SystemUser, TrackSetting
@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--db: {args.db} exists; give a new file")
     result = run(args.mailboxes, args.hours, args.seed, args.emails_per_mailbox_day, args.db, args.profile)
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        print_json(result)
     else:
         _table(result)
     return 0

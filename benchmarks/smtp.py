@@ -35,9 +35,7 @@ import argparse
 import asyncio
 import cProfile
 import io
-import json
 import multiprocessing as mp
-import os
 import pstats
 import smtplib
 import statistics
@@ -48,6 +46,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from benchmarks.report import environment, print_json
 from engine.clock import VirtualClock
 from simulator.exchange.smtp import DEFAULT_HOSTNAME, SmtpIngress
 from simulator.exchange.store import ExchangeStore, IdSource
@@ -259,12 +258,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_us_per_message": persistent["server_cpu_us_per_message"],
         "floor_server_cpu_us_per_message": persistent["floor_server_cpu_us_per_message"],
         "cpu_ratio": persistent["cpu_ratio"],
-        "load_average_1min": round(os.getloadavg()[0], 2),
         "new_connection_per_message": per_connection,
         "client": "separate process (spawn), smtplib, one persistent connection",
         "server": "this process, asyncio loop.create_server",
-        "python": sys.version.split()[0],
-        "wall_seconds": round(time.perf_counter() - started, 2),
+        **environment(started),
     }
     if profile_text is not None:
         print(profile_text, file=sys.stderr)
@@ -284,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--messages and --rounds must be at least 1")
     result = asyncio.run(run(args))
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        print_json(result)
         return 0
     rows = [("one connection", result)]
     if result["new_connection_per_message"]:

@@ -43,11 +43,8 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import json
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -62,6 +59,7 @@ from exchangelib.folders import Inbox, Root
 from exchangelib.properties import DistinguishedFolderId
 from exchangelib.protocol import Protocol as EwsProtocol
 
+from benchmarks.report import environment, print_json
 from engine.ews import EXO_VERSION, FIND_PAGE_MAX, _trust_ca
 from simulator.crm.db import sqlite_url
 from simulator.crm.models import TrackSetting
@@ -305,9 +303,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "db": "temporary SQLite file",
         "setup_seconds": round(setup_s, 2),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "python": sys.version.split()[0],
-        "wall_seconds": round(time.perf_counter() - started, 2),
+        **environment(started),
     }
 
 
@@ -330,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--emails-per-mailbox-hour must not be negative")
     result = asyncio.run(run(args))
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        print_json(result)
         return 0
     r = result
     print(f"Wire mode: {r['mailboxes']} mailboxes x {r['hours_per_segment']:g} simulated h per segment, "
