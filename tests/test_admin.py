@@ -241,3 +241,19 @@ def test_setup_flow_builds_an_enabled_org():
         assert mb.emailserverprofile == o.profile_id
     assert o.profile().processemailsreceivedafter is None
     assert o.sb.clock.now() - o.mailbox(ALICE).testmailboxaccesscompletedon < timedelta(seconds=1)
+
+
+def test_creating_the_organization_with_a_bad_admin_address_writes_nothing():
+    from sqlalchemy import func
+
+    from simulator.crm.models import SecurityRole
+
+    sb = Sandbox(seed=9)
+    with pytest.raises(ValidationError) as info:
+        sb.admin.create_organization("Contoso", admin_email="not-an-address")
+    assert info.value.field == "internalemailaddress"
+    with sb.db.connect() as conn:
+        for table in (Organization, SecurityRole, SystemUser, Mailbox):
+            assert conn.execute(select(func.count()).select_from(table.__table__)).scalar() == 0
+    sb.admin.create_organization("Contoso", admin_email="admin@contoso.example")  # and it can be done again
+    assert [m.emailaddress for m in sb.admin.mailboxes()] == ["admin@contoso.example"]

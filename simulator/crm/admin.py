@@ -194,8 +194,10 @@ class Admin:
     # -- building an organization ----------------------------------------------------------
     def create_organization(self, name: str, *, admin_name: str = "Admin", admin_domain: str = "admin",
                             admin_email: str | None = None, tenant_id: str | None = None) -> str:
-        """Create the organization, its standard roles and its first system administrator."""
+        """Create the organization, its standard roles and its first system administrator (all or nothing)."""
         _require(bool(name.strip()), "name", "is required")
+        domain = name.strip().lower().replace(" ", "") + ".example"
+        email = (admin_email or f"{admin_domain}@{domain}").strip().lower()
         with Session(self.db) as session:
             if session.exec(select(Organization)).first() is not None:
                 raise AdminError("the organization already exists")
@@ -205,36 +207,41 @@ class Admin:
             session.add(SecurityRole(roleid=self.ids.new(), name=SYSTEM_ADMINISTRATOR,
                                      privileges=",".join(ALL_PRIVILEGES)))
             session.add(SecurityRole(roleid=self.ids.new(), name=SALESPERSON, privileges=PRV_READ_MAILBOX))
+            self._insert_user(session, org, admin_name, email, admin_domain, [SYSTEM_ADMINISTRATOR],
+                              TrackSetting.REPLIES_TO_CRM_EMAIL)
             session.commit()
             orgid = org.organizationid
-        domain = name.strip().lower().replace(" ", "") + ".example"
-        self.add_user(admin_name, admin_email or f"{admin_domain}@{domain}", domainname=admin_domain,
-                      roles=[SYSTEM_ADMINISTRATOR])
+        self._mailbox_added(email, admin_name)
         return orgid
 
     def add_user(self, fullname: str, email: str, *, domainname: str | None = None,
                  roles: Iterable[str] = (SALESPERSON,), track: int = TrackSetting.REPLIES_TO_CRM_EMAIL) -> str:
         email = email.strip().lower()
-        _require("@" in email, "internalemailaddress", f"{email!r} is not an email address")
-        _require(track in {t.value for t in TrackSetting}, "incomingemailfilteringmethod", f"{track!r} is not a track setting")
         with Session(self.db) as session:
-            org = self._org(session)
-            domainname = domainname or email.split("@")[0]
-            if session.exec(select(SystemUser).where(SystemUser.domainname == domainname)).first():
-                raise ValidationError(f"{domainname!r} is already a user", "domainname")
-            user = SystemUser(systemuserid=self.ids.new(), fullname=fullname, domainname=domainname,
-                              internalemailaddress=email, incomingemailfilteringmethod=int(track))
-            session.add(user)
-            for role_name in roles:
-                role = session.exec(select(SecurityRole).where(SecurityRole.name == role_name)).first()
-                if role is None:
-                    raise ValidationError(f"{role_name!r} is not a security role", "roles")
-                session.add(SystemUserRoles(systemuserid=user.systemuserid, roleid=role.roleid))
-            session.add(self._new_mailbox(org, fullname, email, user.systemuserid, user.systemuserid, "systemuser"))
+            uid = self._insert_user(session, self._org(session), fullname, email, domainname, roles, track)
             session.commit()
-            uid = user.systemuserid
         self._mailbox_added(email, fullname)
         return uid
+
+    def _insert_user(self, session: Session, org: Organization, fullname: str, email: str,
+                     domainname: str | None, roles: Iterable[str], track: int) -> str:
+        """A user with its roles and its mailbox (created with the org defaults), in ``session``."""
+        _require("@" in email, "internalemailaddress", f"{email!r} is not an email address")
+        _require(track in {t.value for t in TrackSetting}, "incomingemailfilteringmethod",
+                 f"{track!r} is not a track setting")
+        domainname = domainname or email.split("@")[0]
+        if session.exec(select(SystemUser).where(SystemUser.domainname == domainname)).first():
+            raise ValidationError(f"{domainname!r} is already a user", "domainname")
+        user = SystemUser(systemuserid=self.ids.new(), fullname=fullname, domainname=domainname,
+                          internalemailaddress=email, incomingemailfilteringmethod=int(track))
+        session.add(user)
+        for role_name in roles:
+            role = session.exec(select(SecurityRole).where(SecurityRole.name == role_name)).first()
+            if role is None:
+                raise ValidationError(f"{role_name!r} is not a security role", "roles")
+            session.add(SystemUserRoles(systemuserid=user.systemuserid, roleid=role.roleid))
+        session.add(self._new_mailbox(org, fullname, email, user.systemuserid, user.systemuserid, "systemuser"))
+        return user.systemuserid
 
     def add_queue(self, name: str, email: str, *, owner: str, track: int = TrackSetting.ALL) -> str:
         email = email.strip().lower()
