@@ -111,10 +111,10 @@ def demo(
 # service and the sandbox's virtual clock included). A refused step prints one line on stderr, exits 1
 # and writes nothing.
 
-org_app = typer.Typer(no_args_is_help=True, help="The CRM organization (SPEC 1.1).")
+org_app = typer.Typer(no_args_is_help=True, help="The CRM organization (setup step 1.1).")
 tenant_app = typer.Typer(no_args_is_help=True, help="The Office 365 tenant, done by its administrator.")
-cert_app = typer.Typer(no_args_is_help=True, help="S2S certificates: make one, install it (SPEC 1.2).")
-s2s_app = typer.Typer(no_args_is_help=True, help="Server-based authentication (SPEC 1.3, 1.4).")
+cert_app = typer.Typer(no_args_is_help=True, help="S2S certificates: make one, install it (setup step 1.2).")
+s2s_app = typer.Typer(no_args_is_help=True, help="Server-based authentication (setup steps 1.3, 1.4).")
 clock_app = typer.Typer(no_args_is_help=True, help="The sandbox's virtual clock (certificates expire in it).")
 app.add_typer(org_app, name="org")
 app.add_typer(tenant_app, name="tenant")
@@ -285,7 +285,7 @@ def cert_new(
     _say(f"[green]Certificate {made.subject}[/green] thumbprint {made.thumbprint}")
     _say(f"Valid from {made.not_before:%Y-%m-%d %H:%M:%S} to {made.not_after:%Y-%m-%d %H:%M:%S} UTC (sandbox time).")
     _say(f"Wrote {made.pfx_path}{'' if made.with_private_key else ' (without private key)'} and {made.cer_path}.")
-    _say(f"Next (SPEC 1.2): sss cert install --certificate-file {made.pfx_path} --password ... "
+    _say(f"Next (step 1.2): sss cert install --certificate-file {made.pfx_path} --password ... "
          f"--certificate-type S2STokenIssuer --service-account DOMAIN\\account "
          f"--store-find-type FindBySubjectDistinguishedName --update-crm --as <admin>")
 
@@ -306,7 +306,7 @@ def cert_install(
     as_user: str = _as_option(),
     db: str = _db_option(),
 ) -> None:
-    """SPEC 1.2 (CertificateReconfiguration.ps1): install the certificate as the S2S token issuer."""
+    """Step 1.2 (CertificateReconfiguration.ps1): install the certificate as the S2S token issuer."""
     from simulator.crm.s2s import install_certificate
 
     with _Refused():
@@ -322,7 +322,7 @@ def cert_install(
     if done.replaced_thumbprint:
         _say(f"It replaces the S2S token issuer certificate {done.replaced_thumbprint}.")
     _say(f"[green]Installed as the {done.certificate_type} certificate of the CRM deployment.[/green]")
-    _say("Next (SPEC 1.3): sss s2s configure --root-domain-name ... --private-key-password ... --cer-file-path ... "
+    _say("Next (step 1.3): sss s2s configure --root-domain-name ... --private-key-password ... --cer-file-path ... "
          "--pfx-file-path ... --organization-name ... --o365-admin-email ... --as <admin>")
 
 
@@ -341,7 +341,7 @@ def s2s_configure(
     as_user: str = _as_option(),
     db: str = _db_option(),
 ) -> None:
-    """SPEC 1.3 (ConfigureCrmServerSideSync): register the CRM with Exchange Online's identity service."""
+    """Step 1.3 (ConfigureCrmServerSideSync): register the CRM with Exchange Online's identity service."""
     from simulator.crm.s2s import configure_server_side_sync
     from simulator.identity import ACS_PRINCIPAL_ID
 
@@ -365,7 +365,7 @@ def s2s_configure(
 
 @s2s_app.command("validate")
 def s2s_validate(db: str = _db_option()) -> None:
-    """SPEC 1.4: server-based authentication validation; exits 1 on "Authentication failure"."""
+    """Step 1.4: server-based authentication validation; exits 1 on "Authentication failure"."""
     from simulator.crm.s2s import validate_s2s
 
     with _Refused():
