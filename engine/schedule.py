@@ -45,32 +45,28 @@ def error_delay(backoff_ms: int | None, rng: random.Random | None = None) -> flo
 
 
 # timedelta objects of the few whole delays used over and over (built once: the hot path adds them)
-_SECONDS: dict[int, timedelta] = {}
-_MINUTES: dict[int, timedelta] = {}
+_SHARED: dict[tuple[str, int], timedelta] = {}
+
+
+def _shared(unit: str, amount: float) -> timedelta:
+    if type(amount) is not int:
+        return timedelta(**{unit: amount})
+    td = _SHARED.get((unit, amount))
+    if td is None:
+        if len(_SHARED) >= 4096:
+            _SHARED.clear()
+        td = _SHARED[(unit, amount)] = timedelta(**{unit: amount})
+    return td
 
 
 def seconds(delay_s: float) -> timedelta:
     """``timedelta(seconds=delay_s)``, shared for whole seconds."""
-    if type(delay_s) is not int:
-        return timedelta(seconds=delay_s)
-    td = _SECONDS.get(delay_s)
-    if td is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        td = _SECONDS[delay_s] = timedelta(seconds=delay_s)
-    return td
+    return _shared("seconds", delay_s)
 
 
 def minutes(count: int) -> timedelta:
     """``timedelta(minutes=count)``, shared for whole minutes."""
-    if type(count) is not int:
-        return timedelta(minutes=count)
-    td = _MINUTES.get(count)
-    if td is None:
-        if len(_MINUTES) >= 4096:
-            _MINUTES.clear()
-        td = _MINUTES[count] = timedelta(minutes=count)
-    return td
+    return _shared("minutes", count)
 
 
 def next_run(started: datetime, ended: datetime, delay_s: float, min_polling_minutes: int) -> datetime:

@@ -124,11 +124,7 @@ class ProfilePorts:
     def _key(self, mailbox: str) -> tuple:
         key = self._profile_of.get(mailbox)
         if key is None:
-            with Session(self.wire.sb.db) as session:
-                profile = session.exec(
-                    select(EmailServerProfile).join(Mailbox, Mailbox.emailserverprofile
-                                                    == EmailServerProfile.emailserverprofileid)
-                    .where(Mailbox.emailaddress == mailbox.lower())).first()
+            profile = _profile_of(self.wire.sb, mailbox)
             if profile is None:
                 key = ("", 10, None)
             else:
@@ -261,11 +257,7 @@ class WireSandbox:
 
     async def _ews_url(self, address: str) -> str:
         """Where a mailbox's EWS is: Autodiscover, or the profile's location when auto discover is off."""
-        with Session(self.sb.db) as session:
-            profile = session.exec(
-                select(EmailServerProfile).join(Mailbox, Mailbox.emailserverprofile
-                                                == EmailServerProfile.emailserverprofileid)
-                .where(Mailbox.emailaddress == address.lower())).first()
+        profile = _profile_of(self.sb, address)
         if profile is not None and not profile.useautodiscover and profile.incomingserverlocation:
             return profile.incomingserverlocation
         return await self._autodiscover(address)
@@ -360,3 +352,12 @@ def _organization(sb: Sandbox) -> Organization:
     if org is None:
         raise TokenError("the organization does not exist yet")
     return org
+
+
+def _profile_of(sb: Sandbox, address: str) -> EmailServerProfile | None:
+    """The email server profile of the mailbox with this address."""
+    with Session(sb.db) as session:
+        return session.exec(
+            select(EmailServerProfile).join(Mailbox, Mailbox.emailserverprofile
+                                            == EmailServerProfile.emailserverprofileid)
+            .where(Mailbox.emailaddress == address.lower())).first()

@@ -21,7 +21,6 @@ from engine.ports import (
     Approval,
     ExchangePort,
     IncomingMethod,
-    MailboxWork,
     OutgoingMethod,
 )
 from engine.service import finish_values
@@ -383,7 +382,7 @@ class Admin:
                         mb.outgoingemaildeliverymethod != OutgoingMethod.SSS:
                     raise AdminError(f"mailbox {mb.emailaddress} uses server-side synchronization for nothing",
                                      "incomingemaildeliverymethod")
-            works = [_work_of(mb) for mb in rows]
+        works = self.platform.mailbox_work(ids)
         if start_date is not None:
             start_date = as_utc(start_date)
         org = self.platform.org_settings()
@@ -416,23 +415,6 @@ class Admin:
                 raise ValidationError(f"no mailbox has the address {address!r}", "emailaddress")
             return mb.mailboxid
 
-
-def _work_of(mb: Mailbox) -> MailboxWork:
-    return MailboxWork(
-        id=mb.mailboxid, emailaddress=mb.emailaddress, ownerid=mb.ownerid, regardingobjectid=mb.regardingobjectid,
-        regardingobjecttypecode=mb.regardingobjecttypecode, profileid=mb.emailserverprofile,
-        active=mb.statecode == 0, incomingemaildeliverymethod=mb.incomingemaildeliverymethod,
-        outgoingemaildeliverymethod=mb.outgoingemaildeliverymethod,
-        enabledforincomingemail=mb.enabledforincomingemail, enabledforoutgoingemail=mb.enabledforoutgoingemail,
-        incomingemailstatus=mb.incomingemailstatus, outgoingemailstatus=mb.outgoingemailstatus,
-        emailrouteraccessapproval=mb.emailrouteraccessapproval,
-        processemailreceivedafter=mb.processemailreceivedafter,
-        receivingpostponeduntil=mb.receivingpostponeduntil, postponesendinguntil=mb.postponesendinguntil,
-        lastincomingstartedon=mb.lastincomingstartedon, lastoutgoingstartedon=mb.lastoutgoingstartedon,
-        noemailcount=mb.noemailcount, incomingtransientfailurecount=mb.incomingtransientfailurecount,
-        outgoingtransientfailurecount=mb.outgoingtransientfailurecount, undeliverablefolder=mb.undeliverablefolder,
-        ewsurl=mb.ewsurl,
-    )
 
 
 

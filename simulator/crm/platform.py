@@ -253,6 +253,20 @@ def _release_statement(shape: tuple[str, ...]):
             .values(values))
 
 
+def _mailbox_work(r) -> MailboxWork:
+    """A row of ``_LEASE_COLUMNS`` as the engine's MailboxWork."""
+    return MailboxWork(
+        id=r[0], emailaddress=r[1], ownerid=r[2], regardingobjectid=r[3], regardingobjecttypecode=r[4],
+        profileid=r[5], active=r[6] == 0, incomingemaildeliverymethod=r[7],
+        outgoingemaildeliverymethod=r[8], enabledforincomingemail=r[9], enabledforoutgoingemail=r[10],
+        incomingemailstatus=r[11], outgoingemailstatus=r[12], emailrouteraccessapproval=r[13],
+        processemailreceivedafter=r[14], receivingpostponeduntil=r[15], postponesendinguntil=r[16],
+        lastincomingstartedon=r[17], lastoutgoingstartedon=r[18], noemailcount=r[19],
+        incomingtransientfailurecount=r[20], outgoingtransientfailurecount=r[21],
+        undeliverablefolder=r[22], ewsurl=r[23],
+    )
+
+
 def key64(text: str) -> int:
     """A signed 64-bit key of a text (indexed instead of the long text itself)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(),
@@ -434,23 +448,18 @@ class Platform:
         with self.db.begin() as conn:
             rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
             self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
-        works = [
-            MailboxWork(
-                id=r[0], emailaddress=r[1], ownerid=r[2], regardingobjectid=r[3], regardingobjecttypecode=r[4],
-                profileid=r[5], active=r[6] == 0, incomingemaildeliverymethod=r[7],
-                outgoingemaildeliverymethod=r[8], enabledforincomingemail=r[9], enabledforoutgoingemail=r[10],
-                incomingemailstatus=r[11], outgoingemailstatus=r[12], emailrouteraccessapproval=r[13],
-                processemailreceivedafter=r[14], receivingpostponeduntil=r[15], postponesendinguntil=r[16],
-                lastincomingstartedon=r[17], lastoutgoingstartedon=r[18], noemailcount=r[19],
-                incomingtransientfailurecount=r[20], outgoingtransientfailurecount=r[21],
-                undeliverablefolder=r[22], ewsurl=r[23],
-            )
-            for r in rows
-        ]
+        works = [_mailbox_work(r) for r in rows]
         works.sort(key=lambda w: (w.receivingpostponeduntil or now, w.id))
         if works and self._keep_reader and self._reader is None:
             self._reader = self.db.connect()
         return works
+
+    def mailbox_work(self, mailboxids: list[str]) -> list[MailboxWork]:
+        """The same view of mailboxes as a lease gives, without leasing them (in the given order)."""
+        with self.db.connect() as conn:
+            rows = conn.execute(select(*_LEASE_COLUMNS).where(M.c.mailboxid.in_(mailboxids))).all()
+        by_id = {r[0]: _mailbox_work(r) for r in rows}
+        return [by_id[i] for i in mailboxids if i in by_id]
 
     def release(self, hostid: str, updates: list[MailboxUpdate]) -> None:
         """Write the batch in one transaction: pending rows, then the mailbox updates.

@@ -73,19 +73,16 @@ def build_routes(service: IdentityService, *, public_base_url: str | None = None
         return error_response(request, 400, "invalid_tenant", 90002,
                               f"Tenant '{tenant}' not found. Check the tenant id or domain in the authority URL.")
 
-    @guarded
-    async def openid_v2(request: web.Request) -> web.StreamResponse:
-        tenant = service.find_tenant(request.match_info["tenant"])
-        if tenant is None:
-            return unknown_tenant(request, request.match_info["tenant"])
-        return web.json_response(service.openid_configuration(tenant, base_url(request), v2=True))
+    def openid(v2: bool):
+        @guarded
+        async def handler(request: web.Request) -> web.StreamResponse:
+            tenant = service.find_tenant(request.match_info["tenant"])
+            if tenant is None:
+                return unknown_tenant(request, request.match_info["tenant"])
+            return web.json_response(service.openid_configuration(tenant, base_url(request), v2=v2))
+        return handler
 
-    @guarded
-    async def openid_v1(request: web.Request) -> web.StreamResponse:
-        tenant = service.find_tenant(request.match_info["tenant"])
-        if tenant is None:
-            return unknown_tenant(request, request.match_info["tenant"])
-        return web.json_response(service.openid_configuration(tenant, base_url(request), v2=False))
+    openid_v2, openid_v1 = openid(True), openid(False)
 
     @guarded
     async def keys(request: web.Request) -> web.StreamResponse:
