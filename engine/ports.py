@@ -90,6 +90,7 @@ class OrgSettings:
     generatealertsforinformation: bool = True
     notifymailboxownerofemailserverlevelalerts: bool = False
     tracksentitems: bool = False
+    organizationid: str = ""  # stamped on Exchange mailboxes whose ACT this organization syncs (1.11)
 
 
 @dataclass(slots=True)
@@ -267,6 +268,14 @@ class CrmPort(Protocol):
     def write_alerts(self, alerts: list[Alert]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ActOrgClaim:
+    """SPEC 1.11: the organization that syncs a mailbox's appointments, contacts and tasks."""
+
+    org_id: str
+    stamped_on: datetime | None  # when the org last stamped (claimed or synced) the mailbox
+
+
 @runtime_checkable
 class ExchangePort(Protocol):
     """Exchange Online as the engine uses it (one mailbox per call)."""
@@ -287,6 +296,14 @@ class ExchangePort(Protocol):
 
     async def ews_url_for(self, mailbox: str) -> str | None:
         """The mailbox's EWS URL as found by Autodiscover (None when there is no URL to find)."""
+        ...
+
+    async def get_act_org(self, mailbox: str) -> ActOrgClaim | None:
+        """The org claim stamped on the Exchange mailbox (None: unclaimed)."""
+        ...
+
+    async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
+        """Stamp ``org_id`` (and the time now) on the Exchange mailbox, replacing any claim."""
         ...
 
 

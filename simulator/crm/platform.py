@@ -84,7 +84,7 @@ _ORG = Organization.__table__
 _ORG_COLUMNS = [  # named as the fields of OrgSettings
     _ORG.c.requireapprovalforuseremail, _ORG.c.requireapprovalforqueueemail, _ORG.c.generatealertsforerrors,
     _ORG.c.generatealertsforwarnings, _ORG.c.generatealertsforinformation,
-    _ORG.c.notifymailboxownerofemailserverlevelalerts, _ORG.c.tracksentitems,
+    _ORG.c.notifymailboxownerofemailserverlevelalerts, _ORG.c.tracksentitems, _ORG.c.organizationid,
 ]
 _PRO = EmailServerProfile.__table__
 _PROFILE_COLUMNS = [
