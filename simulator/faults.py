@@ -4,17 +4,25 @@ A rule names an operation (or ``*``), optionally a mailbox address, the error co
 (an EWS response code or a CRM code of SPEC section 4), and when it fires: for the next
 ``count`` matching calls, and/or with a ``probability`` drawn from the sandbox's seeded
 generator. ``ErrorServerBusy`` rules may carry a ``backoff_ms`` hint.
+
+:func:`rules_to_json` and :func:`load_rules` save the rules (with how often each has fired)
+and the generator state as JSON text and put them back, so that a run that is saved and
+loaded between two commands fires the same faults as one that is not.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
+import typing
 from dataclasses import dataclass, field
 
 from engine.errors import KNOWN_ERRORS, ExchangeError
 
 # Exchange calls of the engine, and "create_email": the CRM creating an activity (plug-in failures).
-OPERATIONS = ("find_new_items", "ensure_folder", "move_item", "add_category", "delete_item", "send", "create_email")
+OPERATIONS = ("find_new_items", "ensure_folder", "move_item", "add_category", "delete_item", "send",
+              "get_act_org", "set_act_org", "create_email")
 
 
 class FaultRuleError(ValueError):
@@ -81,3 +89,148 @@ class FaultInjector:
             rule.fired += 1
             raise ExchangeError(rule.code, f"injected fault on {operation} for {mailbox}",
                                 backoff_ms=rule.backoff_ms)
+
+
+# -- saving and loading the rules ------------------------------------------------------------
+
+FAULTS_FORMAT = "sss-fault-rules"
+FAULTS_VERSION = 1
+_INJECTOR_SAVED = frozenset({"rng", "rules"})
+
+
+def _persist_error(message: str) -> ValueError:
+    # Imported here so that this module does not load the Exchange store when it is imported.
+    from simulator.exchange.persist import PersistError
+
+    return PersistError(message)
+
+
+def rules_to_json(injector: FaultInjector) -> str:
+    """The rules of ``injector`` (with how often each already fired) and its generator state, as JSON.
+
+    Loading the text with :func:`load_rules` gives an injector that fires exactly the faults
+    this one would fire for the same later calls.
+    """
+    extra = sorted(set(vars(injector)) - _INJECTOR_SAVED)
+    if extra:
+        raise _persist_error(f"cannot save the fault rules: the injector's attribute {extra[0]!r} has no saved form")
+    rules = []
+    for i, rule in enumerate(injector.rules):
+        saved = {}
+        for f in dataclasses.fields(rule):
+            value = getattr(rule, f.name)
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise _persist_error(f"cannot save the fault rules: rule {i} field {f.name!r} holds "
+                                     f"a {type(value).__name__}")
+            saved[f.name] = value
+        rules.append(saved)
+    try:
+        version, internal, gauss_next = injector.rng.getstate()
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        raise _persist_error(f"cannot save the fault rules: the random generator has no saved state ({exc})") from None
+    doc = {
+        "format": FAULTS_FORMAT,
+        "version": FAULTS_VERSION,
+        "rules": rules,
+        "rng": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+    }
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # a probability that is NaN or infinite
+        raise _persist_error(f"cannot save the fault rules: {exc}") from None
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_rule(i: int, raw: object, hints: dict[str, object]) -> FaultRule:
+    from simulator.exchange.persist import matches_hint
+
+    if not isinstance(raw, dict):
+        raise _persist_error(f"cannot load the fault rules: rule {i} is not a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(FaultRule)}
+    for key in raw:
+        if key not in fields:
+            raise _persist_error(f"cannot load the fault rules: rule {i} has an unknown field {key!r}")
+    init, later = {}, {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _persist_error(f"cannot load the fault rules: rule {i} has no {name!r}")
+            continue
+        value = raw[name]
+        hint = hints.get(name)
+        if hint is not None and not matches_hint(value, hint):
+            raise _persist_error(f"cannot load the fault rules: rule {i} field {name!r} has the wrong type "
+                                 f"({type(value).__name__})")
+        (init if f.init else later)[name] = value
+    try:
+        rule = FaultRule(**init)
+    except FaultRuleError as exc:
+        raise _persist_error(f"cannot load the fault rules: rule {i}: {exc}") from None
+    for name, value in later.items():
+        setattr(rule, name, value)
+    if rule.fired < 0:
+        raise _persist_error(f"cannot load the fault rules: rule {i} fired: must be 0 or more")
+    return rule
+
+
+def _read_rng_state(raw: object) -> tuple:
+    if not isinstance(raw, dict) or set(raw) != {"version", "state", "gauss_next"}:
+        raise _persist_error("cannot load the fault rules: 'rng' must hold version, state and gauss_next")
+    version, internal, gauss_next = raw["version"], raw["state"], raw["gauss_next"]
+    if not _is_whole(version) or not isinstance(internal, list) or not all(_is_whole(v) for v in internal):
+        raise _persist_error("cannot load the fault rules: the random generator state is not a list of whole numbers")
+    if gauss_next is not None and (isinstance(gauss_next, bool) or not isinstance(gauss_next, (int, float))):
+        raise _persist_error("cannot load the fault rules: the random generator's gauss_next is not a number")
+    state = (version, tuple(internal), gauss_next)
+    try:
+        random.Random().setstate(state)  # tried on a scratch generator first
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _persist_error(f"cannot load the fault rules: the random generator state is invalid ({exc})") from None
+    return state
+
+
+def load_rules(injector: FaultInjector, text: str) -> None:
+    """Replace the rules and the generator state of ``injector`` with those saved in ``text``.
+
+    The generator object itself is kept (only its state is set), so whatever else shares it
+    sees the restored state too. Nothing changes when the text is refused: a
+    ``PersistError`` (a ``ValueError``) says what is wrong.
+    """
+    if not isinstance(text, str):
+        raise _persist_error(f"cannot load the fault rules: expected text, got {type(text).__name__}")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _persist_error(f"cannot load the fault rules: the text is not JSON ({exc})") from None
+    except RecursionError:
+        raise _persist_error("cannot load the fault rules: the JSON is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise _persist_error("cannot load the fault rules: the text is not a JSON object")
+    if doc.get("format") != FAULTS_FORMAT:
+        raise _persist_error(f"cannot load the fault rules: the text is not saved fault rules "
+                             f"(format {doc.get('format')!r}, expected {FAULTS_FORMAT!r})")
+    version = doc.get("version")
+    if type(version) is not int or version != FAULTS_VERSION:
+        raise _persist_error(f"cannot load the fault rules: unsupported version {version!r} "
+                             f"(this code reads version {FAULTS_VERSION})")
+    extra = sorted(set(doc) - {"format", "version", "rules", "rng"})
+    if extra:
+        raise _persist_error(f"cannot load the fault rules: unexpected section {extra[0]!r}")
+    if not isinstance(doc.get("rules"), list):
+        raise _persist_error("cannot load the fault rules: 'rules' must be a JSON array")
+    if "rng" not in doc:
+        raise _persist_error("cannot load the fault rules: the 'rng' section is missing")
+    try:
+        hints = typing.get_type_hints(FaultRule)
+    except Exception:  # an annotation not resolvable at run time: types are then not checked
+        hints = {}
+    rules = [_read_rule(i, raw, hints) for i, raw in enumerate(doc["rules"])]
+    state = _read_rng_state(doc["rng"])
+    try:
+        injector.rng.setstate(state)
+    except NotImplementedError:
+        raise _persist_error("cannot load the fault rules: the injector's random generator cannot be set") from None
+    injector.rules[:] = rules
