@@ -1,6 +1,6 @@
 """ExchangePort over exchangelib: the engine speaking real EWS ("wire mode").
 
-:class:`EwsExchange` serves the same six calls as the in-process port (``simulator/exchange/
+:class:`EwsExchange` serves the same calls as the in-process port (``simulator/exchange/
 direct.py`` is the reference semantics) with the unmodified exchangelib client, so the engine could
 point at Exchange Online as well as at the sandbox's fake EWS endpoint.
 
@@ -51,7 +51,18 @@ find_new_items: FindItem (ids, oldest first, one page of at most 1000) + GetItem
 serves bodies and recipients only from GetItem). ensure_folder: GetFolder when an id is known and
 still exists; else FindFolder (by DisplayName) + CreateFolder. move_item: MoveItem. add_category:
 GetItem + UpdateItem (none when the category is already there). delete_item: DeleteItem (hard).
-send: CreateItem (SendOnly / SendAndSaveCopy) [+ FindItem for the Sent Items copy].
+send: CreateItem (SendOnly / SendAndSaveCopy) [+ FindItem for the Sent Items copy]. get_act_org: GetFolder
+of ``msgfolderroot`` asking for the two claim properties only. set_act_org: UpdateFolder of ``msgfolderroot``
+setting both (the organization id and the time now, from the port's clock).
+
+The ACT organization claim (SPEC 1.11)
+--------------------------------------
+The claim is two named extended properties on the mailbox's ``msgfolderroot`` folder (the property set
+and names are in :mod:`engine.act`). They are registered on exchangelib's ``Folder`` class as
+:data:`ACT_ORG_FIELD` and :data:`ACT_STAMPED_FIELD` when this module is imported (exchangelib allows
+custom folder properties only there, for all folder classes). Registered extended properties are
+"complex" fields: exchangelib asks for them in GetFolder when no field list is given, never in FindFolder;
+a server answers nothing for a folder that lacks them.
 
 Differences from direct mode
 ----------------------------
@@ -94,15 +105,19 @@ from exchangelib import (
 )
 from exchangelib import UTC as EWS_UTC
 from exchangelib import errors as ews_errors
-from exchangelib.folders import FolderCollection, Inbox, Root, SentItems
+from exchangelib.extended_properties import ExtendedProperty
+from exchangelib.fields import FieldPath, InvalidField
+from exchangelib.folders import FolderCollection, Inbox, MsgFolderRoot, Root, SentItems
 from exchangelib.properties import DistinguishedFolderId, FolderId
 from exchangelib.protocol import BaseProtocol
 from exchangelib.protocol import Protocol as EwsProtocol
-from exchangelib.services import CreateFolder
+from exchangelib.services import CreateFolder, UpdateFolder
 from oauthlib.oauth2 import WebApplicationClient
 
+from engine.act import ACT_CLAIM_FOLDER, ACT_ORG_ID_NAME, ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME
+from engine.clock import RealClock
 from engine.errors import ExchangeError, SyncError
-from engine.ports import ItemProperties, OutgoingMessage, SendResult, TokenSource
+from engine.ports import ActOrgClaim, ItemProperties, OutgoingMessage, SendResult, TokenSource
 
 T = TypeVar("T")
 
@@ -114,7 +129,43 @@ ITEM_FIELDS = (
     "in_reply_to", "references", "conversation_index", "text_body", "size", "datetime_sent", "categories",
 )
 MISSING_SENDER = "the From header is missing or holds no address"
-_FOLDER_CLASSES: dict[str, type] = {"root": Root, "inbox": Inbox, "sentitems": SentItems}
+_FOLDER_CLASSES: dict[str, type] = {"root": Root, "inbox": Inbox, "sentitems": SentItems,
+                                    ACT_CLAIM_FOLDER: MsgFolderRoot}
+
+
+# -- the ACT organization claim as exchangelib extended properties ------------------------------------
+class ActOrgIdProperty(ExtendedProperty):
+    """The id of the organization that syncs the mailbox's appointments, contacts and tasks."""
+
+    property_set_id = ACT_PROPERTY_SET_ID
+    property_name = ACT_ORG_ID_NAME
+    property_type = "String"
+
+
+class ActStampedOnProperty(ExtendedProperty):
+    """When that organization last stamped the mailbox (claimed it or synced)."""
+
+    property_set_id = ACT_PROPERTY_SET_ID
+    property_name = ACT_STAMPED_ON_NAME
+    property_type = "SystemTime"
+
+
+ACT_ORG_FIELD = "sss_act_org_id"
+ACT_STAMPED_FIELD = "sss_act_org_stamped_on"
+_REGISTER_LOCK = threading.Lock()
+
+
+def register_act_claim_fields() -> None:
+    """Register the claim properties on exchangelib's ``Folder`` (once; later calls do nothing)."""
+    with _REGISTER_LOCK:
+        for name, cls in ((ACT_ORG_FIELD, ActOrgIdProperty), (ACT_STAMPED_FIELD, ActStampedOnProperty)):
+            try:
+                Folder.get_field_by_fieldname(name)
+            except InvalidField:
+                Folder.register(name, cls)
+
+
+register_act_claim_fields()
 
 
 EwsUrl = str | Callable[[str], Awaitable[str]]
@@ -636,6 +687,42 @@ class EwsExchange:
             return SendResult(message_id, copy.id if copy is not None else None)
 
         return await self._call(mailbox, submit)
+
+    # -- the ACT organization claim ---------------------------------------------------------------
+    def _claim_folder(self, account: Account) -> MsgFolderRoot:
+        """A fresh ``msgfolderroot`` of the mailbox (a new object per call: its fields are set for one update)."""
+        return self._new_folder(account, account.primary_smtp_address, ACT_CLAIM_FOLDER)
+
+    async def get_act_org(self, mailbox: str) -> ActOrgClaim | None:
+        def read(account: Account) -> ActOrgClaim | None:
+            fields = {FieldPath(field=Folder.get_field_by_fieldname(ACT_ORG_FIELD)),
+                      FieldPath(field=Folder.get_field_by_fieldname(ACT_STAMPED_FIELD))}
+            found = list(FolderCollection(account=account, folders=[self._claim_folder(account)])
+                         .get_folders(additional_fields=fields))
+            if not found:
+                raise ExchangeError("ErrorFolderNotFound", f"GetFolder returned no {ACT_CLAIM_FOLDER} for {mailbox}")
+            if isinstance(found[0], Exception):
+                raise found[0]
+            org_id = getattr(found[0], ACT_ORG_FIELD, None)
+            if not org_id:
+                return None
+            return ActOrgClaim(org_id, _utc(getattr(found[0], ACT_STAMPED_FIELD, None)))
+
+        return await self._call(mailbox, read)
+
+    async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
+        now = (self.clock if self.clock is not None else RealClock()).now()
+        stamp = _utc(now)
+        assert stamp is not None
+
+        def write(account: Account) -> ActOrgClaim:
+            folder = self._claim_folder(account)
+            setattr(folder, ACT_ORG_FIELD, org_id)
+            setattr(folder, ACT_STAMPED_FIELD, EWSDateTime.from_datetime(stamp).astimezone(EWS_UTC))
+            UpdateFolder(account=account).get(folders=[(folder, [ACT_ORG_FIELD, ACT_STAMPED_FIELD])])
+            return ActOrgClaim(org_id, stamp)
+
+        return await self._call(mailbox, write)
 
     # -- lifetime ------------------------------------------------------------------------------
     async def ews_url_for(self, mailbox: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Test & Enable of one mailbox (SPEC 1.9, 3.3, section 4).
+"""Test & Enable of one mailbox (SPEC 1.9, 1.11, 3.3, section 4).
 
 The incoming test reads the Inbox; the outgoing test sends a message from the mailbox to itself
 (and removes it from the Inbox again, so that it is never tracked). A passing workload is
@@ -6,6 +6,13 @@ enabled and due at once; a failing one is disabled with its status set to Failur
 The first Test & Enable starts the watermark from the profile's "process email from" date; a
 start date given to Test & Enable moves it there, so that all Inbox mail after it is evaluated
 again. Re-enabling clears the failure counters.
+
+The ACT test (appointments, contacts and tasks; only when the mailbox's ACT method is
+server-side sync, and only for user mailboxes) checks the organization claim of SPEC 1.11 on the
+Exchange mailbox: an unclaimed mailbox, or one this organization holds, is stamped with this
+organization's id; one held by another organization fails with
+``ConfiguredWithAnotherOrganization`` unless ``this_org_only`` ("Sync items with Exchange from
+this org only") is ticked, which overwrites the other organization's stamp.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from datetime import datetime, timedelta
 
 from engine import alerts as alert_rules
 from engine import schedule
+from engine.act import CONFIGURED_WITH_ANOTHER_ORG, another_org_error
 from engine.clock import Clock
 from engine.errors import SyncError
 from engine.ports import (
+    ActMethod,
     Alert,
     ExchangePort,
     IncomingMethod,
@@ -39,6 +48,7 @@ class MailboxTestResult:
     mailboxid: str
     incoming: Status = Status.NOT_RUN
     outgoing: Status = Status.NOT_RUN
+    act: Status = Status.NOT_RUN
     errors: dict[str, SyncError] = field(default_factory=dict)  # workload name -> error
     update: MailboxUpdate | None = None
     alerts: list[Alert] = field(default_factory=list)
@@ -68,6 +78,14 @@ async def _test_outgoing(exchange: ExchangePort, clock: Clock, mailbox: MailboxW
             await exchange.delete_item(mailbox.emailaddress, item.item_id)
 
 
+async def _test_act(exchange: ExchangePort, org: OrgSettings, mailbox: MailboxWork, this_org_only: bool) -> None:
+    """Claim the Exchange mailbox's ACT for this organization, or fail when another one holds it."""
+    claim = await exchange.get_act_org(mailbox.emailaddress)
+    if claim is not None and claim.org_id != org.organizationid and not this_org_only:
+        raise another_org_error(mailbox.emailaddress, claim.org_id)
+    await exchange.set_act_org(mailbox.emailaddress, org.organizationid)
+
+
 async def test_and_enable(
     exchange: ExchangePort,
     clock: Clock,
@@ -76,6 +94,7 @@ async def test_and_enable(
     mailbox: MailboxWork,
     *,
     start_date: datetime | None = None,
+    this_org_only: bool = False,
 ) -> MailboxTestResult:
     now = clock.now()
     result = MailboxTestResult(mailbox.id)
@@ -124,16 +143,51 @@ async def test_and_enable(
         values[transient_f] = 0
         setattr(result, workload.name.lower(), Status.SUCCESS)
 
+    # ACT is for user mailboxes only: a queue mailbox with ACT = SSS stays Not Run
+    if mailbox.actdeliverymethod == ActMethod.SSS and mailbox.regardingobjecttypecode == schedule.USER_MAILBOX:
+        try:
+            if not approved:
+                raise SyncError("MailboxNotApproved")
+            await _test_act(exchange, org, mailbox, this_org_only)
+        except SyncError as exc:
+            result.errors[Workload.ACT.name] = exc
+            result.act = Status.FAILURE
+            values["actstatus"] = int(Status.FAILURE)
+            values["enabledforact"] = False
+            values["receivingpostponeduntilforact"] = None
+            values["lastsyncerror"] = exc.detail[:2000]
+            values["lastsyncerrorcode"] = exc.code
+            values["lastsyncerroroccurredon"] = now
+            values["lastsyncerrorcount"] = 1
+            if exc.code == CONFIGURED_WITH_ANOTHER_ORG:  # known: another organization holds the claim
+                values["isactsyncorgflagset"] = False
+                values["orgmarkedasprimaryforexchangesync"] = False
+            result.alerts.extend(alert_rules.for_error(org, mailbox, profile, Workload.ACT, exc, disabled=True))
+        else:
+            result.act = Status.SUCCESS
+            values["actstatus"] = int(Status.SUCCESS)
+            values["enabledforact"] = True
+            values["receivingpostponeduntilforact"] = now
+            values["acttransientfailurecount"] = 0
+            values["noactcount"] = 0
+            values["isactsyncorgflagset"] = True  # this organization holds the claim now
+            values["orgmarkedasprimaryforexchangesync"] = True
+
     if result.incoming is Status.SUCCESS:
         if start_date is not None:
             values["processemailreceivedafter"] = start_date
         elif mailbox.processemailreceivedafter is None:
             values["processemailreceivedafter"] = profile.processemailsreceivedafter
-    if result.ok and (result.incoming is Status.SUCCESS or result.outgoing is Status.SUCCESS):
-        enabled = " and ".join(
+    if result.ok and Status.SUCCESS in (result.incoming, result.outgoing, result.act):
+        parts = []
+        email = " and ".join(
             w for w, s in (("incoming", result.incoming), ("outgoing", result.outgoing)) if s is Status.SUCCESS
         )
+        if email:
+            parts.append(f"{email} email")
+        if result.act is Status.SUCCESS:
+            parts.append("appointments, contacts and tasks")
         result.alerts.extend(alert_rules.for_success(
-            org, mailbox, f"Mailbox {mailbox.emailaddress} was tested and enabled for {enabled} email."))
+            org, mailbox, f"Mailbox {mailbox.emailaddress} was tested and enabled for {' and for '.join(parts)}."))
     result.update = MailboxUpdate(mailbox.id, values)
     return result

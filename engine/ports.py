@@ -121,6 +121,14 @@ class MailboxWork:
     outgoingtransientfailurecount: int
     undeliverablefolder: str | None
     ewsurl: str | None = None
+    # appointments, contacts and tasks (SPEC 1.11, 3.6); the defaults describe a mailbox without ACT
+    actdeliverymethod: int = 2  # ActMethod.NONE
+    enabledforact: bool = False
+    actstatus: int = 0  # Status.NOT_RUN
+    receivingpostponeduntilforact: datetime | None = None  # the ACT next-run time
+    lastactstartedon: datetime | None = None
+    noactcount: int = 0
+    acttransientfailurecount: int = 0
 
 
 @dataclass(slots=True)

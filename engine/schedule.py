@@ -4,6 +4,8 @@ The next run is computed at the end of a cycle:
 
 * normal cadence 5 minutes; a busy mailbox (the cycle found items) comes back after 2 minutes;
 * a quiet mailbox stretches by one minute per further empty cycle, up to 12 minutes;
+* ACT (appointments, contacts and tasks) runs every 5 to 12 minutes, stretching the same way with
+  ``noactcount``, and up to 15 minutes when incoming email also runs for the mailbox;
 * after a transient error, a flat 5 minutes (or Exchange's back-off hint when it is longer),
   plus a small seeded jitter only when jitter is enabled;
 * and whatever the rule gives, never earlier than the last start plus the profile's
@@ -15,7 +17,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from engine.ports import Approval, IncomingMethod, OrgSettings, OutgoingMethod, Status, Workload
+from engine.ports import ActMethod, Approval, IncomingMethod, OrgSettings, OutgoingMethod, Status, Workload
 
 CADENCE_S = 300
 BUSY_S = 120
@@ -24,6 +26,8 @@ IDLE_MAX_S = 720
 TRANSIENT_RETRY_S = 300
 TRANSIENT_LIMIT = 10  # consecutive transient failures before a workload is treated as failed for good
 JITTER_MAX_S = 30
+ACT_IDLE_MAX_S = 720
+ACT_IDLE_MAX_WITH_INCOMING_S = 900
 
 
 def cadence_delay(found_items: bool, noemailcount: int) -> int:
@@ -32,6 +36,15 @@ def cadence_delay(found_items: bool, noemailcount: int) -> int:
         return BUSY_S
     extra = max(0, noemailcount - 1) * IDLE_STEP_S
     return min(CADENCE_S + extra, IDLE_MAX_S)
+
+
+def act_cadence_delay(found_items: bool, noactcount: int, incoming_enabled: bool) -> int:
+    """Seconds from the end of a successful ACT cycle to the next one, before the floor."""
+    if found_items:
+        return CADENCE_S
+    cap = ACT_IDLE_MAX_WITH_INCOMING_S if incoming_enabled else ACT_IDLE_MAX_S
+    extra = max(0, noactcount - 1) * IDLE_STEP_S
+    return min(CADENCE_S + extra, cap)
 
 
 def error_delay(backoff_ms: int | None, rng: random.Random | None = None) -> float:
@@ -90,7 +103,9 @@ def approval_ok(org: OrgSettings, owner_type: str, approval: int) -> bool:
 
 _NOT_RUN = int(Status.NOT_RUN)
 _APPROVED = int(Approval.APPROVED)
-SSS_METHOD = {Workload.INCOMING: int(IncomingMethod.SSS), Workload.OUTGOING: int(OutgoingMethod.SSS)}
+SSS_METHOD = {Workload.INCOMING: int(IncomingMethod.SSS), Workload.OUTGOING: int(OutgoingMethod.SSS),
+              Workload.ACT: int(ActMethod.SSS)}
+USER_MAILBOX = "systemuser"  # ACT runs for user mailboxes only (SPEC 3.6)
 
 
 def may_run(sss_method: int, org: OrgSettings, owner_type: str, mailbox_active: bool, profile_active: bool,
@@ -115,12 +130,15 @@ def workload_eligible(
     status: int,
     approval: int,
 ) -> bool:
-    """The preconditions of SPEC 3.1: may this workload run at all?"""
+    """The preconditions of SPEC 3.1: may this workload run at all? (ACT also needs a user mailbox.)"""
+    if workload is Workload.ACT and owner_type != USER_MAILBOX:
+        return False
     return may_run(SSS_METHOD[workload], org, owner_type, mailbox_active, profile_active, delivery_method,
                    enabled, status, approval)
 
 
-def mailbox_due(incoming_next: datetime | None, outgoing_next: datetime | None) -> datetime | None:
+def mailbox_due(incoming_next: datetime | None, outgoing_next: datetime | None,
+                act_next: datetime | None = None) -> datetime | None:
     """`postponemailboxprocessinguntil`: the earliest next run of the workloads that may run."""
-    times = [t for t in (incoming_next, outgoing_next) if t is not None]
+    times = [t for t in (incoming_next, outgoing_next, act_next) if t is not None]
     return min(times) if times else None

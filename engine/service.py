@@ -4,6 +4,10 @@ One call of :meth:`SyncService.run_due` handles everything due at the clock's cu
 batches: lease a batch (``hostid``, ``processingstatecode``), run each mailbox's due workloads
 concurrently (at most ``maxconcurrentconnections`` mailboxes of a profile at once), then
 release the batch with the next run times, counters and statuses in one write.
+
+The workloads of a mailbox run one after the other: incoming, outgoing, then ACT. ACT is looked
+at only for mailboxes whose lease says ``enabledforact``, so a mailbox without ACT costs one
+attribute test; its cycle is the org-claim check of :mod:`engine.act`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from engine import alerts as alert_rules
 from engine import schedule
+from engine.act import CONFIGURED_WITH_ANOTHER_ORG, run_act
 from engine.clock import Clock
 from engine.errors import SyncError
 from engine.incoming import run_incoming
@@ -70,7 +75,17 @@ _FIELDS = {
         method="outgoingemaildeliverymethod",
         transient="outgoingtransientfailurecount",
     ),
+    Workload.ACT: dict(
+        next="receivingpostponeduntilforact",
+        started="lastactstartedon",
+        enabled="enabledforact",
+        status="actstatus",
+        method="actdeliverymethod",
+        transient="acttransientfailurecount",
+    ),
 }
+_EMAIL_FIELDS = ((Workload.INCOMING, _FIELDS[Workload.INCOMING]), (Workload.OUTGOING, _FIELDS[Workload.OUTGOING]))
+_USER_MAILBOX = schedule.USER_MAILBOX
 
 
 def _get(mailbox: MailboxWork, values: dict[str, object], name: str):
@@ -81,6 +96,8 @@ def eligible(workload: Workload, mailbox: MailboxWork, values: dict[str, object]
              profile: ProfileSettings | None, org: OrgSettings) -> bool:
     """SPEC 3.1 (:func:`schedule.workload_eligible`) for the mailbox as changed by ``values``."""
     if profile is None:
+        return False
+    if workload is Workload.ACT and mailbox.regardingobjecttypecode != _USER_MAILBOX:
         return False
     f = _FIELDS[workload]
     method, enabled, status = f["method"], f["enabled"], f["status"]
@@ -101,12 +118,18 @@ def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: Prof
                   org: OrgSettings) -> None:
     """Derive `postponemailboxprocessinguntil` and `mailboxstatus` from the workload columns."""
     due = None
-    for workload, f in _FIELDS.items():
+    for workload, f in _EMAIL_FIELDS:
         if eligible(workload, mailbox, values, profile, org):
             name = f["next"]
             at = (values[name] if name in values else getattr(mailbox, name)) or DUE_NOW
             if due is None or at < due:
                 due = at
+    # ACT only when it is (or is being) switched on: a mailbox without it pays one test
+    if (mailbox.enabledforact or values.get("enabledforact")) and eligible(
+            Workload.ACT, mailbox, values, profile, org):
+        at = _get(mailbox, values, "receivingpostponeduntilforact") or DUE_NOW
+        if due is None or at < due:
+            due = at
     values["postponemailboxprocessinguntil"] = due
     s_in = values.get("incomingemailstatus", mailbox.incomingemailstatus)
     s_out = values.get("outgoingemailstatus", mailbox.outgoingemailstatus)
@@ -258,6 +281,8 @@ class SyncService:
                 async with self._semaphore(profile):
                     for workload in (Workload.INCOMING, Workload.OUTGOING):
                         await self._maybe_run(workload, mailbox, profile, org, now, values, alerts)
+                    if mailbox.enabledforact:
+                        await self._maybe_run(Workload.ACT, mailbox, profile, org, now, values, alerts)
             finish_values(mailbox, values, profile, org)
         finally:
             self._in_flight.discard(mailbox.id)
@@ -306,18 +331,22 @@ class SyncService:
                 found = result.found > 0
                 self._note_incoming(mailbox, result, values)
                 error = result.error
-            else:
+            elif workload is Workload.OUTGOING:
                 result = await run_outgoing(self.crm, exchange, mailbox)
                 found = result.found > 0
                 self._note_outgoing(mailbox, result)
                 error = result.error
+            else:
+                act = await run_act(exchange, org, mailbox)
+                found = act.found > 0
+                error = act.error
         except SyncError as exc:
             error = exc
         except Exception as exc:  # a bug or an unexpected answer must not crash the cycle
             error = SyncError("UnexpectedError", f"{type(exc).__name__}: {exc}")
         end = self.clock.now()
         if error is None:
-            self._on_success(workload, mailbox, profile, start, end, found, values)
+            self._on_success(workload, mailbox, profile, org, start, end, found, values)
         else:
             self._on_error(workload, mailbox, profile, org, start, end, error, values, alerts)
 
@@ -360,15 +389,23 @@ class SyncService:
             for o in result.outcomes:
                 self._log("send", mailbox.emailaddress, o.activityid, o.sent, o.error_code, o.failed_for_good)
 
-    def _on_success(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings,
+    def _on_success(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings, org: OrgSettings,
                     start: datetime, end: datetime, found: bool, values: dict[str, object]) -> None:
         f = _FIELDS[workload]
         if workload is Workload.INCOMING:
             noemail = 0 if found else mailbox.noemailcount + 1
             values["noemailcount"] = noemail
-        else:
+            delay = schedule.cadence_delay(found, noemail)
+        elif workload is Workload.OUTGOING:
             noemail = 0 if found else _get(mailbox, values, "noemailcount")
-        delay = schedule.cadence_delay(found, noemail)
+            delay = schedule.cadence_delay(found, noemail)
+        else:
+            noact = 0 if found else mailbox.noactcount + 1
+            values["noactcount"] = noact
+            values["isactsyncorgflagset"] = True  # this organization holds the claim (SPEC 1.11)
+            values["orgmarkedasprimaryforexchangesync"] = True
+            delay = schedule.act_cadence_delay(
+                found, noact, eligible(Workload.INCOMING, mailbox, values, profile, org))
         values[f["next"]] = schedule.next_run(start, end, delay, profile.minpollingintervalinminutes)
         values[f["transient"]] = 0
         values[f["status"]] = _SUCCESS
@@ -389,6 +426,9 @@ class SyncService:
         values["lastsyncerroroccurredon"] = end
         values[f["transient"]] = count
         values["transientfailurecount"] = count
+        if workload is Workload.ACT and error.code == CONFIGURED_WITH_ANOTHER_ORG:
+            values["isactsyncorgflagset"] = False  # another organization holds the claim now
+            values["orgmarkedasprimaryforexchangesync"] = False
         if disable:
             st.disabled += 1
             values[f["enabled"]] = False

@@ -1,7 +1,7 @@
 """Property tests over random traffic, fault rules and settings.
 
-(a) two starts of one workload of one mailbox are never closer than the profile's minimum
-    polling interval;
+(a) two starts of one workload (incoming, outgoing or ACT) of one mailbox are never closer than
+    the profile's minimum polling interval;
 (b) nothing received before the effective "process email from" date is tracked;
 (c) every Inbox-root item received after the watermark ends exactly one way (tracked once,
     skipped with a reason, or failed/undeliverable): nothing lost, nothing twice;
@@ -37,7 +37,7 @@ message_st = st.fixed_dictionaries({
 fault_st = st.fixed_dictionaries({
     "code": st.sampled_from(TRANSIENT * 3 + ["8005E272", "IsvAborted"]),
     "operation": st.sampled_from(["find_new_items", "find_new_items", "move_item", "add_category", "send",
-                                  "create_email", "*"]),
+                                  "create_email", "get_act_org", "set_act_org", "*"]),
     "mailbox": st.sampled_from([ALICE, BOB, SUPPORT, None]),
     "count": st.one_of(st.none(), st.integers(1, 6)),
     "probability": st.sampled_from([1.0, 0.6, 0.25]),
@@ -76,6 +76,8 @@ def run_scenario(sc: dict[str, Any], *, with_sends: bool = True) -> Outcome:
     ids = list(o.mailboxes.values())
     run(o.sb.admin.test_and_enable("admin", [i for a, i in o.mailboxes.items() if a != ALICE]))
     alice_start = None if sc["alice_start_hours"] is None else START - timedelta(hours=sc["alice_start_hours"])
+    if alice_start is not None and profile_date is not None and alice_start < profile_date:
+        alice_start = profile_date  # Test & Enable refuses a start date before the profile's date
     run(o.sb.admin.test_and_enable("admin", [o.mailboxes[ALICE]], start_date=alice_start))
     assert len(ids) == 4
     out = Outcome(o)
@@ -144,6 +146,9 @@ def test_minimum_polling_interval_is_never_broken(sc):
         if e[1] == "start":
             starts[(e[2], e[3])].append(datetime.fromisoformat(e[0]))
     assert starts  # the scenario did run
+    for address in (ALICE, BOB):  # the user mailboxes' ACT ran too, unless Test & Enable failed it
+        if out.o.mailbox(address).enabledforact:
+            assert starts[(address, "ACT")]
     floor = timedelta(minutes=sc["minpoll"])
     for times in starts.values():
         times.sort()

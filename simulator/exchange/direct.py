@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from engine.errors import ExchangeError
-from engine.ports import ItemProperties, OutgoingMessage, SendResult
+from engine.ports import ActOrgClaim, ItemProperties, OutgoingMessage, SendResult
 from simulator.exchange.mime import MessageData
 from simulator.exchange.store import ExchangeStore, StoreError
 from simulator.faults import FaultInjector
@@ -64,6 +64,20 @@ class DirectExchange:
         self._enter("delete_item", mailbox)
         try:
             self.store.delete(mailbox, item_id)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
+    async def get_act_org(self, mailbox: str) -> ActOrgClaim | None:
+        self._enter("get_act_org", mailbox)
+        try:
+            return self.store.act_org(mailbox)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
+    async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
+        self._enter("set_act_org", mailbox)
+        try:
+            return self.store.stamp_act_org(mailbox, org_id)
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 

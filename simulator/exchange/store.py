@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from engine.clock import Clock
-from engine.ports import ItemProperties
+from engine.ports import ActOrgClaim, ItemProperties
 from simulator.exchange.mime import MessageData, normalize_address, parse_message
 
 DISTINGUISHED = ("inbox", "sentitems", "drafts", "deleteditems", "outbox", "calendar", "contacts", "tasks")
@@ -232,6 +232,29 @@ class ExchangeStore:
         for item_id in list(folder.items):
             mbx.item_folder.pop(item_id, None)
         del mbx.folders[folder.folder_id]
+
+    # -- the ACT organization claim (SPEC 1.11) ---------------------------------------------
+    def act_org(self, address: str) -> ActOrgClaim | None:
+        """The organization that syncs the mailbox's ACT and when it last stamped it (None: unclaimed)."""
+        mbx = self.mailbox(address)
+        if mbx.act_org_id is None:
+            return None
+        return ActOrgClaim(mbx.act_org_id, mbx.act_org_stamped_on)
+
+    def stamp_act_org(self, address: str, org_id: str, stamped_on: datetime | None = None) -> ActOrgClaim:
+        """Stamp ``org_id`` on the mailbox, replacing any claim; the time is the clock's now unless given."""
+        mbx = self.mailbox(address)
+        if not isinstance(org_id, str) or not org_id.strip():
+            raise StoreError("ErrorInvalidValueForProperty", "an organization claim needs an organization id")
+        mbx.act_org_id = org_id.strip()
+        mbx.act_org_stamped_on = stamped_on if stamped_on is not None else self.clock.now()
+        return ActOrgClaim(mbx.act_org_id, mbx.act_org_stamped_on)
+
+    def clear_act_org(self, address: str) -> None:
+        """Remove the claim: no organization syncs the mailbox's ACT any more."""
+        mbx = self.mailbox(address)
+        mbx.act_org_id = None
+        mbx.act_org_stamped_on = None
 
     # -- items -----------------------------------------------------------------------------
     def _place(self, mbx: ExchangeMailbox, folder: Folder, data: MessageData, received: datetime,

@@ -1,4 +1,13 @@
-"""Folder operations: GetFolder, FindFolder, CreateFolder, DeleteFolder, SyncFolderHierarchy."""
+"""Folder operations: GetFolder, FindFolder, CreateFolder, DeleteFolder, UpdateFolder, SyncFolderHierarchy.
+
+Extended properties: the simulator keeps exactly two, the organization claim of SPEC 1.11 on the
+mailbox's ``msgfolderroot`` folder (named properties in the property set
+:data:`engine.act.ACT_PROPERTY_SET_ID`, see :mod:`engine.act`). GetFolder and FindFolder return
+them when ``AdditionalProperties`` asks for them by ``ExtendedFieldURI`` (and the mailbox is
+claimed); UpdateFolder sets them (``SetFolderField``) or removes the claim (``DeleteFolderField``
+of the organization id). Any other extended property, and any other field UpdateFolder is asked
+to change, is refused with an EWS error code naming it rather than silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,20 @@ import zlib
 
 from lxml import etree
 
+from engine.act import ACT_CLAIM_FOLDER, ACT_ORG_ID_NAME, ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME
 from simulator.exchange.ews.context import Context, Responses, change_key, parse_shape, store_call
 from simulator.exchange.ews.restrictions import compile_restriction
-from simulator.exchange.ews.xml import EwsFault, ResponseError, el, m, sub, t, xml_bool
+from simulator.exchange.ews.xml import (
+    EwsFault,
+    ResponseError,
+    el,
+    format_datetime,
+    m,
+    parse_datetime,
+    sub,
+    t,
+    xml_bool,
+)
 from simulator.exchange.store import Folder
 
 FOLDER_CLASSES = {"calendar": "IPF.Appointment", "contacts": "IPF.Contact", "tasks": "IPF.Task"}
@@ -33,13 +53,65 @@ def _children(ctx: Context, folder: Folder) -> list[Folder]:
     return [f for f in ctx.need_mailbox().folders.values() if f.parent_id == folder.folder_id]
 
 
+# -- the extended properties the simulator keeps: (property set id, name) -> (type, field key) --
+ORG_ID_KEY = "x:" + ACT_ORG_ID_NAME
+STAMPED_ON_KEY = "x:" + ACT_STAMPED_ON_NAME
+EXTENDED = {
+    (ACT_PROPERTY_SET_ID, ACT_ORG_ID_NAME): ("String", ORG_ID_KEY),
+    (ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME): ("SystemTime", STAMPED_ON_KEY),
+}
+_EXTENDED_BY_KEY = {key: (set_id, name, ptype) for (set_id, name), (ptype, key) in EXTENDED.items()}
+_ATTRS = ("DistinguishedPropertySetId", "PropertySetId", "PropertyTag", "PropertyName", "PropertyId", "PropertyType")
+
+
+def _describe(uri: etree._Element) -> str:
+    return "ExtendedFieldURI(" + ", ".join(f"{a}={uri.get(a)!r}" for a in _ATTRS if uri.get(a) is not None) + ")"
+
+
+def extended_key(uri: etree._Element, error=ResponseError) -> str:
+    """The field key of an ``ExtendedFieldURI`` the simulator keeps; ``error`` (a class) otherwise."""
+    set_id = (uri.get("PropertySetId") or "").strip().lower()
+    name = uri.get("PropertyName")
+    known = EXTENDED.get((set_id, name)) if set_id and name and uri.get("PropertyTag") is None else None
+    if known is None:
+        kept = ", ".join(f"{n} in {s}" for s, n in EXTENDED)
+        raise error("ErrorInvalidPropertyRequest",
+                    f"the simulator keeps no extended property {_describe(uri)} on folders; it keeps {kept}")
+    ptype, key = known
+    if uri.get("PropertyType") != ptype:
+        raise error("ErrorInvalidPropertyRequest",
+                    f"the extended property {name} has the type {ptype}, not {uri.get('PropertyType')!r}")
+    return key
+
+
+def asks_act_claim(req: etree._Element) -> bool:
+    """Does the request name the organization claim's property set (for the fault rules)?"""
+    for uri in req.iter(t("ExtendedFieldURI")):
+        if (uri.get("PropertySetId") or "").strip().lower() == ACT_PROPERTY_SET_ID:
+            return True
+    return False
+
+
 def folder_fields(shape: etree._Element | None) -> list[str]:
     base, extra = parse_shape(shape)
     fields = list(ALL_FIELDS if base == "AllProperties" else ("folder:FolderId",) if base == "IdOnly" else DEFAULT_FIELDS)
     for uri in extra:
         if uri not in fields:
             fields.append(uri)
+    props = shape.find(t("AdditionalProperties")) if shape is not None else None
+    if props is not None:
+        for uri in props.iter(t("ExtendedFieldURI")):
+            key = extended_key(uri, EwsFault)
+            if key not in fields:
+                fields.append(key)
     return fields
+
+
+def _extended_property(key: str, value: str) -> etree._Element:
+    set_id, name, ptype = _EXTENDED_BY_KEY[key]
+    return el("t:ExtendedProperty", None, None,
+              el("t:ExtendedFieldURI", {"PropertySetId": set_id, "PropertyName": name, "PropertyType": ptype}),
+              el("t:Value", None, value))
 
 
 def folder_element(ctx: Context, folder: Folder, fields: list[str]) -> etree._Element:
@@ -57,6 +129,13 @@ def folder_element(ctx: Context, folder: Folder, fields: list[str]) -> etree._El
         sub(e, "t:TotalCount", str(len(folder.items)))
     if "folder:ChildFolderCount" in wanted:
         sub(e, "t:ChildFolderCount", str(len(_children(ctx, folder))))
+    if folder.distinguished == ACT_CLAIM_FOLDER and (ORG_ID_KEY in wanted or STAMPED_ON_KEY in wanted):
+        claim = ctx.store.act_org(ctx.need_mailbox().address)
+        if claim is not None:  # an unclaimed mailbox has no such properties (none is returned)
+            if ORG_ID_KEY in wanted:
+                e.append(_extended_property(ORG_ID_KEY, claim.org_id))
+            if STAMPED_ON_KEY in wanted and claim.stamped_on is not None:
+                e.append(_extended_property(STAMPED_ON_KEY, format_datetime(claim.stamped_on)))
     if "folder:EffectiveRights" in wanted:
         rights = sub(e, "t:EffectiveRights")
         for right in _RIGHTS:
@@ -158,6 +237,87 @@ def delete_folder(ctx: Context, req: etree._Element) -> etree._Element:
     return out.root
 
 
+# -- UpdateFolder: the organization claim on msgfolderroot -------------------------------
+_UNSET = object()
+_PATHS = (t("FieldURI"), t("IndexedFieldURI"), t("ExtendedFieldURI"))
+
+
+def _set_value(change: etree._Element, key: str) -> str:
+    """The ``t:Value`` of the ``t:ExtendedProperty`` inside the folder element of a SetFolderField."""
+    holder = next((c for c in change if isinstance(c.tag, str) and c.tag not in _PATHS), None)
+    prop = holder.find(t("ExtendedProperty")) if holder is not None else None
+    value = prop.find(t("Value")) if prop is not None else None
+    if value is None:
+        raise ResponseError("ErrorInvalidPropertySet",
+                            f"SetFolderField for {key[2:]} needs a folder element with a t:ExtendedProperty/t:Value")
+    return value.text or ""
+
+
+def _apply_folder_change(ctx: Context, change: etree._Element) -> list[etree._Element]:
+    ref = next((c for c in change if c.tag in (t("FolderId"), t("DistinguishedFolderId"))), None)
+    if ref is None:
+        raise ResponseError("ErrorInvalidIdMalformed", "FolderChange needs a t:FolderId or t:DistinguishedFolderId")
+    folder = ctx.folder(ref)
+    address = ctx.need_mailbox().address
+    org_id: object = _UNSET
+    stamped_on: object = _UNSET
+    updates = change.find(t("Updates"))
+    for upd in (updates if updates is not None else ()):
+        if not isinstance(upd.tag, str):
+            continue
+        kind = etree.QName(upd).localname
+        path = next((c for c in upd if c.tag in _PATHS), None)
+        if path is None or path.tag != t("ExtendedFieldURI"):
+            name = path.get("FieldURI") if path is not None else "?"
+            raise ResponseError("ErrorInvalidPropertySet",
+                                f"the simulator can only set the extended properties {ACT_ORG_ID_NAME} and "
+                                f"{ACT_STAMPED_ON_NAME} with UpdateFolder, not {name}")
+        key = extended_key(path)
+        if folder.distinguished != ACT_CLAIM_FOLDER:
+            raise ResponseError("ErrorInvalidPropertySet",
+                                f"the simulator keeps {key[2:]} on the {ACT_CLAIM_FOLDER} folder only, "
+                                f"not on {folder.name!r}")
+        if kind == "SetFolderField":
+            text = _set_value(upd, key)
+            if key == ORG_ID_KEY:
+                org_id = text
+            else:
+                stamped_on = parse_datetime(text)
+        elif kind == "DeleteFolderField":
+            if key == STAMPED_ON_KEY:
+                raise ResponseError("ErrorInvalidPropertySet",
+                                    f"{ACT_STAMPED_ON_NAME} cannot be removed alone: remove {ACT_ORG_ID_NAME} "
+                                    "to remove the claim")
+            org_id = None
+        else:
+            raise ResponseError("ErrorInvalidPropertySet", f"{kind} is not an update of an extended property")
+    if org_id is None:
+        store_call(ctx.store.clear_act_org, address)
+    elif org_id is not _UNSET or stamped_on is not _UNSET:
+        if org_id is _UNSET:  # only the time: the claim must exist
+            claim = store_call(ctx.store.act_org, address)
+            if claim is None:
+                raise ResponseError("ErrorInvalidPropertySet",
+                                    f"{ACT_STAMPED_ON_NAME} needs {ACT_ORG_ID_NAME}: the mailbox is not claimed")
+            org_id = claim.org_id
+        store_call(ctx.store.stamp_act_org, address, org_id, None if stamped_on is _UNSET else stamped_on)
+    tag = FOLDER_TAGS.get(folder_class(folder), "t:Folder")
+    return _folders(el(tag, None, None, folder_id_element(folder)))
+
+
+def update_folder(ctx: Context, req: etree._Element) -> etree._Element:
+    out = Responses("UpdateFolder")
+    changes = req.find(m("FolderChanges"))
+    for change in (changes if changes is not None else ()):
+        if not isinstance(change.tag, str):
+            continue
+        if change.tag != t("FolderChange"):
+            raise EwsFault("ErrorSchemaValidation",
+                           f"The request failed schema validation: {etree.QName(change).localname} in FolderChanges")
+        out.run(_apply_folder_change, ctx, change)
+    return out.root
+
+
 # -- SyncFolderHierarchy: the state is the set of folder ids the client has seen ----------
 def _encode_hierarchy_state(folder_ids: list[str]) -> str:
     raw = "\n".join(sorted(folder_ids)).encode()
@@ -205,5 +365,6 @@ OPERATIONS = {
     "FindFolder": find_folder,
     "CreateFolder": create_folder,
     "DeleteFolder": delete_folder,
+    "UpdateFolder": update_folder,
     "SyncFolderHierarchy": sync_folder_hierarchy,
 }

@@ -62,6 +62,7 @@ FAULT_OPERATIONS = {
     "UpdateItem": "add_category",
     "DeleteItem": "delete_item",
     "SendItem": "send",
+    "UpdateFolder": "set_act_org",  # the only folder update the simulator serves: the ACT claim
 }
 # Injected codes that are not EWS response codes: how they show on the wire.
 _CRM_CODES_AS_ACCESS_DENIED = {"8005E274", "8005E259", "8005E273", "8005E276"}
@@ -203,6 +204,8 @@ class EwsService:
         name = FAULT_OPERATIONS.get(operation, operation)
         if operation == "CreateItem" and req.get("MessageDisposition", "SaveOnly") != "SaveOnly":
             name = "send"
+        elif operation == "GetFolder" and folders.asks_act_claim(req):
+            name = "get_act_org"
         try:
             self.faults.check(name, address)
         except ExchangeError as exc:
