@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sys
 from datetime import datetime
@@ -12,10 +13,36 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
 
 from engine.clock import RealClock
 
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing option, a value of the wrong type) as one line on stderr, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                typer.echo(ctx.get_help())
+                sys.exit(0)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            typer.echo("Error: " + where + " ".join(exc.format_message().split()), err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Simulated server-side synchronization between a CRM and Exchange Online.",
@@ -141,10 +168,26 @@ def _engine(db: str):
     return make_engine(db if "://" in db else sqlite_url(db))
 
 
+# CRM field names (SPEC 2) -> the option that sets them
+FIELD_OPTIONS = {
+    "as_user": "--as", "minpollingintervalinminutes": "--min-polling-interval",
+    "maxconcurrentconnections": "--max-connections", "timeoutmailboxconnectionafteramount": "--timeout-ms",
+    "processemailsreceivedafter": "--process-email-from", "exchangeonlinetenantid": "--tenant-id",
+    "usedefaulttenantid": "--use-default-tenant-id", "useautodiscover": "--autodiscover",
+    "incomingserverlocation": "--incoming-location", "outgoingserverlocation": "--outgoing-location",
+    "moveundeliveredemails": "--move-failed", "sendemailalert": "--send-alert-email", "ownerid": "--owner",
+    "defaultemailserverprofileid": "--default-profile", "emailserverprofile": "--profile",
+    "incomingemaildeliverymethod": "--incoming", "outgoingemaildeliverymethod": "--outgoing",
+    "actdeliverymethod": "--act", "internalemailaddress": "--email", "emailaddress": "--email",
+    "emailaddress1": "--email", "domainname": "--domain", "fullname": "--name", "roles": "--role",
+    "incomingemailfilteringmethod": "--track", "email_address": "--email-address",
+}
+
+
 def _option_name(field: str | None) -> str | None:
     if not field:
         return None
-    return "--as" if field == "as_user" else "--" + field.replace("_", "-")
+    return FIELD_OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
 class _Refused:
@@ -160,6 +203,7 @@ class _Refused:
 
         from simulator.crm.admin import AdminError
         from simulator.crm.db import DatabaseError
+        from simulator.exchange.persist import PersistError
         from simulator.identity import CertificateError, IdentityError
 
         if isinstance(exc, AdminError):
@@ -170,7 +214,7 @@ class _Refused:
             line = f"{option}: {text}" if option else text
         elif isinstance(exc, CertificateError | IdentityError):
             line = exc.message
-        elif isinstance(exc, DatabaseError):
+        elif isinstance(exc, DatabaseError | PersistError):
             line = str(exc)
         elif isinstance(exc, SQLAlchemyError):
             line = "database: " + (str(getattr(exc, "orig", None) or exc).splitlines() or ["unusable"])[0]
@@ -178,6 +222,20 @@ class _Refused:
             return False
         typer.echo("Error: " + " ".join(line.split()), err=True)
         raise typer.Exit(1)
+
+
+def _in_sandbox(db: str, action, *, wire: bool = False):
+    """``action(ws)`` (a function or a coroutine function) on the sandbox stored in ``db``.
+
+    With ``wire`` the sandbox's network services run meanwhile (Exchange over EWS, msal tokens)."""
+    from simulator.workspace import open_workspace
+
+    async def go():
+        async with open_workspace(db, wire=wire) as ws:
+            result = action(ws)
+            return await result if inspect.isawaitable(result) else result
+
+    return asyncio.run(go())
 
 
 def _say(text: str) -> None:
@@ -190,33 +248,82 @@ def org_init(
     admin_email: str = typer.Option(..., "--admin-email", help="Email address of the first System Administrator."),
     admin_domain: str = typer.Option("admin", "--admin-domain", help="Domain (logon) name of that user; pass it as --as."),
     admin_name: str = typer.Option("Admin", "--admin-name", help="Full name of that user."),
+    ifd: bool = typer.Option(True, "--ifd/--no-ifd", help="The deployment is internet-facing (IFD configured)."),
+    hybrid_connector: bool = typer.Option(True, "--hybrid-connector/--no-hybrid-connector",
+                                          help="The Dynamics 365 Hybrid Connector is installed."),
     seed: int = typer.Option(0, help="Seed of the ids."),
     db: str = _db_option(),
 ) -> None:
     """Create the CRM organization with its security roles and a first System Administrator."""
     import re
 
-    from simulator.crm.admin import Admin, AdminError
-    from simulator.crm.platform import IdFactory, Platform
-    from simulator.crm.s2s import current_time, load_clock
+    from simulator.crm.admin import AdminError
+    from simulator.workspace import remember_seed
 
     with _Refused():
         if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", admin_email.strip()):
             raise AdminError(f"{admin_email!r} is not an email address", "admin_email")
         if not admin_domain.strip() or any(c.isspace() for c in admin_domain.strip()):
             raise AdminError(f"{admin_domain!r} is not a logon name", "admin_domain")
-        engine = _engine(db)
-        from sqlmodel import Session
 
-        with Session(engine) as session:
-            clock = load_clock(session)
-        admin = Admin(engine, clock, Platform(engine, clock), None, IdFactory(seed))  # type: ignore[arg-type]
-        orgid = admin.create_organization(name, admin_name=admin_name.strip() or "Admin",
-                                          admin_domain=admin_domain.strip(), admin_email=admin_email.strip())
-        current_time(engine)  # fixes the sandbox clock at its first use
+        if not _has_organization(db):
+            remember_seed(db, seed)
+        orgid = _in_sandbox(db, lambda ws: ws.admin.create_organization(
+            name, admin_name=admin_name.strip() or "Admin", admin_domain=admin_domain.strip(),
+            admin_email=admin_email.strip(), ifd=ifd, hybrid_connector=hybrid_connector))
     _say(f"[green]Organization {name.strip()} created[/green] (id {orgid}).")
     _say(f"System Administrator: {admin_domain.strip()} <{admin_email.strip().lower()}> (use --as {admin_domain.strip()}).")
+    if not (ifd and hybrid_connector):
+        _say("[yellow]Prerequisites are missing: see sss org check.[/yellow]")
     _say("Next (Office 365 side): sss tenant create --name ... --domain ... --admin ...")
+
+
+def _has_organization(db: str) -> bool:
+    from sqlmodel import Session, select
+
+    from simulator.crm.models import Organization
+
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            return session.exec(select(Organization)).first() is not None
+    finally:
+        engine.dispose()
+
+
+@org_app.command("check")
+def org_check(db: str = _db_option()) -> None:
+    """Step 1.1: the prerequisites (organization, System Administrator, IFD, Hybrid Connector); exits 1 if one is missing."""
+    with _Refused():
+        items = _in_sandbox(db, lambda ws: ws.admin.check_organization())
+    table = Table(title="Prerequisites (step 1.1)")
+    for col in ("prerequisite", "result", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    for p in items:
+        table.add_row(p.name, "[green]OK[/green]" if p.ok else "[red]MISSING[/red]", p.detail, p.fix)
+    Console(highlight=False).print(table)
+    missing = [p.name for p in items if not p.ok]
+    if missing:
+        typer.echo(f"Prerequisites missing: {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
+
+
+@org_app.command("set")
+def org_set(
+    ifd: bool | None = typer.Option(None, "--ifd/--no-ifd", help="Internet-facing deployment configured."),
+    hybrid_connector: bool | None = typer.Option(None, "--hybrid-connector/--no-hybrid-connector",
+                                                 help="Dynamics 365 Hybrid Connector installed."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Record a prerequisite of step 1.1 as done (or undone)."""
+    from simulator.crm.admin import ValidationError
+
+    with _Refused():
+        if ifd is None and hybrid_connector is None:
+            raise ValidationError("nothing to change: give --ifd or --hybrid-connector", "ifd")
+        _in_sandbox(db, lambda ws: ws.admin.set_prerequisites(as_user, ifd=ifd, hybrid_connector=hybrid_connector))
+    _say("[green]Saved.[/green] Check: sss org check")
 
 
 @tenant_app.command("create")
@@ -439,7 +546,15 @@ def serve(
             _say("Stopped.")
 
 
+# the other commands register themselves on `app`
+from simulator import cli_setup, cli_walkthrough  # noqa: E402,F401
+
+
 def main() -> None:
+    import logging
+
+    # exchangelib's connection-pool notices (e.g. under ErrorServerBusy) are not for the reader of a command
+    logging.getLogger("exchangelib").setLevel(logging.ERROR)
     app()
 
 

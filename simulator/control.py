@@ -8,6 +8,25 @@
 * ``POST /_sim/faults``                add a rule: ``{"code": ..., "operation": ..., "mailbox": ..., "count": ..., "probability": ..., "backoff_ms": ...}``
 * ``DELETE /_sim/faults``              remove all rules
 
+The administrator's setup flow (SPEC section 1), each operation run as the CRM user named by the
+``X-SSS-User`` header (see :mod:`simulator.control_admin` for bodies and status codes):
+
+* ``GET  /_sim/org/check``                         the prerequisites (SPEC 1.1)
+* ``GET|PATCH /_sim/settings``                     organization email settings (SPEC 1.6, 2.2)
+* ``GET|POST /_sim/profiles``                      email server profiles; create one (SPEC 1.5, 2.1)
+* ``GET|PATCH /_sim/profiles/{ref}``               one profile (name or id)
+* ``POST /_sim/profiles/{ref}/test``               Test Connection: each check with its request and response
+* ``POST /_sim/profiles/{ref}/test-enable``        Test & Enable every mailbox of the profile as a background
+                                                   job (SPEC 1.10): 202, ``Location: /_sim/jobs/{id}``
+* ``GET  /_sim/jobs``, ``GET /_sim/jobs/{id}``     async jobs: state, progress, result per mailbox (SPEC 2.6)
+* ``GET  /_sim/mailboxes/{ref}``                   every field of one mailbox (address or id)
+* ``PATCH /_sim/mailboxes``                        edit several mailboxes: ``{"mailboxes": [...], "emailserverprofile": ..., "incomingemaildeliverymethod": ...}``
+* ``PATCH /_sim/mailboxes/{ref}``                  ``{"emailaddress": ...}``: change the address (approval starts over)
+* ``POST /_sim/mailboxes/apply-defaults``          ``{"mailboxes": [...], "test_and_enable": true}`` (SPEC 1.7)
+* ``POST /_sim/mailboxes/approve`` | ``/reject``   ``{"mailboxes": [...]}`` (SPEC 1.8)
+* ``POST /_sim/mailboxes/test-enable``             ``{"mailboxes": [...], "start_date": ISO, "this_org_only": bool}`` (SPEC 1.9)
+* ``GET  /_sim/alerts``                            ``?user=&level=&mailbox=&profile=&limit=`` (SPEC 2.5)
+
 Bad input gets a 400 with ``{"error": ...}`` naming the field.
 """
 
@@ -21,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from simulator.control_admin import admin_routes
 from simulator.faults import FaultRule, FaultRuleError
 
 MAX_ADVANCE_S = 366 * 86400
@@ -101,4 +121,5 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         web.get("/_sim/faults", list_faults),
         web.post("/_sim/faults", add_fault),
         web.delete("/_sim/faults", clear_faults),
+        *admin_routes(sandbox, lock),
     ]

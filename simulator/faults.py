@@ -87,7 +87,8 @@ class FaultInjector:
             if rule.probability < 1.0 and self.rng.random() >= rule.probability:
                 continue
             rule.fired += 1
-            raise ExchangeError(rule.code, f"injected fault on {operation} for {mailbox}",
+            # worded as Exchange would answer: the learner diagnoses it from the alert alone
+            raise ExchangeError(rule.code, f"{KNOWN_ERRORS[rule.code].summary} ({mailbox})",
                                 backoff_ms=rule.backoff_ms)
 
 

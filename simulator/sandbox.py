@@ -24,35 +24,46 @@ from simulator.exchange.store import ExchangeStore, IdSource
 from simulator.faults import FaultInjector, FaultRule
 
 DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+NOTIFICATION_SENDER = "crm-notifications@sandbox.invalid"
 
 
 class Sandbox:
     """Org + Exchange + engine in one process, on a virtual clock ("direct mode").
 
-    ``clock`` replaces the virtual clock (a :class:`~engine.clock.RealClock` for a real-time
+    ``store`` is an Exchange store to use (one loaded from a saved sandbox). ``clock`` replaces the
+    virtual clock (a :class:`~engine.clock.RealClock` for a real-time
     service: then :meth:`run_until` is not used; the engine runs with ``engine.run_forever``).
     """
 
     def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
                  record_events: bool = True, jitter: bool = False, lease_batch: int = 2000,
-                 hostid: str = "sss-host-1", clock: Clock | None = None) -> None:
+                 hostid: str = "sss-host-1", clock: Clock | None = None,
+                 store: ExchangeStore | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(f"sandbox-{seed}")
         self.clock = clock if clock is not None else VirtualClock(as_utc(start))
         self.db = make_engine(db_url, durable=False)  # a simulation artefact: no fsync (BENCHMARKS.md)
         self.ids = IdFactory(seed)
-        self.store = ExchangeStore(self.clock, IdSource(seed))
+        self.store = store if store is not None else ExchangeStore(self.clock, IdSource(seed))
         self.faults = FaultInjector(random.Random(f"faults-{seed}"))
         self.exchange = DirectExchange(self.store, self.faults)
         self.crm = Platform(self.db, self.clock, self.ids, self.faults)
+        self.crm.on_notification = self._notify
         self.events: list[tuple[Any, ...]] | None = [] if record_events else None
         self.engine = SyncService(self.crm, self.exchange, self.clock, hostid=hostid,
                                   rng=random.Random(f"engine-{seed}"), jitter=jitter, lease_batch=lease_batch,
                                   events=self.events)
         self.admin = Admin(self.db, self.clock, self.crm, self.exchange, self.ids,
                            on_mailbox_added=self.store.add_mailbox)
+        self.background: set = set()  # asyncio tasks started for this sandbox (jobs run over HTTP)
         self._agenda: list[tuple[datetime, int, Callable[[], Any]]] = []
         self._agenda_seq = itertools.count()
+
+    def _notify(self, to: str, subject: str, body: str) -> None:
+        """Mail from the CRM itself to a person (the profile alert email) lands in their Inbox."""
+        message = MessageData(subject=subject, sender=NOTIFICATION_SENDER, to=(to,), body=body,
+                              message_id=self.store.new_message_id(NOTIFICATION_SENDER), date=self.clock.now())
+        self.store.deliver(message, [to])
 
     # -- scenario helpers --------------------------------------------------------------------
     def at(self, when: datetime, action: Callable[[], Any]) -> None:

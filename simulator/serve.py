@@ -15,9 +15,10 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
-from engine.clock import RealClock, VirtualClock
+from engine.clock import RealClock
 from simulator.demo import build_organization
-from simulator.wire import ServeInfo, WireSandbox
+from simulator.wire import ServeInfo
+from simulator.workspace import Workspace, remember_seed
 
 SNIPPET = """\
 # A user's own exchangelib script against the sandbox (token from msal, CA trusted):
@@ -48,31 +49,47 @@ print([m.subject for m in account.inbox.all()[:10]])
 """
 
 
+def _is_empty(db_url: str) -> bool:
+    from sqlmodel import Session, select
+
+    from simulator.crm.db import make_engine
+    from simulator.crm.models import Mailbox
+
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as session:
+            return session.exec(select(Mailbox.mailboxid).limit(1)).first() is None
+    finally:
+        engine.dispose()
+
+
 async def build_served_sandbox(*, db_url: str, seed: int, state_dir: Path | None, virtual: bool, users: int,
-                               queues: int, contacts: int, http_port: int = 0, smtp_port: int = 0) -> WireSandbox:
-    """A started WireSandbox with a configured, enabled organization."""
-    real = RealClock()
-    clock = VirtualClock(real.now()) if virtual else real
-    wire = WireSandbox(db_url=db_url, seed=seed, state_dir=state_dir, clock=clock, record_events=False,
-                       http_port=http_port, smtp_port=smtp_port)
+                               queues: int, contacts: int, http_port: int = 0, smtp_port: int = 0) -> Workspace:
+    """The sandbox stored in ``db_url``, started on the network, with a configured, enabled organization.
+
+    An empty database gets the demo organization (with ``seed``); a database set up step by step
+    (``sss org init`` ...) is served as it is, with its Exchange mailboxes and fault rules. With
+    ``virtual`` the sandbox clock goes on from where the setup commands left it."""
+    fresh = _is_empty(db_url)
+    if fresh:
+        remember_seed(db_url, seed)
+    ws = Workspace(db_url, wire=True, state_dir=state_dir, clock=None if virtual else RealClock(),
+                   http_port=http_port, smtp_port=smtp_port)
+    wire = ws.wire
     admin = wire.sb.admin
-    fresh = not admin.mailboxes()
     if fresh:
         build_organization(admin, random.Random(f"serve-{seed}"), users=users, queues=queues, contacts=contacts)
         wire.configure_s2s(as_user="dana")
         profile = admin.create_profile("dana", name="Exchange Online", moveundeliveredemails=True,
-                                       processemailsreceivedafter=clock.now() - timedelta(days=1))
+                                       processemailsreceivedafter=ws.clock.now() - timedelta(days=1))
         admin.set_default_profile("dana", profile)
-    else:
-        for mailbox in admin.mailboxes():
-            wire.sb.store.add_mailbox(mailbox.emailaddress)
     await wire.start()
     if fresh:
         ids = [m.mailboxid for m in admin.mailboxes()]
         admin.apply_default_settings("dana", ids)
         admin.approve("dana", ids)
         await admin.test_and_enable("dana", ids)
-    return wire
+    return ws
 
 
 def describe(info: ServeInfo) -> str:
@@ -95,9 +112,10 @@ def describe(info: ServeInfo) -> str:
 async def serve(*, db_url: str, seed: int, state_dir: Path | None, virtual: bool, users: int, queues: int,
                 contacts: int, http_port: int, smtp_port: int, info_json: Path | None, out,
                 stop: asyncio.Event | None = None) -> None:
-    wire = await build_served_sandbox(db_url=db_url, seed=seed, state_dir=state_dir, virtual=virtual,
-                                      users=users, queues=queues, contacts=contacts, http_port=http_port,
-                                      smtp_port=smtp_port)
+    ws = await build_served_sandbox(db_url=db_url, seed=seed, state_dir=state_dir, virtual=virtual,
+                                    users=users, queues=queues, contacts=contacts, http_port=http_port,
+                                    smtp_port=smtp_port)
+    wire = ws.wire
     stop = stop or asyncio.Event()
     try:
         info = wire.info()
@@ -111,4 +129,7 @@ async def serve(*, db_url: str, seed: int, state_dir: Path | None, virtual: bool
         else:
             await wire.sb.engine.run_forever(stop)
     finally:
-        await wire.stop()
+        try:
+            ws.save()  # the next command (or `sss serve`) goes on from here
+        finally:
+            await wire.stop()

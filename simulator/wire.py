@@ -17,6 +17,7 @@ in one call with :meth:`WireSandbox.configure_s2s`.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from engine.clock import Clock, VirtualClock
 from engine.errors import TokenError
 from engine.ews import EwsExchange
 from engine.tokens import MsalTokenSource
+from simulator.connection import WireConnectionProbe
 from simulator.control import control_routes
 from simulator.crm import s2s
 from simulator.crm.db import MEMORY_URL
@@ -55,8 +57,10 @@ class CrmTokenSource:
     service to say when msal asks it for a token.
     """
 
-    def __init__(self, sandbox: Sandbox, authority_base: str, ca_file: str | Path) -> None:
+    def __init__(self, sandbox: Sandbox, authority_base: str, ca_file: str | Path, tenant_id: str | None = None
+                 ) -> None:
         self.sb = sandbox
+        self.tenant_id = tenant_id  # a profile's typed tenant id; None: the organization's (S2STenantId)
         self.authority_base = authority_base.rstrip("/")
         self.ca_file = str(ca_file)
         self._source: MsalTokenSource | None = None
@@ -71,13 +75,14 @@ class CrmTokenSource:
         org = _organization(self.sb)
         if cert is None:
             raise TokenError("no certificate is installed as the S2S token issuer (run `sss cert install`)")
-        if not org.s2stenantid:
+        tenant = self.tenant_id or org.s2stenantid
+        if not tenant:
             raise TokenError("the organization has no Exchange Online tenant id (run `sss s2s configure`)")
-        key = (org.s2stenantid, cert.thumbprint)
+        key = (tenant, cert.thumbprint)
         if key != self._key:
             if self._source is not None:
                 self._source.close()
-            self._source = MsalTokenSource(f"{self.authority_base}/{org.s2stenantid}", CRM_APP_ID,
+            self._source = MsalTokenSource(f"{self.authority_base}/{tenant}", CRM_APP_ID,
                                            private_key_pem=cert.privatekeypem, thumbprint=cert.thumbprint,
                                            scope=EXCHANGE_SCOPE, ca_file=self.ca_file, clock=self.sb.clock)
             self._key = key
@@ -102,12 +107,14 @@ class ProfilePorts:
 
     Each mailbox's calls go to its profile's port, so ``maxconcurrentconnections`` caps the
     connections of each profile (S2S credentials live in the profile, SPEC 3.2) and the profile's
-    connection timeout bounds each HTTP call.
+    connection timeout bounds each HTTP call. A profile that does not use the default tenant id
+    gets its tokens from the tenant it names (a mistyped one then fails authentication).
     """
 
     def __init__(self, wire: WireSandbox, token_source) -> None:
         self.wire = wire
-        self._token_source = token_source
+        self._token_source = token_source  # for profiles on the organization's tenant
+        self._tenant_sources: dict[str, CrmTokenSource] = {}
         self._ports: dict[tuple, EwsExchange] = {}
         self._profile_of: dict[str, tuple] = {}
 
@@ -118,20 +125,31 @@ class ProfilePorts:
     @token_source.setter
     def token_source(self, source) -> None:
         self._token_source = source
-        for port in self._ports.values():
-            port.token_source = source
+        for key, port in self._ports.items():
+            if key[3] is None:
+                port.token_source = source
+
+    def _source_for(self, tenant: str | None):
+        if tenant is None:
+            return self._token_source
+        source = self._tenant_sources.get(tenant)
+        if source is None:
+            w = self.wire
+            source = self._tenant_sources[tenant] = CrmTokenSource(w.sb, w.base_url, w.tls.ca_file, tenant)
+        return source
 
     def _key(self, mailbox: str) -> tuple:
         key = self._profile_of.get(mailbox)
         if key is None:
             profile = _profile_of(self.wire.sb, mailbox)
             if profile is None:
-                key = ("", 10, None)
+                key = ("", 10, None, None)
             else:
                 timeout = (profile.timeoutmailboxconnectionafteramount / 1000.0
                            if profile.timeoutmailboxconnection and profile.timeoutmailboxconnectionafteramount
                            else None)
-                key = (profile.emailserverprofileid, profile.maxconcurrentconnections, timeout)
+                tenant = None if profile.usedefaulttenantid else (profile.exchangeonlinetenantid or None)
+                key = (profile.emailserverprofileid, profile.maxconcurrentconnections, timeout, tenant)
             self._profile_of[mailbox] = key
         return key
 
@@ -144,7 +162,7 @@ class ProfilePorts:
         port = self._ports.get(key)
         if port is None:
             w = self.wire
-            port = EwsExchange(w._ews_url, self._token_source, max_connections=key[1], ca_file=w.tls.ca_file,
+            port = EwsExchange(w._ews_url, self._source_for(key[3]), max_connections=key[1], ca_file=w.tls.ca_file,
                                clock=w.clock, message_id_factory=w._message_id, timeout_s=key[2])
             self._ports[key] = port
         return port
@@ -178,9 +196,17 @@ class ProfilePorts:
     async def ews_url_for(self, mailbox):
         return await self.port(mailbox).ews_url_for(mailbox)
 
+    async def get_act_org(self, mailbox):
+        return await self.port(mailbox).get_act_org(mailbox)
+
+    async def set_act_org(self, mailbox, org_id):
+        return await self.port(mailbox).set_act_org(mailbox, org_id)
+
     def close(self) -> None:
         for port in self._ports.values():
             port.close()
+        for source in self._tenant_sources.values():
+            source.close()
 
 
 @dataclass
@@ -218,9 +244,10 @@ class WireSandbox:
 
     def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
                  state_dir: Path | None = None, clock: Clock | None = None, record_events: bool = True,
-                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0) -> None:
+                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0, store=None) -> None:
         clock = clock if clock is not None else VirtualClock(start)
-        self.sb = Sandbox(db_url=db_url, seed=seed, start=start, record_events=record_events, clock=clock)
+        self.sb = Sandbox(db_url=db_url, seed=seed, start=start, record_events=record_events, clock=clock,
+                          store=store)
         self.clock = clock
         self.state_dir = state_dir or default_state_dir()
         self.tls: TlsFiles = ensure_tls(self.state_dir)
@@ -288,8 +315,14 @@ class WireSandbox:
         self.exchange = ProfilePorts(self, self.tokens)
         self.sb.engine.exchange = self.exchange
         self.sb.admin.exchange = self.exchange
+        self.sb.admin.probe = WireConnectionProbe(self)
+        self.sb.admin.on_settings_changed = self.exchange.forget
 
     async def stop(self) -> None:
+        running = list(self.sb.background)  # e.g. a Test & Enable job started over HTTP: it records its end
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         await self.smtp.stop()
         await self.server.stop()
         if self.exchange is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from support import Org, build_org
+from trial import Trial
 
 
 @pytest.fixture
@@ -27,3 +28,33 @@ def make_org():
     yield factory
     for o in made:
         o.sb.close()
+
+
+# -- the setup flow through the CLI (tests/trial.py) ---------------------------------------------
+@pytest.fixture
+def trial(tmp_path, monkeypatch) -> Trial:
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))  # the sandbox CA of wire-mode commands
+    return Trial(f"sqlite:///{tmp_path / 'sss.db'}", tmp_path)
+
+
+@pytest.fixture
+def ready(trial) -> Trial:
+    """Organization, tenant and a 30-day certificate; nothing installed yet."""
+    trial.org_init()
+    trial.tenant_create()
+    trial.cert_new()
+    return trial
+
+
+@pytest.fixture
+def installed(ready) -> Trial:
+    result = ready.cert_install()
+    assert result.exit_code == 0, result.output + result.stderr
+    return ready
+
+
+@pytest.fixture
+def configured(installed) -> Trial:
+    result = installed.configure()
+    assert result.exit_code == 0, result.output + result.stderr
+    return installed

@@ -8,7 +8,7 @@ import pytest
 from sqlmodel import Session, select
 from support import ADMIN, ALICE, BOB, SUPPORT, build_org, run
 
-from simulator.crm.admin import AdminError, PrivilegeError, ValidationError
+from simulator.crm.admin import AdminError, OutOfOrderError, PrivilegeError, ValidationError
 from simulator.crm.models import EmailServerProfile, Mailbox, Organization, SystemUser
 from simulator.sandbox import Sandbox
 
@@ -98,7 +98,7 @@ def test_duplicate_profile_name_is_refused(bare):
 def test_default_tenant_id_without_org_tenant_is_refused():
     sb = Sandbox(seed=2)
     sb.admin.create_organization("Contoso")  # ConfigureCrmServerSideSync has not run
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(OutOfOrderError) as exc:
         sb.admin.create_profile(ADMIN, name="EXO")
     assert exc.value.field == "usedefaulttenantid"
     assert _profiles(sb) == []
@@ -154,7 +154,7 @@ def test_approve_with_an_unknown_mailbox_changes_nothing(bare):
     ids = [m.mailboxid for m in bare.admin.mailboxes()]
     with pytest.raises(ValidationError) as exc:
         bare.admin.approve(ADMIN, [*ids, "no-such-mailbox"])
-    assert exc.value.field == "mailboxid"
+    assert exc.value.field == "mailbox"
     assert {m.emailrouteraccessapproval for m in bare.admin.mailboxes()} == {2}
 
 
@@ -217,7 +217,7 @@ def test_test_and_enable_refuses_a_mailbox_without_profile_and_writes_nothing(ma
 
 def test_test_and_enable_refuses_a_mailbox_that_uses_sss_for_nothing(make_org):
     o = make_org(test=False)
-    o.set_mailbox(BOB, incomingemaildeliverymethod=1, outgoingemaildeliverymethod=1)
+    o.set_mailbox(BOB, incomingemaildeliverymethod=1, outgoingemaildeliverymethod=1, actdeliverymethod=0)
     with pytest.raises(AdminError) as exc:
         o.test_and_enable([BOB])
     assert exc.value.field == "incomingemaildeliverymethod"

@@ -8,22 +8,18 @@ stderr naming the problem and leave every table exactly as it was.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 import pytest
 from cryptography import x509
-from sqlalchemy import select as sa_select
-from sqlmodel import Session, SQLModel, select
-from typer.testing import CliRunner
+from sqlmodel import Session, select
+from trial import ADMIN, PASSWORD, ROOT, TENANT_ADMIN, Trial, check_refused, refused
 
 from engine.clock import VirtualClock
 from engine.errors import TokenError
-from simulator.cli import app
 from simulator.crm import s2s
 from simulator.crm.admin import SALESPERSON, Admin
-from simulator.crm.db import make_engine
 from simulator.crm.models import Organization, S2SCertificate, S2SConfiguration
 from simulator.crm.platform import IdFactory, Platform
 from simulator.identity import (
@@ -35,123 +31,6 @@ from simulator.identity import (
     write_pfx,
 )
 from simulator.identity.service import CLIENT_ASSERTION_TYPE
-
-runner = CliRunner()
-ADMIN = "admin"
-TENANT_ADMIN = "admin@contoso.onmicrosoft.com"
-PASSWORD = "Pa55word!"
-ROOT = "crm.contoso.com"
-
-
-@dataclass
-class Trial:
-    url: str
-    dir: Path
-
-    def sss(self, *args: str):
-        return runner.invoke(app, [*args, "--db", self.url])
-
-    def ok(self, *args: str):
-        result = self.sss(*args)
-        assert result.exit_code == 0, (args, result.output, result.stderr)
-        return result
-
-    @property
-    def engine(self):
-        return make_engine(self.url)
-
-    def pfx(self, name: str = "crm") -> str:
-        return str(self.dir / f"{name}.pfx")
-
-    def cer(self, name: str = "crm") -> str:
-        return str(self.dir / f"{name}.cer")
-
-    # the steps, with the right arguments unless overridden
-    def org_init(self):
-        return self.ok("org", "init", "--name", "Contoso", "--admin-email", "admin@contoso.com")
-
-    def tenant_create(self):
-        return self.ok(*self.TENANT)
-
-    TENANT = ("tenant", "create", "--name", "Contoso", "--domain", "contoso.onmicrosoft.com", "--admin", TENANT_ADMIN)
-
-    def cert_new(self, name: str = "crm", days: int = 30, *extra: str):
-        return self.ok("cert", "new", "--subject", f"CN={ROOT}", "--days", str(days), "--password", PASSWORD,
-                       "--out", str(self.dir), "--name", name, *extra)
-
-    def cert_install(self, **kw: str):
-        opts = {"--certificate-file": self.pfx(), "--password": PASSWORD, "--certificate-type": "S2STokenIssuer",
-                "--service-account": "CONTOSO\\crmasync", "--store-find-type": "FindBySubjectDistinguishedName",
-                "--as": ADMIN}
-        opts.update({k if k.startswith("--") else "--" + k.replace("_", "-"): v for k, v in kw.items()})
-        args = [a for kv in opts.items() for a in kv if kv[1] is not None]
-        return self.sss("cert", "install", *args, "--update-crm")
-
-    def configure(self, **kw: str):
-        opts = {"--root-domain-name": ROOT, "--private-key-password": PASSWORD, "--cer-file-path": self.cer(),
-                "--pfx-file-path": self.pfx(), "--organization-name": "Contoso", "--o365-admin-email": TENANT_ADMIN,
-                "--as": ADMIN}
-        opts.update({"--" + k.replace("_", "-"): v for k, v in kw.items()})
-        return self.sss("s2s", "configure", *[a for kv in opts.items() for a in kv])
-
-    def snapshot(self) -> dict[str, list]:
-        """Every row of every table (the identity state and the clock included)."""
-        engine = self.engine
-        with engine.connect() as conn:
-            out = {t.name: sorted(map(tuple, conn.execute(sa_select(t)).all()), key=repr)
-                   for t in SQLModel.metadata.sorted_tables}
-        engine.dispose()
-        return out
-
-    def clock(self) -> VirtualClock:
-        with Session(self.engine) as session:
-            return s2s.load_clock(session)
-
-
-@pytest.fixture
-def trial(tmp_path) -> Trial:
-    return Trial(f"sqlite:///{tmp_path / 'sss.db'}", tmp_path)
-
-
-@pytest.fixture
-def ready(trial) -> Trial:
-    """Organization, tenant and a 30-day certificate; nothing installed yet."""
-    trial.org_init()
-    trial.tenant_create()
-    trial.cert_new()
-    return trial
-
-
-@pytest.fixture
-def installed(ready) -> Trial:
-    result = ready.cert_install()
-    assert result.exit_code == 0, result.output + result.stderr
-    return ready
-
-
-@pytest.fixture
-def configured(installed) -> Trial:
-    result = installed.configure()
-    assert result.exit_code == 0, result.output + result.stderr
-    return installed
-
-
-def refused(trial: Trial, result, *needles: str) -> str:
-    assert result.exit_code == 1, (result.output, result.stderr)
-    err = result.stderr.strip()
-    assert err.startswith("Error: ") and "\n" not in err, err
-    assert "Traceback" not in result.output + result.stderr
-    for needle in needles:
-        assert needle.lower() in err.lower(), err
-    return err
-
-
-def check_refused(trial: Trial, run, *needles: str) -> str:
-    before = trial.snapshot()
-    err = refused(trial, run(), *needles)
-    assert trial.snapshot() == before, "a refused step changed the database"
-    return err
-
 
 # ------------------------------------------------------------------------------ the whole chain
 

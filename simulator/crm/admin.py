@@ -6,10 +6,12 @@ Every operation runs as a named user whose security roles are checked, validates
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -22,10 +24,21 @@ from engine.ports import (
     ExchangePort,
     IncomingMethod,
     OutgoingMethod,
+    Status,
 )
 from engine.service import finish_values
+from simulator.crm.errors import (  # noqa: F401  (re-exported)
+    AdminError,
+    ConflictError,
+    OutOfOrderError,
+    PrivilegeError,
+    UnknownUserError,
+    ValidationError,
+)
 from simulator.crm.models import (
     Account,
+    AsyncOperation,
+    AsyncState,
     Contact,
     CredentialRetrieval,
     EmailServerProfile,
@@ -37,6 +50,8 @@ from simulator.crm.models import (
     ServerType,
     SystemUser,
     SystemUserRoles,
+    TestExecutionStatus,
+    TraceLog,
     TrackSetting,
 )
 from simulator.crm.platform import IdFactory, Platform
@@ -48,22 +63,13 @@ PRV_READ_MAILBOX = "prvReadMailbox"
 PRV_WRITE_MAILBOX = "prvWriteMailbox"
 PRV_ADMIN = "prvConfigureEmailServerSideSync"
 ALL_PRIVILEGES = (PRV_APPROVE, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX, PRV_ADMIN)
-
-
-class AdminError(ValueError):
-    """An operation refused; ``field`` names the offending input where there is one."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
-
-
-class ValidationError(AdminError):
-    pass
-
-
-class PrivilegeError(AdminError):
-    pass
+PRIVILEGE_NAMES = {
+    PRV_APPROVE: "Approve Email Addresses for Users or Queues",
+    PRV_READ_MAILBOX: "Read Mailbox",
+    PRV_WRITE_MAILBOX: "Write Mailbox",
+    PRV_ADMIN: "Configure server-side synchronization",
+}
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -116,9 +122,10 @@ def validate_profile(values: dict[str, Any], org: Organization) -> dict[str, Any
             _require(bool(loc), key, "is required when auto discover is off")
             _require(loc.lower().startswith(("https://", "http://")), key, f"{loc!r} is not an EWS URL")
     if v.get("usedefaulttenantid", True):
-        _require(bool(org.s2stenantid), "usedefaulttenantid",
-                 "the organization has no Exchange Online tenant id yet: run ConfigureCrmServerSideSync "
-                 "(sss s2s configure) first, or set usedefaulttenantid to No and type the tenant id")
+        if not org.s2stenantid:
+            raise OutOfOrderError("the organization has no Exchange Online tenant id yet: run "
+                                  "ConfigureCrmServerSideSync (sss s2s configure) first, or set usedefaulttenantid "
+                                  "to No and type the tenant id", "usedefaulttenantid")
         v["exchangeonlinetenantid"] = org.s2stenantid
     else:
         tid = (v.get("exchangeonlinetenantid") or "").strip()
@@ -130,6 +137,7 @@ def validate_profile(values: dict[str, Any], org: Organization) -> dict[str, Any
         _require(isinstance(when, datetime), "processemailsreceivedafter", f"{when!r} is not a date and time")
         v["processemailsreceivedafter"] = as_utc(when)
     return v
+
 
 
 @dataclass
@@ -144,28 +152,136 @@ class MailboxView:
     enabledforincomingemail: bool
     enabledforoutgoingemail: bool
     lastsyncerrorcode: str | None
+    actstatus: int = 0
+    enabledforact: bool = False
+    emailserverprofile: str | None = None
+
+
+@dataclass
+class Prerequisite:
+    """One item of the SPEC 1.1 check list."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class ConnectionCheck:
+    """One check of Test Connection: what was asked, what came back."""
+
+    name: str
+    ok: bool | None  # None: not run (an earlier check failed)
+    request: str
+    response: str
+    code: str | None = None  # e.g. "AuthenticationFailure"
+
+
+@dataclass
+class ConnectionTest:
+    """The outcome of Test Connection on an email server profile (stored on the profile)."""
+
+    profileid: str
+    started: datetime
+    status: int  # TestExecutionStatus
+    checks: list[ConnectionCheck]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == TestExecutionStatus.SUCCESS
+
+    @property
+    def outcome(self) -> str:
+        failed = next((c for c in self.checks if c.ok is False), None)
+        if failed is None:
+            return "Success" if self.ok else "Warning"
+        return "Authentication failure" if failed.code == AUTHENTICATION_FAILURE_CODE else "Failure"
+
+
+AUTHENTICATION_FAILURE_CODE = "AuthenticationFailure"
+
+
+def _mark(check: ConnectionCheck) -> str:
+    if check.ok:
+        return "OK: "
+    if check.ok is False:
+        return "FAILED: "
+    return "" if check.response.startswith("not run") else "not run: "
+
+
+class ConnectionProbe(Protocol):
+    """Checks of Test Connection that need the services: certificate, token, EWS (wire mode)."""
+
+    async def check(self, tenant_id: str, profile: EmailServerProfile, mailbox_address: str
+                    ) -> list[ConnectionCheck]: ...
+
+
+# option names accepted for the delivery methods (SPEC 2.3), besides their numbers
+INCOMING_OPTIONS = {"none": 0, "outlook": 1, "sss": 2, "server-side-synchronization": 2, "email-router": 2,
+                    "forward-mailbox": 3}
+OUTGOING_OPTIONS = {"none": 0, "outlook": 1, "sss": 2, "server-side-synchronization": 2, "email-router": 2}
+ACT_OPTIONS = {"outlook": 0, "sss": 1, "server-side-synchronization": 1, "none": 2}
+METHOD_FIELDS = {"incomingemaildeliverymethod": (IncomingMethod, INCOMING_OPTIONS),
+                 "outgoingemaildeliverymethod": (OutgoingMethod, OUTGOING_OPTIONS),
+                 "actdeliverymethod": (ActMethod, ACT_OPTIONS)}
+ORG_SWITCHES = ("requireapprovalforuseremail", "requireapprovalforqueueemail", "emailcorrelationenabled",
+                "trackingtokenenabled", "enablesmartmatching", "tracksentitems", "generatealertsforerrors",
+                "generatealertsforwarnings", "generatealertsforinformation",
+                "notifymailboxownerofemailserverlevelalerts")
+SETTINGS_FIELDS = ("emailconnectionchannel", "defaultemailserverprofileid", *METHOD_FIELDS, *ORG_SWITCHES,
+                   "trackingprefix", "s2stenantid", "maxuploadfilesize")
+
+
+def method_value(field: str, value: Any) -> int:
+    """A delivery method given by number or name (``sss``, ``outlook``, ``none``, ...)."""
+    enum, names = METHOD_FIELDS[field]
+    if isinstance(value, str):
+        key = value.strip().lower().replace(" ", "-").replace("_", "-")
+        if key in names:
+            return names[key]
+        if key.isdigit():
+            value = int(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value in {m.value for m in enum}:
+        return int(value)
+    options = ", ".join(f"{n} {m.name.lower()}" for n, m in ((m.value, m) for m in enum))
+    raise ValidationError(f"{value!r} is not an option ({options})", field)
+
+
+TEST_ENABLE_JOB = "Test and enable mailboxes of an email server profile"
+JOB_PROGRESS_STEPS = 50
+ALERT_EMAIL_WINDOW = timedelta(hours=1)
 
 
 class Admin:
-    """Administrative operations; each takes the acting user (``as_user``: a domain name or id)."""
+    """Administrative operations; each takes the acting user (``as_user``: a domain name or id).
+
+    ``probe`` does the service checks of Test Connection (wire mode gives one); ``exchange``
+    serves Test & Enable.
+    """
 
     def __init__(self, db: Engine, clock: Clock, platform: Platform, exchange: ExchangePort,
-                 ids: IdFactory, on_mailbox_added=None) -> None:
+                 ids: IdFactory, on_mailbox_added=None, probe: ConnectionProbe | None = None) -> None:
         self.db = db
         self.clock = clock
         self.platform = platform
         self.exchange = exchange
         self.ids = ids
         self.on_mailbox_added = on_mailbox_added  # callback(address, display name): create the Exchange mailbox
+        self.probe = probe
+        self.on_settings_changed = None  # callback(): a running sandbox forgets what it cached of profiles
 
     # -- users and privileges --------------------------------------------------------------
-    def _user(self, session: Session, who: str) -> SystemUser:
+    def _user(self, session: Session, who: str, field: str = "as_user") -> SystemUser:
+        who = (who or "").strip()
+        if not who:
+            raise UnknownUserError("is required: the CRM user who runs this operation", field)
         user = session.exec(select(SystemUser).where(
             (SystemUser.domainname == who) | (SystemUser.systemuserid == who))).first()
         if user is None:
-            raise AdminError(f"no user {who!r} in the organization", "as_user")
+            raise UnknownUserError(f"no user {who!r} in the organization", field)
         if user.isdisabled:
-            raise AdminError(f"user {who!r} is disabled", "as_user")
+            raise UnknownUserError(f"user {who!r} is disabled", field)
         return user
 
     def _privileges(self, session: Session, user: SystemUser) -> set[str]:
@@ -181,27 +297,33 @@ class Admin:
         user = self._user(session, who)
         missing = [p for p in needed if p not in self._privileges(session, user)]
         if missing:
-            raise PrivilegeError(f"user {user.domainname} lacks the privilege {', '.join(missing)}", "as_user")
+            names = ", ".join(f"{p} ({PRIVILEGE_NAMES.get(p, p)})" for p in missing)
+            raise PrivilegeError(f"user {user.domainname} lacks the privilege {names}", "as_user")
         return user
 
     def _org(self, session: Session) -> Organization:
         org = session.exec(select(Organization)).first()
         if org is None:
-            raise AdminError("the organization does not exist yet (run `sss org init`)")
+            raise OutOfOrderError("the organization does not exist yet (run `sss org init`)")
         return org
+
+    def user_id(self, who: str) -> str:
+        with Session(self.db) as session:
+            return self._user(session, who).systemuserid
 
     # -- building an organization ----------------------------------------------------------
     def create_organization(self, name: str, *, admin_name: str = "Admin", admin_domain: str = "admin",
-                            admin_email: str | None = None, tenant_id: str | None = None) -> str:
+                            admin_email: str | None = None, tenant_id: str | None = None,
+                            ifd: bool = True, hybrid_connector: bool = True) -> str:
         """Create the organization, its standard roles and its first system administrator (all or nothing)."""
         _require(bool(name.strip()), "name", "is required")
         domain = name.strip().lower().replace(" ", "") + ".example"
         email = (admin_email or f"{admin_domain}@{domain}").strip().lower()
         with Session(self.db) as session:
             if session.exec(select(Organization)).first() is not None:
-                raise AdminError("the organization already exists")
+                raise ConflictError("the organization already exists")
             org = Organization(organizationid=self.ids.new(), name=name.strip(), s2stenantid=tenant_id,
-                               ifdconfigured=True, hybridconnectorinstalled=True)
+                               ifdconfigured=ifd, hybridconnectorinstalled=hybrid_connector)
             session.add(org)
             session.add(SecurityRole(roleid=self.ids.new(), name=SYSTEM_ADMINISTRATOR,
                                      privileges=",".join(ALL_PRIVILEGES)))
@@ -213,10 +335,53 @@ class Admin:
         self._mailbox_added(email, admin_name)
         return orgid
 
+    def check_organization(self) -> list[Prerequisite]:
+        """SPEC 1.1: the prerequisites of server-side synchronization with Exchange Online."""
+        with Session(self.db) as session:
+            org = session.exec(select(Organization)).first()
+            if org is None:
+                return [Prerequisite("organization", False, "The CRM organization does not exist.",
+                                     "sss org init --name ... --admin-email ...")]
+            admins = session.exec(select(SystemUser).join(
+                SystemUserRoles, SystemUserRoles.systemuserid == SystemUser.systemuserid).join(
+                SecurityRole, SecurityRole.roleid == SystemUserRoles.roleid).where(
+                SecurityRole.name == SYSTEM_ADMINISTRATOR, SystemUser.isdisabled == False)).all()  # noqa: E712
+            names = ", ".join(sorted(u.domainname for u in admins))
+            return [
+                Prerequisite("organization", True, f"{org.name} ({org.organizationid})"),
+                Prerequisite("System Administrator", bool(admins),
+                             f"users with the role: {names}" if admins else "no enabled user has the role",
+                             "" if admins else "sss user add --role 'System Administrator' ..."),
+                Prerequisite("internet-facing deployment (IFD)", org.ifdconfigured,
+                             "the CRM is reachable from the internet" if org.ifdconfigured
+                             else "Exchange Online cannot reach the CRM deployment",
+                             "" if org.ifdconfigured else "sss org set --ifd --as <admin>"),
+                Prerequisite("Dynamics 365 Hybrid Connector", org.hybridconnectorinstalled,
+                             "installed" if org.hybridconnectorinstalled else "not installed",
+                             "" if org.hybridconnectorinstalled else "sss org set --hybrid-connector --as <admin>"),
+            ]
+
+    def set_prerequisites(self, as_user: str, *, ifd: bool | None = None,
+                          hybrid_connector: bool | None = None) -> None:
+        """Record that IFD is configured / the Hybrid Connector is installed (or not)."""
+        with Session(self.db) as session:
+            self._check(session, as_user, PRV_ADMIN)
+            org = self._org(session)
+            if ifd is not None:
+                org.ifdconfigured = ifd
+            if hybrid_connector is not None:
+                org.hybridconnectorinstalled = hybrid_connector
+            session.add(org)
+            session.commit()
+
     def add_user(self, fullname: str, email: str, *, domainname: str | None = None,
-                 roles: Iterable[str] = (SALESPERSON,), track: int = TrackSetting.REPLIES_TO_CRM_EMAIL) -> str:
+                 roles: Iterable[str] = (SALESPERSON,), track: int = TrackSetting.REPLIES_TO_CRM_EMAIL,
+                 as_user: str | None = None) -> str:
+        """A user with its roles and its mailbox. With ``as_user``, that user must be an administrator."""
         email = email.strip().lower()
         with Session(self.db) as session:
+            if as_user is not None:
+                self._check(session, as_user, PRV_ADMIN)
             uid = self._insert_user(session, self._org(session), fullname, email, domainname, roles, track)
             session.commit()
         self._mailbox_added(email, fullname)
@@ -225,12 +390,16 @@ class Admin:
     def _insert_user(self, session: Session, org: Organization, fullname: str, email: str,
                      domainname: str | None, roles: Iterable[str], track: int) -> str:
         """A user with its roles and its mailbox (created with the org defaults), in ``session``."""
-        _require("@" in email, "internalemailaddress", f"{email!r} is not an email address")
+        _require(bool(_EMAIL.match(email)), "internalemailaddress", f"{email!r} is not an email address")
+        _require(bool((fullname or "").strip()), "fullname", "is required")
         _require(track in {t.value for t in TrackSetting}, "incomingemailfilteringmethod",
                  f"{track!r} is not a track setting")
-        domainname = domainname or email.split("@")[0]
+        domainname = (domainname or email.split("@")[0]).strip()
+        _require(bool(domainname) and not any(c.isspace() for c in domainname), "domainname",
+                 f"{domainname!r} is not a logon name")
         if session.exec(select(SystemUser).where(SystemUser.domainname == domainname)).first():
-            raise ValidationError(f"{domainname!r} is already a user", "domainname")
+            raise ConflictError(f"{domainname!r} is already a user", "domainname")
+        self._address_free(session, email, "internalemailaddress")
         user = SystemUser(systemuserid=self.ids.new(), fullname=fullname, domainname=domainname,
                           internalemailaddress=email, incomingemailfilteringmethod=int(track))
         session.add(user)
@@ -242,12 +411,40 @@ class Admin:
         session.add(self._new_mailbox(org, fullname, email, user.systemuserid, user.systemuserid, "systemuser"))
         return user.systemuserid
 
-    def add_queue(self, name: str, email: str, *, owner: str, track: int = TrackSetting.ALL) -> str:
-        email = email.strip().lower()
-        _require("@" in email, "emailaddress", f"{email!r} is not an email address")
+    def _address_free(self, session: Session, email: str, field: str) -> None:
+        if session.exec(select(Mailbox).where(Mailbox.emailaddress == email)).first() is not None:
+            raise ConflictError(f"{email!r} is already the address of a mailbox", field)
+
+    def create_role(self, as_user: str, name: str, privileges: Iterable[str]) -> str:
+        """A security role made of the named privileges."""
+        privs = [p.strip() for p in privileges if p.strip()]
         with Session(self.db) as session:
+            self._check(session, as_user, PRV_ADMIN)
+            _require(bool(name.strip()), "name", "is required")
+            for p in privs:
+                _require(p in ALL_PRIVILEGES, "privilege",
+                         f"{p!r} is not a privilege ({', '.join(ALL_PRIVILEGES)})")
+            if session.exec(select(SecurityRole).where(SecurityRole.name == name.strip())).first():
+                raise ConflictError(f"a role named {name.strip()!r} already exists", "name")
+            role = SecurityRole(roleid=self.ids.new(), name=name.strip(), privileges=",".join(privs))
+            session.add(role)
+            session.commit()
+            return role.roleid
+
+    def add_queue(self, name: str, email: str, *, owner: str, track: int = TrackSetting.ALL,
+                  as_user: str | None = None) -> str:
+        email = email.strip().lower()
+        _require(bool(_EMAIL.match(email)), "emailaddress", f"{email!r} is not an email address")
+        _require(bool((name or "").strip()), "name", "is required")
+        with Session(self.db) as session:
+            if as_user is not None:
+                self._check(session, as_user, PRV_ADMIN)
             org = self._org(session)
-            owner_user = self._user(session, owner)
+            try:
+                owner_user = self._user(session, owner)
+            except AdminError as exc:
+                raise ValidationError(str(exc).split(": ", 1)[-1], "owner") from None
+            self._address_free(session, email, "emailaddress")
             queue = Queue(queueid=self.ids.new(), name=name, emailaddress=email, ownerid=owner_user.systemuserid,
                           incomingemailfilteringmethod=int(track))
             session.add(queue)
@@ -262,10 +459,13 @@ class Admin:
         models = {"contact": (Contact, "contactid", "fullname"), "account": (Account, "accountid", "name"),
                   "lead": (Lead, "leadid", "fullname")}
         _require(kind in models, "kind", f"{kind!r} is not contact, account or lead")
+        if email is not None:
+            _require(bool(_EMAIL.match(email.strip())), "emailaddress1", f"{email!r} is not an email address")
         model, key, name_field = models[kind]
         rid = self.ids.new()
         with Session(self.db) as session:
-            session.add(model(**{key: rid, name_field: name, "emailaddress1": email.lower() if email else None}))
+            self._org(session)
+            session.add(model(**{key: rid, name_field: name, "emailaddress1": email.strip().lower() if email else None}))
             session.commit()
         self.platform.invalidate_directory()
         return rid
@@ -285,78 +485,288 @@ class Admin:
         if self.on_mailbox_added is not None:
             self.on_mailbox_added(email, name)
 
-    # -- profile and defaults --------------------------------------------------------------
+    def _changed(self) -> None:
+        self.platform.invalidate_settings()
+        if self.on_settings_changed is not None:
+            self.on_settings_changed()
+
+    # -- email server profiles (1.5) ----------------------------------------------------------
+    def _profile(self, session: Session, ref: str, field: str = "profile") -> EmailServerProfile:
+        ref = (ref or "").strip()
+        profile = session.get(EmailServerProfile, ref) or session.exec(
+            select(EmailServerProfile).where(EmailServerProfile.name == ref)).first()
+        if profile is None:
+            raise ValidationError(f"no email server profile is named {ref!r}", field)
+        return profile
+
+    def profile_id(self, ref: str) -> str:
+        with Session(self.db) as session:
+            return self._profile(session, ref).emailserverprofileid
+
     def create_profile(self, as_user: str, **fields: Any) -> str:
         with Session(self.db) as session:
             user = self._check(session, as_user, PRV_ADMIN)
             org = self._org(session)
-            fields.setdefault("ownerid", user.systemuserid)
+            fields["ownerid"] = self._owner(session, fields.get("ownerid") or user.systemuserid)
             values = validate_profile(fields, org)
             if session.exec(select(EmailServerProfile).where(EmailServerProfile.name == values["name"])).first():
-                raise ValidationError(f"a profile named {values['name']!r} already exists", "name")
+                raise ConflictError(f"a profile named {values['name']!r} already exists", "name")
             profile = EmailServerProfile(emailserverprofileid=self.ids.new(), **values)
             session.add(profile)
             session.commit()
             return profile.emailserverprofileid
 
-    def set_default_profile(self, as_user: str, profileid: str, *, incoming: int = IncomingMethod.SSS,
-                            outgoing: int = OutgoingMethod.SSS, act: int = ActMethod.SSS) -> None:
-        """SPEC 1.6: the organization's default profile and delivery methods."""
-        with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
-            org = self._org(session)
-            if session.get(EmailServerProfile, profileid) is None:
-                raise ValidationError(f"no profile has the id {profileid!r}", "defaultemailserverprofileid")
-            _require(incoming in {m.value for m in IncomingMethod}, "incomingemaildeliverymethod", f"{incoming!r} is not an option")
-            _require(outgoing in {m.value for m in OutgoingMethod}, "outgoingemaildeliverymethod", f"{outgoing!r} is not an option")
-            _require(act in {m.value for m in ActMethod}, "actdeliverymethod", f"{act!r} is not an option")
-            org.defaultemailserverprofileid = profileid
-            org.incomingemaildeliverymethod = int(incoming)
-            org.outgoingemaildeliverymethod = int(outgoing)
-            org.actdeliverymethod = int(act)
-            session.add(org)
-            session.commit()
+    def _owner(self, session: Session, who: str) -> str:
+        """The id of the user named by id or logon name (a profile's owner)."""
+        owner = session.exec(select(SystemUser).where(
+            (SystemUser.systemuserid == who) | (SystemUser.domainname == who))).first()
+        if owner is None:
+            raise ValidationError(f"no user {who!r} in the organization", "ownerid")
+        return owner.systemuserid
 
-    def update_org(self, as_user: str, **fields: Any) -> None:
-        """Change organization switches (alerts, approval, correlation, tracking tokens)."""
-        allowed = {"requireapprovalforuseremail", "requireapprovalforqueueemail", "emailcorrelationenabled",
-                   "trackingtokenenabled", "enablesmartmatching", "tracksentitems", "generatealertsforerrors",
-                   "generatealertsforwarnings", "generatealertsforinformation",
-                   "notifymailboxownerofemailserverlevelalerts"}
+    def update_profile(self, as_user: str, ref: str, **fields: Any) -> None:
+        """Change fields of a profile; the whole profile is validated again (SPEC 2.1)."""
         with Session(self.db) as session:
             self._check(session, as_user, PRV_ADMIN)
             org = self._org(session)
+            profile = self._profile(session, ref)
+            if "ownerid" in fields:
+                fields["ownerid"] = self._owner(session, fields["ownerid"])
+            unknown = set(fields) - PROFILE_FIELDS
+            _require(not unknown, sorted(unknown)[0] if unknown else "", "is not a field of an email server profile")
+            current = {k: getattr(profile, k) for k in PROFILE_FIELDS}
+            if fields.get("usedefaulttenantid") is False and "exchangeonlinetenantid" not in fields:
+                current["exchangeonlinetenantid"] = None  # a typed tenant id is needed
+            current.update(fields)
+            values = validate_profile(current, org)
+            clash = session.exec(select(EmailServerProfile).where(
+                EmailServerProfile.name == values["name"],
+                EmailServerProfile.emailserverprofileid != profile.emailserverprofileid)).first()
+            if clash is not None:
+                raise ConflictError(f"a profile named {values['name']!r} already exists", "name")
+            for key, value in values.items():
+                setattr(profile, key, value)
+            session.add(profile)
+            session.commit()
+        self._changed()
+
+    def set_profile_state(self, as_user: str, ref: str, *, active: bool) -> None:
+        """Activate or deactivate a profile (its mailboxes stop processing while it is inactive)."""
+        with Session(self.db) as session:
+            self._check(session, as_user, PRV_ADMIN)
+            profile = self._profile(session, ref)
+            profile.statecode, profile.statuscode = (0, 1) if active else (1, 2)
+            session.add(profile)
+            session.commit()
+        self._changed()
+
+    def profile(self, ref: str) -> dict[str, Any]:
+        """Every field of a profile, and how many mailboxes use it."""
+        with Session(self.db) as session:
+            profile = self._profile(session, ref)
+            view = profile.model_dump()
+            view["mailboxes"] = len(session.exec(select(Mailbox.mailboxid).where(
+                Mailbox.emailserverprofile == profile.emailserverprofileid)).all())
+            owner = session.get(SystemUser, profile.ownerid)
+            view["owner"] = owner.domainname if owner else profile.ownerid
+            return view
+
+    def profiles(self) -> list[dict[str, Any]]:
+        with Session(self.db) as session:
+            names = session.exec(select(EmailServerProfile.emailserverprofileid)
+                                 .order_by(EmailServerProfile.name)).all()
+        return [self.profile(pid) for pid in names]
+
+    async def test_connection(self, as_user: str, ref: str) -> ConnectionTest:
+        """Test Connection (SPEC 1.5): tenant id, certificate, token, EWS; the result is kept on the profile."""
+        with Session(self.db) as session:
+            self._check(session, as_user, PRV_ADMIN)
+            profile = self._profile(session, ref)
+            owner = session.exec(select(Mailbox.emailaddress).where(
+                Mailbox.regardingobjectid == profile.ownerid)).first()
+        started = self.clock.now()
+        checks: list[ConnectionCheck] = []
+        tenant = (profile.exchangeonlinetenantid or "").strip()
+        checks.append(ConnectionCheck(
+            "Exchange Online tenant id", bool(tenant), "exchangeonlinetenantid of the profile",
+            tenant or "the profile has no tenant id", None if tenant else AUTHENTICATION_FAILURE_CODE))
+        if tenant:
+            if self.probe is None:
+                raise AdminError("Test Connection needs the network services: run it from the CLI "
+                                 "(sss profile test) or on a wire-mode sandbox")
+            checks.extend(await self.probe.check(tenant, profile, owner or ""))
+        failed = any(c.ok is False for c in checks)
+        status = (TestExecutionStatus.FAILURE if failed else
+                  TestExecutionStatus.SUCCESS if all(c.ok for c in checks) else TestExecutionStatus.WARNING)
+        with Session(self.db) as session:
+            row = session.get(EmailServerProfile, profile.emailserverprofileid)
+            row.lastteststarttime = started
+            row.lasttestexecutionstatus = int(status)
+            row.lasttestrequest = "\n".join(f"{c.name}: {c.request}" for c in checks)
+            row.lasttestresponse = "\n".join(f"{c.name}: {_mark(c)}{c.response}" for c in checks)
+            session.add(row)
+            session.commit()
+        return ConnectionTest(profile.emailserverprofileid, started, int(status), checks)
+
+    # -- organization settings (1.6) ----------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The organization's email settings (SPEC 2.2), with the default profile's name."""
+        with Session(self.db) as session:
+            org = self._org(session)
+            view = {k: getattr(org, k) for k in SETTINGS_FIELDS}
+            view["name"] = org.name
+            view["organizationid"] = org.organizationid
+            profile = session.get(EmailServerProfile, org.defaultemailserverprofileid or "")
+            view["defaultemailserverprofile"] = profile.name if profile else None
+            return view
+
+    def set_settings(self, as_user: str, **fields: Any) -> None:
+        """Change organization email settings: default profile (id or name), delivery methods, switches."""
+        allowed = {"defaultemailserverprofileid", *METHOD_FIELDS, *ORG_SWITCHES, "trackingprefix"}
+        with Session(self.db) as session:
+            self._check(session, as_user, PRV_ADMIN)
+            org = self._org(session)
+            values: dict[str, Any] = {}
             for key, value in fields.items():
                 _require(key in allowed, key, "is not an organization email setting that can be changed here")
-                _require(isinstance(value, bool), key, f"{value!r} is not Yes/No")
+                if key == "defaultemailserverprofileid":
+                    values[key] = self._profile(session, value, key).emailserverprofileid
+                elif key in METHOD_FIELDS:
+                    values[key] = method_value(key, value)
+                elif key == "trackingprefix":
+                    _require(isinstance(value, str) and 1 <= len(value.strip()) <= 20 and value.strip().isalnum(),
+                             key, f"{value!r} is not a prefix of 1 to 20 letters or digits")
+                    values[key] = value.strip()
+                else:
+                    _require(isinstance(value, bool), key, f"{value!r} is not Yes/No")
+                    values[key] = value
+            for key, value in values.items():
                 setattr(org, key, value)
             session.add(org)
             session.commit()
-        self.platform.invalidate_settings()
+        self._changed()
+
+    def set_default_profile(self, as_user: str, profileid: str, *, incoming: int = IncomingMethod.SSS,
+                            outgoing: int = OutgoingMethod.SSS, act: int = ActMethod.SSS) -> None:
+        """SPEC 1.6: the organization's default profile and delivery methods."""
+        self.set_settings(as_user, defaultemailserverprofileid=profileid, incomingemaildeliverymethod=incoming,
+                          outgoingemaildeliverymethod=outgoing, actdeliverymethod=act)
+
+    def update_org(self, as_user: str, **fields: Any) -> None:
+        """Change organization switches (alerts, approval, correlation, tracking tokens)."""
+        for key in fields:
+            _require(key in ORG_SWITCHES, key, "is not an organization email setting that can be changed here")
+        self.set_settings(as_user, **fields)
+
+    # -- mailboxes (1.7, 1.8) -----------------------------------------------------------------
+    def _mailboxes(self, session: Session, refs: Iterable[str]) -> list[Mailbox]:
+        """Mailboxes by id or email address, in the given order (each at most once)."""
+        refs = [r.strip() for r in refs]
+        _require(bool(refs), "mailbox", "select at least one mailbox")
+        by_id = {m.mailboxid: m for m in session.exec(select(Mailbox).where(Mailbox.mailboxid.in_(refs))).all()}
+        lowered = [r.lower() for r in refs if r not in by_id]
+        by_address = {m.emailaddress: m for m in session.exec(
+            select(Mailbox).where(Mailbox.emailaddress.in_(lowered))).all()} if lowered else {}
+        out: dict[str, Mailbox] = {}
+        for ref in refs:
+            mb = by_id.get(ref) or by_address.get(ref.lower())
+            if mb is None:
+                what = "address" if "@" in ref else "id"
+                raise ValidationError(f"no mailbox has the {what} {ref!r}", "mailbox")
+            out.setdefault(mb.mailboxid, mb)
+        return list(out.values())
 
     def apply_default_settings(self, as_user: str, mailboxids: Iterable[str]) -> None:
-        """SPEC 1.7: the org's default profile and delivery methods on the selected mailboxes."""
+        """SPEC 1.7 without the test: the org's default profile and delivery methods on the mailboxes."""
         with Session(self.db) as session:
             self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
             org = self._org(session)
             if not org.defaultemailserverprofileid:
-                raise AdminError("the organization has no default email server profile (SPEC 1.6 comes first)",
-                                 "defaultemailserverprofileid")
+                raise OutOfOrderError("the organization has no default email server profile yet: set it first "
+                                 "(step 1.6, sss settings set --default-profile ...)", "defaultemailserverprofileid")
             for mb in self._mailboxes(session, mailboxids):
+                _require(mb.statecode == 0, "mailbox", f"mailbox {mb.emailaddress} is not active")
                 mb.emailserverprofile = org.defaultemailserverprofileid
                 mb.incomingemaildeliverymethod = org.incomingemaildeliverymethod
                 mb.outgoingemaildeliverymethod = org.outgoingemaildeliverymethod
                 mb.actdeliverymethod = org.actdeliverymethod
                 session.add(mb)
             session.commit()
+        self._changed()
 
-    def _mailboxes(self, session: Session, mailboxids: Iterable[str]) -> list[Mailbox]:
-        ids = list(mailboxids)
-        rows = {m.mailboxid: m for m in session.exec(select(Mailbox).where(Mailbox.mailboxid.in_(ids))).all()}
-        for mid in ids:
-            if mid not in rows:
-                raise ValidationError(f"no mailbox has the id {mid!r}", "mailboxid")
-        return [rows[mid] for mid in ids]
+    async def apply_default_email_settings(self, as_user: str, mailboxes: Iterable[str], *,
+                                           test_and_enable: bool = True) -> list[MailboxTestResult]:
+        """SPEC 1.7 "Apply default email settings": the defaults, then (by default) Test & Enable."""
+        refs = list(mailboxes)
+        if test_and_enable:  # refuse before writing anything when the test could not run afterwards
+            with Session(self.db) as session:
+                self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+                org = self._org(session)
+                if org.incomingemaildeliverymethod != IncomingMethod.SSS and \
+                        org.outgoingemaildeliverymethod != OutgoingMethod.SSS and org.actdeliverymethod != ActMethod.SSS:
+                    raise OutOfOrderError("the organization's default delivery methods use server-side "
+                                          "synchronization for nothing, so there is nothing to test: set them "
+                                          "first (step 1.6)", "incomingemaildeliverymethod")
+        self.apply_default_settings(as_user, refs)
+        if not test_and_enable:
+            return []
+        return await self.test_and_enable(as_user, refs)
+
+    def edit_mailboxes(self, as_user: str, mailboxes: Iterable[str], **fields: Any) -> None:
+        """SPEC 1.7 "Edit several mailboxes at once": profile (id or name) and delivery methods.
+
+        Needs read and write privilege on mailboxes besides the administrator's privilege."""
+        allowed = {"emailserverprofile", *METHOD_FIELDS}
+        with Session(self.db) as session:
+            self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+            _require(bool(fields), "mailbox", "nothing to change: give a profile or a delivery method")
+            values: dict[str, Any] = {}
+            for key, value in fields.items():
+                _require(key in allowed, key, "is not a mailbox field that can be edited for several mailboxes")
+                if key == "emailserverprofile":
+                    values[key] = self._profile(session, value, key).emailserverprofileid
+                else:
+                    values[key] = method_value(key, value)
+            for mb in self._mailboxes(session, mailboxes):
+                for key, value in values.items():
+                    setattr(mb, key, value)
+                session.add(mb)
+            session.commit()
+        self._changed()
+
+    def change_email_address(self, as_user: str, mailbox: str, new_address: str) -> None:
+        """SPEC 10.6: a new address resets approval to Pending and the statuses to Not Run."""
+        new_address = new_address.strip().lower()
+        _require(bool(_EMAIL.match(new_address)), "emailaddress", f"{new_address!r} is not an email address")
+        with Session(self.db) as session:
+            self._check(session, as_user, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+            [mb] = self._mailboxes(session, [mailbox])
+            if mb.emailaddress == new_address:
+                return
+            self._address_free(session, new_address, "emailaddress")
+            mb.emailaddress = new_address
+            mb.emailrouteraccessapproval = int(Approval.PENDING)
+            for status in ("incomingemailstatus", "outgoingemailstatus", "actstatus", "mailboxstatus"):
+                setattr(mb, status, int(Status.NOT_RUN))
+            for switch in ("enabledforincomingemail", "enabledforoutgoingemail", "enabledforact"):
+                setattr(mb, switch, False)
+            mb.ewsurl = None
+            mb.lastautodiscoveredon = None
+            if mb.regardingobjecttypecode == "queue":
+                queue = session.get(Queue, mb.regardingobjectid)
+                if queue is not None:
+                    queue.emailaddress = new_address
+                    session.add(queue)
+            else:
+                user = session.get(SystemUser, mb.regardingobjectid)
+                if user is not None:
+                    user.internalemailaddress = new_address
+                    session.add(user)
+            session.add(mb)
+            session.commit()
+            name = mb.name
+        self._mailbox_added(new_address, name)
+        self._changed()
 
     def approve(self, as_user: str, mailboxids: Iterable[str], *, approve: bool = True) -> None:
         """SPEC 1.8: approve (or reject) the email addresses of mailboxes."""
@@ -367,30 +777,63 @@ class Admin:
                 session.add(mb)
             session.commit()
 
-    # -- Test & Enable -----------------------------------------------------------------------
+    def reject(self, as_user: str, mailboxids: Iterable[str]) -> None:
+        self.approve(as_user, mailboxids, approve=False)
+
+    # -- Test & Enable (1.9, 1.10) ------------------------------------------------------------
+    def _testable(self, session: Session, as_user: str, refs: Iterable[str],
+                  start_date: datetime | None) -> tuple[SystemUser, list[Mailbox]]:
+        user = self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+        rows = self._mailboxes(session, refs)
+        for mb in rows:
+            if not mb.emailserverprofile:
+                raise OutOfOrderError(f"mailbox {mb.emailaddress} has no email server profile: apply the default "
+                                 "email settings or edit the mailbox first (step 1.7)", "emailserverprofile")
+            if mb.incomingemaildeliverymethod != IncomingMethod.SSS and \
+                    mb.outgoingemaildeliverymethod != OutgoingMethod.SSS and mb.actdeliverymethod != ActMethod.SSS:
+                raise OutOfOrderError(f"mailbox {mb.emailaddress} uses server-side synchronization for nothing: "
+                                 "set its delivery methods first (step 1.7)", "incomingemaildeliverymethod")
+            if start_date is not None:
+                profile = session.get(EmailServerProfile, mb.emailserverprofile)
+                floor = profile.processemailsreceivedafter if profile else None
+                if floor is not None and as_utc(start_date) < floor:
+                    raise ValidationError(f"{as_utc(start_date):%Y-%m-%d %H:%M} is before the profile's "
+                                          f"\"process email from\" date {floor:%Y-%m-%d %H:%M}", "start_date")
+        return user, rows
+
     async def test_and_enable(self, as_user: str, mailboxids: Iterable[str], *,
-                              start_date: datetime | None = None) -> list[MailboxTestResult]:
+                              start_date: datetime | None = None,
+                              this_org_only: bool = False) -> list[MailboxTestResult]:
         """SPEC 1.9: test the selected mailboxes and enable what passes."""
-        ids = list(mailboxids)
-        with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
-            rows = self._mailboxes(session, ids)
-            for mb in rows:
-                if not mb.emailserverprofile:
-                    raise AdminError(f"mailbox {mb.emailaddress} has no email server profile", "emailserverprofile")
-                if mb.incomingemaildeliverymethod != IncomingMethod.SSS and \
-                        mb.outgoingemaildeliverymethod != OutgoingMethod.SSS:
-                    raise AdminError(f"mailbox {mb.emailaddress} uses server-side synchronization for nothing",
-                                     "incomingemaildeliverymethod")
-        works = self.platform.mailbox_work(ids)
         if start_date is not None:
+            _require(isinstance(start_date, datetime), "start_date", f"{start_date!r} is not a date and time")
             start_date = as_utc(start_date)
+        with Session(self.db) as session:
+            _user, rows = self._testable(session, as_user, mailboxids, start_date)
+            ids = [mb.mailboxid for mb in rows]
+        return await self._test_batch(ids, start_date, this_org_only)
+
+    async def _test_batch(self, ids: list[str], start_date: datetime | None, this_org_only: bool, *,
+                          isolate: bool = False) -> list[MailboxTestResult | Exception]:
+        """Test & Enable each mailbox in turn, then write their rows and alerts in one go.
+
+        With ``isolate`` an unexpected exception of one mailbox's test is returned in its place
+        (and that mailbox left as it was) instead of ending the batch."""
+        works = self.platform.mailbox_work(ids)
         org = self.platform.org_settings()
         profiles = self.platform.profiles()
-        results, updates, alerts = [], [], []
+        results: list[MailboxTestResult | Exception] = []
+        updates, alerts = [], []
         for work in works:
             profile = profiles[work.profileid]
-            result = await test_and_enable(self.exchange, self.clock, org, profile, work, start_date=start_date)
+            try:
+                result = await test_and_enable(self.exchange, self.clock, org, profile, work,
+                                               start_date=start_date, this_org_only=this_org_only)
+            except Exception as exc:
+                if not isolate:
+                    raise
+                results.append(exc)
+                continue
             finish_values(work, result.update.values, profile, org)
             results.append(result)
             updates.append(result.update)
@@ -399,22 +842,144 @@ class Admin:
         self.platform.write_alerts(alerts)
         return results
 
+    def start_profile_test_and_enable(self, as_user: str, ref: str) -> str:
+        """SPEC 1.10: queue an async job that tests and enables every mailbox of the profile."""
+        with Session(self.db) as session:
+            user = self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+            profile = self._profile(session, ref)
+            job = AsyncOperation(asyncoperationid=self.ids.new(), name=f"{TEST_ENABLE_JOB}: {profile.name}",
+                                 operationtype="TestAndEnableMailboxes", ownerid=user.systemuserid,
+                                 regardingobjectid=profile.emailserverprofileid, statecode=int(AsyncState.WAITING),
+                                 progress=0, result=json.dumps({"mailboxes": []}), createdon=self.clock.now())
+            session.add(job)
+            session.commit()
+            return job.asyncoperationid
+
+    async def run_job(self, jobid: str, progress=None) -> dict[str, Any]:
+        """Run a waiting job (the asynchronous service's part); each mailbox's result is kept as it goes.
+
+        A mailbox whose test fails does not stop the job; ``progress(done, total)`` is called after each."""
+        with Session(self.db) as session:
+            job = session.get(AsyncOperation, jobid)
+            if job is None:
+                raise ValidationError(f"no job has the id {jobid!r}", "job")
+            if job.statecode != AsyncState.WAITING:
+                raise OutOfOrderError(f"job {jobid} is {AsyncState(job.statecode).name.lower().replace('_', ' ')}, "
+                                      "not waiting", "job")
+            ids = list(session.exec(select(Mailbox.mailboxid).where(
+                Mailbox.emailserverprofile == job.regardingobjectid).order_by(Mailbox.emailaddress)).all())
+            addresses = dict(session.exec(select(Mailbox.mailboxid, Mailbox.emailaddress).where(
+                Mailbox.mailboxid.in_(ids))).all())
+            job.statecode = int(AsyncState.IN_PROGRESS)
+            job.startedon = self.clock.now()
+            session.add(job)
+            session.commit()
+        entries: list[dict[str, Any]] = []
+        state = AsyncState.SUCCEEDED
+        # tested in chunks of 2% of the mailboxes, each chunk's rows written at once with the job's
+        # progress: often enough to follow, and no rewrite of the growing result per mailbox
+        every = max(1, len(ids) // JOB_PROGRESS_STEPS)
+        try:
+            for start in range(0, len(ids), every):
+                chunk = ids[start:start + every]
+                for mid, r in zip(chunk, await self._test_batch(chunk, None, False, isolate=True), strict=True):
+                    if isinstance(r, Exception):  # one mailbox's trouble must not end the job
+                        entry = {"mailboxid": mid, "emailaddress": addresses[mid], "ok": False,
+                                 "errors": {"job": f"{type(r).__name__}: {r}"}}
+                    else:
+                        entry = {"mailboxid": mid, "emailaddress": addresses[mid], "ok": r.ok,
+                                 "incoming": Status(r.incoming).name, "outgoing": Status(r.outgoing).name,
+                                 "act": Status(r.act).name, "errors": {w: e.code for w, e in r.errors.items()}}
+                    entries.append(entry)
+                self._job_progress(jobid, entries, len(entries), len(ids))
+                if progress is not None:
+                    for n in range(start + 1, start + len(chunk) + 1):
+                        progress(n, len(ids))
+        except BaseException:
+            state = AsyncState.FAILED
+            raise
+        finally:
+            self._job_progress(jobid, entries, len(entries), len(ids), final=state)
+        return self.job(jobid)
+
+    def _job_progress(self, jobid: str, entries: list[dict], done: int, total: int,
+                      final: AsyncState | None = None) -> None:
+        with Session(self.db) as session:
+            job = session.get(AsyncOperation, jobid)
+            job.progress = 100 if total == 0 and final else int(100 * done / total) if total else 0
+            failed = sum(1 for e in entries if not e["ok"])
+            job.result = json.dumps({"total": total, "done": done, "failed": failed, "mailboxes": entries})
+            if final is not None:
+                job.statecode = int(final)
+                job.completedon = self.clock.now()
+            session.add(job)
+            session.commit()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with Session(self.db) as session:
+            ids = session.exec(select(AsyncOperation.asyncoperationid).order_by(
+                AsyncOperation.createdon, AsyncOperation.asyncoperationid)).all()
+        return [self.job(j) for j in ids]
+
+    def waiting_jobs(self) -> list[str]:
+        with Session(self.db) as session:
+            return list(session.exec(select(AsyncOperation.asyncoperationid).where(
+                AsyncOperation.statecode == int(AsyncState.WAITING)).order_by(AsyncOperation.createdon)).all())
+
+    def job(self, jobid: str) -> dict[str, Any]:
+        with Session(self.db) as session:
+            job = session.get(AsyncOperation, jobid)
+            if job is None:
+                raise ValidationError(f"no job has the id {jobid!r}", "job")
+            view = job.model_dump()
+            view["state"] = AsyncState(job.statecode).name.lower().replace("_", " ")
+            view["result"] = json.loads(job.result) if job.result else None
+            return view
+
     # -- views -----------------------------------------------------------------------------
     def mailboxes(self) -> list[MailboxView]:
         with Session(self.db) as session:
             rows = session.exec(select(Mailbox).order_by(Mailbox.emailaddress)).all()
             return [MailboxView(m.mailboxid, m.emailaddress, m.regardingobjecttypecode, m.incomingemailstatus,
                                 m.outgoingemailstatus, m.mailboxstatus, m.emailrouteraccessapproval,
-                                m.enabledforincomingemail, m.enabledforoutgoingemail, m.lastsyncerrorcode)
+                                m.enabledforincomingemail, m.enabledforoutgoingemail, m.lastsyncerrorcode,
+                                m.actstatus, m.enabledforact, m.emailserverprofile)
                     for m in rows]
+
+    def mailbox(self, ref: str) -> dict[str, Any]:
+        """Every field of one mailbox (by address or id)."""
+        with Session(self.db) as session:
+            [mb] = self._mailboxes(session, [ref])
+            view = mb.model_dump()
+            profile = session.get(EmailServerProfile, mb.emailserverprofile or "")
+            view["emailserverprofilename"] = profile.name if profile else None
+            return view
 
     def mailbox_id(self, address: str) -> str:
         with Session(self.db) as session:
-            mb = session.exec(select(Mailbox).where(Mailbox.emailaddress == address.strip().lower())).first()
-            if mb is None:
-                raise ValidationError(f"no mailbox has the address {address!r}", "emailaddress")
+            [mb] = self._mailboxes(session, [address])
             return mb.mailboxid
 
-
-
-
+    def alerts(self, *, user: str | None = None, level: int | None = None, regarding: str | None = None,
+               limit: int = 200) -> list[dict[str, Any]]:
+        """Alerts (trace log), newest first: on a user's wall, of a level, about one mailbox or profile."""
+        with Session(self.db) as session:
+            q = select(TraceLog)
+            if user is not None:
+                q = q.where(TraceLog.ownerid == self._user(session, user, "user").systemuserid)
+            if level is not None:
+                _require(level in (1, 2, 3), "level", f"{level!r} is not a level (1 information, 2 warning, 3 error)")
+                q = q.where(TraceLog.level == level)
+            if regarding is not None:
+                q = q.where(TraceLog.regardingobjectid == regarding)
+            rows = session.exec(q.order_by(TraceLog.modifiedon.desc(), TraceLog.tracelogid.desc()).limit(limit)).all()
+            names = dict(session.exec(select(Mailbox.mailboxid, Mailbox.emailaddress)).all())
+            names.update(session.exec(select(EmailServerProfile.emailserverprofileid, EmailServerProfile.name)).all())
+            owners = dict(session.exec(select(SystemUser.systemuserid, SystemUser.domainname)).all())
+            out = []
+            for t in rows:
+                view = t.model_dump()
+                view["regarding"] = names.get(t.regardingobjectid, t.regardingobjectid)
+                view["owner"] = owners.get(t.ownerid, t.ownerid)
+                out.append(view)
+            return out

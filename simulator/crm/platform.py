@@ -36,6 +36,7 @@ from engine.ports import (
     OutgoingEmail,
     ProfileSettings,
     SendOutcome,
+    Status,
 )
 from simulator.crm.models import (
     EMAIL_STATE_OF_STATUS,
@@ -61,6 +62,7 @@ from simulator.faults import FaultInjector
 
 LEASE_TIMEOUT = timedelta(minutes=30)  # a lease older than this is forcibly unlocked
 ITEM_ROW_RETENTION = timedelta(days=3)
+ALERT_EMAIL_WINDOW = timedelta(hours=1)  # sendemailalert: failures counted over the last hour, one email an hour
 MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 SUBJECT_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*:\s*)+", re.IGNORECASE)
 
@@ -78,6 +80,8 @@ _LEASE_COLUMNS = [
     M.c.receivingpostponeduntil, M.c.postponesendinguntil, M.c.lastincomingstartedon,
     M.c.lastoutgoingstartedon, M.c.noemailcount, M.c.incomingtransientfailurecount,
     M.c.outgoingtransientfailurecount, M.c.undeliverablefolder, M.c.ewsurl, M.c.transientfailurecount,
+    M.c.actdeliverymethod, M.c.enabledforact, M.c.actstatus, M.c.receivingpostponeduntilforact,
+    M.c.lastactstartedon, M.c.noactcount, M.c.acttransientfailurecount,
 ]
 
 _ORG = Organization.__table__
@@ -243,14 +247,16 @@ def _select_correlation(column: str, binds: list):
     return stmt.order_by(E.c.createdon) if column == "conversationindex" else stmt
 
 
-def _release_statement(shape: tuple[str, ...]):
-    """UPDATE of one leased mailbox (by id and host) setting the columns of ``shape`` and freeing it."""
+def _update_statement(shape: tuple[str, ...], *, release: bool = False):
+    """UPDATE of one mailbox (by id) setting the columns of ``shape``; with ``release``, of a mailbox
+    leased by the host ``b_hostid``, which it frees."""
     values = {name: bindparam(name, type_=M.c[name].type) for name in shape}
-    values["hostid"] = None
-    values["processingstatecode"] = 0
-    return (update(M)
-            .where(M.c.mailboxid == bindparam("b_mailboxid"), M.c.hostid == bindparam("b_hostid"))
-            .values(values))
+    where = [M.c.mailboxid == bindparam("b_mailboxid")]
+    if release:
+        values["hostid"] = None
+        values["processingstatecode"] = 0
+        where.append(M.c.hostid == bindparam("b_hostid"))
+    return update(M).where(*where).values(values)
 
 
 def _mailbox_work(r) -> MailboxWork:
@@ -263,7 +269,9 @@ def _mailbox_work(r) -> MailboxWork:
         processemailreceivedafter=r[14], receivingpostponeduntil=r[15], postponesendinguntil=r[16],
         lastincomingstartedon=r[17], lastoutgoingstartedon=r[18], noemailcount=r[19],
         incomingtransientfailurecount=r[20], outgoingtransientfailurecount=r[21],
-        undeliverablefolder=r[22], ewsurl=r[23],
+        undeliverablefolder=r[22], ewsurl=r[23], actdeliverymethod=r[25], enabledforact=r[26], actstatus=r[27],
+        receivingpostponeduntilforact=r[28], lastactstartedon=r[29], noactcount=r[30],
+        acttransientfailurecount=r[31],
     )
 
 
@@ -320,6 +328,15 @@ class IdFactory:
     def new(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
+    def state(self) -> list:
+        """The generator's state as JSON-able data (ids continue after :meth:`restore`)."""
+        version, internal, gauss = self._rng.getstate()
+        return [version, list(internal), gauss]
+
+    def restore(self, state: list) -> None:
+        version, internal, gauss = state
+        self._rng.setstate((version, tuple(internal), gauss))
+
 
 class Platform:
     """CrmPort over the SQL database of the fake organization."""
@@ -340,6 +357,8 @@ class Platform:
         self._statements: dict[tuple, Prepared] = {}
         self._keep_reader = db.dialect.name == "sqlite"
         self._reader = None  # see _reading
+        # callback(to address, subject, body): mail to a person outside the engine (the profile alert email)
+        self.on_notification = None
 
     def _reset_pending(self) -> None:
         self._emails: list[dict] = []
@@ -477,8 +496,12 @@ class Platform:
         with self.db.begin() as conn:
             self._flush(conn)
             for shape, rows in shapes.items():
-                self._prepared(("release", shape), lambda shape=shape: _release_statement(shape)).executemany(conn, rows)
+                self._prepared(("release", shape),
+                               lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
         self._purge_old_item_rows()
+        failed = [u.mailboxid for u in updates if u.values.get("lastsyncerroroccurredon") is not None]
+        if failed:
+            self.check_profile_failures(failed)
 
     def _reading(self):
         """A connection for the duplicate and correlation lookups of the leased batch.
@@ -514,11 +537,66 @@ class Platform:
 
     def update_mailboxes(self, updates: list[MailboxUpdate]) -> None:
         """Write mailbox columns outside a lease (administration, Test & Enable)."""
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for upd in updates:
+            if upd.values:
+                shapes[tuple(sorted(upd.values))].append({**upd.values, "b_mailboxid": upd.mailboxid})
         with self.db.begin() as conn:
             self._flush(conn)
-            for upd in updates:
-                if upd.values:
-                    conn.execute(update(M).where(M.c.mailboxid == upd.mailboxid).values(**upd.values))
+            for shape, rows in shapes.items():
+                self._prepared(("update", shape), lambda shape=shape: _update_statement(shape)).executemany(conn, rows)
+        failed = [u.mailboxid for u in updates if u.values.get("lastsyncerroroccurredon") is not None]
+        if failed:
+            self.check_profile_failures(failed)
+
+    def check_profile_failures(self, mailboxids: list[str]) -> list[str]:
+        """The profile alert email (``sendemailalert``, SPEC 4): when more than half of a profile's
+        mailboxes failed within the last hour, one email to the profile owner (at most one an hour).
+
+        A mailbox counts as failed when a workload's status is Failure and its last error is
+        less than an hour old. The email is an activity regarding the profile, handed to
+        ``on_notification`` for delivery. Returns the ids of the profiles that were mailed."""
+        now = self.clock.now()
+        since = now - ALERT_EMAIL_WINDOW
+        mailed: list[str] = []
+        with self.db.begin() as conn:
+            profileids = conn.execute(select(M.c.emailserverprofile).distinct().where(
+                M.c.mailboxid.in_(mailboxids), M.c.emailserverprofile.is_not(None))).scalars().all()
+            for pid in sorted(profileids):
+                profile = conn.execute(select(_PRO.c.name, _PRO.c.ownerid, _PRO.c.sendemailalert).where(
+                    _PRO.c.emailserverprofileid == pid)).first()
+                if profile is None or not profile.sendemailalert:
+                    continue
+                total = conn.execute(select(func.count()).where(M.c.emailserverprofile == pid)).scalar()
+                failed = conn.execute(select(func.count()).where(
+                    M.c.emailserverprofile == pid, M.c.lastsyncerroroccurredon >= since,
+                    or_(M.c.incomingemailstatus == Status.FAILURE, M.c.outgoingemailstatus == Status.FAILURE,
+                        M.c.actstatus == Status.FAILURE))).scalar()
+                if not total or failed * 2 <= total:
+                    continue
+                already = conn.execute(select(E.c.activityid).where(
+                    E.c.regardingobjectid == pid, E.c.regardingobjecttypecode == "emailserverprofile",
+                    E.c.createdon >= since).limit(1)).first()
+                if already is not None:
+                    continue
+                owner = conn.execute(select(SystemUser.internalemailaddress).where(
+                    SystemUser.systemuserid == profile.ownerid)).scalar()
+                if owner is None:
+                    continue
+                subject = f"Email server profile {profile.name}: {failed} of {total} mailboxes failed"
+                body = (f"In the last hour {failed} of the {total} mailboxes that use the email server profile "
+                        f"{profile.name} failed to synchronize. Open the alerts of the profile and of its "
+                        "mailboxes to see why, fix the cause, then test and enable the mailboxes again.")
+                conn.execute(insert(E).values(
+                    activityid=self.ids.new(), subject=subject, description=body, sender=None, torecipients=owner,
+                    directioncode=True, statecode=EMAIL_STATE_OF_STATUS[EmailStatus.SENT],
+                    statuscode=EmailStatus.SENT, ownerid=profile.ownerid, regardingobjectid=pid,
+                    regardingobjecttypecode="emailserverprofile", senton=now, createdon=now, modifiedon=now))
+                mailed.append((pid, owner, subject, body))
+        for _pid, owner, subject, body in mailed:
+            if self.on_notification is not None:
+                self.on_notification(owner, subject, body)
+        return [m[0] for m in mailed]
 
     def _flush(self, conn) -> None:
         if self._emails:

@@ -111,8 +111,12 @@ def load_clock(session: Session) -> VirtualClock:
                                         "key 'clock')") from None
 
 
+def clock_text(clock: Clock) -> str:
+    return json.dumps({"now": as_utc(clock.now()).isoformat()})
+
+
 def save_clock(session: Session, clock: Clock) -> None:
-    write_state(session, CLOCK_KEY, json.dumps({"now": as_utc(clock.now()).isoformat()}), clock)
+    write_state(session, CLOCK_KEY, clock_text(clock), clock)
 
 
 def advance_clock(db: Engine, *, days: float = 0, hours: float = 0) -> datetime:

@@ -1,0 +1,920 @@
+"""The `sss` commands of the setup flow from step 1.5 on, the mailbox lifecycle and the views.
+
+Each command opens the sandbox stored in the database given by ``--db`` (see
+:mod:`simulator.workspace`), runs one operation as the user given by ``--as`` and saves the
+sandbox again. Commands that talk to Exchange Online (Test Connection, Test & Enable, running
+the engine) start the sandbox's network services on loopback for their duration, so that the
+token comes from the identity service through msal and Exchange is reached over EWS with
+exchangelib. A refused operation prints one line on stderr, exits 1 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, app
+from simulator.crm.errors import AdminError, ValidationError
+
+profile_app = typer.Typer(no_args_is_help=True, help="Email server profiles (setup step 1.5, 1.10).")
+settings_app = typer.Typer(no_args_is_help=True, help="Organization email settings (setup step 1.6).")
+mailbox_app = typer.Typer(no_args_is_help=True, help="Mailboxes (setup steps 1.7, 1.8, 1.9).")
+user_app = typer.Typer(no_args_is_help=True, help="Users, queues, roles and records of the organization.")
+mail_app = typer.Typer(no_args_is_help=True, help="Mail arriving in Exchange Online from outside.")
+email_app = typer.Typer(no_args_is_help=True, help="Email activities of the CRM.")
+fault_app = typer.Typer(no_args_is_help=True, help="Fault rules: make Exchange calls fail (kept in the database).")
+app.add_typer(profile_app, name="profile")
+app.add_typer(settings_app, name="settings")
+app.add_typer(mailbox_app, name="mailbox")
+app.add_typer(user_app, name="user")
+app.add_typer(mail_app, name="mail")
+app.add_typer(email_app, name="email")
+app.add_typer(fault_app, name="fault")
+
+STATUS = {0: "Not Run", 1: "Success", 2: "Failure"}
+APPROVAL = {0: "Empty", 1: "Approved", 2: "Pending Approval", 3: "Rejected"}
+LEVELS = {"information": 1, "warning": 2, "error": 3}
+TRACK = {"all": 0, "replies": 1, "leads-contacts-accounts": 2, "email-enabled": 3, "none": 4}
+TEST_STATUS = {0: "Failure", 1: "Success", 2: "Warning"}
+
+
+# ------------------------------------------------------------------------------ parsing helpers
+def parse_int(value: str | None, field: str, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ValidationError(f"{value!r} is not a whole number", field) from None
+    if not low <= number <= high:
+        raise ValidationError(f"{number} is out of range ({low} to {high})", field)
+    return number
+
+
+def parse_when(value: str | None, field: str) -> datetime | None:
+    """A date (``2026-01-05``) or date and time (``2026-01-05T08:00``, UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(f"{value!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)", field) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _mailbox_refs(ws, mailboxes: list[str], all_: bool) -> list[str]:
+    if all_ and mailboxes:
+        raise ValidationError("give either --mailbox or --all, not both", "mailbox")
+    if all_:
+        return [m.mailboxid for m in ws.admin.mailboxes()]
+    if not mailboxes:
+        raise ValidationError("select mailboxes with --mailbox ADDRESS (repeatable) or --all", "mailbox")
+    return mailboxes
+
+
+def _addresses(ws) -> dict[str, str]:
+    return {m.mailboxid: m.emailaddress for m in ws.admin.mailboxes()}
+
+
+def _mailbox_option():
+    return typer.Option([], "--mailbox", "-m", metavar="ADDRESS", help="A mailbox's email address (repeatable).")
+
+
+def _all_option():
+    return typer.Option(False, "--all", help="Every mailbox of the organization.")
+
+
+def _print_tests(results, addresses: dict[str, str]) -> bool:
+    table = Table(title="Test & Enable")
+    for col in ("mailbox", "incoming", "outgoing", "ACT", "error"):
+        table.add_column(col, overflow="fold")
+    ok = True
+    for r in results:
+        by_code: dict[str, tuple[list[str], str]] = {}
+        for w, e in r.errors.items():
+            by_code.setdefault(e.code, ([], e.detail))[0].append(w.lower())
+        errors = "; ".join(f"{code} ({', '.join(ws)}): {detail}" for code, (ws, detail) in by_code.items())
+        ok = ok and r.ok
+        table.add_row(addresses.get(r.mailboxid, r.mailboxid), r.incoming.name.replace("_", " ").title(),
+                      r.outgoing.name.replace("_", " ").title(),
+                      getattr(r, "act", None).name.replace("_", " ").title() if getattr(r, "act", None) else "",
+                      errors, style=None if r.ok else "red")
+    Console(highlight=False).print(table)
+    return ok
+
+
+# ------------------------------------------------------------------------------ users, queues, roles, records
+@user_app.command("add")
+def user_add(
+    name: str = typer.Option(..., "--name", help="Full name."),
+    email: str = typer.Option(..., "--email", help="Primary email address (its mailbox gets this address)."),
+    domain: str | None = typer.Option(None, "--domain", help="Logon name; default the part before @."),
+    role: list[str] = typer.Option(["Salesperson"], "--role", help="Security role (repeatable)."),
+    track: str = typer.Option("replies", "--track", help=f"Which incoming email to track: {', '.join(TRACK)}."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Add a user (with a mailbox created from the organization's defaults)."""
+    with _Refused():
+        if track not in TRACK:
+            raise ValidationError(f"{track!r} is not one of {', '.join(TRACK)}", "track")
+
+        def action(ws):
+            return ws.admin.add_user(name, email, domainname=domain, roles=role, track=TRACK[track],
+                                     as_user=as_user)
+        uid = _in_sandbox(db, action)
+    _say(f"User {name} <{email.strip().lower()}> added (id {uid}); its mailbox is Pending Approval.")
+
+
+@user_app.command("add-queue")
+def queue_add(
+    name: str = typer.Option(..., "--name", help="Queue name, e.g. Support."),
+    email: str = typer.Option(..., "--email", help="The queue's email address."),
+    owner: str = typer.Option(..., "--owner", help="The user who owns the queue (and its mailbox)."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Add a queue (tracks all incoming email) with its mailbox."""
+    with _Refused():
+        def action(ws):
+            return ws.admin.add_queue(name, email, owner=owner, as_user=as_user)
+        qid = _in_sandbox(db, action)
+    _say(f"Queue {name} <{email.strip().lower()}> added (id {qid}).")
+
+
+@user_app.command("add-role")
+def role_add(
+    name: str = typer.Option(..., "--name", help="Role name."),
+    privilege: list[str] = typer.Option([], "--privilege", help="A privilege (repeatable): prvReadMailbox, "
+                                        "prvWriteMailbox, prvApproveRejectEmailAddress, prvConfigureEmailServerSideSync."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Create a security role from privileges."""
+    with _Refused():
+        def action(ws):
+            return ws.admin.create_role(as_user, name, privilege)
+        _in_sandbox(db, action)
+    _say(f"Role {name} created with {', '.join(privilege) or 'no privileges'}.")
+
+
+@user_app.command("add-record")
+def record_add(
+    kind: str = typer.Option(..., "--kind", help="contact, account or lead."),
+    name: str = typer.Option(..., "--name"),
+    email: str | None = typer.Option(None, "--email"),
+    db: str = _db_option(),
+) -> None:
+    """Add a contact, account or lead (email from it can be tracked)."""
+    with _Refused():
+        def action(ws):
+            return ws.admin.add_record(kind, name, email)
+        rid = _in_sandbox(db, action)
+    _say(f"{kind.capitalize()} {name} added (id {rid}).")
+
+
+# ------------------------------------------------------------------------------ 1.5 profiles
+def _profile_fields(**opts: Any) -> dict[str, Any]:
+    """Profile fields from CLI options (None: not given)."""
+    fields: dict[str, Any] = {}
+    mapping = {"name": "name", "description": "description", "use_default_tenant_id": "usedefaulttenantid",
+               "tenant_id": "exchangeonlinetenantid", "autodiscover": "useautodiscover",
+               "incoming_location": "incomingserverlocation", "outgoing_location": "outgoingserverlocation",
+               "move_failed": "moveundeliveredemails", "send_alert_email": "sendemailalert",
+               "timeout": "timeoutmailboxconnection", "owner": "ownerid"}
+    for opt, field in mapping.items():
+        if opts.get(opt) is not None:
+            fields[field] = opts[opt]
+    numbers = {"min_polling_interval": ("minpollingintervalinminutes", 0, 1440),
+               "max_connections": ("maxconcurrentconnections", 1, 300),
+               "timeout_ms": ("timeoutmailboxconnectionafteramount", 0, 100000)}
+    for opt, (field, low, high) in numbers.items():
+        value = parse_int(opts.get(opt), field, low, high)
+        if value is not None:
+            fields[field] = value
+    when = parse_when(opts.get("process_email_from"), "processemailsreceivedafter")
+    if when is not None:
+        fields["processemailsreceivedafter"] = when
+    return fields
+
+
+_PROFILE_HELP = {
+    "description": "Description (up to 2000 characters).",
+    "use_default_tenant_id": "Take the tenant id from the organization (needs step 1.3).",
+    "tenant_id": "The Exchange Online tenant id, when not the default.",
+    "autodiscover": "Find the EWS location with Autodiscover (recommended).",
+    "incoming_location": "EWS URL for incoming email (needed without autodiscover).",
+    "outgoing_location": "EWS URL for outgoing email (needed without autodiscover).",
+    "process_email_from": "Process email received after this date (YYYY-MM-DD[THH:MM], UTC).",
+    "min_polling_interval": "Minimum polling interval in minutes (0-1440).",
+    "max_connections": "Maximum concurrent connections (1-300).",
+    "move_failed": "Move failed emails to the Undeliverable folder.",
+    "send_alert_email": "Email the owner when more than half of the profile's mailboxes fail within an hour.",
+    "timeout": "Time out mailbox connections.",
+    "timeout_ms": "Connection timeout in milliseconds (0-100000).",
+    "owner": "The profile's owner (default: the user running the command).",
+}
+
+
+def _show_profile(view: dict[str, Any]) -> None:
+    table = Table(title=f"Email server profile {view['name']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in view.items():
+        if key in ("lasttestrequest", "lasttestresponse"):
+            continue
+        if key == "lasttestexecutionstatus" and value is not None:
+            value = f"{value} {TEST_STATUS.get(value, '')}"
+        table.add_row(key, "" if value is None else str(value))
+    Console(highlight=False).print(table)
+    if view.get("lasttestresponse"):
+        _say("[bold]Last Test Connection[/bold]")
+        for line in view["lasttestresponse"].splitlines():
+            _say(f"  {line}")
+
+
+@profile_app.command("create")
+def profile_create(
+    name: str = typer.Option(..., "--name", help="Profile name (up to 100 characters, unique)."),
+    description: str | None = typer.Option(None, "--description", help=_PROFILE_HELP["description"]),
+    use_default_tenant_id: bool = typer.Option(True, "--use-default-tenant-id/--no-use-default-tenant-id",
+                                               help=_PROFILE_HELP["use_default_tenant_id"]),
+    tenant_id: str | None = typer.Option(None, "--tenant-id", help=_PROFILE_HELP["tenant_id"]),
+    autodiscover: bool = typer.Option(True, "--autodiscover/--no-autodiscover", help=_PROFILE_HELP["autodiscover"]),
+    incoming_location: str | None = typer.Option(None, "--incoming-location", help=_PROFILE_HELP["incoming_location"]),
+    outgoing_location: str | None = typer.Option(None, "--outgoing-location", help=_PROFILE_HELP["outgoing_location"]),
+    process_email_from: str | None = typer.Option(None, "--process-email-from",
+                                                  help=_PROFILE_HELP["process_email_from"]),
+    min_polling_interval: str | None = typer.Option(None, "--min-polling-interval",
+                                                    help=_PROFILE_HELP["min_polling_interval"]),
+    max_connections: str | None = typer.Option(None, "--max-connections", help=_PROFILE_HELP["max_connections"]),
+    move_failed: bool = typer.Option(False, "--move-failed/--no-move-failed", help=_PROFILE_HELP["move_failed"]),
+    send_alert_email: bool = typer.Option(False, "--send-alert-email/--no-send-alert-email",
+                                          help=_PROFILE_HELP["send_alert_email"]),
+    timeout: bool = typer.Option(True, "--timeout/--no-timeout", help=_PROFILE_HELP["timeout"]),
+    timeout_ms: str | None = typer.Option(None, "--timeout-ms", help=_PROFILE_HELP["timeout_ms"]),
+    owner: str | None = typer.Option(None, "--owner", help=_PROFILE_HELP["owner"]),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Create an Exchange Online (Hybrid) email server profile (server-to-server authentication)."""
+    with _Refused():
+        fields = _profile_fields(**{k: v for k, v in locals().items() if k not in ("as_user", "db")})
+
+        def action(ws):
+            pid = ws.admin.create_profile(as_user, **fields)
+            return ws.admin.profile(pid)
+        view = _in_sandbox(db, action)
+    _say(f"[green]Profile {view['name']} saved[/green] (id {view['emailserverprofileid']}, tenant id "
+          f"{view['exchangeonlinetenantid']}, owner {view['owner']}).")
+    _say(f"Next: sss profile test --profile \"{view['name']}\" --as {as_user}")
+
+
+@profile_app.command("update")
+def profile_update(
+    profile: str = typer.Option(..., "--profile", help="The profile's name or id."),
+    name: str | None = typer.Option(None, "--name", help="A new name."),
+    description: str | None = typer.Option(None, "--description", help=_PROFILE_HELP["description"]),
+    use_default_tenant_id: bool | None = typer.Option(None, "--use-default-tenant-id/--no-use-default-tenant-id",
+                                                      help=_PROFILE_HELP["use_default_tenant_id"]),
+    tenant_id: str | None = typer.Option(None, "--tenant-id", help=_PROFILE_HELP["tenant_id"]),
+    autodiscover: bool | None = typer.Option(None, "--autodiscover/--no-autodiscover",
+                                             help=_PROFILE_HELP["autodiscover"]),
+    incoming_location: str | None = typer.Option(None, "--incoming-location", help=_PROFILE_HELP["incoming_location"]),
+    outgoing_location: str | None = typer.Option(None, "--outgoing-location", help=_PROFILE_HELP["outgoing_location"]),
+    process_email_from: str | None = typer.Option(None, "--process-email-from",
+                                                  help=_PROFILE_HELP["process_email_from"]),
+    min_polling_interval: str | None = typer.Option(None, "--min-polling-interval",
+                                                    help=_PROFILE_HELP["min_polling_interval"]),
+    max_connections: str | None = typer.Option(None, "--max-connections", help=_PROFILE_HELP["max_connections"]),
+    move_failed: bool | None = typer.Option(None, "--move-failed/--no-move-failed", help=_PROFILE_HELP["move_failed"]),
+    send_alert_email: bool | None = typer.Option(None, "--send-alert-email/--no-send-alert-email",
+                                                 help=_PROFILE_HELP["send_alert_email"]),
+    timeout: bool | None = typer.Option(None, "--timeout/--no-timeout", help=_PROFILE_HELP["timeout"]),
+    timeout_ms: str | None = typer.Option(None, "--timeout-ms", help=_PROFILE_HELP["timeout_ms"]),
+    owner: str | None = typer.Option(None, "--owner", help=_PROFILE_HELP["owner"]),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Change fields of an email server profile (the whole profile is checked again)."""
+    with _Refused():
+        fields = _profile_fields(**{k: v for k, v in locals().items() if k not in ("as_user", "db", "profile")})
+        if not fields:
+            raise ValidationError("nothing to change: give at least one field option", "profile")
+
+        def action(ws):
+            pid = ws.admin.profile_id(profile)
+            ws.admin.update_profile(as_user, pid, **fields)
+            return ws.admin.profile(pid)
+        view = _in_sandbox(db, action)
+    _say(f"[green]Profile {view['name']} updated[/green]: {', '.join(sorted(fields))}.")
+
+
+@profile_app.command("show")
+def profile_show(
+    profile: str | None = typer.Option(None, "--profile", help="The profile's name or id (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    db: str = _db_option(),
+) -> None:
+    """Every field of a profile, with its last Test Connection."""
+    with _Refused():
+        def action(ws):
+            return [ws.admin.profile(profile)] if profile else ws.admin.profiles()
+        views = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(views, indent=2, default=str))
+        return
+    if not views:
+        _say("No email server profile yet. Create one: sss profile create --name ... --as <admin>")
+    for view in views:
+        _show_profile(view)
+
+
+@profile_app.command("test")
+def profile_test(
+    profile: str = typer.Option(..., "--profile", help="The profile's name or id."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Test Connection: tenant id, certificate, token and EWS; exits 1 when a check fails."""
+    with _Refused():
+        async def action(ws):
+            return await ws.admin.test_connection(as_user, profile)
+        result = _in_sandbox(db, action, wire=True)
+    table = Table(title=f"Test Connection at {result.started:%Y-%m-%d %H:%M:%S} UTC (sandbox time)")
+    for col in ("check", "result", "response"):
+        table.add_column(col, overflow="fold")
+    for c in result.checks:
+        mark = "[green]OK[/green]" if c.ok else ("[red]FAILED[/red]" if c.ok is False else "[dim]not run[/dim]")
+        table.add_row(c.name, mark, c.response)
+    Console(highlight=False).print(table)
+    if result.ok:
+        _say("[green]Success.[/green] Next: make it the default profile (sss settings set --default-profile ...).")
+        return
+    failed = next((c for c in result.checks if c.ok is False), None)
+    typer.echo(f"{result.outcome}: {failed.response if failed else 'a check did not run'}", err=True)
+    raise typer.Exit(1)
+
+
+@profile_app.command("test-enable")
+def profile_test_enable(
+    profile: str = typer.Option(..., "--profile", help="The profile's name or id."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Run the job now and show its progress "
+                              "(--no-wait leaves it waiting for `sss jobs --run` or `sss run`)."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Step 1.10: test and enable every mailbox of a profile, as a background job."""
+    with _Refused():
+        async def action(ws):
+            jobid = ws.admin.start_profile_test_and_enable(as_user, profile)
+            if not wait:
+                return ws.admin.job(jobid)
+            with Progress(TextColumn("[bold]testing mailboxes"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"), transient=True) as bar:
+                task = bar.add_task("", total=None)
+                return await ws.admin.run_job(jobid, lambda done, total: bar.update(
+                    task, completed=done, total=total))
+        job = _in_sandbox(db, action, wire=wait)
+    _print_job(job)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    result = job.get("result") or {}
+    _say(f"Job {job['asyncoperationid']}: {job['name']} - {job['state']}, {job['progress']}% "
+         f"({result.get('done', 0)}/{result.get('total', '?')} mailboxes, {result.get('failed', 0)} failed)")
+    failed = [m for m in result.get("mailboxes", []) if not m["ok"]]
+    for m in failed:
+        _say(f"  [red]{m['emailaddress']}[/red]: " + ", ".join(f"{w.lower()} {c}" for w, c in m["errors"].items()))
+
+
+@app.command("jobs")
+def jobs(
+    run: bool = typer.Option(False, "--run", help="Run the waiting jobs now."),
+    job: str | None = typer.Option(None, "--job", help="Show one job with every mailbox's result."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    db: str = _db_option(),
+) -> None:
+    """Async jobs (asyncoperation): state, progress and results."""
+    with _Refused():
+        async def action(ws):
+            if run:
+                for jobid in ws.admin.waiting_jobs():
+                    await ws.admin.run_job(jobid)
+            return [ws.admin.job(job)] if job else ws.admin.jobs()
+        views = _in_sandbox(db, action, wire=run)
+    if as_json:
+        typer.echo(json.dumps(views, indent=2, default=str))
+        return
+    if not views:
+        _say("No jobs.")
+    for view in views:
+        _print_job(view)
+        if job:
+            for m in (view.get("result") or {}).get("mailboxes", []):
+                _say(f"  {m['emailaddress']}: {'ok' if m['ok'] else 'failed'} "
+                     + " ".join(f"{k}={m[k]}" for k in ("incoming", "outgoing", "act") if k in m))
+
+
+# ------------------------------------------------------------------------------ 1.6 settings
+@settings_app.command("show")
+def settings_show(as_json: bool = typer.Option(False, "--json"), db: str = _db_option()) -> None:
+    """The organization's email settings."""
+    with _Refused():
+        def action(ws):
+            return ws.admin.settings()
+        view = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, default=str))
+        return
+    table = Table(title=f"Email settings of {view['name']}", show_header=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in view.items():
+        table.add_row(key, "" if value is None else str(value))
+    Console(highlight=False).print(table)
+
+
+SWITCH_OPTIONS = {
+    "require_approval_users": "requireapprovalforuseremail",
+    "require_approval_queues": "requireapprovalforqueueemail",
+    "correlation": "emailcorrelationenabled",
+    "tracking_token": "trackingtokenenabled",
+    "smart_matching": "enablesmartmatching",
+    "track_sent_items": "tracksentitems",
+    "alerts_errors": "generatealertsforerrors",
+    "alerts_warnings": "generatealertsforwarnings",
+    "alerts_information": "generatealertsforinformation",
+    "notify_mailbox_owner": "notifymailboxownerofemailserverlevelalerts",
+}
+
+
+@settings_app.command("set")
+def settings_set(
+    default_profile: str | None = typer.Option(None, "--default-profile", help="Server profile (name or id)."),
+    incoming: str | None = typer.Option(None, "--incoming", help="Incoming email: sss, outlook, forward-mailbox, none."),
+    outgoing: str | None = typer.Option(None, "--outgoing", help="Outgoing email: sss, outlook, none."),
+    act: str | None = typer.Option(None, "--act", help="Appointments, contacts and tasks: sss, outlook, none."),
+    require_approval_users: bool | None = typer.Option(None, "--require-approval-users/--no-require-approval-users",
+                                                       help="Process email only for approved users."),
+    require_approval_queues: bool | None = typer.Option(None, "--require-approval-queues/--no-require-approval-queues",
+                                                        help="Process email only for approved queues."),
+    correlation: bool | None = typer.Option(None, "--correlation/--no-correlation", help="Email correlation."),
+    tracking_token: bool | None = typer.Option(None, "--tracking-token/--no-tracking-token", help="Tracking tokens."),
+    smart_matching: bool | None = typer.Option(None, "--smart-matching/--no-smart-matching", help="Smart matching."),
+    track_sent_items: bool | None = typer.Option(None, "--track-sent-items/--no-track-sent-items",
+                                                 help="Also track the Sent Items folder."),
+    alerts_errors: bool | None = typer.Option(None, "--alerts-errors/--no-alerts-errors", help="Error alerts."),
+    alerts_warnings: bool | None = typer.Option(None, "--alerts-warnings/--no-alerts-warnings", help="Warning alerts."),
+    alerts_information: bool | None = typer.Option(None, "--alerts-information/--no-alerts-information",
+                                                   help="Information alerts."),
+    notify_mailbox_owner: bool | None = typer.Option(None, "--notify-mailbox-owner/--no-notify-mailbox-owner",
+                                                     help="Show email-server-level alerts to mailbox owners."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Step 1.6: default server profile, delivery methods and switches of the organization."""
+    with _Refused():
+        fields: dict[str, Any] = {}
+        if default_profile is not None:
+            fields["defaultemailserverprofileid"] = default_profile
+        for opt, field in (("incoming", "incomingemaildeliverymethod"), ("outgoing", "outgoingemaildeliverymethod"),
+                           ("act", "actdeliverymethod")):
+            if locals()[opt] is not None:
+                fields[field] = locals()[opt]
+        for opt, field in SWITCH_OPTIONS.items():
+            if locals()[opt] is not None:
+                fields[field] = locals()[opt]
+        if not fields:
+            raise ValidationError("nothing to change: give at least one setting option", "default_profile")
+
+        def action(ws):
+            ws.admin.set_settings(as_user, **fields)
+        _in_sandbox(db, action)
+    _say(f"[green]Settings saved[/green]: {', '.join(sorted(fields))}.")
+    if "defaultemailserverprofileid" in fields:
+        _say(f"Next: sss mailbox apply-defaults --all --as {as_user}")
+
+
+# ------------------------------------------------------------------------------ 1.7-1.9 mailboxes
+@mailbox_app.command("list")
+def mailbox_list(as_json: bool = typer.Option(False, "--json"), db: str = _db_option()) -> None:
+    """Every mailbox with its statuses."""
+    with _Refused():
+        def action(ws):
+            return ws.admin.mailboxes()
+        rows = _in_sandbox(db, action)
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    print_mailboxes(rows)
+
+
+def print_mailboxes(rows) -> None:
+    table = Table(title="Mailboxes")
+    for col in ("mailbox", "owner", "approval", "incoming", "outgoing", "ACT", "last error"):
+        table.add_column(col, overflow="fold")
+    for m in rows:
+        bad = 2 in (m.incomingemailstatus, m.outgoingemailstatus, m.actstatus)
+        table.add_row(m.emailaddress, "queue" if m.owner_type == "queue" else "user",
+                      APPROVAL.get(m.emailrouteraccessapproval, "?"),
+                      STATUS[m.incomingemailstatus] + ("" if m.enabledforincomingemail else " (off)"),
+                      STATUS[m.outgoingemailstatus] + ("" if m.enabledforoutgoingemail else " (off)"),
+                      STATUS[m.actstatus] + ("" if m.enabledforact else " (off)"),
+                      m.lastsyncerrorcode or "", style="red" if bad else None)
+    Console(highlight=False).print(table)
+
+
+@mailbox_app.command("show")
+def mailbox_show(
+    mailbox: str = typer.Option(..., "--mailbox", "-m", metavar="ADDRESS", help="The mailbox's email address."),
+    as_json: bool = typer.Option(False, "--json"),
+    db: str = _db_option(),
+) -> None:
+    """Every field of one mailbox, and its alerts."""
+    with _Refused():
+        def action(ws):
+            view = ws.admin.mailbox(mailbox)
+            return view, ws.admin.alerts(regarding=view["mailboxid"], limit=20)
+        view, alerts_ = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps({"mailbox": view, "alerts": alerts_}, indent=2, default=str))
+        return
+    table = Table(title=f"Mailbox {view['emailaddress']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in view.items():
+        if key in ("incomingemailstatus", "outgoingemailstatus", "actstatus", "mailboxstatus"):
+            value = f"{value} {STATUS.get(value, '')}"
+        elif key == "emailrouteraccessapproval":
+            value = f"{value} {APPROVAL.get(value, '')}"
+        table.add_row(key, "" if value is None else str(value))
+    Console(highlight=False).print(table)
+    _print_alerts(alerts_)
+
+
+@mailbox_app.command("apply-defaults")
+def mailbox_apply_defaults(
+    mailbox: list[str] = _mailbox_option(),
+    all_: bool = _all_option(),
+    test_enable: bool = typer.Option(True, "--test-enable/--no-test-enable",
+                                     help="Test and enable the mailboxes afterwards (the default, as in the product)."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Step 1.7: apply the organization's default email settings (and, by default, Test & Enable)."""
+    with _Refused():
+        async def action(ws):
+            refs = _mailbox_refs(ws, mailbox, all_)
+            results = await ws.admin.apply_default_email_settings(as_user, refs, test_and_enable=test_enable)
+            return len(refs), results, _addresses(ws)
+        count, results, addresses = _in_sandbox(db, action, wire=test_enable)
+    _say(f"[green]Default email settings applied to {count} mailbox(es).[/green]")
+    if test_enable and not _print_tests(results, addresses):
+        raise typer.Exit(1)
+
+
+@mailbox_app.command("edit")
+def mailbox_edit(
+    mailbox: list[str] = _mailbox_option(),
+    all_: bool = _all_option(),
+    profile: str | None = typer.Option(None, "--profile", help="Email server profile (name or id)."),
+    incoming: str | None = typer.Option(None, "--incoming", help="sss, outlook, forward-mailbox, none."),
+    outgoing: str | None = typer.Option(None, "--outgoing", help="sss, outlook, none."),
+    act: str | None = typer.Option(None, "--act", help="sss, outlook, none."),
+    email_address: str | None = typer.Option(None, "--email-address",
+                                             help="A new email address (one mailbox; resets approval and statuses)."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Step 1.7: edit several mailboxes at once (profile, delivery methods), or one mailbox's address."""
+    with _Refused():
+        fields: dict[str, Any] = {}
+        for opt, field in (("profile", "emailserverprofile"), ("incoming", "incomingemaildeliverymethod"),
+                           ("outgoing", "outgoingemaildeliverymethod"), ("act", "actdeliverymethod")):
+            if locals()[opt] is not None:
+                fields[field] = locals()[opt]
+        if not fields and email_address is None:
+            raise ValidationError("nothing to change: give --profile, --incoming, --outgoing, --act or "
+                                  "--email-address", "mailbox")
+
+        def action(ws):
+            refs = _mailbox_refs(ws, mailbox, all_)
+            if email_address is not None:
+                if len(refs) != 1:
+                    raise ValidationError("an email address belongs to one mailbox: give exactly one "
+                                          "--mailbox", "email_address")
+                if fields:
+                    ws.admin.edit_mailboxes(as_user, refs, **fields)
+                ws.admin.change_email_address(as_user, refs[0], email_address)
+            else:
+                ws.admin.edit_mailboxes(as_user, refs, **fields)
+            return len(refs)
+        count = _in_sandbox(db, action)
+    _say(f"[green]{count} mailbox(es) changed.[/green]")
+    if email_address is not None:
+        _say("[yellow]The new address must be approved and the mailbox tested and enabled again.[/yellow]")
+
+
+def _approval(mailbox: list[str], all_: bool, as_user: str, db: str, approve: bool) -> None:
+    with _Refused():
+        def action(ws):
+            refs = _mailbox_refs(ws, mailbox, all_)
+            ws.admin.approve(as_user, refs, approve=approve)
+            return len(refs)
+        count = _in_sandbox(db, action)
+    _say(f"[green]{count} email address(es) {'approved' if approve else 'rejected'}.[/green]")
+
+
+@mailbox_app.command("approve")
+def mailbox_approve(mailbox: list[str] = _mailbox_option(), all_: bool = _all_option(),
+                    as_user: str = _as_option(), db: str = _db_option()) -> None:
+    """Step 1.8: approve email addresses (needs "Approve Email Addresses for Users or Queues")."""
+    _approval(mailbox, all_, as_user, db, True)
+
+
+@mailbox_app.command("reject")
+def mailbox_reject(mailbox: list[str] = _mailbox_option(), all_: bool = _all_option(),
+                   as_user: str = _as_option(), db: str = _db_option()) -> None:
+    """Reject email addresses: their mailboxes process no mail."""
+    _approval(mailbox, all_, as_user, db, False)
+
+
+@mailbox_app.command("test-enable")
+def mailbox_test_enable(
+    mailbox: list[str] = _mailbox_option(),
+    all_: bool = _all_option(),
+    start_date: str | None = typer.Option(None, "--start-date", help="Evaluate Inbox mail received after this "
+                                          "date again (YYYY-MM-DD[THH:MM], not before the profile's date)."),
+    this_org_only: bool = typer.Option(False, "--this-org-only", help="Sync items with Exchange from this org "
+                                       "only (takes the mailbox's ACT over from another organization)."),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Step 1.9: test the mailboxes (incoming, outgoing, ACT) and enable what passes; exits 1 on a failure."""
+    with _Refused():
+        when = parse_when(start_date, "start_date")
+
+        async def action(ws):
+            refs = _mailbox_refs(ws, mailbox, all_)
+            results = await ws.admin.test_and_enable(as_user, refs, start_date=when, this_org_only=this_org_only)
+            return results, _addresses(ws)
+        results, addresses = _in_sandbox(db, action, wire=True)
+    if not _print_tests(results, addresses):
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ views
+def _print_alerts(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        _say("No alerts.")
+        return
+    names = {v: k.capitalize() for k, v in LEVELS.items()}
+    for a in rows:
+        style = {3: "red", 2: "yellow"}.get(a["level"], "green")
+        times = f" x{a['errorcount']}" if a["errorcount"] > 1 else ""
+        _say(f"[{style}]{names[a['level']]}[/{style}] {a['modifiedon']:%Y-%m-%d %H:%M} [bold]{a['tracecode']}[/bold]"
+             f"{times} about {a['regarding']} (on {a['owner']}'s wall)")
+        _say(f"    {a['text']}")
+
+
+@app.command("alerts")
+def alerts(
+    as_user: str | None = typer.Option(None, "--as", metavar="USER", help="Show this user's alert wall."),
+    level: str | None = typer.Option(None, "--level", help="error, warning or information."),
+    mailbox: str | None = typer.Option(None, "--mailbox", "-m", metavar="ADDRESS", help="Alerts about one mailbox."),
+    limit: str = typer.Option("50", "--limit", help="At most this many (newest first)."),
+    as_json: bool = typer.Option(False, "--json"),
+    db: str = _db_option(),
+) -> None:
+    """Alerts (trace log), newest first: a user's wall, by level, about a mailbox."""
+    with _Refused():
+        if level is not None and level.lower() not in LEVELS:
+            raise ValidationError(f"{level!r} is not error, warning or information", "level")
+        count = parse_int(limit, "limit", 1, 10000)
+
+        def action(ws):
+            regarding = ws.admin.mailbox_id(mailbox) if mailbox else None
+            return ws.admin.alerts(user=as_user, level=LEVELS[level.lower()] if level else None,
+                                   regarding=regarding, limit=count)
+        rows = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    _print_alerts(rows)
+
+
+# ------------------------------------------------------------------------------ mail, email, engine
+@mail_app.command("deliver")
+def mail_deliver(
+    sender: str = typer.Option(..., "--from", help="The sender's address."),
+    to: list[str] = typer.Option(..., "--to", help="A recipient (repeatable)."),
+    subject: str = typer.Option("", "--subject"),
+    body: str = typer.Option("", "--body"),
+    in_reply_to: str | None = typer.Option(None, "--in-reply-to", help="Message-ID this message answers."),
+    file: Path | None = typer.Option(None, "--file", help="An RFC 5322 message file (.eml) instead."),
+    db: str = _db_option(),
+) -> None:
+    """Deliver a message into the Exchange Online mailboxes of its recipients (now, sandbox time)."""
+    from simulator.exchange.mime import MessageData, normalize_address
+
+    with _Refused():
+        for field, value in [("from", sender), *(("to", t) for t in to)]:
+            if normalize_address(value) is None:
+                raise ValidationError(f"{value!r} is not an email address", field)
+
+        def action(ws):
+            known = [a for a in (normalize_address(t) for t in to) if a in ws.sb.store.mailboxes]
+            if not known:
+                raise ValidationError("no recipient has a mailbox in this Exchange Online", "to")
+            if file is not None:
+                try:
+                    raw = file.read_bytes()
+                except OSError as exc:
+                    raise ValidationError(f"cannot read {file}: {exc.strerror}", "file") from None
+                return ws.sb.deliver(raw, known)
+            message = MessageData(subject=subject, sender=normalize_address(sender), to=tuple(known), body=body,
+                                  in_reply_to=in_reply_to,
+                                  message_id=ws.sb.store.new_message_id(normalize_address(sender)),
+                                  date=ws.clock.now())
+            return ws.sb.deliver(message, known)
+        delivered = _in_sandbox(db, action)
+    for address, item in delivered.items():
+        _say(f"Delivered to {address} (item {item}).")
+
+
+@email_app.command("send")
+def email_send(
+    to: list[str] = typer.Option(..., "--to", help="A recipient (repeatable)."),
+    subject: str = typer.Option(..., "--subject"),
+    body: str = typer.Option("", "--body"),
+    as_user: str = _as_option(),
+    db: str = _db_option(),
+) -> None:
+    """Create an email activity from a user and send it: it waits (Pending Send) for the engine."""
+    from simulator.exchange.mime import normalize_address
+
+    with _Refused():
+        for value in to:
+            if normalize_address(value) is None:
+                raise ValidationError(f"{value!r} is not an email address", "to")
+
+        def action(ws):
+            uid = ws.admin.user_id(as_user)
+            activityid = ws.sb.crm.create_email(sender_userid=uid, to=[normalize_address(t) for t in to],
+                                                subject=subject, body=body)
+            try:
+                token = ws.sb.crm.send_email(activityid)
+            except ValueError as exc:
+                raise AdminError(str(exc)) from None
+            return activityid, token
+        activityid, token = _in_sandbox(db, action)
+    _say(f"Email {activityid} is Pending Send{f' (tracking token {token})' if token else ''}; "
+         "the sender's mailbox sends it at its next outgoing cycle (sss run --minutes 10).")
+
+
+@email_app.command("list")
+def email_list(
+    limit: str = typer.Option("50", "--limit"),
+    as_json: bool = typer.Option(False, "--json"),
+    db: str = _db_option(),
+) -> None:
+    """Email activities, newest first."""
+    from sqlmodel import Session, select
+
+    from simulator.crm.models import Email, EmailStatus
+
+    with _Refused():
+        count = parse_int(limit, "limit", 1, 10000)
+
+        def action(ws):
+            with Session(ws.sb.db) as s:
+                rows = s.exec(select(Email).order_by(Email.createdon.desc(), Email.activityid).limit(count)).all()
+                return [r.model_dump() for r in rows]
+        rows = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="Email activities")
+    for col in ("created", "direction", "status", "from", "to", "subject", "correlation"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(f"{r['createdon']:%Y-%m-%d %H:%M}" if r["createdon"] else "",
+                      "out" if r["directioncode"] else "in", EmailStatus(r["statuscode"]).name.replace("_", " ").title(),
+                      r["sender"] or "", r["torecipients"] or "", r["subject"] or "", str(r["correlationmethod"]))
+    Console(highlight=False).print(table)
+
+
+@app.command("run")
+def run_engine(
+    minutes: str = typer.Option("0", "--minutes", help="Simulated minutes to run."),
+    hours: str = typer.Option("0", "--hours", help="Simulated hours to run."),
+    db: str = _db_option(),
+) -> None:
+    """Run the sync engine (and waiting jobs) over EWS on the sandbox clock, then summarize."""
+    with _Refused():
+        total = timedelta(minutes=parse_int(minutes, "minutes", 0, 60 * 24 * 31) or 0,
+                          hours=parse_int(hours, "hours", 0, 24 * 31) or 0)
+        if not total:
+            raise ValidationError("give how long to run: --minutes N or --hours N", "minutes")
+
+        async def action(ws):
+            for jobid in ws.admin.waiting_jobs():
+                await ws.admin.run_job(jobid)
+            before = ws.clock.now()
+            await ws.sb.run_until(before + total)
+            return before, ws.clock.now(), ws.sb.engine.stats
+        start, end, stats = _in_sandbox(db, action, wire=True)
+    _say(f"Ran the engine from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (sandbox time): "
+         f"{stats.polls} workload polls, {stats.emails_tracked} email(s) tracked, {stats.emails_sent} sent, "
+         f"{sum(stats.emails_skipped.values())} skipped, {sum(stats.errors.values())} error(s).")
+    for code, n in sorted(stats.errors.items()):
+        _say(f"  [red]{code}[/red]: {n}")
+
+
+# ------------------------------------------------------------------------------ faults
+@fault_app.command("add")
+def fault_add(
+    code: str = typer.Option(..., "--code", help="Error code, e.g. ErrorServerBusy."),
+    operation: str = typer.Option("*", "--operation", help="The Exchange call, or * for any."),
+    mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="Only this mailbox."),
+    count: str | None = typer.Option(None, "--count", help="Fire for the next N calls (default: always)."),
+    probability: str = typer.Option("1", "--probability", help="Chance of firing, 0 to 1 (seeded)."),
+    backoff_ms: str | None = typer.Option(None, "--backoff-ms", help="BackOffMilliseconds of ErrorServerBusy."),
+    db: str = _db_option(),
+) -> None:
+    """Make Exchange calls fail: the rule is kept with the sandbox until `sss fault clear`."""
+    from simulator.faults import FaultRule, FaultRuleError
+
+    with _Refused():
+        try:
+            chance = float(probability)
+        except ValueError:
+            raise ValidationError(f"{probability!r} is not a number", "probability") from None
+
+        def action(ws):
+            try:
+                return ws.sb.faults.add(FaultRule(code=code, operation=operation, mailbox=mailbox,
+                                                  count=parse_int(count, "count", 0, 10**9), probability=chance,
+                                                  backoff_ms=parse_int(backoff_ms, "backoff_ms", 0, 10**7)))
+            except FaultRuleError as exc:
+                field, _, text = str(exc).partition(": ")
+                raise ValidationError(text or field, field if text else None) from None
+        rule = _in_sandbox(db, action)
+    _say(f"Fault rule added: {rule.code} on {rule.operation} for {rule.mailbox or 'every mailbox'}.")
+
+
+@fault_app.command("list")
+def fault_list(db: str = _db_option()) -> None:
+    """The fault rules."""
+    with _Refused():
+        def action(ws):
+            return list(ws.sb.faults.rules)
+        rules = _in_sandbox(db, action)
+    if not rules:
+        _say("No fault rules.")
+    for r in rules:
+        _say(f"{r.code} on {r.operation} for {r.mailbox or 'every mailbox'}: count {r.count}, fired {r.fired}, "
+             f"probability {r.probability}")
+
+
+@fault_app.command("clear")
+def fault_clear(db: str = _db_option()) -> None:
+    """Remove every fault rule."""
+    with _Refused():
+        def action(ws):
+            ws.sb.faults.clear()
+        _in_sandbox(db, action)
+    _say("Fault rules removed.")
+
+
+def _profile_state(profile: str, as_user: str, db: str, active: bool) -> None:
+    with _Refused():
+        def action(ws):
+            ws.admin.set_profile_state(as_user, profile, active=active)
+        _in_sandbox(db, action)
+    _say(f"[green]Profile {profile} is {'active' if active else 'inactive'}.[/green]"
+         + ("" if active else " Its mailboxes process nothing until it is activated again."))
+
+
+@profile_app.command("activate")
+def profile_activate(profile: str = typer.Option(..., "--profile", help="The profile's name or id."),
+                     as_user: str = _as_option(), db: str = _db_option()) -> None:
+    """Activate a profile (statecode Active): its mailboxes process again."""
+    _profile_state(profile, as_user, db, True)
+
+
+@profile_app.command("deactivate")
+def profile_deactivate(profile: str = typer.Option(..., "--profile", help="The profile's name or id."),
+                       as_user: str = _as_option(), db: str = _db_option()) -> None:
+    """Deactivate a profile: none of its mailboxes is processed while it is inactive."""
+    _profile_state(profile, as_user, db, False)

@@ -1,0 +1,291 @@
+"""Training scenarios: a sandbox database set up the way a learner would, then broken in a common way.
+
+Each scenario builds a fresh CRM database through the same operations the ``sss`` setup
+commands run (the S2S functions of :mod:`simulator.crm.s2s`, then the
+:class:`~simulator.crm.admin.Admin` operations inside :func:`~simulator.workspace.open_workspace`,
+with the loopback network services for Test Connection and Test & Enable), and then puts one
+fault into it for the learner to find:
+
+* ``expired-certificate`` - everything worked, then a year and more went by: the S2S certificate
+  has expired, so every token request is refused ("Authentication failure").
+* ``unapproved-mailbox`` - one user's email address was never approved although the organization
+  requires approval; its Test & Enable failed.
+* ``wrong-tenant-id`` - the email server profile was saved with a typed Exchange Online tenant id
+  that is not the tenant's; Test Connection cannot get a token.
+* ``throttled-mailbox`` - Exchange Online answers one mailbox's calls with ``ErrorServerBusy``; the
+  engine keeps retrying it with a back-off while the other mailboxes work.
+
+:func:`seed_scenario` builds one of them. ``sss walkthrough --scenario NAME --db FILE`` calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlmodel import Session
+
+from engine.clock import VirtualClock
+from simulator.crm import s2s
+from simulator.crm.admin import AdminError
+from simulator.crm.db import make_engine, sqlite_url
+from simulator.crm.platform import IdFactory
+from simulator.exchange.mime import MessageData
+from simulator.faults import FaultRule
+from simulator.sandbox import DEFAULT_START
+from simulator.workspace import SEED_KEY, open_workspace
+
+ORG_NAME = "Contoso"
+ADMIN = "admin"
+ADMIN_EMAIL = "admin@contoso.example"
+TENANT_ADMIN = "admin@contoso.onmicrosoft.com"
+TENANT_DOMAIN = "contoso.onmicrosoft.com"
+ROOT_DOMAIN = "crm.contoso.example"
+SERVICE_ACCOUNT = "CONTOSO\\crmasync"
+CERT_PASSWORD = "contoso-s2s"
+CERT_DAYS = 365
+PROFILE_NAME = "Exchange Online"
+USERS = (("Alice Adams", "alice@contoso.example"), ("Bob Brown", "bob@contoso.example"))
+QUEUE = ("Support", "support@contoso.example")
+UNAPPROVED = "bob@contoso.example"
+THROTTLED = "alice@contoso.example"
+THROTTLE_BACKOFF_MS = 120_000
+OUTSIDER = "carl@fabrikam.example"
+
+
+class ScenarioError(AdminError):
+    """A scenario cannot be built (unknown name, the database file exists, ...)."""
+
+
+@dataclass
+class Seeded:
+    """What :func:`seed_scenario` built."""
+
+    scenario: str
+    database: Path
+    certificate_dir: Path
+    pfx_path: Path
+    cer_path: Path
+    certificate_password: str
+    admin: str
+    tenant_admin: str
+    mailboxes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """How the common setup goes for one scenario (the fault is what differs)."""
+
+    wrong_tenant_id: str | None = None  # the profile is saved with this typed tenant id
+    unapproved: str | None = None  # this mailbox is never approved
+    test_and_enable: bool = True
+    warning_alerts: bool = False
+    throttle: str | None = None  # this mailbox's EWS calls answer ErrorServerBusy
+    run_minutes: int = 0  # run the engine this long at the end of the setup
+    advance_days: float = 0  # then move the clock this far (outside the network session)
+    run_after_minutes: int = 0  # and run the engine again this long
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    story: str  # what the learner is told happened
+    hint: str  # where to start looking, without the answer
+    plan: _Plan
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario(
+        "expired-certificate", "The certificate ran out",
+        "Contoso's server-side synchronization was set up a year ago and mail flowed fine. "
+        "Nobody has touched the configuration since, but this morning users say that no new email "
+        "is being tracked and nothing they send from the CRM goes out.",
+        "Read the error alerts (sss alerts --level error) and the mailbox list. Then compare what "
+        "Test Connection and the server-based authentication validation say with the sandbox's "
+        "current time (sss clock show). The walkthrough shows which setup step no longer holds.",
+        _Plan(run_minutes=15, advance_days=CERT_DAYS + 35, run_after_minutes=15)),
+    Scenario(
+        "unapproved-mailbox", "One mailbox does not sync",
+        "The administrator configured every mailbox and ran Test & Enable on all of them. Alice, "
+        "the administrator and the Support queue work; Bob's mailbox does not.",
+        "Look at Bob's mailbox (sss mailbox show -m bob@contoso.example) and its alerts. Which "
+        "organization setting decides whether a mailbox may process mail, and what does it require?",
+        _Plan(unapproved=UNAPPROVED)),
+    Scenario(
+        "wrong-tenant-id", "Test Connection fails",
+        "The administrator created the email server profile by hand, typing the Exchange Online "
+        "tenant id from a note, and then configured and approved the mailboxes. Test Connection on "
+        "the profile fails, so nobody has tested and enabled the mailboxes yet.",
+        "Read the profile's last Test Connection (sss profile show --profile \"Exchange Online\"). "
+        "Where does the profile's tenant id come from, and what does the organization itself know "
+        "about its tenant (sss settings show, sss tenant list)?",
+        _Plan(wrong_tenant_id="3f2504e0-4f89-41d3-9a0c-0305e82c3301", test_and_enable=False)),
+    Scenario(
+        "throttled-mailbox", "One mailbox is slow",
+        "Everything is set up and most mail is tracked within minutes, but Alice complains that "
+        "email to her takes much longer to show up in the CRM than her colleagues' does.",
+        "Start with sss status and the warnings (sss alerts --level warning). Look at Alice's "
+        "mailbox fields that record errors and the next run times. Is the problem on the CRM side "
+        "or in Exchange Online, and will it go away by itself? Run the engine longer "
+        "(sss run --minutes 30) and watch what changes. When you have your answer, sss fault list shows "
+        "what this sandbox's Exchange Online was told to do.",
+        _Plan(warning_alerts=True, throttle=THROTTLED, run_minutes=30)),
+)}
+
+
+def scenario_names() -> list[str]:
+    return list(SCENARIOS)
+
+
+def _sqlite_path(db: str) -> Path:
+    if "://" not in db:
+        return Path(db)
+    prefix = "sqlite:///"
+    if not db.startswith(prefix) or db[len(prefix):] in ("", ":memory:"):
+        raise ScenarioError(f"a training scenario is built in a new SQLite file; {db!r} is not one "
+                            "(give a file path, e.g. --db training.db)", "db")
+    return Path(db[len(prefix):])
+
+
+def _prepare_file(path: Path, force: bool) -> None:
+    """Remove what a new database must not find: the old file (only with ``force``) and its journals."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        extra = Path(f"{path}{suffix}")
+        if extra.exists() and (force or suffix):
+            extra.unlink()
+
+
+def _say_nothing(_text: str) -> None:
+    return None
+
+
+def check_target(name: str, db: str | Path, force: bool = False) -> tuple[Scenario, Path, Path]:
+    """The scenario, database file and certificate folder, or ``ScenarioError`` if they cannot be used."""
+    scenario = SCENARIOS.get((name or "").strip().lower())
+    if scenario is None:
+        raise ScenarioError(f"{name!r} is not a scenario ({', '.join(SCENARIOS)})", "scenario")
+    path = _sqlite_path(str(db)).expanduser().resolve()
+    if path.is_dir():
+        raise ScenarioError(f"{path} is a folder, not a database file", "db")
+    if path.exists() and path.stat().st_size > 0 and not force:
+        raise ScenarioError(f"{path} already exists and is not empty; choose a new file or pass --force "
+                            "to replace it", "db")
+    if not path.parent.is_dir():
+        raise ScenarioError(f"the folder {path.parent} does not exist", "db")
+    cert_dir = path.parent / f"{path.stem}-certs"
+    if cert_dir.exists() and not cert_dir.is_dir():
+        raise ScenarioError(f"{cert_dir} is a file; the scenario keeps its certificate files in that folder", "db")
+    return scenario, path, cert_dir
+
+
+async def seed_scenario(name: str, db: str | Path, *, force: bool = False, seed: int = 0,
+                        say: Callable[[str], None] = _say_nothing) -> Seeded:
+    """Build scenario ``name`` in a new SQLite database ``db``; its certificate files go to ``<db>-certs``.
+
+    Refuses (``ScenarioError``) an unknown name and an existing non-empty file unless ``force``.
+    ``say`` gets one line per stage of the setup."""
+    scenario, path, cert_dir = check_target(name, db, force)
+    _prepare_file(path, force)
+    quiet = logging.getLogger("exchangelib")  # its connection-pool notices under throttling are not for learners
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return await _build(scenario, path, cert_dir, seed, say)
+    except BaseException:
+        for suffix in ("", "-wal", "-shm"):  # a half-built sandbox is no use to anybody
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        raise
+    finally:
+        quiet.setLevel(level)
+
+
+async def _mail_and_run(ws, minutes: int) -> None:
+    """A message from outside to each user, then the engine for ``minutes`` of sandbox time."""
+    for fullname, email in USERS:
+        message = MessageData(subject=f"Question for {fullname.split()[0]}", sender=OUTSIDER, to=(email,),
+                              body="Could you send me the latest price list?",
+                              message_id=ws.sb.store.new_message_id(OUTSIDER), date=ws.clock.now())
+        ws.sb.deliver(message, [email])
+    await ws.sb.run_until(ws.clock.now() + timedelta(minutes=minutes))
+
+
+async def _build(scenario: Scenario, path: Path, cert_dir: Path, seed: int,
+                 say: Callable[[str], None]) -> Seeded:
+    plan = scenario.plan
+    db = str(path)
+    engine = make_engine(sqlite_url(path))
+    try:
+        with Session(engine) as session:  # the sandbox's clock starts at a fixed time: same dates every run
+            s2s.save_clock(session, VirtualClock(DEFAULT_START))
+            s2s.write_state(session, SEED_KEY, str(seed))
+            session.commit()
+
+        # 1.1: the organization, its administrator, users and a queue
+        async with open_workspace(db) as ws:
+            ws.sb.ids.restore(IdFactory(seed).state())
+            ws.admin.create_organization(ORG_NAME, admin_name="Admin", admin_domain=ADMIN, admin_email=ADMIN_EMAIL)
+            for fullname, email in USERS:
+                ws.admin.add_user(fullname, email, as_user=ADMIN)
+            ws.admin.add_queue(QUEUE[0], QUEUE[1], owner=ADMIN, as_user=ADMIN)
+        say(f"Organization {ORG_NAME} with users {', '.join(e for _, e in USERS)}, queue {QUEUE[1]} "
+            f"and System Administrator {ADMIN}.")
+
+        # the Office 365 side, the certificate, 1.2 and 1.3
+        s2s.create_tenant(engine, ORG_NAME, [TENANT_DOMAIN], [TENANT_ADMIN])
+        with Session(engine) as session:
+            clock = s2s.load_clock(session)
+        made = s2s.new_certificate(f"CN={ROOT_DOMAIN}", CERT_DAYS, CERT_PASSWORD, cert_dir, clock=clock,
+                                   overwrite=True)  # the scenario's own two files, left by an earlier build
+        s2s.install_certificate(engine, ADMIN, made.pfx_path, CERT_PASSWORD, service_account=SERVICE_ACCOUNT)
+        s2s.configure_server_side_sync(engine, ADMIN, root_domain_name=ROOT_DOMAIN,
+                                       private_key_password=CERT_PASSWORD, cer_file_path=made.cer_path,
+                                       pfx_file_path=made.pfx_path, organization_name=ORG_NAME,
+                                       o365_admin_email=TENANT_ADMIN)
+        say(f"Office 365 tenant for {TENANT_ADMIN}; certificate {made.pfx_path.name} installed and registered "
+            "(ConfigureCrmServerSideSync).")
+
+        # 1.5-1.9 with the network services running
+        async with open_workspace(db, wire=True) as ws:
+            admin = ws.admin
+            start = ws.clock.now()
+            fields = {"name": PROFILE_NAME, "processemailsreceivedafter": start - timedelta(days=1)}
+            if plan.wrong_tenant_id:
+                fields.update(usedefaulttenantid=False, exchangeonlinetenantid=plan.wrong_tenant_id)
+            profileid = admin.create_profile(ADMIN, **fields)
+            test = await admin.test_connection(ADMIN, profileid)
+            say(f"Email server profile {PROFILE_NAME!r} saved; Test Connection: {test.outcome}.")
+            settings = {}
+            if plan.warning_alerts:
+                settings["generatealertsforwarnings"] = True
+            admin.set_settings(ADMIN, defaultemailserverprofileid=profileid, incomingemaildeliverymethod="sss",
+                               outgoingemaildeliverymethod="sss", actdeliverymethod="sss", **settings)
+            everyone = [m.mailboxid for m in admin.mailboxes()]
+            await admin.apply_default_email_settings(ADMIN, everyone, test_and_enable=False)
+            admin.approve(ADMIN, [m.mailboxid for m in admin.mailboxes() if m.emailaddress != plan.unapproved])
+            say("Default email settings applied to every mailbox"
+                + (" and their addresses approved." if not plan.unapproved else "; addresses approved."))
+            if plan.test_and_enable:
+                await admin.test_and_enable(ADMIN, everyone)
+                say("Test & Enable run on every mailbox.")
+            if plan.throttle:
+                ws.sb.faults.add(FaultRule(code="ErrorServerBusy", mailbox=plan.throttle,
+                                           backoff_ms=THROTTLE_BACKOFF_MS))
+            if plan.run_minutes:
+                await _mail_and_run(ws, plan.run_minutes)
+                say(f"Mail delivered and the engine run for {plan.run_minutes} minutes.")
+            mailboxes = [m.emailaddress for m in admin.mailboxes()]
+        if plan.advance_days:
+            now = s2s.advance_clock(engine, days=plan.advance_days)
+            say(f"Time passes: the sandbox clock is now {now:%Y-%m-%d %H:%M} UTC.")
+        if plan.run_after_minutes:
+            async with open_workspace(db, wire=True) as ws:
+                await _mail_and_run(ws, plan.run_after_minutes)
+            say(f"More mail delivered and the engine run for {plan.run_after_minutes} minutes.")
+    finally:
+        engine.dispose()
+    return Seeded(scenario.name, path, cert_dir, Path(made.pfx_path), Path(made.cer_path), CERT_PASSWORD, ADMIN,
+                  TENANT_ADMIN, mailboxes)
