@@ -38,12 +38,15 @@ def for_error(
     *,
     disabled: bool,
     attempts: int = 0,
+    workloads: list[Workload] | None = None,
 ) -> list[Alert]:
-    """Alerts for a workload error. ``disabled`` says the workload was switched off."""
+    """Alerts for a workload error. ``disabled`` says the workload was switched off; ``workloads``
+    names every workload that failed with this same error (one alert for all of them)."""
     level = AlertLevel.ERROR if disabled else AlertLevel.WARNING
     if not level_enabled(org, level):
         return []
-    what = WORKLOAD_NAMES[workload]
+    names = [WORKLOAD_NAMES[w] for w in (workloads or [workload])]
+    what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     if disabled:
         if error.transient:
             tail = (
@@ -51,7 +54,8 @@ def for_error(
                 "Fix the cause, then test and enable the mailbox again."
             )
         else:
-            tail = f"{what.capitalize()} is disabled for this mailbox until it is tested and enabled again."
+            verb = "is" if len(names) == 1 else "are"
+            tail = f"{what[0].upper()}{what[1:]} {verb} disabled for this mailbox until it is tested and enabled again."
     else:
         tail = f"Server-side synchronization will retry {what} in a few minutes."
     text = f"Mailbox {mailbox.emailaddress}: {error.detail} ({error.code}). {tail}"

@@ -26,6 +26,7 @@ from engine.act import CONFIGURED_WITH_ANOTHER_ORG, another_org_error
 from engine.clock import Clock
 from engine.errors import SyncError
 from engine.ports import (
+    WORKLOAD_COLUMNS,
     ActMethod,
     Alert,
     ExchangePort,
@@ -107,71 +108,45 @@ async def test_and_enable(
         "lastsyncerrorcount": 0,
     }
     approved = schedule.approval_ok(org, mailbox.regardingobjecttypecode, mailbox.emailrouteraccessapproval)
-    plan = [
-        (Workload.INCOMING, mailbox.incomingemaildeliverymethod == IncomingMethod.SSS,
-         "incomingemailstatus", "enabledforincomingemail", "receivingpostponeduntil",
-         "incomingtransientfailurecount"),
-        (Workload.OUTGOING, mailbox.outgoingemaildeliverymethod == OutgoingMethod.SSS,
-         "outgoingemailstatus", "enabledforoutgoingemail", "postponesendinguntil",
-         "outgoingtransientfailurecount"),
-    ]
-    for workload, wanted, status_f, enabled_f, next_f, transient_f in plan:
-        if not wanted:
+    tests = {
+        Workload.INCOMING: lambda: _test_incoming(exchange, mailbox),
+        Workload.OUTGOING: lambda: _test_outgoing(exchange, clock, mailbox),
+        Workload.ACT: lambda: _test_act(exchange, org, mailbox, this_org_only),
+    }
+    wanted = {
+        Workload.INCOMING: mailbox.incomingemaildeliverymethod == IncomingMethod.SSS,
+        Workload.OUTGOING: mailbox.outgoingemaildeliverymethod == OutgoingMethod.SSS,
+        # ACT is for user mailboxes only: a queue mailbox with ACT = SSS stays Not Run
+        Workload.ACT: mailbox.actdeliverymethod == ActMethod.SSS
+        and mailbox.regardingobjecttypecode == schedule.USER_MAILBOX,
+    }
+    failed: dict[str, tuple[SyncError, list[Workload]]] = {}  # one alert per error, naming its workloads
+    for workload, test in tests.items():
+        if not wanted[workload]:
             continue
+        f = WORKLOAD_COLUMNS[workload]
         try:
             if not approved:
                 raise SyncError("MailboxNotApproved")
-            if workload is Workload.INCOMING:
-                await _test_incoming(exchange, mailbox)
-            else:
-                await _test_outgoing(exchange, clock, mailbox)
+            await test()
         except SyncError as exc:
             result.errors[workload.name] = exc
-            values[status_f] = int(Status.FAILURE)
-            values[enabled_f] = False
-            values[next_f] = None
-            values["lastsyncerror"] = exc.detail[:2000]
-            values["lastsyncerrorcode"] = exc.code
-            values["lastsyncerroroccurredon"] = now
-            values["lastsyncerrorcount"] = 1
             setattr(result, workload.name.lower(), Status.FAILURE)
-            result.alerts.extend(alert_rules.for_error(org, mailbox, profile, workload, exc, disabled=True))
+            values.update({f["status"]: int(Status.FAILURE), f["enabled"]: False, f["next"]: None,
+                           "lastsyncerror": exc.detail[:2000], "lastsyncerrorcode": exc.code,
+                           "lastsyncerroroccurredon": now, "lastsyncerrorcount": 1})
+            if exc.code == CONFIGURED_WITH_ANOTHER_ORG:  # another organization holds the claim
+                values.update(isactsyncorgflagset=False, orgmarkedasprimaryforexchangesync=False)
+            failed.setdefault(exc.code, (exc, []))[1].append(workload)
             continue
-        values[status_f] = int(Status.SUCCESS)
-        values[enabled_f] = True
-        values[next_f] = now
-        values[transient_f] = 0
         setattr(result, workload.name.lower(), Status.SUCCESS)
-
-    # ACT is for user mailboxes only: a queue mailbox with ACT = SSS stays Not Run
-    if mailbox.actdeliverymethod == ActMethod.SSS and mailbox.regardingobjecttypecode == schedule.USER_MAILBOX:
-        try:
-            if not approved:
-                raise SyncError("MailboxNotApproved")
-            await _test_act(exchange, org, mailbox, this_org_only)
-        except SyncError as exc:
-            result.errors[Workload.ACT.name] = exc
-            result.act = Status.FAILURE
-            values["actstatus"] = int(Status.FAILURE)
-            values["enabledforact"] = False
-            values["receivingpostponeduntilforact"] = None
-            values["lastsyncerror"] = exc.detail[:2000]
-            values["lastsyncerrorcode"] = exc.code
-            values["lastsyncerroroccurredon"] = now
-            values["lastsyncerrorcount"] = 1
-            if exc.code == CONFIGURED_WITH_ANOTHER_ORG:  # known: another organization holds the claim
-                values["isactsyncorgflagset"] = False
-                values["orgmarkedasprimaryforexchangesync"] = False
-            result.alerts.extend(alert_rules.for_error(org, mailbox, profile, Workload.ACT, exc, disabled=True))
-        else:
-            result.act = Status.SUCCESS
-            values["actstatus"] = int(Status.SUCCESS)
-            values["enabledforact"] = True
-            values["receivingpostponeduntilforact"] = now
-            values["acttransientfailurecount"] = 0
-            values["noactcount"] = 0
-            values["isactsyncorgflagset"] = True  # this organization holds the claim now
-            values["orgmarkedasprimaryforexchangesync"] = True
+        values.update({f["status"]: int(Status.SUCCESS), f["enabled"]: True, f["next"]: now, f["transient"]: 0})
+        if workload is Workload.ACT:
+            values.update(noactcount=0, isactsyncorgflagset=True,  # this organization holds the claim now
+                          orgmarkedasprimaryforexchangesync=True)
+    for exc, workloads in failed.values():
+        result.alerts.extend(alert_rules.for_error(org, mailbox, profile, workloads[0], exc, disabled=True,
+                                                   workloads=workloads))
 
     if result.incoming is Status.SUCCESS:
         if start_date is not None:

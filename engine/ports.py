@@ -61,6 +61,35 @@ class AlertLevel(IntEnum):
     ERROR = 3
 
 
+
+# The mailbox columns (SPEC 2.3) of each workload: next run, last start, switch, status, method, failures.
+WORKLOAD_COLUMNS: dict[Workload, dict[str, str]] = {
+    Workload.INCOMING: dict(
+        next="receivingpostponeduntil",
+        started="lastincomingstartedon",
+        enabled="enabledforincomingemail",
+        status="incomingemailstatus",
+        method="incomingemaildeliverymethod",
+        transient="incomingtransientfailurecount",
+    ),
+    Workload.OUTGOING: dict(
+        next="postponesendinguntil",
+        started="lastoutgoingstartedon",
+        enabled="enabledforoutgoingemail",
+        status="outgoingemailstatus",
+        method="outgoingemaildeliverymethod",
+        transient="outgoingtransientfailurecount",
+    ),
+    Workload.ACT: dict(
+        next="receivingpostponeduntilforact",
+        started="lastactstartedon",
+        enabled="enabledforact",
+        status="actstatus",
+        method="actdeliverymethod",
+        transient="acttransientfailurecount",
+    ),
+}
+
 @dataclass(slots=True)
 class ProfileSettings:
     """The parts of an email server profile that the engine reads."""

@@ -28,6 +28,7 @@ from engine.errors import SyncError
 from engine.incoming import run_incoming
 from engine.outgoing import run_outgoing
 from engine.ports import (
+    WORKLOAD_COLUMNS,
     Alert,
     CrmPort,
     ExchangePort,
@@ -58,32 +59,7 @@ class EngineStats:
     disabled: int = 0
 
 
-_FIELDS = {
-    Workload.INCOMING: dict(
-        next="receivingpostponeduntil",
-        started="lastincomingstartedon",
-        enabled="enabledforincomingemail",
-        status="incomingemailstatus",
-        method="incomingemaildeliverymethod",
-        transient="incomingtransientfailurecount",
-    ),
-    Workload.OUTGOING: dict(
-        next="postponesendinguntil",
-        started="lastoutgoingstartedon",
-        enabled="enabledforoutgoingemail",
-        status="outgoingemailstatus",
-        method="outgoingemaildeliverymethod",
-        transient="outgoingtransientfailurecount",
-    ),
-    Workload.ACT: dict(
-        next="receivingpostponeduntilforact",
-        started="lastactstartedon",
-        enabled="enabledforact",
-        status="actstatus",
-        method="actdeliverymethod",
-        transient="acttransientfailurecount",
-    ),
-}
+_FIELDS = WORKLOAD_COLUMNS
 _EMAIL_FIELDS = ((Workload.INCOMING, _FIELDS[Workload.INCOMING]), (Workload.OUTGOING, _FIELDS[Workload.OUTGOING]))
 _USER_MAILBOX = schedule.USER_MAILBOX
 

@@ -57,12 +57,12 @@ def _root() -> None:
 def _print_summary(console: Console, s: dict) -> None:
     table = Table(title="Mailboxes", show_lines=False)
     table.add_column("mailbox", no_wrap=True)
-    for col in ("owner", "in", "out", "status", "last error"):
+    for col in ("owner", "in", "out", "ACT", "status", "last error"):
         table.add_column(col, overflow="fold")
     for m in s["mailboxes"]:
         style = "red" if m["mailbox"] == "Failure" else None
         owner = "queue" if m["type"] == "queue" else "user"
-        table.add_row(m["emailaddress"], owner, m["incoming"], m["outgoing"], m["mailbox"],
+        table.add_row(m["emailaddress"], owner, m["incoming"], m["outgoing"], m["act"], m["mailbox"],
                       m["lastsyncerrorcode"] or "", style=style)
     console.print(table)
     totals = Table(title="Email", show_header=False)
@@ -218,6 +218,8 @@ class _Refused:
             line = str(exc)
         elif isinstance(exc, SQLAlchemyError):
             line = "database: " + (str(getattr(exc, "orig", None) or exc).splitlines() or ["unusable"])[0]
+            if "no such column" in line or "does not exist" in line:
+                line += " (the database was made by an older version of sss-sim: start a new one with another --db)"
         else:
             return False
         typer.echo("Error: " + " ".join(line.split()), err=True)

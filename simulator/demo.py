@@ -123,7 +123,7 @@ class Demo:
             mailboxes = conn.execute(select(
                 M.c.emailaddress, M.c.regardingobjecttypecode, M.c.incomingemailstatus, M.c.outgoingemailstatus,
                 M.c.mailboxstatus, M.c.enabledforincomingemail, M.c.enabledforoutgoingemail,
-                M.c.lastsyncerrorcode).order_by(M.c.emailaddress)).all()
+                M.c.lastsyncerrorcode, M.c.actstatus).order_by(M.c.emailaddress)).all()
         status_names = {0: "Not Run", 1: "Success", 2: "Failure"}
         stats = self.sb.engine.stats
         return {
@@ -132,7 +132,7 @@ class Demo:
             "mailboxes": [
                 {"emailaddress": m[0], "type": m[1], "incoming": status_names[m[2]], "outgoing": status_names[m[3]],
                  "mailbox": status_names[m[4]], "enabledforincomingemail": bool(m[5]),
-                 "enabledforoutgoingemail": bool(m[6]), "lastsyncerrorcode": m[7]}
+                 "enabledforoutgoingemail": bool(m[6]), "lastsyncerrorcode": m[7], "act": status_names[m[8]]}
                 for m in mailboxes
             ],
             "mailbox_polls": stats.polls,

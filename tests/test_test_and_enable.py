@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from support import ADMIN_ADDR, ALICE, BOB, START, msg
+from support import ADMIN_ADDR, ALICE, BOB, START, SUPPORT, msg
 
 from engine.mailbox_test import TEST_SUBJECT
 from engine.ports import Status
@@ -140,3 +140,16 @@ def test_first_watermark_is_the_profile_date_and_a_second_test_keeps_it(org):
     assert watermark > START - timedelta(days=1)
     org.test_and_enable([ALICE])  # without a start date: the watermark is not rewound
     assert org.mailbox(ALICE).processemailreceivedafter == watermark
+
+
+def test_one_error_of_several_workloads_is_one_alert_naming_them_all(make_org):
+    o = make_org(approve=False)  # every workload of every mailbox fails with MailboxNotApproved
+    alice = o.mailboxes[ALICE]
+    on_alice = [a for a in o.alerts() if a.regardingobjectid == alice and a.level == 3]
+    assert {a.ownerid for a in on_alice} == {o.users[ALICE], o.profile().ownerid}  # mailbox and profile owner
+    for a in on_alice:
+        assert a.tracecode == "MailboxNotApproved" and a.errorcount == 1
+        assert ("Incoming email, outgoing email and appointments, contacts and tasks are disabled"
+                in a.text), a.text
+    support = [a for a in o.alerts() if a.regardingobjectid == o.mailboxes[SUPPORT] and a.level == 3]
+    assert support and all("Incoming email and outgoing email are disabled" in a.text for a in support)
