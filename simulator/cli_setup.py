@@ -143,9 +143,7 @@ def queue_add(
 ) -> None:
     """Add a queue (tracks all incoming email) with its mailbox."""
     with _Refused():
-        def action(ws):
-            return ws.admin.add_queue(name, email, owner=owner, as_user=as_user)
-        qid = _in_sandbox(db, action)
+        qid = _in_sandbox(db, lambda ws: ws.admin.add_queue(name, email, owner=owner, as_user=as_user))
     _say(f"Queue {name} <{email.strip().lower()}> added (id {qid}).")
 
 
@@ -159,9 +157,7 @@ def role_add(
 ) -> None:
     """Create a security role from privileges."""
     with _Refused():
-        def action(ws):
-            return ws.admin.create_role(as_user, name, privilege)
-        _in_sandbox(db, action)
+        _in_sandbox(db, lambda ws: ws.admin.create_role(as_user, name, privilege))
     _say(f"Role {name} created with {', '.join(privilege) or 'no privileges'}.")
 
 
@@ -174,9 +170,7 @@ def record_add(
 ) -> None:
     """Add a contact, account or lead (email from it can be tracked)."""
     with _Refused():
-        def action(ws):
-            return ws.admin.add_record(kind, name, email)
-        rid = _in_sandbox(db, action)
+        rid = _in_sandbox(db, lambda ws: ws.admin.add_record(kind, name, email))
     _say(f"{kind.capitalize()} {name} added (id {rid}).")
 
 
@@ -325,9 +319,7 @@ def profile_show(
 ) -> None:
     """Every field of a profile, with its last Test Connection."""
     with _Refused():
-        def action(ws):
-            return [ws.admin.profile(profile)] if profile else ws.admin.profiles()
-        views = _in_sandbox(db, action)
+        views = _in_sandbox(db, lambda ws: [ws.admin.profile(profile)] if profile else ws.admin.profiles())
     if as_json:
         typer.echo(json.dumps(views, indent=2, default=str))
         return
@@ -345,9 +337,7 @@ def profile_test(
 ) -> None:
     """Test Connection: tenant id, certificate, token and EWS; exits 1 when a check fails."""
     with _Refused():
-        async def action(ws):
-            return await ws.admin.test_connection(as_user, profile)
-        result = _in_sandbox(db, action, wire=True)
+        result = _in_sandbox(db, lambda ws: ws.admin.test_connection(as_user, profile), wire=True)
     table = Table(title=f"Test Connection at {result.started:%Y-%m-%d %H:%M:%S} UTC (sandbox time)")
     for col in ("check", "result", "response"):
         table.add_column(col, overflow="fold")
@@ -428,9 +418,7 @@ def jobs(
 def settings_show(as_json: bool = typer.Option(False, "--json"), db: str = _db_option()) -> None:
     """The organization's email settings."""
     with _Refused():
-        def action(ws):
-            return ws.admin.settings()
-        view = _in_sandbox(db, action)
+        view = _in_sandbox(db, lambda ws: ws.admin.settings())
     if as_json:
         typer.echo(json.dumps(view, indent=2, default=str))
         return
@@ -495,9 +483,7 @@ def settings_set(
         if not fields:
             raise ValidationError("nothing to change: give at least one setting option", "default_profile")
 
-        def action(ws):
-            ws.admin.set_settings(as_user, **fields)
-        _in_sandbox(db, action)
+        _in_sandbox(db, lambda ws: ws.admin.set_settings(as_user, **fields))
     _say(f"[green]Settings saved[/green]: {', '.join(sorted(fields))}.")
     if "defaultemailserverprofileid" in fields:
         _say(f"Next: sss mailbox apply-defaults --all --as {as_user}")
@@ -508,9 +494,7 @@ def settings_set(
 def mailbox_list(as_json: bool = typer.Option(False, "--json"), db: str = _db_option()) -> None:
     """Every mailbox with its statuses."""
     with _Refused():
-        def action(ws):
-            return ws.admin.mailboxes()
-        rows = _in_sandbox(db, action)
+        rows = _in_sandbox(db, lambda ws: ws.admin.mailboxes())
     if as_json:
         from dataclasses import asdict
 
@@ -877,9 +861,7 @@ def fault_add(
 def fault_list(db: str = _db_option()) -> None:
     """The fault rules."""
     with _Refused():
-        def action(ws):
-            return list(ws.sb.faults.rules)
-        rules = _in_sandbox(db, action)
+        rules = _in_sandbox(db, lambda ws: list(ws.sb.faults.rules))
     if not rules:
         _say("No fault rules.")
     for r in rules:
@@ -891,17 +873,13 @@ def fault_list(db: str = _db_option()) -> None:
 def fault_clear(db: str = _db_option()) -> None:
     """Remove every fault rule."""
     with _Refused():
-        def action(ws):
-            ws.sb.faults.clear()
-        _in_sandbox(db, action)
+        _in_sandbox(db, lambda ws: ws.sb.faults.clear())
     _say("Fault rules removed.")
 
 
 def _profile_state(profile: str, as_user: str, db: str, active: bool) -> None:
     with _Refused():
-        def action(ws):
-            ws.admin.set_profile_state(as_user, profile, active=active)
-        _in_sandbox(db, action)
+        _in_sandbox(db, lambda ws: ws.admin.set_profile_state(as_user, profile, active=active))
     _say(f"[green]Profile {profile} is {'active' if active else 'inactive'}.[/green]"
          + ("" if active else " Its mailboxes process nothing until it is activated again."))
 

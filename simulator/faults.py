@@ -200,14 +200,9 @@ def load_rules(injector: FaultInjector, text: str) -> None:
     sees the restored state too. Nothing changes when the text is refused: a
     ``PersistError`` (a ``ValueError``) says what is wrong.
     """
-    if not isinstance(text, str):
-        raise _persist_error(f"cannot load the fault rules: expected text, got {type(text).__name__}")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _persist_error(f"cannot load the fault rules: the text is not JSON ({exc})") from None
-    except RecursionError:
-        raise _persist_error("cannot load the fault rules: the JSON is nested too deeply") from None
+    from simulator.exchange.persist import read_json
+
+    doc = read_json(text, "the fault rules")
     if not isinstance(doc, dict):
         raise _persist_error("cannot load the fault rules: the text is not a JSON object")
     if doc.get("format") != FAULTS_FORMAT:

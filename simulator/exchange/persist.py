@@ -424,20 +424,25 @@ def _load_store(doc: Any, clock: Clock) -> ExchangeStore:
     return store
 
 
+def read_json(text: object, what: str) -> Any:
+    """The JSON document in ``text``, or :class:`PersistError` saying why ``what`` cannot be loaded."""
+    if not isinstance(text, str):
+        raise PersistError(f"cannot load {what}: expected text, got {type(text).__name__}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PersistError(f"cannot load {what}: the text is not JSON ({exc})") from None
+    except RecursionError:
+        raise PersistError(f"cannot load {what}: the JSON is nested too deeply") from None
+
+
 def store_from_json(text: str, clock: Clock) -> ExchangeStore:
     """Rebuild a store saved by :func:`store_to_json`; it reads time from ``clock``.
 
     Raises :class:`PersistError` when the text is not JSON, is of another format or version,
     or does not describe a store.
     """
-    if not isinstance(text, str):
-        raise PersistError(f"cannot load the Exchange store: expected text, got {type(text).__name__}")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PersistError(f"cannot load the Exchange store: the text is not JSON ({exc})") from None
-    except RecursionError:
-        raise PersistError("cannot load the Exchange store: the JSON is nested too deeply") from None
+    doc = read_json(text, "the Exchange store")
     try:
         return _load_store(doc, clock)
     except _Bad as bad:
