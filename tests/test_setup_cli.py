@@ -294,3 +294,15 @@ def test_refused_output_names_no_traceback(with_profile):
     err = refused(with_profile, with_profile.sss("profile", "update", "--profile", "Nope", "--name", "X",
                                                  "--as", ADMIN), "--profile", "Nope")
     assert "Traceback" not in err
+
+
+def test_test_connection_with_a_certificate_that_is_not_the_registered_one_fails(with_profile):
+    t = with_profile
+    t.cert_new("other", 365)
+    assert t.cert_install(certificate_file=t.pfx("other")).exit_code == 0  # installed, never registered (1.3)
+    result = t.sss("profile", "test", "--profile", PROFILE, "--as", ADMIN)
+    assert result.exit_code == 1 and "Authentication failure" in result.stderr
+    p = _profile(t)
+    assert p.lasttestexecutionstatus == 0
+    assert "certificate registered with the identity service: FAILED" in p.lasttestresponse
+    assert "access token: not run" in p.lasttestresponse
