@@ -12,6 +12,12 @@ The administrator's setup flow (SPEC section 1), each operation run as the CRM u
 ``X-SSS-User`` header (see :mod:`simulator.control_admin` for bodies and status codes):
 
 * ``GET  /_sim/org/check``                         the prerequisites (SPEC 1.1)
+* ``POST /_sim/org/prerequisites``                 ``{"ifd": bool, "hybrid_connector": bool}`` (SPEC 1.1)
+* ``GET|POST /_sim/tenants``                       Office 365 tenants of the identity service (no user header)
+* ``POST /_sim/certificates``                      make a self-signed .pfx/.cer (no user header)
+* ``POST /_sim/s2s/certificate``                   install it as the S2S token issuer (SPEC 1.2)
+* ``POST /_sim/s2s/configure``                     ConfigureCrmServerSideSync (SPEC 1.3), live for tokens at once
+* ``GET  /_sim/s2s/validate``                      server-based authentication validation (SPEC 1.4)
 * ``GET|PATCH /_sim/settings``                     organization email settings (SPEC 1.6, 2.2)
 * ``GET|POST /_sim/profiles``                      email server profiles; create one (SPEC 1.5, 2.1)
 * ``GET|PATCH /_sim/profiles/{ref}``               one profile (name or id)

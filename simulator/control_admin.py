@@ -1,34 +1,62 @@
 """The administrator's setup flow (SPEC section 1) over HTTP, under the ``/_sim`` control plane.
 
 A test suite in any language can build and configure the organization the way a trainee does in
-the CRM's forms: every route here calls one operation of :class:`simulator.crm.admin.Admin`
-(``sandbox.admin``), which checks the acting user's privileges and the fields, and writes nothing
-when it refuses. The acting user is named by the ``X-SSS-User`` header (a logon name such as
-``admin``, or a ``systemuserid``); operations need it, reads do not.
+the CRM's forms and scripts: every route here calls one operation of
+:class:`simulator.crm.admin.Admin` (``sandbox.admin``) or of :mod:`simulator.crm.s2s`, which check
+the acting user's privileges and the fields, and write nothing when they refuse. The acting user
+is named by the ``X-SSS-User`` header (a logon name such as ``admin``, or a ``systemuserid``); CRM
+operations need it, reads do not, and neither do the two steps done outside the CRM (creating the
+Office 365 tenant, making a certificate file).
 
 Reads
   ``GET /_sim/org/check``, ``GET /_sim/settings``, ``GET /_sim/profiles``,
   ``GET /_sim/profiles/{ref}``, ``GET /_sim/mailboxes/{ref}``, ``GET /_sim/jobs``,
-  ``GET /_sim/jobs/{id}``, ``GET /_sim/alerts?user=&level=&mailbox=&profile=&limit=``
+  ``GET /_sim/jobs/{id}``, ``GET /_sim/alerts?user=&level=&mailbox=&profile=&limit=``,
+  ``GET /_sim/tenants``, ``GET /_sim/s2s/validate`` (step 1.4: each check and the outcome,
+  ``Success`` or ``Authentication failure``; always 200)
+
+Steps outside the CRM (no header)
+  ``POST /_sim/tenants`` ``{"name", "domains": [...], "admins": [...]}`` (201): an Office 365
+  tenant in the identity service; ``domains`` defaults to ``<name>.onmicrosoft.com``.
+  ``POST /_sim/certificates`` ``{"subject": "CN=...", "days": 365, "password", "name"?,
+  "with_private_key"?, "overwrite"?}`` (201): a self-signed ``<name>.pfx`` and ``<name>.cer`` in the
+  sandbox's certificate folder (``<state dir>/certificates``), valid from the sandbox clock's now;
+  the answer gives their paths and the thumbprint.
 
 Operations (``X-SSS-User`` required)
+  ``POST /_sim/org/prerequisites`` ``{"ifd": bool, "hybrid_connector": bool}`` (step 1.1),
+  ``POST /_sim/s2s/certificate`` ``{"certificate_file", "password", "certificate_type",
+  "service_account", "store_find_type"?, "update_crm"?}`` (step 1.2, CertificateReconfiguration.ps1;
+  like the script's switch, nothing is stored unless ``update_crm`` is true),
+  ``POST /_sim/s2s/configure`` ``{"root_domain_name", "private_key_password", "cer_file_path",
+  "pfx_file_path", "organization_name", "o365_admin_email"}`` (step 1.3, ConfigureCrmServerSideSync),
   ``PATCH /_sim/settings``, ``POST /_sim/profiles``, ``PATCH /_sim/profiles/{ref}``,
   ``POST /_sim/profiles/{ref}/test``, ``POST /_sim/profiles/{ref}/test-enable`` (202, a job),
   ``POST /_sim/mailboxes/apply-defaults``, ``PATCH /_sim/mailboxes``, ``PATCH /_sim/mailboxes/{ref}``,
   ``POST /_sim/mailboxes/approve``, ``POST /_sim/mailboxes/reject``, ``POST /_sim/mailboxes/test-enable``
 
 A profile ``{ref}`` is its name or id, a mailbox ``{ref}`` its address or id. JSON fields carry
-the Dataverse column names of SPEC section 2; dates are ISO 8601 strings (no offset means UTC).
+the Dataverse column names of SPEC section 2 (the S2S steps: the snake_case names of the script
+parameters); dates are ISO 8601 strings (no offset means UTC). A certificate path that is not
+absolute is taken from the sandbox's certificate folder.
+
+The tenant and S2S routes work on the running sandbox's identity service (the one that issues
+tokens and that EWS asks) and on the database together: the change is stored first, and the
+running service takes it only once it is stored. After step 1.3, EWS accepts the tokens of the
+organization's new tenant (``S2STenantId``).
 
 Every refusal is ``{"error": "<field>: <message>", "field": "<field>"}`` with one of:
 
 * 401 the ``X-SSS-User`` header is missing, or names no enabled user;
-* 403 that user lacks a privilege the operation needs;
+* 403 that user lacks a privilege the operation needs (the S2S steps: the System Administrator role);
 * 404 the profile, mailbox or job named in the path does not exist;
 * 400 the input is wrong: not JSON, not an object, an unknown key, a wrong type, or a value the
-  operation refuses (an unknown mailbox in a list, a malformed date, an out-of-range number, ...);
-* 409 a name or address that is taken, or the organization is not ready for this step yet (a step
-  of SPEC 1 done out of order).
+  operation refuses (an unknown mailbox in a list, a malformed date, an out-of-range number, a
+  wrong certificate password, a missing or unreadable certificate file, an expired certificate,
+  an unknown tenant admin, ...);
+* 409 a name, address or file that is taken, or the organization is not ready for this step yet
+  (a step of SPEC 1 done out of order, such as step 1.3 before the certificate is installed);
+* 500 the sandbox's stored state cannot be read.
 
 :func:`refusal` is the one place where errors become responses.
 
@@ -43,15 +71,18 @@ import asyncio
 import functools
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from engine.clock import as_utc
 from engine.ports import Status
+from simulator.crm import s2s
 from simulator.crm.admin import (
     METHOD_FIELDS,
     ORG_SWITCHES,
@@ -62,6 +93,7 @@ from simulator.crm.admin import (
     UnknownUserError,
     ValidationError,
 )
+from simulator.identity.service import ACS_PRINCIPAL_ID, CRM_APP_ID
 
 USER_HEADER = "X-SSS-User"
 MAX_MAILBOXES = 10_000  # mailboxes in one request
@@ -96,6 +128,8 @@ def refusal(exc: Exception) -> web.Response:
             message = message[len(field) + 2:]
         if isinstance(exc, PrivilegeError):
             status = 403
+        elif isinstance(exc, s2s.S2SError):  # the S2S steps (1.1-1.4) say what went wrong by a code
+            status = _s2s_status(exc.code, field)
         elif isinstance(exc, UnknownUserError):
             status = 401 if field == "as_user" else 400  # the header names no user, or a disabled one
         elif isinstance(exc, ConflictError):
@@ -113,6 +147,16 @@ def refusal(exc: Exception) -> web.Response:
         status, field, message = 500, None, f"the sandbox failed on this request ({type(exc).__name__}); see its log"
     return web.json_response({"error": f"{field}: {message}" if field else message, "field": field},
                              status=status)
+
+
+def _s2s_status(code: str, field: str | None) -> int:
+    if code in s2s.USER_CODES and field == "as_user":
+        return 401
+    if code in s2s.OUT_OF_ORDER_CODES or code in s2s.CONFLICT_CODES:
+        return 409
+    if code in s2s.STATE_CODES:
+        return 500  # the sandbox's stored state is damaged: not the request's fault
+    return 400  # a wrong value: password, file, certificate, tenant admin, name, ...
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -203,6 +247,27 @@ def _mailbox_list(key: str, value: Any) -> list[str]:
     return value
 
 
+def _string_list(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Refused(400, key, f"{_show(value)} is not a list of strings")
+    if len(value) > 100:
+        raise Refused(400, key, "more than 100 entries")
+    return value
+
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _file_name(key: str, value: Any) -> str | None:
+    """A file name without folder or extension (the certificate files are made in the sandbox's folder)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _FILE_NAME.match(value) or value.endswith("."):
+        raise Refused(400, key, f"{_show(value)} is not a file name (letters, digits, '.', '_' and '-', "
+                                "no folder, no extension)")
+    return value
+
+
 Check = Callable[[str, Any], Any]
 
 PROFILE_TYPES: dict[str, Check] = {
@@ -231,6 +296,15 @@ APPLY_DEFAULTS_BODY: dict[str, Check] = {"mailboxes": _mailbox_list, "test_and_e
 TEST_ENABLE_BODY: dict[str, Check] = {"mailboxes": _mailbox_list, "start_date": _optional_datetime,
                                       "this_org_only": _boolean}
 ADDRESS_BODY: dict[str, Check] = {"emailaddress": _string}
+PREREQUISITES_BODY: dict[str, Check] = {"ifd": _boolean, "hybrid_connector": _boolean}
+TENANT_BODY: dict[str, Check] = {"name": _string, "domains": _string_list, "admins": _string_list}
+CERTIFICATE_BODY: dict[str, Check] = {"subject": _string, "days": _integer, "password": _string,
+                                      "name": _file_name, "with_private_key": _boolean, "overwrite": _boolean}
+INSTALL_BODY: dict[str, Check] = {"certificate_file": _string, "password": _string, "certificate_type": _string,
+                                  "service_account": _string, "store_find_type": _string, "update_crm": _boolean}
+CONFIGURE_BODY: dict[str, Check] = {k: _string for k in (
+    "root_domain_name", "private_key_password", "cer_file_path", "pfx_file_path", "organization_name",
+    "o365_admin_email")}
 
 
 async def read_body(request: web.Request, fields: dict[str, Check], *, what: str,
@@ -269,8 +343,30 @@ def result_view(result, address: str) -> dict[str, Any]:
             "details": {w: e.detail for w, e in result.errors.items()}}
 
 
+def tenant_view(tenant) -> dict[str, Any]:
+    """An Office 365 tenant of the identity service, with the CRM's service principal names and keys."""
+    sp = tenant.principals.get(CRM_APP_ID)
+    return {"tenant_id": tenant.tenant_id, "name": tenant.name, "domains": list(tenant.domains),
+            "admins": list(tenant.admins),
+            "crm_service_principal_names": list(sp.service_principal_names) if sp else [],
+            "crm_keys": [{"key_id": k.key_id, "thumbprint": k.thumbprint, "subject": k.subject, "start": k.start,
+                          "end": k.end} for k in (sp.keys if sp else [])]}
+
+
+def _renamed(exc: s2s.S2SError, names: dict[str, str], message: str | None = None) -> s2s.S2SError:
+    """The same refusal naming the request's field (``domains``) where the function named its own (``domain``)."""
+    if exc.field not in names:
+        return exc
+    text = message if message is not None else str(exc)[len(exc.field) + 2:]
+    return type(exc)(exc.code, text, names[exc.field])
+
+
 def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
-    """The Admin's routes over ``sandbox``; ``lock`` is the one the clock advance holds."""
+    """The Admin's routes over ``sandbox``; ``lock`` is the one the clock advance holds.
+
+    The S2S routes (tenants, certificates, steps 1.2-1.4) are there when the sandbox runs in wire
+    mode (``sandbox.wire`` is its :class:`~simulator.wire.WireSandbox`): they act on its running
+    identity service."""
     admin = sandbox.admin
     jobs_running: set[asyncio.Task] = sandbox.background  # the sandbox ends them when it stops
 
@@ -327,6 +423,90 @@ def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
         async with lock:
             admin.set_settings(user, **body)
         return _reply(admin.settings())
+
+    async def set_prerequisites(request: web.Request) -> web.Response:
+        user = acting_user(request)
+        body = await read_body(request, PREREQUISITES_BODY, what="the prerequisites of step 1.1")
+        if not body:
+            raise Refused(400, "body", "nothing to change (give ifd, hybrid_connector or both)")
+        async with lock:
+            admin.set_prerequisites(user, **body)
+        return await org_check(request)
+
+    # -- server-to-server authentication (1.1-1.4), on the running identity service ------------
+    wire = getattr(sandbox, "wire", None)
+
+    def certificate_folder() -> Path:
+        return Path(wire.state_dir) / "certificates"
+
+    def server_path(value: str) -> Path:
+        """A file on the sandbox's machine; a relative path is taken from its certificate folder."""
+        path = Path(value.strip())
+        return path if path.is_absolute() else certificate_folder() / path
+
+    async def list_tenants(_request: web.Request) -> web.Response:
+        return _reply([tenant_view(t) for t in s2s.list_tenants(sandbox.db, identity=wire.identity)])
+
+    async def create_tenant(request: web.Request) -> web.Response:
+        body = await read_body(request, TENANT_BODY, what="an Office 365 tenant", required=("name", "admins"))
+        async with lock:
+            try:
+                tenant = s2s.create_tenant(sandbox.db, body["name"], body.get("domains", []), body["admins"],
+                                           clock=sandbox.clock, identity=wire.identity)
+            except s2s.S2SError as exc:
+                raise _renamed(exc, {"domain": "domains", "admin": "admins"}) from None
+        return _reply(tenant_view(tenant), status=201)
+
+    async def create_certificate(request: web.Request) -> web.Response:
+        body = await read_body(request, CERTIFICATE_BODY, what="a self-signed certificate",
+                               required=("subject", "password"))
+        try:
+            made = await asyncio.to_thread(
+                s2s.new_certificate, body["subject"], body.get("days", 365), body["password"], certificate_folder(),
+                clock=sandbox.clock, file_name=body.get("name"), with_private_key=body.get("with_private_key", True),
+                overwrite=body.get("overwrite", False))
+        except s2s.S2SError as exc:
+            message = None
+            if exc.code == "file_exists":  # the function's hint names the CLI's options
+                text = str(exc)[len(exc.field or "") + 2:] if exc.field else str(exc)
+                message = text.split(" (choose", 1)[0] + ' (choose another name, or send "overwrite": true)'
+            raise _renamed(exc, {"out": "name"}, message) from None
+        return _reply({"pfx_path": str(made.pfx_path), "cer_path": str(made.cer_path), "subject": made.subject,
+                       "thumbprint": made.thumbprint, "not_before": made.not_before, "not_after": made.not_after,
+                       "with_private_key": made.with_private_key}, status=201)
+
+    async def install_certificate(request: web.Request) -> web.Response:
+        user = acting_user(request)
+        body = await read_body(request, INSTALL_BODY, what="CertificateReconfiguration.ps1 (step 1.2)",
+                               required=("certificate_file", "password", "certificate_type", "service_account"))
+        async with lock:
+            done = s2s.install_certificate(
+                sandbox.db, user, server_path(body["certificate_file"]), body["password"],
+                certificate_type=body["certificate_type"], service_account=body["service_account"],
+                store_find_type=body.get("store_find_type", "FindBySubjectDistinguishedName"),
+                update_crm=body.get("update_crm", False), clock=sandbox.clock)
+            if done.updated_crm:
+                wire.s2s_changed()
+        return _reply(asdict(done))
+
+    async def configure_s2s(request: web.Request) -> web.Response:
+        user = acting_user(request)
+        body = await read_body(request, CONFIGURE_BODY, what="ConfigureCrmServerSideSync (step 1.3)",
+                               required=tuple(CONFIGURE_BODY))
+        async with lock:
+            done = s2s.configure_server_side_sync(
+                sandbox.db, user, root_domain_name=body["root_domain_name"],
+                private_key_password=body["private_key_password"], cer_file_path=server_path(body["cer_file_path"]),
+                pfx_file_path=server_path(body["pfx_file_path"]), organization_name=body["organization_name"],
+                o365_admin_email=body["o365_admin_email"], clock=sandbox.clock, identity=wire.identity)
+            wire.s2s_changed(tenant_id=done.tenant_id)
+        return _reply({**asdict(done), "authorizationserverprincipalid": ACS_PRINCIPAL_ID})
+
+    async def validate_s2s(_request: web.Request) -> web.Response:
+        result = s2s.validate_s2s(sandbox.db, sandbox.clock, identity=wire.identity)
+        return _reply({"ok": result.ok, "outcome": result.outcome, "message": result.message,
+                       "checked_at": result.checked_at, "tenant_id": result.tenant_id,
+                       "thumbprint": result.thumbprint, "checks": [asdict(c) for c in result.checks]})
 
     # -- email server profiles (1.5, 1.10) --------------------------------------------------
     async def list_profiles(_request: web.Request) -> web.Response:
@@ -470,6 +650,7 @@ def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
 
     routes: list[tuple[Callable[..., web.RouteDef], str, Handler]] = [
         (web.get, "/_sim/org/check", org_check),
+        (web.post, "/_sim/org/prerequisites", set_prerequisites),
         (web.get, "/_sim/settings", get_settings),
         (web.patch, "/_sim/settings", patch_settings),
         (web.get, "/_sim/profiles", list_profiles),
@@ -489,4 +670,13 @@ def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
         (web.patch, "/_sim/mailboxes/{ref}", change_address),
         (web.get, "/_sim/alerts", alerts),
     ]
+    if wire is not None:
+        routes += [
+            (web.get, "/_sim/tenants", list_tenants),
+            (web.post, "/_sim/tenants", create_tenant),
+            (web.post, "/_sim/certificates", create_certificate),
+            (web.post, "/_sim/s2s/certificate", install_certificate),
+            (web.post, "/_sim/s2s/configure", configure_s2s),
+            (web.get, "/_sim/s2s/validate", validate_s2s),
+        ]
     return [method(path, _guarded(handler)) for method, path, handler in routes]

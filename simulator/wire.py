@@ -12,7 +12,10 @@ Exchange store, same fault rules) and adds:
   has installed (SPEC 1.2) for the tenant stored on the organization (SPEC 1.3).
 
 The S2S setup can be done step by step through :mod:`simulator.crm.s2s` (as a trainee would), or
-in one call with :meth:`WireSandbox.configure_s2s`.
+in one call with :meth:`WireSandbox.configure_s2s` before the sandbox starts, or over HTTP on the
+running sandbox (``/_sim/tenants``, ``/_sim/s2s/...``, see :mod:`simulator.control_admin`): those
+routes change the running identity service and the database together, and call
+:meth:`WireSandbox.s2s_changed` so that EWS and the engine follow.
 """
 
 from __future__ import annotations
@@ -157,6 +160,12 @@ class ProfilePorts:
         """Read the profiles again (after a profile or a mailbox's profile changed)."""
         self._profile_of.clear()
 
+    def invalidate_tokens(self) -> None:
+        """Get the next tokens afresh (after the S2S certificate or tenant changed)."""
+        self._token_source.invalidate()
+        for source in self._tenant_sources.values():
+            source.invalidate()
+
     def port(self, mailbox: str) -> EwsExchange:
         key = self._key(mailbox)
         port = self._ports.get(key)
@@ -262,6 +271,7 @@ class WireSandbox:
         self.s2s: S2SSetup | None = None
         # The tenant that hosts the Exchange mailboxes: EWS accepts only its tokens.
         self.exchange_tenant: str | None = None
+        self.sb.wire = self  # the control plane's S2S routes act on this sandbox's live identity service
 
     # -- the parts ------------------------------------------------------------------------------
     @property
@@ -296,6 +306,19 @@ class WireSandbox:
     def _load_identity(self) -> IdentityService:
         with Session(self.sb.db) as session:
             return s2s.load_identity(session, self.clock, seed=self.sb.seed)
+
+    def s2s_changed(self, *, tenant_id: str | None = None) -> None:
+        """A setup step changed S2S on the running sandbox (over HTTP): follow it.
+
+        ``tenant_id``, after ConfigureCrmServerSideSync (SPEC 1.3), is the organization's new
+        S2STenantId: EWS accepts that tenant's tokens from now on. The token sources read the
+        installed certificate and the tenant again at their next token."""
+        if tenant_id:
+            self.exchange_tenant = tenant_id
+        if self.exchange is not None:
+            self.exchange.invalidate_tokens()  # the organization's token source and the profiles' own
+        elif self.tokens is not None:
+            self.tokens.invalidate()
 
     async def start(self) -> None:
         """Start HTTPS and SMTP, and put the engine (and Test & Enable) on the real clients.

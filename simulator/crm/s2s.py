@@ -17,6 +17,15 @@ names the offending input (the snake_case name of the script parameter) and whos
 
 When an operation is given no clock it uses the persisted one (and stores it on success, so the
 first command fixes the sandbox's "now"); a caller with its own clock (a sandbox) passes it.
+
+A running sandbox keeps its identity service in memory (it answers token requests and checks
+EWS tokens). Such a caller passes it as ``identity=``: the operation then starts from that live
+service rather than from the stored one, works on a copy, stores the copy, and only after the
+commit puts the result into the live service (so a refusal changes neither).
+
+What a refusal's ``code`` means for a caller that must classify it (the HTTP control plane):
+:data:`OUT_OF_ORDER_CODES` are steps done too early, :data:`CONFLICT_CODES` names that are
+taken, :data:`STATE_CODES` a stored state that cannot be read; every other code is wrong input.
 """
 
 from __future__ import annotations
@@ -60,6 +69,12 @@ CLOCK_KEY = "clock"
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SERVICE_ACCOUNT = re.compile(r"^[^\\/\s][^\\/]*\\[^\\/]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+# How the refusal codes group (see the module docstring).
+OUT_OF_ORDER_CODES = frozenset({"no_organization", "certificate_not_installed"})
+CONFLICT_CODES = frozenset({"duplicate", "file_exists"})
+STATE_CODES = frozenset({"corrupt_state"})
+USER_CODES = frozenset({"no_user", "unknown_user", "disabled_user"})  # the acting user is missing or unusable
 
 
 class S2SError(AdminError):
@@ -168,6 +183,16 @@ def save_identity(session: Session, identity: IdentityService) -> None:
     write_state(session, IDENTITY_KEY, json.dumps(identity.to_json(), sort_keys=True), identity.clock)
 
 
+def _working_identity(session: Session, clock: Clock, live: IdentityService | None) -> IdentityService:
+    """The identity service an operation changes: the stored one, or a copy of the running one.
+
+    Either way the stored row is locked (PostgreSQL) until the transaction ends."""
+    if live is None:
+        return load_identity(session, clock, for_update=True)
+    session.get(SimulatorState, IDENTITY_KEY, with_for_update=True)
+    return live.copy(clock)
+
+
 class _Step:
     """One operation's transaction: a session, its clock, whether the persisted clock must be stored."""
 
@@ -233,8 +258,10 @@ def _fmt(when: datetime) -> str:
 # ------------------------------------------------------------------------------ tenant (Office 365 side)
 
 def create_tenant(db: Engine, name: str, domains: list[str], admins: list[str], *,
-                  clock: Clock | None = None) -> Tenant:
-    """An Office 365 tenant in the persisted identity service (done by the tenant's admin)."""
+                  clock: Clock | None = None, identity: IdentityService | None = None) -> Tenant:
+    """An Office 365 tenant in the persisted identity service (done by the tenant's admin).
+
+    With ``identity`` (a running sandbox's service) the tenant is added to it as well, after the commit."""
     name = (name or "").strip()
     if not name:
         raise S2SError("invalid_name", "is required, e.g. Contoso", "name")
@@ -248,21 +275,27 @@ def create_tenant(db: Engine, name: str, domains: list[str], admins: list[str], 
         if not _EMAIL.match(a.strip()):
             raise S2SError("invalid_admin", f"{a!r} is not an email address", "admin")
     with _Step(db, clock) as step:
-        identity = load_identity(step.session, step.clock, for_update=True)
-        same = next((t for t in identity.tenants if t.name.lower() == name.lower()), None)
+        work = _working_identity(step.session, step.clock, identity)
+        same = next((t for t in work.tenants if t.name.lower() == name.lower()), None)
         if same is not None:
             raise S2SError("duplicate", f"a tenant named {same.name} already exists (tenant id {same.tenant_id})",
                            "name")
         try:
-            tenant = identity.add_tenant(name, doms or None, [a.strip() for a in admins])
+            tenant = work.add_tenant(name, doms or None, [a.strip() for a in admins])
         except IdentityError as exc:
             raise S2SError(exc.code, exc.message, "admin" if exc.code == "invalid_admin" else "domain") from None
-        save_identity(step.session, identity)
+        save_identity(step.session, work)
         step.commit()
-        return tenant
+    if identity is not None:
+        identity.take_state_of(work)
+        tenant = identity.tenant(tenant.tenant_id)
+    return tenant
 
 
-def list_tenants(db: Engine) -> list[Tenant]:
+def list_tenants(db: Engine, *, identity: IdentityService | None = None) -> list[Tenant]:
+    """The tenants of the stored identity service, or of ``identity`` (a running sandbox's)."""
+    if identity is not None:
+        return identity.tenants
     with Session(db) as session:
         return load_identity(session, load_clock(session)).tenants
 
@@ -427,8 +460,12 @@ class ConfigureResult:
 
 def configure_server_side_sync(db: Engine, as_user: str, *, root_domain_name: str, private_key_password: str | None,
                                cer_file_path: str | Path, pfx_file_path: str | Path, organization_name: str,
-                               o365_admin_email: str, clock: Clock | None = None) -> ConfigureResult:
-    """SPEC 1.3: ConfigureCrmServerSideSync with its six parameters; all three effects or none."""
+                               o365_admin_email: str, clock: Clock | None = None,
+                               identity: IdentityService | None = None) -> ConfigureResult:
+    """SPEC 1.3: ConfigureCrmServerSideSync with its six parameters; all three effects or none.
+
+    With ``identity`` (a running sandbox's service) the registration starts from that service and
+    is put into it after the commit."""
     with _Step(db, clock) as step:
         s = step.session
         org = _organization(s)
@@ -464,17 +501,17 @@ def configure_server_side_sync(db: Engine, as_user: str, *, root_domain_name: st
                            f"the certificate in {cer_file_path} (thumbprint {tp}) is not the one installed as "
                            f"the S2S token issuer (thumbprint {installed.thumbprint}): install it first "
                            f"(step 1.2) or use the installed certificate's files", "cer_file_path")
-        identity = load_identity(s, step.clock, for_update=True)
+        work = _working_identity(s, step.clock, identity)
         try:
-            tenant = identity.tenant_for_admin(admin_email)
+            tenant = work.tenant_for_admin(admin_email)
         except IdentityError as exc:
-            hint = "" if identity.tenants else " (no Office 365 tenant exists yet: sss tenant create ...)"
+            hint = "" if work.tenants else " (no Office 365 tenant exists yet: sss tenant create ...)"
             raise S2SError("unknown_admin", exc.message.rstrip(".") + hint, "o365_admin_email") from None
         spn = f"{CRM_APP_ID}/{root}"
         try:
-            identity.add_service_principal_name(tenant.tenant_id, CRM_APP_ID, spn)
-            registered = identity.add_key(tenant.tenant_id, CRM_APP_ID, cer, require_valid=True)
-            removed = identity.remove_expired_keys(tenant.tenant_id, CRM_APP_ID)
+            work.add_service_principal_name(tenant.tenant_id, CRM_APP_ID, spn)
+            registered = work.add_key(tenant.tenant_id, CRM_APP_ID, cer, require_valid=True)
+            removed = work.remove_expired_keys(tenant.tenant_id, CRM_APP_ID)
         except IdentityError as exc:
             raise S2SError(exc.code, exc.message) from None
         config = s.get(S2SConfiguration, org.organizationid) or S2SConfiguration(
@@ -493,11 +530,14 @@ def configure_server_side_sync(db: Engine, as_user: str, *, root_domain_name: st
         org.s2stenantid = tenant.tenant_id
         s.add(config)
         s.add(org)
-        save_identity(s, identity)
+        save_identity(s, work)
         step.commit()
-        return ConfigureResult(org.name, tenant.tenant_id, tenant.name, spn, tp, registered.key_id, registered.end,
-                               [k.thumbprint for k in removed],
-                               previous if previous and previous != tenant.tenant_id else None)
+        result = ConfigureResult(org.name, tenant.tenant_id, tenant.name, spn, tp, registered.key_id,
+                                 registered.end, [k.thumbprint for k in removed],
+                                 previous if previous and previous != tenant.tenant_id else None)
+    if identity is not None:
+        identity.take_state_of(work)
+    return result
 
 
 # ------------------------------------------------------------------------------ 1.4 validation

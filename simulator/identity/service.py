@@ -731,6 +731,28 @@ class IdentityService:
             "tenants": [t.to_json() for t in self._tenants.values()],
         }
 
+    def copy(self, clock: Clock | None = None) -> IdentityService:
+        """A separate service with the same directory, signing key and random state (no replay cache).
+
+        Change the copy, store it, then hand its directory back with :meth:`take_state_of`: the
+        running service changes only once the change is stored."""
+        return IdentityService.from_json(self.to_json(), clock if clock is not None else self.clock)
+
+    def take_state_of(self, other: IdentityService) -> None:
+        """Replace this service's tenants (and random state) with ``other``'s, in place.
+
+        The object stays the same, so the HTTP routes and the token checks that hold it see the
+        change at once; the replay cache and the counters stay. ``other`` must sign with the same key
+        (it is a :meth:`copy` of this service), or tokens already issued would stop verifying."""
+        if other.signing_kid != self.signing_kid:
+            raise IdentityError("other_signing_key", "The other identity state signs with another key.")
+        state = other.to_json()
+        tenants = [Tenant.from_json(t) for t in state["tenants"]]
+        version, internal, gauss = state["rng_state"]
+        self._tenants = {t.tenant_id: t for t in tenants}
+        self._by_ref = {ref.lower(): t.tenant_id for t in tenants for ref in t.refs()}
+        self._rng.setstate((version, tuple(internal), gauss))
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any], clock: Clock) -> IdentityService:
         try:
