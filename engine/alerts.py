@@ -1,7 +1,8 @@
 """Which alert, for whom, at which level (SPEC section 4).
 
-* A permanent error is an Error alert; a transient one a Warning; a success of Test & Enable
-  an Information alert for the mailbox owner.
+* A permanent error is an Error alert; a transient one a Warning (also when it puts off a Test &
+  Enable, which then runs again later); a success of Test & Enable an Information alert for the
+  mailbox owner.
 * A mailbox-level alert goes on the mailbox (the mailbox owner's wall) and on the profile
   owner's wall.
 * A profile-level alert goes on the profile (its owner's wall), and also to the mailbox owner
@@ -39,9 +40,11 @@ def for_error(
     disabled: bool,
     attempts: int = 0,
     workloads: list[Workload] | None = None,
+    test_again: bool = False,
 ) -> list[Alert]:
     """Alerts for a workload error. ``disabled`` says the workload was switched off; ``workloads``
-    names every workload that failed with this same error (one alert for all of them)."""
+    names every workload that failed with this same error (one alert for all of them);
+    ``test_again`` says the error put off a Test & Enable that runs again later (a Warning)."""
     level = AlertLevel.ERROR if disabled else AlertLevel.WARNING
     if not level_enabled(org, level):
         return []
@@ -56,6 +59,10 @@ def for_error(
         else:
             verb = "is" if len(names) == 1 else "are"
             tail = f"{what[0].upper()}{what[1:]} {verb} disabled for this mailbox until it is tested and enabled again."
+    elif test_again:
+        verb = "is" if len(names) == 1 else "are"
+        tail = (f"The test of {what} will run again in a few minutes; {what} {verb} enabled for this mailbox "
+                "once it passes.")
     else:
         tail = f"Server-side synchronization will retry {what} in a few minutes."
     text = f"Mailbox {mailbox.emailaddress}: {error.detail} ({error.code}). {tail}"

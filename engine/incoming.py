@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.errors import SyncError
+from engine.mailbox_test import TEST_SUBJECT
 from engine.ports import (
     CrmPort,
     ExchangePort,
@@ -50,6 +51,10 @@ def effective_after(profile: ProfileSettings, mailbox: MailboxWork) -> datetime 
     return a if a > b else b
 
 
+def _own_test_message(mailbox: MailboxWork, item: ItemProperties) -> bool:
+    return item.subject == TEST_SUBJECT and (item.sender or "").lower() == mailbox.emailaddress
+
+
 async def run_incoming(
     crm: CrmPort,
     exchange: ExchangePort,
@@ -66,10 +71,14 @@ async def run_incoming(
     result = IncomingResult(found=len(items), undeliverablefolder=mailbox.undeliverablefolder)
     if not items:
         return result
+    # Everything found is decided: the watermark moves past all of it. The mailbox's own Test &
+    # Enable message (the test deletes it; it stays only when that clean-up failed) is passed over.
+    result.watermark = max(item.received for item in items)
+    items = [i for i in items if not _own_test_message(mailbox, i)]
+    if not items:
+        return result
 
     outcomes = crm.deliver_incoming(mailbox, items)
-    # Everything handed to the CRM is decided: the watermark moves past all of it.
-    result.watermark = max(item.received for item in items)
     errors: list[ItemError] = []
     failed: list[tuple[ItemProperties, ItemOutcome]] = []
     for item, outcome in zip(items, outcomes, strict=True):

@@ -158,6 +158,11 @@ class MailboxWork:
     lastactstartedon: datetime | None = None
     noactcount: int = 0
     acttransientfailurecount: int = 0
+    # Test & Enable (SPEC 1.9): a test that a transient error put off, which the engine runs again
+    # (see engine.mailbox_test); the defaults describe a mailbox without one
+    testemailconfigurationscheduled: bool = False
+    testemailconfigurationretrycount: int = 0  # transient failures of the test in a row
+    orgmarkedasprimaryforexchangesync: bool = False  # while an ACT test waits: "this org only" was ticked
 
 
 @dataclass(slots=True)

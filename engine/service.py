@@ -8,11 +8,19 @@ release the batch with the next run times, counters and statuses in one write.
 The workloads of a mailbox run one after the other: incoming, outgoing, then ACT. ACT is looked
 at only for mailboxes whose lease says ``enabledforact``, so a mailbox without ACT costs one
 attribute test; its cycle is the org-claim check of :mod:`engine.act`.
+
+A Test & Enable that a transient error put off (``testemailconfigurationscheduled``, see
+:mod:`engine.mailbox_test`) makes the mailbox due at its retry time too. When it is due the
+engine tests the waiting workloads again, under the profile's connection cap like any Exchange
+work, before the mailbox's cycle; workloads that pass run their first cycle right after, in the
+same lease (still no earlier than the minimum polling interval allows). A mailbox without a
+waiting test pays one attribute test for this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import types
 from collections import Counter
@@ -26,6 +34,7 @@ from engine.act import CONFIGURED_WITH_ANOTHER_ORG, run_act
 from engine.clock import Clock
 from engine.errors import SyncError
 from engine.incoming import run_incoming
+from engine.mailbox_test import retry_time, scheduled_workloads, test_and_enable
 from engine.outgoing import run_outgoing
 from engine.ports import (
     WORKLOAD_COLUMNS,
@@ -57,6 +66,7 @@ class EngineStats:
     emails_send_failed: int = 0
     errors: Counter = field(default_factory=Counter)  # by code
     disabled: int = 0
+    tests: int = 0  # scheduled Test & Enable runs (a test put off by a transient error, run again)
 
 
 _FIELDS = WORKLOAD_COLUMNS
@@ -86,6 +96,13 @@ def eligible(workload: Workload, mailbox: MailboxWork, values: dict[str, object]
     )
 
 
+def _may_test(mailbox: MailboxWork, profile: ProfileSettings | None) -> bool:
+    """May a scheduled test run: an active mailbox of an active profile (approval is the test's own
+    check: an unapproved mailbox fails it)."""
+    return profile is not None and profile.active and mailbox.active
+
+
+_WORK_FIELDS = frozenset(f.name for f in dataclasses.fields(MailboxWork))
 _FAILURE, _SUCCESS, _NOT_RUN = int(Status.FAILURE), int(Status.SUCCESS), int(Status.NOT_RUN)
 _NAMES = {w: w.name for w in Workload}  # Enum.name is a property: slow on the hot path
 
@@ -105,6 +122,12 @@ def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: Prof
             Workload.ACT, mailbox, values, profile, org):
         at = _get(mailbox, values, "receivingpostponeduntilforact") or DUE_NOW
         if due is None or at < due:
+            due = at
+    # a Test & Enable put off by a transient error: due at its retry time as well
+    if (mailbox.testemailconfigurationscheduled or "testemailconfigurationscheduled" in values) and _get(
+            mailbox, values, "testemailconfigurationscheduled") and _may_test(mailbox, profile):
+        at = retry_time(mailbox, values)
+        if at is not None and (due is None or at < due):
             due = at
     values["postponemailboxprocessinguntil"] = due
     s_in = values.get("incomingemailstatus", mailbox.incomingemailstatus)
@@ -255,6 +278,8 @@ class SyncService:
         try:
             if profile is not None:
                 async with self._semaphore(profile):
+                    if mailbox.testemailconfigurationscheduled:
+                        mailbox = await self._scheduled_test(mailbox, profile, org, now, values, alerts)
                     for workload in (Workload.INCOMING, Workload.OUTGOING):
                         await self._maybe_run(workload, mailbox, profile, org, now, values, alerts)
                     if mailbox.enabledforact:
@@ -263,6 +288,32 @@ class SyncService:
         finally:
             self._in_flight.discard(mailbox.id)
         return MailboxUpdate(mailbox.id, values)
+
+    async def _scheduled_test(self, mailbox: MailboxWork, profile: ProfileSettings, org: OrgSettings,
+                              now: datetime, values: dict[str, object], alerts: list[Alert]) -> MailboxWork:
+        """Run the mailbox's waiting Test & Enable when it is due; returns the mailbox as the test left
+        it (the cycle that follows works from that)."""
+        workloads = scheduled_workloads(mailbox)
+        if not workloads:  # nothing left to test (e.g. the delivery methods were changed meanwhile)
+            values["testemailconfigurationscheduled"] = False
+            values["testemailconfigurationretrycount"] = 0
+            return mailbox
+        at = retry_time(mailbox)
+        if at is None or at > now or not _may_test(mailbox, profile):
+            return mailbox
+        self.stats.tests += 1
+        result = await test_and_enable(self._port(profile), self.clock, org, profile, mailbox,
+                                       workloads=workloads, rng=self.rng if self.jitter else None)
+        values.update(result.update.values)
+        alerts.extend(result.alerts)
+        for error in (*result.errors.values(), *result.scheduled.values()):
+            self.stats.errors[error.code] += 1
+        self.stats.disabled += len(result.errors)
+        if self.events is not None:
+            self._log(now.isoformat(), "test", mailbox.emailaddress,
+                      ",".join(w.name for w in workloads),
+                      ",".join(f"{w.name}:{result.status_name(w.name)}" for w in workloads))
+        return dataclasses.replace(mailbox, **{k: v for k, v in values.items() if k in _WORK_FIELDS})
 
     async def _maybe_run(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings,
                          org: OrgSettings, now: datetime, values: dict[str, object], alerts: list[Alert]) -> None:

@@ -92,20 +92,30 @@ def _all_option():
 
 
 def _print_tests(results, addresses: dict[str, str]) -> bool:
+    """The Test & Enable table; False when a workload failed. A workload whose test a transient
+    error put off shows "Scheduled" (the engine tests it again later): not a failure, not enabled."""
     table = Table(title="Test & Enable")
     for col in ("mailbox", "incoming", "outgoing", "ACT", "error"):
         table.add_column(col, overflow="fold")
     ok = True
     for r in results:
+        scheduled = getattr(r, "scheduled", {})
         by_code: dict[str, tuple[list[str], str]] = {}
-        for w, e in r.errors.items():
+        for w, e in (*r.errors.items(), *scheduled.items()):
             by_code.setdefault(e.code, ([], e.detail))[0].append(w.lower())
         errors = "; ".join(f"{code} ({', '.join(ws)}): {detail}" for code, (ws, detail) in by_code.items())
-        ok = ok and r.ok
-        table.add_row(addresses.get(r.mailboxid, r.mailboxid), r.incoming.name.replace("_", " ").title(),
-                      r.outgoing.name.replace("_", " ").title(),
-                      getattr(r, "act", None).name.replace("_", " ").title() if getattr(r, "act", None) else "",
-                      errors, style=None if r.ok else "red")
+        if scheduled and r.retry_at is not None:
+            errors += f"; tested again at {r.retry_at:%Y-%m-%d %H:%M} UTC (sandbox time) when the engine runs"
+        ok = ok and not r.errors
+
+        def shown(workload: str, r=r, scheduled=scheduled) -> str:
+            if workload.upper() in scheduled:
+                return "Scheduled"
+            status = getattr(r, workload, None)
+            return status.name.replace("_", " ").title() if status is not None else ""
+        style = "red" if r.errors else ("yellow" if scheduled else None)
+        table.add_row(addresses.get(r.mailboxid, r.mailboxid), shown("incoming"), shown("outgoing"), shown("act"),
+                      errors, style=style)
     Console(highlight=False).print(table)
     return ok
 
@@ -380,9 +390,12 @@ def _print_job(job: dict[str, Any]) -> None:
     result = job.get("result") or {}
     _say(f"Job {job['asyncoperationid']}: {job['name']} - {job['state']}, {job['progress']}% "
          f"({result.get('done', 0)}/{result.get('total', '?')} mailboxes, {result.get('failed', 0)} failed)")
-    failed = [m for m in result.get("mailboxes", []) if not m["ok"]]
-    for m in failed:
-        _say(f"  [red]{m['emailaddress']}[/red]: " + ", ".join(f"{w.lower()} {c}" for w, c in m["errors"].items()))
+    for m in result.get("mailboxes", []):
+        if m["errors"]:
+            _say(f"  [red]{m['emailaddress']}[/red]: " + ", ".join(f"{w.lower()} {c}" for w, c in m["errors"].items()))
+        elif m.get("retry_scheduled"):
+            _say(f"  [yellow]{m['emailaddress']}[/yellow]: tested again at {m['retry_at']} ("
+                 + ", ".join(f"{w.lower()} {c}" for w, c in m["scheduled"].items()) + ")")
 
 
 @app.command("jobs")

@@ -176,7 +176,8 @@ def status(
     c = summary.mailboxes
     _say(f"Mailboxes: {c.total} ({_n(c.users, 'user')}, {_n(c.queues, 'queue')}): {c.approved} approved, "
          f"{c.pending_approval} pending approval, {c.rejected} rejected; {c.enabled} enabled, "
-         f"{c.failed} failed, {c.not_tested} not tested, {c.no_profile} without a profile, {c.retrying} retrying.")
+         f"{c.failed} failed, {c.not_tested} not tested, {c.test_scheduled} waiting for a retest, "
+         f"{c.no_profile} without a profile, {c.retrying} retrying.")
     for address, code in summary.failed_mailboxes:
         _say(f"  [red]failed[/red]   {escape(address)}: {escape(code)}")
     for r in summary.retrying_mailboxes:

@@ -81,7 +81,6 @@ from typing import Any
 from aiohttp import web
 
 from engine.clock import as_utc
-from engine.ports import Status
 from simulator.crm import s2s
 from simulator.crm.admin import (
     METHOD_FIELDS,
@@ -92,6 +91,7 @@ from simulator.crm.admin import (
     PrivilegeError,
     UnknownUserError,
     ValidationError,
+    test_result_view,
 )
 from simulator.identity.service import ACS_PRINCIPAL_ID, CRM_APP_ID
 
@@ -332,15 +332,8 @@ async def read_body(request: web.Request, fields: dict[str, Check], *, what: str
 
 # -- views ------------------------------------------------------------------------------------
 def result_view(result, address: str) -> dict[str, Any]:
-    """One mailbox's Test & Enable result, in the shape of the profile job's entries."""
-    def name(status: Any) -> str:
-        return Status(status).name
-
-    return {"mailboxid": result.mailboxid, "emailaddress": address, "ok": result.ok,
-            "incoming": name(result.incoming), "outgoing": name(result.outgoing),
-            "act": name(getattr(result, "act", Status.NOT_RUN)),
-            "errors": {w: e.code for w, e in result.errors.items()},
-            "details": {w: e.detail for w, e in result.errors.items()}}
+    """One mailbox's Test & Enable result, in the shape of the profile job's entries, with each error's text."""
+    return test_result_view(result, address, details=True)
 
 
 def tenant_view(tenant) -> dict[str, Any]:

@@ -751,6 +751,7 @@ class MailboxCounts:
     no_profile: int = 0
     enabled: int = 0  # every workload it uses passed Test & Enable and is on
     not_tested: int = 0
+    test_scheduled: int = 0  # a transient error put its Test & Enable off: the engine tests it again
     failed: int = 0  # a workload in Failure (disabled)
     retrying: int = 0  # transient errors: still on, retried after a back-off
 
@@ -837,6 +838,8 @@ def _count(c: MailboxCounts, m: Mailbox, failed: list, retrying: list) -> None:
         failed.append((m.emailaddress, m.lastsyncerrorcode or "Failure"))
     elif work and all(status == Status.SUCCESS and on for _w, status, on in work):
         c.enabled += 1
+    elif m.testemailconfigurationscheduled:
+        c.test_scheduled += 1
     else:
         c.not_tested += 1
     transient = max(m.transientfailurecount, m.incomingtransientfailurecount, m.outgoingtransientfailurecount,

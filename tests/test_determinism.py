@@ -25,6 +25,8 @@ sc = {"seed": 7, "minpoll": 2, "move": True, "jitter": True, "warnings": True, "
                   "probability": 0.3, "backoff_ms": None},
                  {"code": "IsvAborted", "operation": "create_email", "mailbox": None, "count": 1,
                   "probability": 1.0, "backoff_ms": None}],
+      "test_faults": [{"code": "ErrorServerBusy", "operation": "get_act_org", "mailbox": "alice@contoso.example",
+                       "count": 2}],
       "sends": [["alice@contoso.example", "carl@fabrikam.example", 3], ["bob@contoso.example", "alice@contoso.example", 9]]}
 out = run_scenario(sc)
 print(json.dumps(out.o.sb.events))
@@ -45,4 +47,5 @@ def test_event_log_is_identical_across_processes_with_different_hash_seeds():
     assert len(first) > 50
     assert any(e[1] == "item" for e in first) and any(e[1] == "error" for e in first)
     assert any(e[0] == "send" for e in first)
+    assert any(e[1] == "test" for e in first)  # a Test & Enable put off, then run by the engine (with jitter)
     assert first == second

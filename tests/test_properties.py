@@ -6,6 +6,10 @@
 (c) every Inbox-root item received after the watermark ends exactly one way (tracked once,
     skipped with a reason, or failed/undeliverable): nothing lost, nothing twice;
 (d) the same seed gives the same event log.
+
+Fault rules come in two groups: those present during the first Test & Enable (a transient one puts
+the test off, and the engine tests the workload again later; see engine.mailbox_test) and those
+added afterwards, while the engine runs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,23 @@ fault_st = st.fixed_dictionaries({
     "backoff_ms": st.one_of(st.none(), st.sampled_from([500, 400_000, 900_000])),
 })
 
+# Faults during the first Test & Enable. A failed clean-up of the outgoing test leaves the test message in
+# the Inbox: the incoming cycle passes over it (it is never an activity nor an item-level row).
+test_fault_st = st.fixed_dictionaries({
+    "code": st.sampled_from(TRANSIENT * 3 + ["8005E272"]),
+    "operation": st.sampled_from(["send", "get_act_org", "set_act_org"]),
+    "mailbox": st.sampled_from([ALICE, BOB, SUPPORT, None]),
+    "count": st.integers(1, 12),  # 10 or more: the test is given up after 10 transient failures
+    "backoff_ms": st.one_of(st.none(), st.sampled_from([500, 400_000])),
+})
+# at most one on the incoming test: its one call comes before the outgoing test's calls
+incoming_test_fault_st = st.one_of(st.none(), st.fixed_dictionaries({
+    "code": st.sampled_from(TRANSIENT),
+    "operation": st.just("find_new_items"),
+    "mailbox": st.sampled_from([ALICE, BOB, SUPPORT, None]),
+    "count": st.just(1),
+}))
+
 scenario_st = st.fixed_dictionaries({
     "seed": st.integers(0, 10_000),
     "minpoll": st.sampled_from([0, 1, 2, 5, 7, 10, 15, 30]),
@@ -54,6 +75,8 @@ scenario_st = st.fixed_dictionaries({
     "alice_start_hours": st.one_of(st.none(), st.integers(0, 48)),  # Test & Enable start date for alice
     "messages": st.lists(message_st, max_size=25),
     "faults": st.lists(fault_st, max_size=4),
+    "test_faults": st.lists(test_fault_st, max_size=2),
+    "incoming_test_fault": incoming_test_fault_st,
     "sends": st.lists(st.tuples(st.sampled_from([ALICE, BOB]), st.sampled_from([CARL, BOB, ALICE, STRANGER]),
                                 st.integers(0, 100)), max_size=6),
 })
@@ -74,6 +97,9 @@ def run_scenario(sc: dict[str, Any], *, with_sends: bool = True) -> Outcome:
                            "processemailsreceivedafter": profile_date},
                   org={"generatealertsforwarnings": sc["warnings"]}, test=False)
     ids = list(o.mailboxes.values())
+    for f in [sc.get("incoming_test_fault"), *sc.get("test_faults", ())]:
+        if f is not None:
+            o.sb.add_fault(**f)
     run(o.sb.admin.test_and_enable("admin", [i for a, i in o.mailboxes.items() if a != ALICE]))
     alice_start = None if sc["alice_start_hours"] is None else START - timedelta(hours=sc["alice_start_hours"])
     if alice_start is not None and profile_date is not None and alice_start < profile_date:

@@ -153,3 +153,15 @@ def test_one_error_of_several_workloads_is_one_alert_naming_them_all(make_org):
                 in a.text), a.text
     support = [a for a in o.alerts() if a.regardingobjectid == o.mailboxes[SUPPORT] and a.level == 3]
     assert support and all("Incoming email and outgoing email are disabled" in a.text for a in support)
+
+
+def test_a_test_message_left_by_a_failed_clean_up_is_never_tracked(make_org):
+    o = make_org(test=False)
+    o.sb.add_fault(code="ErrorServerBusy", operation="delete_item", mailbox=ALICE, count=1)
+    o.test_and_enable([ALICE])
+    left = [i for i in o.sb.store.mailbox(ALICE).folder("inbox").items.values() if i.data.subject == TEST_SUBJECT]
+    assert len(left) == 1  # the clean-up failed: the message is still in the Inbox
+    o.deliver(msg("After the test", to=ALICE))
+    o.run_for(30 * 60)
+    assert [e.subject for e in o.received()] == ["After the test"]
+    assert all(r.exchangeentryid != left[0].item_id for r in o.item_rows())

@@ -253,6 +253,21 @@ JOB_PROGRESS_STEPS = 50
 ALERT_EMAIL_WINDOW = timedelta(hours=1)
 
 
+def test_result_view(result: MailboxTestResult, address: str, *, details: bool = False) -> dict[str, Any]:
+    """One mailbox's Test & Enable result as reports show it (the job's entries, the HTTP answers).
+
+    A workload whose test a transient error put off shows SCHEDULED: neither passed nor failed."""
+    view = {"mailboxid": result.mailboxid, "emailaddress": address, "ok": result.ok,
+            "incoming": result.status_name("incoming"), "outgoing": result.status_name("outgoing"),
+            "act": result.status_name("act"), "errors": {w: e.code for w, e in result.errors.items()},
+            "retry_scheduled": result.retry_scheduled,
+            "scheduled": {w: e.code for w, e in result.scheduled.items()},
+            "retry_at": result.retry_at.isoformat() if result.retry_at else None}
+    if details:
+        view["details"] = {w: e.detail for w, e in (result.errors | result.scheduled).items()}
+    return view
+
+
 class Admin:
     """Administrative operations; each takes the acting user (``as_user``: a domain name or id).
 
@@ -750,6 +765,8 @@ class Admin:
                 setattr(mb, status, int(Status.NOT_RUN))
             for switch in ("enabledforincomingemail", "enabledforoutgoingemail", "enabledforact"):
                 setattr(mb, switch, False)
+            mb.testemailconfigurationscheduled = False  # a test put off for the old address is moot
+            mb.testemailconfigurationretrycount = 0
             mb.ewsurl = None
             mb.lastautodiscoveredon = None
             if mb.regardingobjecttypecode == "queue":
@@ -858,7 +875,9 @@ class Admin:
     async def run_job(self, jobid: str, progress=None) -> dict[str, Any]:
         """Run a waiting job (the asynchronous service's part); each mailbox's result is kept as it goes.
 
-        A mailbox whose test fails does not stop the job; ``progress(done, total)`` is called after each."""
+        A mailbox whose test fails does not stop the job; ``progress(done, total)`` is called after each.
+        A mailbox whose test a transient error put off is counted as ``scheduled``, not as failed
+        (unless another of its workloads failed); the engine tests it again later."""
         with Session(self.db) as session:
             job = session.get(AsyncOperation, jobid)
             if job is None:
@@ -887,9 +906,7 @@ class Admin:
                         entry = {"mailboxid": mid, "emailaddress": addresses[mid], "ok": False,
                                  "errors": {"job": f"{type(r).__name__}: {r}"}}
                     else:
-                        entry = {"mailboxid": mid, "emailaddress": addresses[mid], "ok": r.ok,
-                                 "incoming": Status(r.incoming).name, "outgoing": Status(r.outgoing).name,
-                                 "act": Status(r.act).name, "errors": {w: e.code for w, e in r.errors.items()}}
+                        entry = test_result_view(r, addresses[mid])
                     entries.append(entry)
                 self._job_progress(jobid, entries, len(entries), len(ids))
                 if progress is not None:
@@ -907,8 +924,10 @@ class Admin:
         with Session(self.db) as session:
             job = session.get(AsyncOperation, jobid)
             job.progress = 100 if total == 0 and final else int(100 * done / total) if total else 0
-            failed = sum(1 for e in entries if not e["ok"])
-            job.result = json.dumps({"total": total, "done": done, "failed": failed, "mailboxes": entries})
+            failed = sum(1 for e in entries if e["errors"])
+            scheduled = sum(1 for e in entries if e.get("retry_scheduled"))
+            job.result = json.dumps({"total": total, "done": done, "failed": failed, "scheduled": scheduled,
+                                     "mailboxes": entries})
             if final is not None:
                 job.statecode = int(final)
                 job.completedon = self.clock.now()

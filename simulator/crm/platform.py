@@ -82,6 +82,9 @@ _LEASE_COLUMNS = [
     M.c.outgoingtransientfailurecount, M.c.undeliverablefolder, M.c.ewsurl, M.c.transientfailurecount,
     M.c.actdeliverymethod, M.c.enabledforact, M.c.actstatus, M.c.receivingpostponeduntilforact,
     M.c.lastactstartedon, M.c.noactcount, M.c.acttransientfailurecount,
+    # a Test & Enable put off by a transient error (engine.mailbox_test)
+    M.c.testemailconfigurationscheduled, M.c.testemailconfigurationretrycount,
+    M.c.orgmarkedasprimaryforexchangesync,
 ]
 
 _ORG = Organization.__table__
@@ -271,7 +274,8 @@ def _mailbox_work(r) -> MailboxWork:
         incomingtransientfailurecount=r[20], outgoingtransientfailurecount=r[21],
         undeliverablefolder=r[22], ewsurl=r[23], actdeliverymethod=r[25], enabledforact=r[26], actstatus=r[27],
         receivingpostponeduntilforact=r[28], lastactstartedon=r[29], noactcount=r[30],
-        acttransientfailurecount=r[31],
+        acttransientfailurecount=r[31], testemailconfigurationscheduled=r[32],
+        testemailconfigurationretrycount=r[33], orgmarkedasprimaryforexchangesync=r[34],
     )
 
 
