@@ -58,6 +58,11 @@ def parse_int(value: str | None, field: str, low: int, high: int) -> int | None:
     return number
 
 
+def _given(options: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """The CRM fields of the options that were given (option name -> field name)."""
+    return {field: values[opt] for opt, field in options.items() if values.get(opt) is not None}
+
+
 def parse_when(value: str | None, field: str) -> datetime | None:
     """A date (``2026-01-05``) or date and time (``2026-01-05T08:00``, UTC unless it says otherwise)."""
     if value is None:
@@ -187,15 +192,12 @@ def record_add(
 # ------------------------------------------------------------------------------ 1.5 profiles
 def _profile_fields(**opts: Any) -> dict[str, Any]:
     """Profile fields from CLI options (None: not given)."""
-    fields: dict[str, Any] = {}
     mapping = {"name": "name", "description": "description", "use_default_tenant_id": "usedefaulttenantid",
                "tenant_id": "exchangeonlinetenantid", "autodiscover": "useautodiscover",
                "incoming_location": "incomingserverlocation", "outgoing_location": "outgoingserverlocation",
                "move_failed": "moveundeliveredemails", "send_alert_email": "sendemailalert",
                "timeout": "timeoutmailboxconnection", "owner": "ownerid"}
-    for opt, field in mapping.items():
-        if opts.get(opt) is not None:
-            fields[field] = opts[opt]
+    fields: dict[str, Any] = _given(mapping, opts)
     numbers = {"min_polling_interval": ("minpollingintervalinminutes", 0, 1440),
                "max_connections": ("maxconcurrentconnections", 1, 300),
                "timeout_ms": ("timeoutmailboxconnectionafteramount", 0, 100000)}
@@ -443,6 +445,17 @@ def settings_show(as_json: bool = typer.Option(False, "--json"), db: str = _db_o
     Console(highlight=False).print(table)
 
 
+METHOD_OPTIONS = {"incoming": "incomingemaildeliverymethod", "outgoing": "outgoingemaildeliverymethod",
+                  "act": "actdeliverymethod"}
+_METHOD_HELP = {"incoming": "Incoming email: sss, outlook, forward-mailbox, none.",
+                "outgoing": "Outgoing email: sss, outlook, none.",
+                "act": "Appointments, contacts and tasks: sss, outlook, none."}
+
+
+def _method_option(which: str):
+    return typer.Option(None, f"--{which}", help=_METHOD_HELP[which])
+
+
 SWITCH_OPTIONS = {
     "require_approval_users": "requireapprovalforuseremail",
     "require_approval_queues": "requireapprovalforqueueemail",
@@ -460,9 +473,9 @@ SWITCH_OPTIONS = {
 @settings_app.command("set")
 def settings_set(
     default_profile: str | None = typer.Option(None, "--default-profile", help="Server profile (name or id)."),
-    incoming: str | None = typer.Option(None, "--incoming", help="Incoming email: sss, outlook, forward-mailbox, none."),
-    outgoing: str | None = typer.Option(None, "--outgoing", help="Outgoing email: sss, outlook, none."),
-    act: str | None = typer.Option(None, "--act", help="Appointments, contacts and tasks: sss, outlook, none."),
+    incoming: str | None = _method_option("incoming"),
+    outgoing: str | None = _method_option("outgoing"),
+    act: str | None = _method_option("act"),
     require_approval_users: bool | None = typer.Option(None, "--require-approval-users/--no-require-approval-users",
                                                        help="Process email only for approved users."),
     require_approval_queues: bool | None = typer.Option(None, "--require-approval-queues/--no-require-approval-queues",
@@ -483,16 +496,9 @@ def settings_set(
 ) -> None:
     """Step 1.6: default server profile, delivery methods and switches of the organization."""
     with _Refused():
-        fields: dict[str, Any] = {}
-        if default_profile is not None:
-            fields["defaultemailserverprofileid"] = default_profile
-        for opt, field in (("incoming", "incomingemaildeliverymethod"), ("outgoing", "outgoingemaildeliverymethod"),
-                           ("act", "actdeliverymethod")):
-            if locals()[opt] is not None:
-                fields[field] = locals()[opt]
-        for opt, field in SWITCH_OPTIONS.items():
-            if locals()[opt] is not None:
-                fields[field] = locals()[opt]
+        fields: dict[str, Any] = _given({"default_profile": "defaultemailserverprofileid", **METHOD_OPTIONS},
+                                        locals())
+        fields.update(_given(SWITCH_OPTIONS, locals()))
         if not fields:
             raise ValidationError("nothing to change: give at least one setting option", "default_profile")
 
@@ -585,9 +591,9 @@ def mailbox_edit(
     mailbox: list[str] = _mailbox_option(),
     all_: bool = _all_option(),
     profile: str | None = typer.Option(None, "--profile", help="Email server profile (name or id)."),
-    incoming: str | None = typer.Option(None, "--incoming", help="sss, outlook, forward-mailbox, none."),
-    outgoing: str | None = typer.Option(None, "--outgoing", help="sss, outlook, none."),
-    act: str | None = typer.Option(None, "--act", help="sss, outlook, none."),
+    incoming: str | None = _method_option("incoming"),
+    outgoing: str | None = _method_option("outgoing"),
+    act: str | None = _method_option("act"),
     email_address: str | None = typer.Option(None, "--email-address",
                                              help="A new email address (one mailbox; resets approval and statuses)."),
     as_user: str = _as_option(),
@@ -595,11 +601,7 @@ def mailbox_edit(
 ) -> None:
     """Step 1.7: edit several mailboxes at once (profile, delivery methods), or one mailbox's address."""
     with _Refused():
-        fields: dict[str, Any] = {}
-        for opt, field in (("profile", "emailserverprofile"), ("incoming", "incomingemaildeliverymethod"),
-                           ("outgoing", "outgoingemaildeliverymethod"), ("act", "actdeliverymethod")):
-            if locals()[opt] is not None:
-                fields[field] = locals()[opt]
+        fields: dict[str, Any] = _given({"profile": "emailserverprofile", **METHOD_OPTIONS}, locals())
         if not fields and email_address is None:
             raise ValidationError("nothing to change: give --profile, --incoming, --outgoing, --act or "
                                   "--email-address", "mailbox")
