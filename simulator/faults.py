@@ -200,18 +200,10 @@ def load_rules(injector: FaultInjector, text: str) -> None:
     sees the restored state too. Nothing changes when the text is refused: a
     ``PersistError`` (a ``ValueError``) says what is wrong.
     """
-    from simulator.exchange.persist import read_json
+    from simulator.exchange.persist import read_document
 
-    doc = read_json(text, "the fault rules")
-    if not isinstance(doc, dict):
-        raise _persist_error("cannot load the fault rules: the text is not a JSON object")
-    if doc.get("format") != FAULTS_FORMAT:
-        raise _persist_error(f"cannot load the fault rules: the text is not saved fault rules "
-                             f"(format {doc.get('format')!r}, expected {FAULTS_FORMAT!r})")
-    version = doc.get("version")
-    if type(version) is not int or version != FAULTS_VERSION:
-        raise _persist_error(f"cannot load the fault rules: unsupported version {version!r} "
-                             f"(this code reads version {FAULTS_VERSION})")
+    doc = read_document(text, "the fault rules", FAULTS_FORMAT, FAULTS_VERSION, kind="saved fault rules",
+                        versioned="version")
     extra = sorted(set(doc) - {"format", "version", "rules", "rng"})
     if extra:
         raise _persist_error(f"cannot load the fault rules: unexpected section {extra[0]!r}")

@@ -382,15 +382,7 @@ class _Reader:
             setattr(obj, key, value)
 
 
-def _load_store(doc: Any, clock: Clock) -> ExchangeStore:
-    if not isinstance(doc, dict):
-        raise _Bad("the text is not a JSON object")
-    if doc.get("format") != STORE_FORMAT:
-        raise _Bad(f"the text is not a saved Exchange store (format {_short(doc.get('format'))}, "
-                   f"expected {STORE_FORMAT!r})")
-    version = doc.get("version")
-    if type(version) is not int or version != STORE_VERSION:
-        raise _Bad(f"unsupported Exchange store version {_short(version)} (this code reads version {STORE_VERSION})")
+def _load_store(doc: dict, clock: Clock) -> ExchangeStore:
     for key in ("messages", "ids", "store"):
         if key not in doc:
             raise _Bad(f"the {key!r} section is missing")
@@ -424,16 +416,29 @@ def _load_store(doc: Any, clock: Clock) -> ExchangeStore:
     return store
 
 
-def read_json(text: object, what: str) -> Any:
-    """The JSON document in ``text``, or :class:`PersistError` saying why ``what`` cannot be loaded."""
+def read_document(text: object, what: str, fmt: str, version: int, *, kind: str, versioned: str) -> dict:
+    """The saved JSON object in ``text`` of format ``fmt`` and ``version``, or :class:`PersistError`
+    saying why ``what`` cannot be loaded (``kind``: what the text should be; ``versioned``: what a
+    version mismatch names)."""
+    def refuse(reason: str) -> PersistError:
+        return PersistError(f"cannot load {what}: {reason}")
+
     if not isinstance(text, str):
-        raise PersistError(f"cannot load {what}: expected text, got {type(text).__name__}")
+        raise refuse(f"expected text, got {type(text).__name__}")
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PersistError(f"cannot load {what}: the text is not JSON ({exc})") from None
+        raise refuse(f"the text is not JSON ({exc})") from None
     except RecursionError:
-        raise PersistError(f"cannot load {what}: the JSON is nested too deeply") from None
+        raise refuse("the JSON is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise refuse("the text is not a JSON object")
+    if doc.get("format") != fmt:
+        raise refuse(f"the text is not {kind} (format {_short(doc.get('format'))}, expected {fmt!r})")
+    found = doc.get("version")
+    if type(found) is not int or found != version:
+        raise refuse(f"unsupported {versioned} {_short(found)} (this code reads version {version})")
+    return doc
 
 
 def store_from_json(text: str, clock: Clock) -> ExchangeStore:
@@ -442,7 +447,8 @@ def store_from_json(text: str, clock: Clock) -> ExchangeStore:
     Raises :class:`PersistError` when the text is not JSON, is of another format or version,
     or does not describe a store.
     """
-    doc = read_json(text, "the Exchange store")
+    doc = read_document(text, "the Exchange store", STORE_FORMAT, STORE_VERSION, kind="a saved Exchange store",
+                        versioned="Exchange store version")
     try:
         return _load_store(doc, clock)
     except _Bad as bad:
