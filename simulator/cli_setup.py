@@ -246,27 +246,34 @@ def _show_profile(view: dict[str, Any]) -> None:
             _say(f"  {line}")
 
 
+_PROFILE_SWITCHES = {"use_default_tenant_id", "autodiscover", "move_failed", "send_alert_email", "timeout"}
+
+
+def _profile_option(key: str, default: Any = None):
+    """The option of a profile field (the same in create and update; update gives no defaults)."""
+    flag = "--" + key.replace("_", "-")
+    if key in _PROFILE_SWITCHES:
+        flag = f"{flag}/--no-{flag[2:]}"
+    return typer.Option(default, flag, help=_PROFILE_HELP[key])
+
+
 @profile_app.command("create")
 def profile_create(
     name: str = typer.Option(..., "--name", help="Profile name (up to 100 characters, unique)."),
-    description: str | None = typer.Option(None, "--description", help=_PROFILE_HELP["description"]),
-    use_default_tenant_id: bool = typer.Option(True, "--use-default-tenant-id/--no-use-default-tenant-id",
-                                               help=_PROFILE_HELP["use_default_tenant_id"]),
-    tenant_id: str | None = typer.Option(None, "--tenant-id", help=_PROFILE_HELP["tenant_id"]),
-    autodiscover: bool = typer.Option(True, "--autodiscover/--no-autodiscover", help=_PROFILE_HELP["autodiscover"]),
-    incoming_location: str | None = typer.Option(None, "--incoming-location", help=_PROFILE_HELP["incoming_location"]),
-    outgoing_location: str | None = typer.Option(None, "--outgoing-location", help=_PROFILE_HELP["outgoing_location"]),
-    process_email_from: str | None = typer.Option(None, "--process-email-from",
-                                                  help=_PROFILE_HELP["process_email_from"]),
-    min_polling_interval: str | None = typer.Option(None, "--min-polling-interval",
-                                                    help=_PROFILE_HELP["min_polling_interval"]),
-    max_connections: str | None = typer.Option(None, "--max-connections", help=_PROFILE_HELP["max_connections"]),
-    move_failed: bool = typer.Option(False, "--move-failed/--no-move-failed", help=_PROFILE_HELP["move_failed"]),
-    send_alert_email: bool = typer.Option(False, "--send-alert-email/--no-send-alert-email",
-                                          help=_PROFILE_HELP["send_alert_email"]),
-    timeout: bool = typer.Option(True, "--timeout/--no-timeout", help=_PROFILE_HELP["timeout"]),
-    timeout_ms: str | None = typer.Option(None, "--timeout-ms", help=_PROFILE_HELP["timeout_ms"]),
-    owner: str | None = typer.Option(None, "--owner", help=_PROFILE_HELP["owner"]),
+    description: str | None = _profile_option("description"),
+    use_default_tenant_id: bool = _profile_option("use_default_tenant_id", True),
+    tenant_id: str | None = _profile_option("tenant_id"),
+    autodiscover: bool = _profile_option("autodiscover", True),
+    incoming_location: str | None = _profile_option("incoming_location"),
+    outgoing_location: str | None = _profile_option("outgoing_location"),
+    process_email_from: str | None = _profile_option("process_email_from"),
+    min_polling_interval: str | None = _profile_option("min_polling_interval"),
+    max_connections: str | None = _profile_option("max_connections"),
+    move_failed: bool = _profile_option("move_failed", False),
+    send_alert_email: bool = _profile_option("send_alert_email", False),
+    timeout: bool = _profile_option("timeout", True),
+    timeout_ms: str | None = _profile_option("timeout_ms"),
+    owner: str | None = _profile_option("owner"),
     as_user: str = _as_option(),
     db: str = _db_option(),
 ) -> None:
@@ -287,25 +294,20 @@ def profile_create(
 def profile_update(
     profile: str = typer.Option(..., "--profile", help="The profile's name or id."),
     name: str | None = typer.Option(None, "--name", help="A new name."),
-    description: str | None = typer.Option(None, "--description", help=_PROFILE_HELP["description"]),
-    use_default_tenant_id: bool | None = typer.Option(None, "--use-default-tenant-id/--no-use-default-tenant-id",
-                                                      help=_PROFILE_HELP["use_default_tenant_id"]),
-    tenant_id: str | None = typer.Option(None, "--tenant-id", help=_PROFILE_HELP["tenant_id"]),
-    autodiscover: bool | None = typer.Option(None, "--autodiscover/--no-autodiscover",
-                                             help=_PROFILE_HELP["autodiscover"]),
-    incoming_location: str | None = typer.Option(None, "--incoming-location", help=_PROFILE_HELP["incoming_location"]),
-    outgoing_location: str | None = typer.Option(None, "--outgoing-location", help=_PROFILE_HELP["outgoing_location"]),
-    process_email_from: str | None = typer.Option(None, "--process-email-from",
-                                                  help=_PROFILE_HELP["process_email_from"]),
-    min_polling_interval: str | None = typer.Option(None, "--min-polling-interval",
-                                                    help=_PROFILE_HELP["min_polling_interval"]),
-    max_connections: str | None = typer.Option(None, "--max-connections", help=_PROFILE_HELP["max_connections"]),
-    move_failed: bool | None = typer.Option(None, "--move-failed/--no-move-failed", help=_PROFILE_HELP["move_failed"]),
-    send_alert_email: bool | None = typer.Option(None, "--send-alert-email/--no-send-alert-email",
-                                                 help=_PROFILE_HELP["send_alert_email"]),
-    timeout: bool | None = typer.Option(None, "--timeout/--no-timeout", help=_PROFILE_HELP["timeout"]),
-    timeout_ms: str | None = typer.Option(None, "--timeout-ms", help=_PROFILE_HELP["timeout_ms"]),
-    owner: str | None = typer.Option(None, "--owner", help=_PROFILE_HELP["owner"]),
+    description: str | None = _profile_option("description"),
+    use_default_tenant_id: bool | None = _profile_option("use_default_tenant_id"),
+    tenant_id: str | None = _profile_option("tenant_id"),
+    autodiscover: bool | None = _profile_option("autodiscover"),
+    incoming_location: str | None = _profile_option("incoming_location"),
+    outgoing_location: str | None = _profile_option("outgoing_location"),
+    process_email_from: str | None = _profile_option("process_email_from"),
+    min_polling_interval: str | None = _profile_option("min_polling_interval"),
+    max_connections: str | None = _profile_option("max_connections"),
+    move_failed: bool | None = _profile_option("move_failed"),
+    send_alert_email: bool | None = _profile_option("send_alert_email"),
+    timeout: bool | None = _profile_option("timeout"),
+    timeout_ms: str | None = _profile_option("timeout_ms"),
+    owner: str | None = _profile_option("owner"),
     as_user: str = _as_option(),
     db: str = _db_option(),
 ) -> None:
