@@ -39,6 +39,12 @@ class TimedExchange:
 
 def bounded_port(exchange: ExchangePort, *, real_clock: bool, enabled: bool, amount_ms: int) -> ExchangePort:
     """The port to use for one profile's mailboxes."""
-    if not real_clock or not enabled or amount_ms <= 0:
+    seconds = call_timeout_s(enabled, amount_ms)
+    if not real_clock or seconds is None:
         return exchange
-    return TimedExchange(exchange, amount_ms / 1000.0)  # type: ignore[return-value]
+    return TimedExchange(exchange, seconds)  # type: ignore[return-value]
+
+
+def call_timeout_s(enabled: bool, amount_ms: int) -> float | None:
+    """Seconds one Exchange call may take under a profile's timeout fields (None: unbounded)."""
+    return amount_ms / 1000.0 if enabled and amount_ms > 0 else None

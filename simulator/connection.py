@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from engine.errors import ExchangeError, SyncError, TokenError
 from engine.ews import EwsExchange
+from engine.timeouts import call_timeout_s
 from engine.tokens import MsalTokenSource
 from simulator.crm import s2s
 from simulator.crm.admin import AUTHENTICATION_FAILURE_CODE, ConnectionCheck
@@ -93,9 +94,8 @@ class WireConnectionProbe:
             url = profile.incomingserverlocation or ""
             where = f"FindItem on the Inbox of {mailbox} at {url}"
         port = EwsExchange(url, _FixedToken(token), max_connections=1, ca_file=wire.tls.ca_file, clock=wire.clock,
-                           timeout_s=(profile.timeoutmailboxconnectionafteramount / 1000.0
-                                      if profile.timeoutmailboxconnection and profile.timeoutmailboxconnectionafteramount
-                                      else None))
+                           timeout_s=call_timeout_s(profile.timeoutmailboxconnection,
+                                                    profile.timeoutmailboxconnectionafteramount))
         try:
             await port.find_new_items(mailbox, "inbox", None, 1)
         except SyncError as exc:

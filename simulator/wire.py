@@ -33,6 +33,7 @@ from engine.autodiscover import AutodiscoverResolver
 from engine.clock import Clock, VirtualClock
 from engine.errors import TokenError
 from engine.ews import EwsExchange
+from engine.timeouts import call_timeout_s
 from engine.tokens import MsalTokenSource
 from simulator.connection import WireConnectionProbe
 from simulator.control import control_routes
@@ -148,9 +149,8 @@ class ProfilePorts:
             if profile is None:
                 key = ("", 10, None, None)
             else:
-                timeout = (profile.timeoutmailboxconnectionafteramount / 1000.0
-                           if profile.timeoutmailboxconnection and profile.timeoutmailboxconnectionafteramount
-                           else None)
+                timeout = call_timeout_s(profile.timeoutmailboxconnection,
+                                         profile.timeoutmailboxconnectionafteramount)
                 tenant = None if profile.usedefaulttenantid else (profile.exchangeonlinetenantid or None)
                 key = (profile.emailserverprofileid, profile.maxconcurrentconnections, timeout, tenant)
             self._profile_of[mailbox] = key
