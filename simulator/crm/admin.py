@@ -885,10 +885,9 @@ class Admin:
             if job.statecode != AsyncState.WAITING:
                 raise OutOfOrderError(f"job {jobid} is {AsyncState(job.statecode).name.lower().replace('_', ' ')}, "
                                       "not waiting", "job")
-            ids = list(session.exec(select(Mailbox.mailboxid).where(
-                Mailbox.emailserverprofile == job.regardingobjectid).order_by(Mailbox.emailaddress)).all())
             addresses = dict(session.exec(select(Mailbox.mailboxid, Mailbox.emailaddress).where(
-                Mailbox.mailboxid.in_(ids))).all())
+                Mailbox.emailserverprofile == job.regardingobjectid).order_by(Mailbox.emailaddress)).all())
+            ids = list(addresses)
             job.statecode = int(AsyncState.IN_PROGRESS)
             job.startedon = self.clock.now()
             session.add(job)
@@ -992,9 +991,13 @@ class Admin:
             if regarding is not None:
                 q = q.where(TraceLog.regardingobjectid == regarding)
             rows = session.exec(q.order_by(TraceLog.modifiedon.desc(), TraceLog.tracelogid.desc()).limit(limit)).all()
-            names = dict(session.exec(select(Mailbox.mailboxid, Mailbox.emailaddress)).all())
-            names.update(session.exec(select(EmailServerProfile.emailserverprofileid, EmailServerProfile.name)).all())
-            owners = dict(session.exec(select(SystemUser.systemuserid, SystemUser.domainname)).all())
+            regarding = {t.regardingobjectid for t in rows}  # names of just the records shown
+            names = dict(session.exec(select(Mailbox.mailboxid, Mailbox.emailaddress).where(
+                Mailbox.mailboxid.in_(regarding))).all())
+            names.update(session.exec(select(EmailServerProfile.emailserverprofileid, EmailServerProfile.name).where(
+                EmailServerProfile.emailserverprofileid.in_(regarding))).all())
+            owners = dict(session.exec(select(SystemUser.systemuserid, SystemUser.domainname).where(
+                SystemUser.systemuserid.in_({t.ownerid for t in rows}))).all())
             out = []
             for t in rows:
                 view = t.model_dump()
