@@ -726,7 +726,7 @@ def mail_deliver(
     db: str = _db_option(),
 ) -> None:
     """Deliver a message into the Exchange Online mailboxes of its recipients (now, sandbox time)."""
-    from simulator.exchange.mime import MessageData, normalize_address
+    from simulator.exchange.mime import normalize_address
 
     with _Refused():
         for field, value in [("from", sender), *(("to", t) for t in to)]:
@@ -743,11 +743,7 @@ def mail_deliver(
                 except OSError as exc:
                     raise ValidationError(f"cannot read {file}: {exc.strerror}", "file") from None
                 return ws.sb.deliver(raw, known)
-            message = MessageData(subject=subject, sender=normalize_address(sender), to=tuple(known), body=body,
-                                  in_reply_to=in_reply_to,
-                                  message_id=ws.sb.store.new_message_id(normalize_address(sender)),
-                                  date=ws.clock.now())
-            return ws.sb.deliver(message, known)
+            return ws.sb.deliver_text(normalize_address(sender), known, subject, body, in_reply_to=in_reply_to)
         delivered = _in_sandbox(db, action)
     for address, item in delivered.items():
         _say(f"Delivered to {address} (item {item}).")

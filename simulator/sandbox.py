@@ -61,9 +61,7 @@ class Sandbox:
 
     def _notify(self, to: str, subject: str, body: str) -> None:
         """Mail from the CRM itself to a person (the profile alert email) lands in their Inbox."""
-        message = MessageData(subject=subject, sender=NOTIFICATION_SENDER, to=(to,), body=body,
-                              message_id=self.store.new_message_id(NOTIFICATION_SENDER), date=self.clock.now())
-        self.store.deliver(message, [to])
+        self.deliver_text(NOTIFICATION_SENDER, [to], subject, body)
 
     # -- scenario helpers --------------------------------------------------------------------
     def at(self, when: datetime, action: Callable[[], Any]) -> None:
@@ -74,6 +72,13 @@ class Sandbox:
                 received: datetime | None = None) -> dict[str, str]:
         """Deliver mail into Exchange now (as SMTP would); returns ``{address: item id}``."""
         return self.store.deliver(message, recipients, received)
+
+    def deliver_text(self, sender: str, to: list[str], subject: str, body: str = "", *,
+                     in_reply_to: str | None = None) -> dict[str, str]:
+        """Deliver a plain message written now (its own Message-ID) to the mailboxes ``to``."""
+        message = MessageData(subject=subject, sender=sender, to=tuple(to), body=body, in_reply_to=in_reply_to,
+                              message_id=self.store.new_message_id(sender), date=self.clock.now())
+        return self.store.deliver(message, list(to))
 
     def add_fault(self, **rule: Any) -> FaultRule:
         return self.faults.add(FaultRule(**rule))

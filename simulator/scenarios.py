@@ -33,7 +33,6 @@ from simulator.crm import s2s
 from simulator.crm.admin import AdminError
 from simulator.crm.db import make_engine, sqlite_url
 from simulator.crm.platform import IdFactory
-from simulator.exchange.mime import MessageData
 from simulator.faults import FaultRule
 from simulator.sandbox import DEFAULT_START
 from simulator.workspace import SEED_KEY, open_workspace
@@ -206,10 +205,8 @@ async def seed_scenario(name: str, db: str | Path, *, force: bool = False, seed:
 async def _mail_and_run(ws, minutes: int) -> None:
     """A message from outside to each user, then the engine for ``minutes`` of sandbox time."""
     for fullname, email in USERS:
-        message = MessageData(subject=f"Question for {fullname.split()[0]}", sender=OUTSIDER, to=(email,),
-                              body="Could you send me the latest price list?",
-                              message_id=ws.sb.store.new_message_id(OUTSIDER), date=ws.clock.now())
-        ws.sb.deliver(message, [email])
+        ws.sb.deliver_text(OUTSIDER, [email], f"Question for {fullname.split()[0]}",
+                           "Could you send me the latest price list?")
     await ws.sb.run_until(ws.clock.now() + timedelta(minutes=minutes))
 
 

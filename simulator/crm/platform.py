@@ -503,9 +503,7 @@ class Platform:
                 self._prepared(("release", shape),
                                lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
         self._purge_old_item_rows()
-        failed = [u.mailboxid for u in updates if u.values.get("lastsyncerroroccurredon") is not None]
-        if failed:
-            self.check_profile_failures(failed)
+        self._after_errors(updates)
 
     def _reading(self):
         """A connection for the duplicate and correlation lookups of the leased batch.
@@ -549,6 +547,9 @@ class Platform:
             self._flush(conn)
             for shape, rows in shapes.items():
                 self._prepared(("update", shape), lambda shape=shape: _update_statement(shape)).executemany(conn, rows)
+        self._after_errors(updates)
+
+    def _after_errors(self, updates: list[MailboxUpdate]) -> None:
         failed = [u.mailboxid for u in updates if u.values.get("lastsyncerroroccurredon") is not None]
         if failed:
             self.check_profile_failures(failed)
