@@ -125,24 +125,18 @@ def rules_to_json(injector: FaultInjector) -> str:
                                      f"a {type(value).__name__}")
             saved[f.name] = value
         rules.append(saved)
-    try:
-        version, internal, gauss_next = injector.rng.getstate()
-    except (NotImplementedError, TypeError, ValueError) as exc:
-        raise _persist_error(f"cannot save the fault rules: the random generator has no saved state ({exc})") from None
+    from simulator.exchange.persist import rng_state
+
     doc = {
         "format": FAULTS_FORMAT,
         "version": FAULTS_VERSION,
         "rules": rules,
-        "rng": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "rng": rng_state(injector.rng, "the fault rules"),
     }
     try:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False)
     except ValueError as exc:  # a probability that is NaN or infinite
         raise _persist_error(f"cannot save the fault rules: {exc}") from None
-
-
-def _is_whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_rule(i: int, raw: object, hints: dict[str, object]) -> FaultRule:
@@ -177,22 +171,6 @@ def _read_rule(i: int, raw: object, hints: dict[str, object]) -> FaultRule:
     return rule
 
 
-def _read_rng_state(raw: object) -> tuple:
-    if not isinstance(raw, dict) or set(raw) != {"version", "state", "gauss_next"}:
-        raise _persist_error("cannot load the fault rules: 'rng' must hold version, state and gauss_next")
-    version, internal, gauss_next = raw["version"], raw["state"], raw["gauss_next"]
-    if not _is_whole(version) or not isinstance(internal, list) or not all(_is_whole(v) for v in internal):
-        raise _persist_error("cannot load the fault rules: the random generator state is not a list of whole numbers")
-    if gauss_next is not None and (isinstance(gauss_next, bool) or not isinstance(gauss_next, (int, float))):
-        raise _persist_error("cannot load the fault rules: the random generator's gauss_next is not a number")
-    state = (version, tuple(internal), gauss_next)
-    try:
-        random.Random().setstate(state)  # tried on a scratch generator first
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise _persist_error(f"cannot load the fault rules: the random generator state is invalid ({exc})") from None
-    return state
-
-
 def load_rules(injector: FaultInjector, text: str) -> None:
     """Replace the rules and the generator state of ``injector`` with those saved in ``text``.
 
@@ -200,7 +178,7 @@ def load_rules(injector: FaultInjector, text: str) -> None:
     sees the restored state too. Nothing changes when the text is refused: a
     ``PersistError`` (a ``ValueError``) says what is wrong.
     """
-    from simulator.exchange.persist import read_document
+    from simulator.exchange.persist import read_document, read_rng_state
 
     doc = read_document(text, "the fault rules", FAULTS_FORMAT, FAULTS_VERSION, kind="saved fault rules",
                         versioned="version")
@@ -216,7 +194,7 @@ def load_rules(injector: FaultInjector, text: str) -> None:
     except Exception:  # an annotation not resolvable at run time: types are then not checked
         hints = {}
     rules = [_read_rule(i, raw, hints) for i, raw in enumerate(doc["rules"])]
-    state = _read_rng_state(doc["rng"])
+    state = read_rng_state(doc["rng"], "the fault rules")
     try:
         injector.rng.setstate(state)
     except NotImplementedError:

@@ -32,7 +32,6 @@ from engine.clock import VirtualClock
 from simulator.crm import s2s
 from simulator.crm.admin import AdminError
 from simulator.crm.db import make_engine, sqlite_url
-from simulator.crm.platform import IdFactory
 from simulator.faults import FaultRule
 from simulator.sandbox import DEFAULT_START
 from simulator.workspace import SEED_KEY, open_workspace
@@ -223,7 +222,6 @@ async def _build(scenario: Scenario, path: Path, cert_dir: Path, seed: int,
 
         # 1.1: the organization, its administrator, users and a queue
         async with open_workspace(db) as ws:
-            ws.sb.ids.restore(IdFactory(seed).state())
             ws.admin.create_organization(ORG_NAME, admin_name="Admin", admin_domain=ADMIN, admin_email=ADMIN_EMAIL)
             for fullname, email in USERS:
                 ws.admin.add_user(fullname, email, as_user=ADMIN)

@@ -332,14 +332,16 @@ class IdFactory:
     def new(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
-    def state(self) -> list:
+    def state(self) -> dict:
         """The generator's state as JSON-able data (ids continue after :meth:`restore`)."""
-        version, internal, gauss = self._rng.getstate()
-        return [version, list(internal), gauss]
+        from simulator.exchange.persist import rng_state
 
-    def restore(self, state: list) -> None:
-        version, internal, gauss = state
-        self._rng.setstate((version, tuple(internal), gauss))
+        return rng_state(self._rng, "the id generator")
+
+    def restore(self, state: object) -> None:
+        from simulator.exchange.persist import read_rng_state
+
+        self._rng.setstate(read_rng_state(state, "the id generator"))
 
 
 class Platform:

@@ -40,6 +40,7 @@ import binascii
 import dataclasses
 import itertools
 import json
+import random
 import re
 import types
 import typing
@@ -414,6 +415,35 @@ def _load_store(doc: dict, clock: Clock) -> ExchangeStore:
     if not matches_hint(store.outbound, list[tuple[str, tuple[str, ...], MessageData]]):
         raise _Bad("store.outbound must be a list of (sender, recipients, message) tuples")
     return store
+
+
+def rng_state(rng: random.Random, what: str) -> dict:
+    """A random generator's state as JSON-able data (for :func:`read_rng_state`)."""
+    try:
+        version, internal, gauss_next = rng.getstate()
+    except (NotImplementedError, TypeError, ValueError) as exc:  # e.g. a SystemRandom keeps no state
+        raise PersistError(f"cannot save {what}: the random generator has no saved state ({exc})") from None
+    return {"version": version, "state": list(internal), "gauss_next": gauss_next}
+
+
+def read_rng_state(raw: object, what: str) -> tuple:
+    """The generator state saved by :func:`rng_state`, checked (on a scratch generator) before use."""
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(raw, dict) or set(raw) != {"version", "state", "gauss_next"}:
+        raise PersistError(f"cannot load {what}: 'rng' must hold version, state and gauss_next")
+    version, internal, gauss_next = raw["version"], raw["state"], raw["gauss_next"]
+    if not whole(version) or not isinstance(internal, list) or not all(whole(v) for v in internal):
+        raise PersistError(f"cannot load {what}: the random generator state is not a list of whole numbers")
+    if gauss_next is not None and (isinstance(gauss_next, bool) or not isinstance(gauss_next, (int, float))):
+        raise PersistError(f"cannot load {what}: the random generator's gauss_next is not a number")
+    state = (version, tuple(internal), gauss_next)
+    try:
+        random.Random().setstate(state)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise PersistError(f"cannot load {what}: the random generator state is invalid ({exc})") from None
+    return state
 
 
 def read_document(text: object, what: str, fmt: str, version: int, *, kind: str, versioned: str) -> dict:
