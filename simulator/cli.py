@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -518,6 +520,31 @@ def clock_advance(
     _say(f"The sandbox clock is now {now:%Y-%m-%d %H:%M:%S} UTC.")
 
 
+@contextlib.contextmanager
+def stop_on_signals(stop):
+    """SIGTERM and SIGINT call ``stop()`` (a graceful end: the work under way finishes) while the
+    block runs in the event loop; a second signal interrupts at once."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    seen: list[int] = []
+
+    def handle(signum: int) -> None:
+        seen.append(signum)
+        if len(seen) == 1:
+            stop()
+        elif task is not None:
+            task.cancel()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, handle, sig)
+    try:
+        yield seen
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
 # ------------------------------------------------------------------------------ wire mode (the network services)
 @app.command()
 def serve(
@@ -538,14 +565,16 @@ def serve(
     url = db if "://" in db else sqlite_url(db)
 
     async def go() -> None:
-        await run_serve(db_url=url, seed=seed, state_dir=state_dir, virtual=virtual, users=users, queues=2,
-                        contacts=20, http_port=http_port, smtp_port=smtp_port, info_json=info_json, out=_say)
+        stop = asyncio.Event()
+        with stop_on_signals(stop.set):
+            await run_serve(db_url=url, seed=seed, state_dir=state_dir, virtual=virtual, users=users, queues=2,
+                            contacts=20, http_port=http_port, smtp_port=smtp_port, info_json=info_json, out=_say,
+                            stop=stop)
+        if stop.is_set():
+            _say("Stopped; everything was written as it happened.")
 
     with _Refused():
-        try:
-            asyncio.run(go())
-        except KeyboardInterrupt:
-            _say("Stopped.")
+        asyncio.run(go())
 
 
 # the other commands register themselves on `app`

@@ -825,12 +825,17 @@ def run_engine(
             raise ValidationError("give how long to run: --minutes N or --hours N", "minutes")
 
         async def action(ws):
-            for jobid in ws.admin.waiting_jobs():
-                await ws.admin.run_job(jobid)
-            before = ws.clock.now()
-            await ws.sb.run_until(before + total)
-            return before, ws.clock.now(), ws.sb.engine.stats
-        start, end, stats = _in_sandbox(db, action, wire=True)
+            from simulator.cli import stop_on_signals
+
+            with stop_on_signals(lambda: setattr(ws.sb, "stopping", True)) as signals:
+                for jobid in ws.admin.waiting_jobs():
+                    await ws.admin.run_job(jobid)
+                before = ws.clock.now()
+                await ws.sb.run_until(before + total)
+            return before, ws.clock.now(), ws.sb.engine.stats, bool(signals)
+        start, end, stats, stopped = _in_sandbox(db, action, wire=True)
+    if stopped:
+        _say("Stopped by a signal after the batch under way; everything done so far is kept.")
     _say(f"Ran the engine from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (sandbox time): "
          f"{stats.polls} workload polls, {stats.emails_tracked} email(s) tracked, {stats.emails_sent} sent, "
          f"{sum(stats.emails_skipped.values())} skipped, {sum(stats.errors.values())} error(s).")

@@ -69,13 +69,16 @@ class FaultInjector:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random(0)
         self.rules: list[FaultRule] = []
+        self.changes = 0  # bumped by every change of the rules, their counters or the generator
 
     def add(self, rule: FaultRule) -> FaultRule:
         self.rules.append(rule)
+        self.changes += 1
         return rule
 
     def clear(self) -> None:
         self.rules.clear()
+        self.changes += 1
 
     def check(self, operation: str, mailbox: str) -> None:
         if not self.rules:
@@ -84,6 +87,7 @@ class FaultInjector:
         for rule in self.rules:
             if not rule.matches(operation, mailbox):
                 continue
+            self.changes += 1
             if rule.probability < 1.0 and self.rng.random() >= rule.probability:
                 continue
             rule.fired += 1
@@ -112,7 +116,7 @@ def rules_to_json(injector: FaultInjector) -> str:
     Loading the text with :func:`load_rules` gives an injector that fires exactly the faults
     this one would fire for the same later calls.
     """
-    extra = sorted(set(vars(injector)) - _INJECTOR_SAVED)
+    extra = sorted(set(vars(injector)) - _INJECTOR_SAVED - {"changes"})
     if extra:
         raise _persist_error(f"cannot save the fault rules: the injector's attribute {extra[0]!r} has no saved form")
     rules = []

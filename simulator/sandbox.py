@@ -22,6 +22,7 @@ from simulator.exchange.direct import DirectExchange
 from simulator.exchange.mime import MessageData
 from simulator.exchange.store import ExchangeStore, IdSource
 from simulator.faults import FaultInjector, FaultRule
+from simulator.world import World, stored_time
 
 DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 NOTIFICATION_SENDER = "crm-notifications@sandbox.invalid"
@@ -30,31 +31,40 @@ NOTIFICATION_SENDER = "crm-notifications@sandbox.invalid"
 class Sandbox:
     """Org + Exchange + engine in one process, on a virtual clock ("direct mode").
 
-    ``store`` is an Exchange store to use (one loaded from a saved sandbox). ``clock`` replaces the
-    virtual clock (a :class:`~engine.clock.RealClock` for a real-time
+    The sandbox is durable (``simulator/world.py``): a database that already holds a sandbox is
+    opened where it stands (its Exchange store, fault rules and clock, which goes on from the
+    later of ``start`` and the stored time), and everything is written as it changes.
+    ``clock`` replaces the virtual clock (a :class:`~engine.clock.RealClock` for a real-time
     service: then :meth:`run_until` is not used; the engine runs with ``engine.run_forever``).
     """
 
     def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
                  record_events: bool = True, jitter: bool = False, lease_batch: int = 2000,
-                 hostid: str = "sss-host-1", clock: Clock | None = None,
-                 store: ExchangeStore | None = None) -> None:
+                 hostid: str = "sss-host-1", clock: Clock | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(f"sandbox-{seed}")
-        self.clock = clock if clock is not None else VirtualClock(as_utc(start))
         self.db = make_engine(db_url, durable=False)  # a simulation artefact: no fsync (BENCHMARKS.md)
-        self.ids = IdFactory(seed)
-        self.store = store if store is not None else ExchangeStore(self.clock, IdSource(seed))
+        if clock is None:
+            stored = stored_time(self.db)
+            clock = VirtualClock(max(as_utc(start), stored) if stored is not None else as_utc(start))
+        self.clock = clock
+        self.store = ExchangeStore(self.clock)
         self.faults = FaultInjector(random.Random(f"faults-{seed}"))
+        self.world = World(self.db, self.store, self.faults, self.clock, keeps_clock=self.clock.is_virtual)
+        self.store.ids = IdSource(seed, self.world.epoch)  # ids that no other process hands out
+        self.ids = IdFactory(seed, self.world.epoch)
+        self.world.load()
         self.exchange = DirectExchange(self.store, self.faults)
         self.crm = Platform(self.db, self.clock, self.ids, self.faults)
         self.crm.on_notification = self._notify
+        self.crm.world = self.world
         self.events: list[tuple[Any, ...]] | None = [] if record_events else None
         self.engine = SyncService(self.crm, self.exchange, self.clock, hostid=hostid,
                                   rng=random.Random(f"engine-{seed}"), jitter=jitter, lease_batch=lease_batch,
                                   events=self.events)
         self.admin = Admin(self.db, self.clock, self.crm, self.exchange, self.ids,
                            on_mailbox_added=self.store.add_mailbox)
+        self.stopping = False  # set (e.g. by SIGTERM) to end run_until after the batch under way
         self.background: set = set()  # asyncio tasks started for this sandbox (jobs run over HTTP)
         self._agenda: list[tuple[datetime, int, Callable[[], Any]]] = []
         self._agenda_seq = itertools.count()
@@ -81,7 +91,9 @@ class Sandbox:
         return self.store.deliver(message, list(to))
 
     def add_fault(self, **rule: Any) -> FaultRule:
-        return self.faults.add(FaultRule(**rule))
+        added = self.faults.add(FaultRule(**rule))
+        self.world.commit()
+        return added
 
     # -- running ---------------------------------------------------------------------------
     def _next_time(self) -> datetime | None:
@@ -93,7 +105,7 @@ class Sandbox:
     async def run_until(self, end: datetime, progress: Callable[[datetime], None] | None = None) -> None:
         """Advance the clock step by step to ``end``, running scenario actions and due workloads."""
         end = as_utc(end)
-        while True:
+        while not self.stopping:
             t = self._next_time()
             if t is None or t > end:
                 break
@@ -109,6 +121,8 @@ class Sandbox:
                 self.clock.advance(1)  # work held by another host: let time pass
             if progress is not None:
                 progress(self.clock.now())
+        if self.stopping:
+            return
         self.clock.advance_to(end)
         if progress is not None:
             progress(end)
@@ -120,4 +134,8 @@ class Sandbox:
         await self.run_until(self.clock.now() + timedelta(seconds=seconds), progress)
 
     def close(self) -> None:
-        self.db.dispose()
+        """Write what is left (the clock where it stopped) and let go of the database."""
+        try:
+            self.world.commit()
+        finally:
+            self.db.dispose()

@@ -129,7 +129,4 @@ async def serve(*, db_url: str, seed: int, state_dir: Path | None, virtual: bool
         else:
             await wire.sb.engine.run_forever(stop)
     finally:
-        try:
-            ws.save()  # the next command (or `sss serve`) goes on from here
-        finally:
-            await wire.stop()
+        await ws.close()  # everything else was written as it changed

@@ -253,17 +253,19 @@ class WireSandbox:
 
     def __init__(self, *, db_url: str = MEMORY_URL, seed: int = 0, start: datetime = DEFAULT_START,
                  state_dir: Path | None = None, clock: Clock | None = None, record_events: bool = True,
-                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0, store=None) -> None:
+                 host: str = "127.0.0.1", http_port: int = 0, smtp_port: int = 0,
+                 hostid: str = "sss-host-1") -> None:
         clock = clock if clock is not None else VirtualClock(start)
         self.sb = Sandbox(db_url=db_url, seed=seed, start=start, record_events=record_events, clock=clock,
-                          store=store)
+                          hostid=hostid)
         self.clock = clock
         self.state_dir = state_dir or default_state_dir()
         self.tls: TlsFiles = ensure_tls(self.state_dir)
         self.host = host
         self.identity: IdentityService = self._load_identity()
         self.server = WebServer(host=host, port=http_port, ssl_context=self.tls.server_context())
-        self.ews = EwsService(self.sb.store, clock, authorize=self.authorize, faults=self.sb.faults)
+        self.ews = EwsService(self.sb.store, clock, authorize=self.authorize, faults=self.sb.faults,
+                              refresh=self.sb.world.refresh, commit=self.sb.world.commit)
         self.smtp = SmtpIngress(self.sb.store, host=host, port=smtp_port)
         self._ids = random.Random(f"wire-message-ids-{seed}")
         self.exchange: ProfilePorts | None = None
@@ -337,6 +339,7 @@ class WireSandbox:
         self._autodiscover = AutodiscoverResolver(self.base_url, self.tls.ca_file)
         self.exchange = ProfilePorts(self, self.tokens)
         self.sb.engine.exchange = self.exchange
+        self.sb.world.engine_defers = False  # the engine reaches Exchange over EWS, which commits each request
         self.sb.admin.exchange = self.exchange
         self.sb.admin.probe = WireConnectionProbe(self)
         self.sb.admin.on_settings_changed = self.exchange.forget

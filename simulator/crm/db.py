@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from simulator.crm import models  # noqa: F401  (registers the tables)
 
 MEMORY_URL = "sqlite://"
+# The layout of the tables. 1: the first release, whose Exchange store was a JSON document saved at
+# the end of each command; 2: the durable world (the store as a journal, written as it changes).
+SCHEMA_VERSION = 2
+SCHEMA_KEY = "schema"
+BUSY_TIMEOUT_S = 30  # SQLite: how long a writer waits for another process's write to finish
 
 
 class DatabaseError(ValueError):
@@ -56,7 +62,7 @@ def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = T
         raise DatabaseError(f"database URL {url!r} is not a URL (expected e.g. sqlite:///sss.db)")
     kwargs: dict = {}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
     try:
@@ -66,8 +72,58 @@ def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = T
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _tune_sqlite if durable else _tune_sqlite_fast)
     if create:
-        SQLModel.metadata.create_all(engine)
+        try:
+            check_schema(engine)
+            SQLModel.metadata.create_all(engine)
+            _stamp_schema(engine)
+        except DatabaseError:
+            engine.dispose()
+            raise
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            reason = (str(getattr(exc, "orig", None) or exc).splitlines() or ["unusable"])[0]
+            raise DatabaseError(f"cannot open database {_shown(url)}: {reason}") from None
     return engine
+
+
+def _shown(url: str) -> str:
+    return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.split("@")[-1]
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse, before anything is written, a database whose tables another version of sss-sim laid
+    out. An empty database is fine (its tables are made next)."""
+    tables = set(inspect(engine).get_table_names())
+    if "mailbox" not in tables and "simulatorstate" not in tables:
+        return
+    found = None
+    if "simulatorstate" in tables:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT value FROM simulatorstate WHERE key = :k"), {"k": SCHEMA_KEY}).scalar()
+    version = int(found) if found is not None and str(found).isdigit() else 1
+    if version == SCHEMA_VERSION:
+        return
+    where = _shown(engine.url.render_as_string(hide_password=True))
+    if version < SCHEMA_VERSION:
+        raise DatabaseError(f"database {where} was made by an older sss-sim (schema version {version}; this one "
+                            f"reads version {SCHEMA_VERSION}): start a new sandbox with another --db")
+    raise DatabaseError(f"database {where} was made by a newer sss-sim (schema version {version}; this one "
+                        f"reads version {SCHEMA_VERSION}): upgrade sss-sim to open it")
+
+
+def _stamp_schema(engine: Engine) -> None:
+    """Record the schema version and the world's counters in a database just made (no-op after)."""
+    rows = [("simulatorstate", {"key": SCHEMA_KEY, "value": str(SCHEMA_VERSION)})] + [
+        ("simulatorcounter", {"name": name, "value": 0}) for name in ("world-lock", "epoch", "faults")]
+    for table, row in rows:
+        cols = ", ".join(row)
+        try:
+            with engine.begin() as conn:
+                key = next(iter(row))
+                if conn.execute(text(f"SELECT 1 FROM {table} WHERE {key} = :{key}"), row).first() is None:
+                    conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(':' + c for c in row)})"), row)
+        except IntegrityError:  # another process made it at the same moment
+            pass
 
 
 def drop_all(engine: Engine) -> None:

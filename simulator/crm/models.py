@@ -466,6 +466,25 @@ class SimulatorState(SQLModel, table=True):
     modifiedon: datetime | None = _dt()
 
 
+class ExchangeJournal(SQLModel, table=True):
+    """The fake Exchange store as an append-only journal: one row per finished store operation,
+    its events as JSON (``simulator/world.py``). ``seq`` is given by the writer, in commit order."""
+
+    __tablename__ = "exchangejournal"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    events: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SimulatorCounter(SQLModel, table=True):
+    """Named counters of the sandbox: the world lock row, process epochs, the fault rules' version."""
+
+    __tablename__ = "simulatorcounter"
+
+    name: str = Field(primary_key=True)
+    value: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class S2SCertificate(SQLModel, table=True):
     """A certificate installed on the CRM deployment (SPEC 1.2, CertificateReconfiguration.ps1).
 

@@ -17,6 +17,7 @@ import random
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -324,24 +325,23 @@ class Correlated:
 
 
 class IdFactory:
-    """GUIDs from a seeded generator: the same seed gives the same ids."""
+    """GUIDs from a seeded generator: the same seed and epoch give the same ids.
 
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(f"crm-ids-{seed}")
+    Each process that opens a world has its own epoch (``simulator/world.py``), so ids never
+    repeat between processes or after a crash; epoch 1 (a new database) keeps the plain seed."""
+
+    def __init__(self, seed: int, epoch: int | Callable[[], int] = 1) -> None:
+        self._seed = seed
+        self._epoch = epoch  # a number, or a function asked at the first id
+        self._rng: random.Random | None = None
 
     def new(self) -> str:
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-
-    def state(self) -> dict:
-        """The generator's state as JSON-able data (ids continue after :meth:`restore`)."""
-        from simulator.exchange.persist import rng_state
-
-        return rng_state(self._rng, "the id generator")
-
-    def restore(self, state: object) -> None:
-        from simulator.exchange.persist import read_rng_state
-
-        self._rng.setstate(read_rng_state(state, "the id generator"))
+        rng = self._rng
+        if rng is None:
+            epoch = self._epoch if isinstance(self._epoch, int) else self._epoch()
+            rng = self._rng = random.Random(f"crm-ids-{self._seed}" if epoch == 1
+                                            else f"crm-ids-{self._seed}-epoch-{epoch}")
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
 class Platform:
@@ -365,6 +365,8 @@ class Platform:
         self._reader = None  # see _reading
         # callback(to address, subject, body): mail to a person outside the engine (the profile alert email)
         self.on_notification = None
+        # the durable world (simulator/world.py): written in the lease and release transactions
+        self.world = None
 
     def _reset_pending(self) -> None:
         self._emails: list[dict] = []
@@ -470,9 +472,14 @@ class Platform:
         lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
         senders = self._prepared(("pending_senders",), lambda: select(E.c.sendermailboxid).where(
             E.c.statuscode == EmailStatus.PENDING_SEND).distinct())
-        with self.db.begin() as conn:
+        world = self.world
+        with self._begin() as conn:
             rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
             self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
+            if world is not None:  # what other processes delivered, before the batch reads it
+                world.sync(conn)
+        if rows and world is not None:
+            world.begin_batch()
         works = [_mailbox_work(r) for r in rows]
         works.sort(key=lambda w: (w.receivingpostponeduntil or now, w.id))
         if works and self._keep_reader and self._reader is None:
@@ -499,13 +506,29 @@ class Platform:
             row["b_hostid"] = hostid
             shapes[shape].append(row)
         self._close_reader()
-        with self.db.begin() as conn:
-            self._flush(conn)
-            for shape, rows in shapes.items():
-                self._prepared(("release", shape),
-                               lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
+        world = self.world
+        committed = False
+        try:
+            with self._begin() as conn:
+                self._flush(conn)
+                for shape, rows in shapes.items():
+                    self._prepared(("release", shape),
+                                   lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
+                if world is not None:  # the batch's Exchange changes commit with its CRM rows
+                    world.sync(conn, reading=False)
+            committed = True
+        finally:
+            if world is not None:
+                world.end_batch(committed)
         self._purge_old_item_rows()
         self._after_errors(updates)
+
+    def _begin(self):
+        """A write transaction. The world's epoch is taken first, outside it: the raw statements of
+        the hot path do not pass SQLAlchemy's hooks, which take it elsewhere (simulator/world.py)."""
+        if self.world is not None:
+            self.world.epoch()
+        return self.db.begin()
 
     def _reading(self):
         """A connection for the duplicate and correlation lookups of the leased batch.
@@ -545,7 +568,7 @@ class Platform:
         for upd in updates:
             if upd.values:
                 shapes[tuple(sorted(upd.values))].append({**upd.values, "b_mailboxid": upd.mailboxid})
-        with self.db.begin() as conn:
+        with self._begin() as conn:
             self._flush(conn)
             for shape, rows in shapes.items():
                 self._prepared(("update", shape), lambda shape=shape: _update_statement(shape)).executemany(conn, rows)
@@ -566,7 +589,7 @@ class Platform:
         now = self.clock.now()
         since = now - ALERT_EMAIL_WINDOW
         mailed: list[str] = []
-        with self.db.begin() as conn:
+        with self._begin() as conn:
             profileids = conn.execute(select(M.c.emailserverprofile).distinct().where(
                 M.c.mailboxid.in_(mailboxids), M.c.emailserverprofile.is_not(None))).scalars().all()
             for pid in sorted(profileids):
@@ -624,7 +647,7 @@ class Platform:
         if self._last_purge is not None and now - self._last_purge < timedelta(hours=1):
             return
         self._last_purge = now
-        with self.db.begin() as conn:
+        with self._begin() as conn:
             conn.execute(X.delete().where(X.c.lastsyncerroroccurredon < now - ITEM_ROW_RETENTION))
 
     # -- incoming --------------------------------------------------------------------------
@@ -877,7 +900,7 @@ class Platform:
         """Create a draft outgoing email from a user to addresses; returns its activity id."""
         self._load_directory()
         now = self.clock.now()
-        with self.db.begin() as conn:
+        with self._begin() as conn:
             user = conn.execute(select(SystemUser.systemuserid, SystemUser.internalemailaddress).where(
                 SystemUser.systemuserid == sender_userid)).first()
             if user is None:
@@ -906,7 +929,7 @@ class Platform:
 
         Returns the tracking token (or None when tracking tokens are off)."""
         now = self.clock.now()
-        with self.db.begin() as conn:
+        with self._begin() as conn:
             row = conn.execute(select(E.c.statuscode, E.c.ownerid).where(E.c.activityid == activityid)).first()
             if row is None:
                 raise ValueError(f"activityid: no email has the id {activityid!r}")
@@ -936,7 +959,7 @@ class Platform:
         if not alerts:
             return
         now = self.clock.now()
-        with self.db.begin() as conn:
+        with self._begin() as conn:
             for a in alerts:
                 existing = conn.execute(select(T.c.tracelogid).where(
                     T.c.regardingobjectid == a.regardingobjectid, T.c.ownerid == a.ownerid,

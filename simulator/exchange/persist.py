@@ -1,15 +1,11 @@
-"""Save the fake Exchange store as JSON text and load it back with the same behaviour.
+"""JSON forms of the values the durable world keeps as text, and their checked readers.
 
-The ``sss`` command line runs one step per process, so the in-memory store has to be kept
-somewhere between steps. :func:`store_to_json` writes everything that affects later calls:
-every mailbox, folder and item with all their fields, the messages, the outbound list and the
-id and sequence counters (so the next id handed out after loading is the one that would have
-come without the save). :func:`store_from_json` rebuilds the store on a given clock.
+The Exchange journal (``simulator/world.py``) writes each message once as a JSON object
+(:func:`message_record`) and reads it back with every field checked against its annotation
+(:func:`message_from_record`); the fault rules keep their random generator's state
+(:func:`rng_state`); saved documents carry a format name and a version (:func:`read_document`).
 
-The layout is generic: dataclass records are written from ``dataclasses.fields()`` and the
-store's and id source's attributes from ``vars()``, so a field added later is saved too, or,
-when its type cannot be written, saving fails loudly instead of dropping it. Values that JSON
-has no type for are written as one-key objects whose key starts with ``$``:
+Values that JSON has no type for are written as one-key objects whose key starts with ``$``:
 
 ====================  ==========================================================
 ``{"$dt": "..."}``    a datetime, ISO 8601 with its UTC offset
@@ -19,18 +15,11 @@ has no type for are written as one-key objects whose key starts with ``$``:
 ``{"$deque": [...]}`` a ``collections.deque`` (with ``"maxlen"`` when it has one)
 ``{"$dict": [...]}``  a dict whose keys are not plain strings, as ``[key, value]`` pairs
 ``{"$count": n}``     an ``itertools.count`` whose next value is ``n``
-``{"$msg": i}``       the ``i``-th entry of the message table
-``{"$Item": {...}}``  an :class:`Item` (likewise ``$Folder`` and ``$ExchangeMailbox``)
 ====================  ==========================================================
 
-Messages are kept in one table and referred to by index: a message delivered to several
-mailboxes (or sent and delivered) is one shared object, and stays one shared object after
-loading. The text is plain ASCII (non-ASCII characters, and the lone surrogates that stand for
-undecodable header bytes, are written as ``\\u`` escapes), so any database text column holds it.
-
-Loading checks the format name, the version, the structure and the type of every record field
-against its annotation; any problem raises :class:`PersistError` with a one-line message
-saying what is wrong and where.
+The text is plain ASCII (non-ASCII characters, and the lone surrogates that stand for
+undecodable header bytes, are written as ``\\u`` escapes), so any database text column holds
+it. Reading refuses anything else with a :class:`PersistError` saying what is wrong and where.
 """
 
 from __future__ import annotations
@@ -48,18 +37,12 @@ from collections import deque
 from datetime import date, datetime
 from typing import Any
 
-from engine.clock import Clock
 from simulator.exchange.mime import MessageData
-from simulator.exchange.store import ExchangeMailbox, ExchangeStore, Folder, IdSource, Item
 
-STORE_FORMAT = "sss-exchange-store"
-STORE_VERSION = 1
-
-# Records written inline under a "$<class name>" key. MessageData is not here: it goes to the
-# shared message table.
-_RECORDS: dict[str, type] = {cls.__name__: cls for cls in (Item, Folder, ExchangeMailbox)}
+# Records written inline under a "$<class name>" key (none at present: messages are written by
+# message_record, the fault rules by simulator/faults.py).
+_RECORDS: dict[str, type] = {}
 _COUNT_REPR = re.compile(r"count\((-?\d+)\)")
-_NOT_SAVED = frozenset({"clock"})  # store attributes given again when loading
 
 
 class PersistError(ValueError):
@@ -228,27 +211,6 @@ class _Writer:
         return {name: self._at(name, v) for name, v in vars(obj).items() if name not in skip}
 
 
-def store_to_json(store: ExchangeStore) -> str:
-    """The whole state of ``store`` (except its clock) as JSON text; the store is not changed."""
-    writer = _Writer()
-    try:
-        ids = writer.attributes(store.ids)
-        attrs = writer.attributes(store, _NOT_SAVED | {"ids"})
-    except _Bad as bad:
-        raise PersistError(f"cannot save the Exchange store: {bad.located()}") from None
-    doc = {
-        "format": STORE_FORMAT,
-        "version": STORE_VERSION,
-        "messages": writer.messages,
-        "ids": ids,
-        "store": attrs,
-    }
-    try:
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except ValueError as exc:  # a float that is NaN or infinite
-        raise PersistError(f"cannot save the Exchange store: {exc}") from None
-
-
 # -- reading ---------------------------------------------------------------------------------
 
 
@@ -383,38 +345,20 @@ class _Reader:
             setattr(obj, key, value)
 
 
-def _load_store(doc: dict, clock: Clock) -> ExchangeStore:
-    for key in ("messages", "ids", "store"):
-        if key not in doc:
-            raise _Bad(f"the {key!r} section is missing")
-    extra = sorted(set(doc) - {"format", "version", "messages", "ids", "store"})
-    if extra:
-        raise _Bad(f"unexpected section {extra[0]!r}")
-    reader = _Reader()
-    table = doc["messages"]
-    if not isinstance(table, list):
-        raise _Bad("the 'messages' section must be a JSON array")
-    for i, raw in enumerate(table):
-        try:
-            reader.messages.append(reader.record(MessageData, raw))
-        except _Bad as bad:
-            raise bad.at(f"messages[{i}]") from None
-    ids = IdSource()
+def message_record(data: MessageData) -> dict:
+    """A message as a JSON-able object (the Exchange journal's form of it)."""
     try:
-        reader.attributes(ids, doc["ids"], "id source")
+        return _Writer().record(data)
     except _Bad as bad:
-        raise bad.at("ids") from None
-    store = ExchangeStore(clock, ids)
+        raise PersistError(f"cannot save a message: {bad.located()}") from None
+
+
+def message_from_record(raw: object) -> MessageData:
+    """The message :func:`message_record` wrote, its fields checked against their types."""
     try:
-        reader.attributes(store, doc["store"], "store", _NOT_SAVED | {"ids"})
+        return _Reader().record(MessageData, raw)
     except _Bad as bad:
-        raise bad.at("store") from None
-    mailboxes = store.mailboxes
-    if not matches_hint(mailboxes, dict[str, ExchangeMailbox]):
-        raise _Bad("store.mailboxes must map addresses to ExchangeMailbox records")
-    if not matches_hint(store.outbound, list[tuple[str, tuple[str, ...], MessageData]]):
-        raise _Bad("store.outbound must be a list of (sender, recipients, message) tuples")
-    return store
+        raise PersistError(f"cannot load a message: {bad.located()}") from None
 
 
 def rng_state(rng: random.Random, what: str) -> dict:
@@ -469,19 +413,3 @@ def read_document(text: object, what: str, fmt: str, version: int, *, kind: str,
     if type(found) is not int or found != version:
         raise refuse(f"unsupported {versioned} {_short(found)} (this code reads version {version})")
     return doc
-
-
-def store_from_json(text: str, clock: Clock) -> ExchangeStore:
-    """Rebuild a store saved by :func:`store_to_json`; it reads time from ``clock``.
-
-    Raises :class:`PersistError` when the text is not JSON, is of another format or version,
-    or does not describe a store.
-    """
-    doc = read_document(text, "the Exchange store", STORE_FORMAT, STORE_VERSION, kind="a saved Exchange store",
-                        versioned="Exchange store version")
-    try:
-        return _load_store(doc, clock)
-    except _Bad as bad:
-        raise PersistError(f"cannot load the Exchange store: {bad.located()}") from None
-    except RecursionError:
-        raise PersistError("cannot load the Exchange store: the JSON is nested too deeply") from None

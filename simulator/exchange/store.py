@@ -5,6 +5,11 @@ endpoint. Behaviour follows SPEC section 5: moving an item gives it a new id, fo
 stable, folder names are unique per parent, FindItem pages hold at most 1000 items, sending is
 limited to 30 messages a minute and 10,000 recipients a day, and each mailbox carries the id of
 the organization that syncs its appointments, contacts and tasks.
+
+Every change is an *event* (a small JSON-able dict) applied by :meth:`ExchangeStore.apply`, the
+same code whether the change is made now or replayed from the database's journal
+(``simulator/world.py``): the in-memory store is a view of that journal. A store with no
+``journal`` (a bare store in a unit test) just applies its events.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from engine.clock import Clock
 from engine.ports import ActOrgClaim, ItemProperties
@@ -48,14 +56,23 @@ class StoreError(Exception):
 
 
 class IdSource:
-    """Deterministic Exchange-looking ids: the same seed and calls give the same ids."""
+    """Deterministic Exchange-looking ids: the same seed, epoch and calls give the same ids.
 
-    def __init__(self, seed: int = 0) -> None:
+    ``epoch`` is the number the world hands each process that opens it (``simulator/world.py``),
+    so two processes on one database, or a process after a crash, never hand out the same id."""
+
+    def __init__(self, seed: int = 0, epoch: int | Callable[[], int] = 1) -> None:
         self._counter = itertools.count(1)
-        self._tag = f"{seed & 0xFFFFFFFF:08x}"
+        self._seed = seed
+        self._epoch = epoch  # a number, or a function asked at the first id
+        self._tag: str | None = None
 
     def next(self, kind: str = "AAMk") -> str:
-        return f"{kind}A{self._tag}{next(self._counter):012x}"
+        tag = self._tag
+        if tag is None:
+            epoch = self._epoch if isinstance(self._epoch, int) else self._epoch()
+            tag = self._tag = f"{self._seed & 0xFFFFFFFF:08x}{epoch & 0xFFFF:04x}"
+        return f"{kind}A{tag}{next(self._counter):08x}"
 
 
 @dataclass(slots=True, eq=False)
@@ -98,27 +115,24 @@ class Folder:
     parent_id: str | None
     distinguished: str | None = None
     items: dict[str, Item] = field(default_factory=dict)
-    order: list[tuple[datetime, int]] = field(default_factory=list)  # (received, seq), sorted
-    by_order: dict[int, str] = field(default_factory=dict)  # seq -> item id
+    order: list[tuple[datetime, int, str]] = field(default_factory=list)  # (received, seq, item id), sorted
     journal: list[tuple[str, str]] = field(default_factory=list)  # (change, item id), append-only
 
     def add(self, item: Item) -> None:
         self.items[item.item_id] = item
-        key = (item.received, item.seq)
+        key = (item.received, item.seq, item.item_id)
         if not self.order or key > self.order[-1]:
             self.order.append(key)
         else:
             bisect.insort(self.order, key)
-        self.by_order[item.seq] = item.item_id
         self.journal.append(("create", item.item_id))
 
     def remove(self, item: Item) -> None:
         del self.items[item.item_id]
-        key = (item.received, item.seq)
+        key = (item.received, item.seq, item.item_id)
         i = bisect.bisect_left(self.order, key)
         if i < len(self.order) and self.order[i] == key:
             self.order.pop(i)
-        self.by_order.pop(item.seq, None)
         self.journal.append(("delete", item.item_id))
 
     def after(self, when: datetime | None, limit: int) -> list[Item]:
@@ -130,8 +144,8 @@ class Folder:
             if not order or order[-1][0] <= when:
                 return []
             start = bisect.bisect_right(order, (when, float("inf")))
-        keys = order[start : start + limit]
-        return [self.items[self.by_order[seq]] for _, seq in keys]
+        items = self.items
+        return [items[item_id] for _, _, item_id in order[start : start + limit]]
 
 
 @dataclass(slots=True, eq=False)
@@ -163,7 +177,11 @@ class ExchangeMailbox:
 
 
 class ExchangeStore:
-    """All Exchange Online mailboxes of the sandbox."""
+    """All Exchange Online mailboxes of the sandbox.
+
+    Public methods check their input, then make their change as events (:meth:`_emit`). With a
+    ``journal`` (a callable taking the list of events of one finished operation) each operation's
+    events are handed to it once the operation is done; the world writes them to the database."""
 
     def __init__(self, clock: Clock, ids: IdSource | None = None) -> None:
         self.clock = clock
@@ -171,23 +189,140 @@ class ExchangeStore:
         self.mailboxes: dict[str, ExchangeMailbox] = {}
         self.outbound: list[tuple[str, tuple[str, ...], MessageData]] = []  # external mail sent
         self._seq = itertools.count(1)
+        self._max_seq = 0
         self._message_ids = itertools.count(1)
+        self.journal = None  # callable(list of events): where finished operations go (the world)
+        self._events: list[dict] = []
+        self._depth = 0
+
+    def reset(self) -> None:
+        """Forget every mailbox (before the world replays its journal again)."""
+        self.mailboxes.clear()
+        self.outbound.clear()
+        self._events.clear()
+        self._depth = 0
+
+    # -- events ----------------------------------------------------------------------------
+    @contextmanager
+    def operation(self) -> Iterator[None]:
+        """Group the events of one operation: they reach the journal together when it ends (also
+        when it fails half-way: what was changed in memory is what the journal must hold)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._events:
+                events, self._events = self._events, []
+                if self.journal is not None:
+                    self.journal(events)
+
+    def _emit(self, event: dict) -> Any:
+        result = self.apply(event)
+        if self.journal is not None:
+            self._events.append(event)
+        return result
+
+    def _next_seq(self) -> int:
+        seq = next(self._seq)
+        while seq <= self._max_seq:
+            seq = next(self._seq)
+        return seq
+
+    def apply(self, ev: dict) -> Any:
+        """Make the change ``ev`` describes (live or replayed from the journal)."""
+        kind = ev["k"]
+        if kind == "put":
+            return self._apply_put(ev)
+        mbx = self.mailboxes.get(ev["a"]) if kind != "mbx" else None
+        if kind == "rm":
+            item = mbx.item(ev["i"])
+            mbx.folders[item.folder_id].remove(item)
+            del mbx.item_folder[item.item_id]
+        elif kind == "upd":
+            item = mbx.item(ev["i"])
+            if ev.get("c") is not None:
+                item.categories = list(ev["c"])
+            if ev.get("r") is not None:
+                item.is_read = ev["r"]
+            mbx.folders[item.folder_id].journal.append(("update", item.item_id))
+            return item
+        elif kind == "mbx":
+            (root_id, _), *rest = ev["f"]
+            mbx = ExchangeMailbox(ev["a"], ev["n"], root_id)
+            mbx.folders[root_id] = Folder(root_id, DISPLAY_NAMES["msgfolderroot"], None, "msgfolderroot")
+            mbx.distinguished["msgfolderroot"] = root_id
+            for folder_id, name in rest:
+                mbx.folders[folder_id] = Folder(folder_id, DISPLAY_NAMES[name], root_id, name)
+                mbx.distinguished[name] = folder_id
+            self.mailboxes[mbx.address] = mbx
+            return mbx
+        elif kind == "fld":
+            folder = Folder(ev["id"], ev["n"], ev["p"])
+            mbx.folders[folder.folder_id] = folder
+            return folder
+        elif kind == "rmfld":
+            folder = mbx.folders.pop(ev["id"])
+            for item_id in folder.items:
+                mbx.item_folder.pop(item_id, None)
+        elif kind == "act":
+            mbx.act_org_id = ev["o"]
+            mbx.act_org_stamped_on = _when(ev["t"])
+        elif kind == "sent":
+            now = _when(ev["t"])
+            window = mbx.sent_times
+            while window and (now - window[0]).total_seconds() >= 60:
+                window.popleft()
+            window.append(now)
+            day = mbx.recipients_day
+            if day[0] != now.date():
+                day[0], day[1] = now.date(), 0
+            day[1] += ev["n"]
+        else:
+            raise ValueError(f"unknown Exchange store event {kind!r}")
+        return None
+
+    def _apply_put(self, ev: dict) -> list[Item]:
+        """Place a message in folders: a delivery, a send, a saved draft, a move or a copy."""
+        src = ev.get("src")
+        if src is not None:  # a move or copy: the message of an existing item
+            mbx = self.mailboxes[src[0]]
+            source = mbx.item(src[1])
+            data = source.data
+            if ev.get("mv"):
+                mbx.folders[source.folder_id].remove(source)
+                del mbx.item_folder[source.item_id]
+        else:
+            data = ev["m"]
+        placed = []
+        for address, folder_id, item_id, received, seq, categories, is_read, arrival in ev["p"]:
+            mbx = self.mailboxes[address]
+            received = _when(received)
+            item = Item(item_id, folder_id, received, data, seq, list(categories), is_read)
+            mbx.folders[folder_id].add(item)
+            mbx.item_folder[item_id] = folder_id
+            if arrival and (mbx.last_inbox_received is None or received > mbx.last_inbox_received):
+                mbx.last_inbox_received = received
+            if seq > self._max_seq:
+                self._max_seq = seq
+            placed.append(item)
+        if ev.get("x"):
+            self.outbound.append((data.sender or "", tuple(ev["x"]), data))
+        return placed
+
+    def _placement(self, mbx: ExchangeMailbox, folder_id: str, received: datetime, categories=(),
+                   is_read: bool = False, arrival: bool = False) -> list:
+        return [mbx.address, folder_id, self.ids.next(), received, self._next_seq(), list(categories), is_read,
+                arrival]
 
     # -- mailboxes and folders -------------------------------------------------------------
     def add_mailbox(self, address: str, display_name: str | None = None) -> ExchangeMailbox:
         address = address.strip().lower()
         if address in self.mailboxes:
             return self.mailboxes[address]
-        root = Folder(self.ids.next("AAMkF"), DISPLAY_NAMES["msgfolderroot"], None, "msgfolderroot")
-        mbx = ExchangeMailbox(address, display_name or address, root.folder_id)
-        mbx.folders[root.folder_id] = root
-        mbx.distinguished["msgfolderroot"] = root.folder_id
-        for name in DISTINGUISHED:
-            folder = Folder(self.ids.next("AAMkF"), DISPLAY_NAMES[name], root.folder_id, name)
-            mbx.folders[folder.folder_id] = folder
-            mbx.distinguished[name] = folder.folder_id
-        self.mailboxes[address] = mbx
-        return mbx
+        folders = [[self.ids.next("AAMkF"), "msgfolderroot"]] + [[self.ids.next("AAMkF"), n] for n in DISTINGUISHED]
+        with self.operation():
+            return self._emit({"k": "mbx", "a": address, "n": display_name or address, "f": folders})
 
     def mailbox(self, address: str) -> ExchangeMailbox:
         mbx = self.mailboxes.get(address.strip().lower())
@@ -203,9 +338,9 @@ class ExchangeStore:
             raise StoreError("ErrorInvalidFolderName", "a folder needs a name")
         if self.find_child(address, parent, name) is not None:
             raise StoreError("ErrorFolderExists", f"{parent_folder.name!r} already has a folder named {name!r}")
-        folder = Folder(self.ids.next("AAMkF"), name, parent_folder.folder_id)
-        mbx.folders[folder.folder_id] = folder
-        return folder
+        with self.operation():
+            return self._emit({"k": "fld", "a": mbx.address, "id": self.ids.next("AAMkF"), "n": name,
+                               "p": parent_folder.folder_id})
 
     def find_child(self, address: str, parent: str, name: str) -> Folder | None:
         mbx = self.mailbox(address)
@@ -226,12 +361,11 @@ class ExchangeStore:
         folder = mbx.folder(folder_ref)
         if folder.distinguished:
             raise StoreError("ErrorDeleteDistinguishedFolder", f"{folder.name!r} is a distinguished folder")
-        for child in list(mbx.folders.values()):
-            if child.parent_id == folder.folder_id:
-                self.delete_folder(address, child.folder_id)
-        for item_id in list(folder.items):
-            mbx.item_folder.pop(item_id, None)
-        del mbx.folders[folder.folder_id]
+        with self.operation():
+            for child in list(mbx.folders.values()):
+                if child.parent_id == folder.folder_id:
+                    self.delete_folder(address, child.folder_id)
+            self._emit({"k": "rmfld", "a": mbx.address, "id": folder.folder_id})
 
     # -- the ACT organization claim (SPEC 1.11) ---------------------------------------------
     def act_org(self, address: str) -> ActOrgClaim | None:
@@ -246,35 +380,56 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         if not isinstance(org_id, str) or not org_id.strip():
             raise StoreError("ErrorInvalidValueForProperty", "an organization claim needs an organization id")
-        mbx.act_org_id = org_id.strip()
-        mbx.act_org_stamped_on = stamped_on if stamped_on is not None else self.clock.now()
+        with self.operation():
+            self._emit({"k": "act", "a": mbx.address, "o": org_id.strip(),
+                        "t": stamped_on if stamped_on is not None else self.clock.now()})
         return ActOrgClaim(mbx.act_org_id, mbx.act_org_stamped_on)
 
     def clear_act_org(self, address: str) -> None:
         """Remove the claim: no organization syncs the mailbox's ACT any more."""
         mbx = self.mailbox(address)
-        mbx.act_org_id = None
-        mbx.act_org_stamped_on = None
+        with self.operation():
+            self._emit({"k": "act", "a": mbx.address, "o": None, "t": None})
 
     # -- items -----------------------------------------------------------------------------
-    def _place(self, mbx: ExchangeMailbox, folder: Folder, data: MessageData, received: datetime,
-               categories: list[str] | None = None, is_read: bool = False) -> Item:
-        item = Item(self.ids.next(), folder.folder_id, received, data, next(self._seq),
-                    list(categories or ()), is_read)
-        folder.add(item)
-        mbx.item_folder[item.item_id] = folder.folder_id
-        return item
+    def save(self, address: str, folder_ref: str, data: MessageData, *, categories: list[str] | None = None,
+             is_read: bool = True) -> Item:
+        """Store a message in a folder without sending it (a draft), received now."""
+        mbx = self.mailbox(address)
+        folder = mbx.folder(folder_ref)
+        with self.operation():
+            return self._emit({"k": "put", "m": data, "p": [
+                self._placement(mbx, folder.folder_id, self.clock.now(), categories or (), is_read)]})[0]
 
-    def _arrival_time(self, mbx: ExchangeMailbox, received: datetime | None) -> datetime:
+    def _arrival_time(self, mbx: ExchangeMailbox, received: datetime | None, taken: dict) -> datetime:
         """Received time of a new Inbox item: the clock's now, kept unique per mailbox."""
         if received is not None:
             return received
         now = self.clock.now()
-        last = mbx.last_inbox_received
+        last = taken.get(mbx.address, mbx.last_inbox_received)
         if last is not None and now <= last:
             now = last + _ONE_US
-        mbx.last_inbox_received = now
+        taken[mbx.address] = now
         return now
+
+    def _deliveries(self, data: MessageData, recipients, received: datetime | None) -> tuple[list, list[str]]:
+        """Placements in the Inboxes of the local recipients, and the external addresses."""
+        placements: list = []
+        seen: set[str] = set()
+        external: list[str] = []
+        taken: dict[str, datetime] = {}
+        for rcpt in recipients:
+            addr = normalize_address(rcpt)
+            if addr is None or addr in seen:
+                continue
+            seen.add(addr)
+            mbx = self.mailboxes.get(addr)
+            if mbx is None:
+                external.append(addr)
+                continue
+            placements.append(self._placement(mbx, mbx.distinguished["inbox"],
+                                              self._arrival_time(mbx, received, taken), arrival=received is None))
+        return placements, external
 
     def deliver(self, message: MessageData | bytes, recipients: list[str] | tuple[str, ...] | None = None,
                 received: datetime | None = None) -> dict[str, str]:
@@ -289,22 +444,15 @@ class ExchangeStore:
             data.size = len(data.body.encode("utf-8", "replace")) + 200
         if recipients is None:
             recipients = data.to + data.cc + data.bcc
-        delivered: dict[str, str] = {}
-        external: list[str] = []
-        for rcpt in recipients:
-            addr = normalize_address(rcpt)
-            if addr is None or addr in delivered:
-                continue
-            mbx = self.mailboxes.get(addr)
-            if mbx is None:
-                external.append(addr)
-                continue
-            inbox = mbx.folders[mbx.distinguished["inbox"]]
-            item = self._place(mbx, inbox, data, self._arrival_time(mbx, received))
-            delivered[addr] = item.item_id
+        placements, external = self._deliveries(data, recipients, received)
+        if not placements and not external:
+            return {}
+        event: dict = {"k": "put", "m": data, "p": placements}
         if external:
-            self.outbound.append((data.sender or "", tuple(external), data))
-        return delivered
+            event["x"] = external
+        with self.operation():
+            placed = self._emit(event)
+        return {p[0]: item.item_id for p, item in zip(placements, placed, strict=True)}
 
     def find(self, address: str, folder: str, after: datetime | None, limit: int = FIND_PAGE_MAX) -> list[Item]:
         mbx = self.mailbox(address)
@@ -318,29 +466,25 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         item = mbx.item(item_id)
         dest = mbx.folder(dest_folder)
-        if not copy:
-            src = mbx.folders[item.folder_id]
-            src.remove(item)
-            del mbx.item_folder[item.item_id]
-        moved = self._place(mbx, dest, item.data, item.received, item.categories, item.is_read)
-        return moved.item_id
+        event = {"k": "put", "src": [mbx.address, item.item_id], "mv": not copy,
+                 "p": [self._placement(mbx, dest.folder_id, item.received, item.categories, item.is_read)]}
+        with self.operation():
+            return self._emit(event)[0].item_id
 
     def delete(self, address: str, item_id: str) -> None:
         mbx = self.mailbox(address)
-        item = mbx.item(item_id)
-        mbx.folders[item.folder_id].remove(item)
-        del mbx.item_folder[item.item_id]
+        mbx.item(item_id)
+        with self.operation():
+            self._emit({"k": "rm", "a": mbx.address, "i": item_id})
 
     def update(self, address: str, item_id: str, *, categories: list[str] | None = None,
                is_read: bool | None = None) -> Item:
         mbx = self.mailbox(address)
-        item = mbx.item(item_id)
-        if categories is not None:
-            item.categories = list(dict.fromkeys(categories))
-        if is_read is not None:
-            item.is_read = is_read
-        mbx.folders[item.folder_id].journal.append(("update", item.item_id))
-        return item
+        mbx.item(item_id)
+        with self.operation():
+            return self._emit({"k": "upd", "a": mbx.address, "i": item_id,
+                               "c": list(dict.fromkeys(categories)) if categories is not None else None,
+                               "r": is_read})
 
     # -- sending ---------------------------------------------------------------------------
     def new_message_id(self, address: str) -> str:
@@ -358,27 +502,35 @@ class ExchangeStore:
         if not recipients:
             raise StoreError("ErrorInvalidRecipients", "the message has no valid recipient")
         window = mbx.sent_times
-        while window and (now - window[0]).total_seconds() >= 60:
-            window.popleft()
-        if len(window) >= SEND_PER_MINUTE:
+        recent = sum(1 for t in window if (now - t).total_seconds() < 60)
+        if recent >= SEND_PER_MINUTE:
             raise StoreError("ErrorSubmissionQuotaExceeded",
                              f"{address} already sent {SEND_PER_MINUTE} messages in the last minute")
         day = mbx.recipients_day
-        if day[0] != now.date():
-            day[0], day[1] = now.date(), 0
-        if day[1] + len(recipients) > RECIPIENTS_PER_DAY:
+        today = day[1] if day[0] == now.date() else 0
+        if today + len(recipients) > RECIPIENTS_PER_DAY:
             raise StoreError("ErrorSubmissionQuotaExceeded",
                              f"{address} would exceed {RECIPIENTS_PER_DAY} recipients today")
-        window.append(now)
-        day[1] += len(recipients)
         data.sender = data.sender or address
         if not data.message_id:
             data.message_id = self.new_message_id(address)
         if data.date is None:
             data.date = now
-        sent_id = None
+        placements = []
         if save_copy:
-            sent = mbx.folders[mbx.distinguished["sentitems"]]
-            sent_id = self._place(mbx, sent, data, now, is_read=True).item_id
-        self.deliver(data, recipients)
-        return data.message_id, sent_id
+            placements.append(self._placement(mbx, mbx.distinguished["sentitems"], now, is_read=True))
+        delivered, external = self._deliveries(data, recipients, None)
+        event: dict = {"k": "put", "m": data, "p": placements + delivered}
+        if external:
+            event["x"] = external
+        with self.operation():
+            self._emit({"k": "sent", "a": mbx.address, "t": now, "n": len(recipients)})
+            placed = self._emit(event)
+        return data.message_id, placed[0].item_id if save_copy else None
+
+
+def _when(value: datetime | str | None) -> datetime | None:
+    """A time from an event: a datetime when made live, ISO 8601 text when replayed."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)

@@ -82,8 +82,7 @@ def save(ctx: Context, folder: Folder, data: MessageData, categories: list[str] 
          is_read: bool = True) -> Item:
     """Store a message in a folder without sending it (a draft)."""
     mbx = ctx.need_mailbox()
-    # The store has no public "save" yet; _place is what deliver/send/move use.
-    return ctx.store._place(mbx, folder, data, ctx.now, categories, is_read)
+    return store_call(ctx.store.save, mbx.address, folder.folder_id, data, categories=categories, is_read=is_read)
 
 
 def _send(ctx: Context, data: MessageData, save_to: Folder | None, categories: list[str] | None) -> str | None:

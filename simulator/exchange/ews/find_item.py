@@ -22,7 +22,7 @@ def _candidates(folder: Folder, predicate) -> list[Item]:
         if predicate.bound_only:  # the bisect already applied the whole restriction
             return items
     else:
-        items = [folder.items[folder.by_order[seq]] for _, seq in folder.order]
+        items = [folder.items[item_id] for _, _, item_id in folder.order]
     return [i for i in items if predicate(i)] if predicate is not None else items
 
 

@@ -86,14 +86,20 @@ class EwsService:
     it raises to refuse (HTTP 401, the exception text in the body). ``authorize=None`` accepts
     every request. ``delay(operation, mailbox)``, when given, is awaited while a request holds
     its connection slot (simulated latency; tests use it to hold requests open).
+    ``refresh()`` is called before each request reads the store (to see what other processes
+    wrote) and ``commit()`` after it (to write what it changed besides store operations, such as
+    a fault rule's counter).
     """
 
     def __init__(self, store: ExchangeStore, clock: Clock, *, authorize: Authorize | None = None,
                  faults: FaultInjector | None = None, version: str = EXO_VERSION,
                  build: tuple[int, int, int, int] = EXO_BUILD, max_request_bytes: int = MAX_REQUEST_BYTES,
                  max_concurrent: int = MAX_CONCURRENT_PER_MAILBOX,
-                 delay: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 delay: Callable[[str, str], Awaitable[None]] | None = None,
+                 refresh: Callable[[], None] | None = None, commit: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.refresh = refresh
+        self.commit = commit
         self.clock = clock
         self.authorize = authorize
         self.faults = faults
@@ -169,6 +175,8 @@ class EwsService:
             self._authorize(token, address)
         if self.authorize is not None and address is None:
             self._authorize(token, None)
+        if self.refresh is not None:
+            self.refresh()
         mailbox = None
         if address is not None:
             mailbox = self.store.mailboxes.get(address)
@@ -186,9 +194,13 @@ class EwsService:
         try:
             if self.delay is not None:
                 await self.delay(operation, address)
-            self._check_faults(operation, req, address)
-            ctx.now = self.clock.now()
-            return self._answer(handler(ctx, req))
+            try:
+                self._check_faults(operation, req, address)
+                ctx.now = self.clock.now()
+                return self._answer(handler(ctx, req))
+            finally:
+                if self.commit is not None:
+                    self.commit()
         finally:
             self.in_flight[address] -= 1
 

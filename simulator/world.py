@@ -1,0 +1,263 @@
+"""The durable world: the sandbox's state beside the CRM tables, written when it changes.
+
+Everything a sandbox knows lives in its database, so that a process killed at any point leaves a
+state the next one resumes from, and several processes (``sss run``, ``sss serve``, ``sss mail
+deliver``, a second engine host) can share one world:
+
+* **The Exchange store** is the ``exchangejournal`` table: one row per finished store operation,
+  holding that operation's events (see :meth:`ExchangeStore.apply`). A process keeps the store in
+  memory as a view of the journal and replays, before it reads, what other processes appended
+  since its last offset.
+* **The sandbox clock**, the **fault rules** (with their counters and generator) and the
+  **identity service** are rows of ``simulatorstate``; the clock never goes back.
+* **Ids** never repeat: each process that writes to the world takes the next *epoch* (a counter)
+  before its first write or its first new id, and the Exchange and CRM id generators include it.
+  One process on a new database gets epoch 1, so a seeded run gives the same ids every time; a
+  process that only reads (or refuses a command) takes none and writes nothing.
+
+Writes are serialized by one lock row (``simulatorcounter`` ``world-lock``): a writer updates it
+first, which holds SQLite's write lock or PostgreSQL's row lock until its commit, then replays
+the journal's tail and appends its own operations with the following sequence numbers. So the
+journal's order is the commit order, and every process replays the same history.
+
+The engine's batches in direct mode go further: the store operations of a batch are held back
+(:attr:`World.deferred`) and written in the same transaction as the batch's CRM rows (the
+release), so a crash between any two statements loses both or neither.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, event, insert, select, update
+
+from engine.clock import Clock, as_utc
+from simulator.crm.models import ExchangeJournal, SimulatorCounter, SimulatorState
+from simulator.exchange.mime import MessageData
+from simulator.exchange.store import ExchangeStore
+from simulator.faults import FaultInjector, load_rules, rules_to_json
+
+J = ExchangeJournal.__table__
+C = SimulatorCounter.__table__
+S = SimulatorState.__table__
+LOCK, EPOCH, FAULTS_VERSION = "world-lock", "epoch", "faults"
+CLOCK_KEY, FAULTS_KEY = "clock", "faults"
+
+_journal_tail = select(J.c.seq, J.c.events).where(J.c.seq > bindparam("offset")).order_by(J.c.seq)
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
+_lock = update(C).where(C.c.name == LOCK).values(value=C.c.value + 1)
+_clock_forward = update(S).where(S.c.key == "clock", S.c.value < bindparam("v")).values(
+    value=bindparam("v"), modifiedon=bindparam("m"))
+
+
+# -- events as JSON --------------------------------------------------------------------------
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, MessageData):
+        from simulator.exchange.persist import message_record
+
+        return message_record(value)
+    raise TypeError(f"cannot write a {type(value).__name__} to the Exchange journal")
+
+
+def encode(events: list[dict]) -> str:
+    return json.dumps(events, default=_encode_value, separators=(",", ":"), ensure_ascii=True)
+
+
+def decode(text: str) -> list[dict]:
+    from simulator.exchange.persist import message_from_record
+
+    events = json.loads(text)
+    for ev in events:
+        if "m" in ev:
+            ev["m"] = message_from_record(ev["m"])
+    return events
+
+
+def stored_time(db: Engine) -> datetime | None:
+    """The sandbox clock stored in ``db`` (None on a new database)."""
+    with db.connect() as conn:
+        text = conn.execute(select(S.c.value).where(S.c.key == CLOCK_KEY)).scalar()
+    if text is None:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(json.loads(text)["now"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class World:
+    """One process's view of the durable world in ``db``: the store, the clock, the fault rules.
+
+    ``keeps_clock``: the clock is the sandbox's virtual clock, written back as it moves (a real
+    clock is not)."""
+
+    def __init__(self, db: Engine, store: ExchangeStore, faults: FaultInjector, clock: Clock, *,
+                 keeps_clock: bool) -> None:
+        self.db = db
+        self.store = store
+        self.faults = faults
+        self.clock = clock
+        self.keeps_clock = keeps_clock
+        self._epoch: int | None = 1 if db.url.database in (None, "", ":memory:") else None  # memory: no one else
+        self._taking = False
+        if self._epoch is None:
+            event.listen(db, "before_cursor_execute", self._before_write)
+        self.offset = 0  # the last journal row applied to the store
+        self.pending: list[list[dict]] = []  # finished store operations not in the database yet
+        self.deferred = False  # hold operations back for the caller's transaction (see sync)
+        self.engine_defers = True  # the engine runs in process: its batches commit store and CRM together
+        self.writes = 0  # transactions written (for tests and the figures)
+        self._clock_saved: datetime | None = None
+        self._faults_version: int | None = None
+        self._faults_seen = faults.changes
+        store.journal = self._finished
+
+    # -- the epoch ---------------------------------------------------------------------------
+    def epoch(self) -> int:
+        """This process's epoch: the next value of the counter (1 on a new database), taken once.
+
+        Taken in a transaction of its own, before this process holds any write lock: at its
+        first new id, or just before its first write statement (:meth:`_before_write`)."""
+        if self._epoch is None:
+            self._taking = True
+            try:
+                with self.db.begin() as conn:
+                    conn.execute(update(C).where(C.c.name == EPOCH).values(value=C.c.value + 1))
+                    self._epoch = int(conn.execute(select(C.c.value).where(C.c.name == EPOCH)).scalar_one())
+            finally:
+                self._taking = False
+        return self._epoch
+
+    def _before_write(self, conn, cursor, statement: str, parameters, context, executemany) -> None:
+        if self._epoch is None and not self._taking and statement.lstrip()[:6].upper() in _WRITES:
+            self.epoch()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Replay the whole journal and read the fault rules (the clock is read by the caller)."""
+        with self.db.connect() as conn:
+            self._catch_up(conn)
+            self._read_faults(conn)
+            if self.keeps_clock:
+                self._clock_saved = as_utc(self.clock.now())
+
+    def reload(self) -> None:
+        """Forget the in-memory view and rebuild it (after a transaction that did not commit)."""
+        self.pending.clear()
+        self.store.reset()
+        self.offset = 0
+        self._faults_version = None
+        self.load()
+
+    # -- reading what others wrote -------------------------------------------------------------
+    def refresh(self) -> None:
+        """Apply what other processes committed since the last look (a read, no lock)."""
+        with self.db.connect() as conn:
+            self._catch_up(conn)
+            self._read_faults(conn)
+
+    def _catch_up(self, conn) -> None:
+        store = self.store
+        for seq, text in conn.execute(_journal_tail, {"offset": self.offset}):
+            for ev in decode(text):
+                store.apply(ev)
+            self.offset = seq
+
+    def _read_faults(self, conn) -> None:
+        version = conn.execute(select(C.c.value).where(C.c.name == FAULTS_VERSION)).scalar()
+        if version == self._faults_version:
+            return
+        text = conn.execute(select(S.c.value).where(S.c.key == FAULTS_KEY)).scalar()
+        if text:
+            load_rules(self.faults, text)
+        self._faults_version = version
+        self._faults_seen = self.faults.changes
+
+    # -- writing -----------------------------------------------------------------------------
+    def _finished(self, events: list[dict]) -> None:
+        """A store operation ended: write it now, or with the caller's transaction when deferred."""
+        self.pending.append(events)
+        if not self.deferred:
+            self.commit()
+
+    def dirty(self) -> bool:
+        return bool(self.pending) or self.faults.changes != self._faults_seen or (
+            self.keeps_clock and self._clock_saved is not None and as_utc(self.clock.now()) > self._clock_saved)
+
+    def commit(self) -> None:
+        """Write what changed in a transaction of its own."""
+        if not self.dirty():
+            return
+        try:
+            with self.db.begin() as conn:
+                self.sync(conn, reading=False)
+        except BaseException:
+            self.reload()
+            raise
+
+    def sync(self, conn, *, reading: bool = True) -> None:
+        """Inside the caller's write transaction: append the pending store operations (under the
+        world lock, after applying what others wrote before them), write the clock and the fault
+        rules if they moved; with ``reading``, also apply what others wrote and read their fault
+        rules when nothing of ours is to be written.
+
+        The caller commits; if its transaction fails it calls :meth:`reload`."""
+        faults_changed = self.faults.changes != self._faults_seen
+        if self.pending or faults_changed:
+            conn.execute(_lock)  # held to the commit: the journal's order is the commit order
+            # others' operations go after ours in memory but before them in the journal: store
+            # operations of different processes commute (new ids, different items), so both agree
+            pending, self.pending = self.pending, []
+            self._catch_up(conn)
+            if pending:
+                rows = [{"seq": self.offset + i, "events": encode(events)} for i, events in enumerate(pending, 1)]
+                conn.execute(insert(J), rows)
+                self.offset += len(rows)
+        elif reading:
+            self._catch_up(conn)
+        if self.keeps_clock:
+            self._write_clock(conn)
+        if faults_changed:
+            self._write_faults(conn)
+        elif reading:
+            self._read_faults(conn)
+        self.writes += 1
+
+    def _write_clock(self, conn) -> None:
+        now = as_utc(self.clock.now())
+        if self._clock_saved is not None and now <= self._clock_saved:
+            return
+        text = json.dumps({"now": now.isoformat()})
+        # ISO 8601 times in UTC written the same way sort as text: the stored clock never goes back
+        if conn.execute(_clock_forward, {"v": text, "m": now}).rowcount == 0 and conn.execute(
+                select(S.c.key).where(S.c.key == CLOCK_KEY)).first() is None:
+            conn.execute(insert(S).values(key=CLOCK_KEY, value=text, modifiedon=now))
+        self._clock_saved = now
+
+    def _write_faults(self, conn) -> None:
+        text = rules_to_json(self.faults)
+        if conn.execute(update(S).where(S.c.key == FAULTS_KEY).values(value=text)).rowcount == 0:
+            conn.execute(insert(S).values(key=FAULTS_KEY, value=text))
+        conn.execute(update(C).where(C.c.name == FAULTS_VERSION).values(value=C.c.value + 1))
+        self._faults_version = conn.execute(select(C.c.value).where(C.c.name == FAULTS_VERSION)).scalar()
+        self._faults_seen = self.faults.changes
+
+    # -- the engine's batches (direct mode) ------------------------------------------------------
+    def begin_batch(self) -> None:
+        """A batch of the in-process engine starts: its store operations wait for its release."""
+        if self.engine_defers:
+            self.deferred = True
+
+    def end_batch(self, committed: bool) -> None:
+        """The batch's transaction ended; after a failure the view is rebuilt from the database."""
+        self.deferred = False
+        if not committed:
+            self.reload()
+        elif self.pending:  # operations made after the release (none in the engine's own flow)
+            self.commit()
