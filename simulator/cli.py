@@ -220,7 +220,10 @@ class _Refused:
             line = str(exc)
         elif isinstance(exc, SQLAlchemyError):
             line = "database: " + (str(getattr(exc, "orig", None) or exc).splitlines() or ["unusable"])[0]
-            if "no such column" in line or "does not exist" in line:
+            if "database is locked" in line:
+                line = ("database: another sss process kept it busy for more than 30 s; nothing was written, "
+                        "try again when it is done")
+            elif "no such column" in line or "does not exist" in line:
                 line += " (the database was made by an older version of sss-sim: start a new one with another --db)"
         else:
             return False

@@ -46,6 +46,7 @@ LOCK, EPOCH, FAULTS_VERSION = "world-lock", "epoch", "faults"
 CLOCK_KEY, FAULTS_KEY = "clock", "faults"
 
 _journal_tail = select(J.c.seq, J.c.events).where(J.c.seq > bindparam("offset")).order_by(J.c.seq)
+_faults_version = select(C.c.value).where(C.c.name == FAULTS_VERSION)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 _lock = update(C).where(C.c.name == LOCK).values(value=C.c.value + 1)
 _clock_forward = update(S).where(S.c.key == "clock", S.c.value < bindparam("v")).values(
@@ -170,7 +171,7 @@ class World:
             self.offset = seq
 
     def _read_faults(self, conn) -> None:
-        version = conn.execute(select(C.c.value).where(C.c.name == FAULTS_VERSION)).scalar()
+        version = conn.execute(_faults_version).scalar()
         if version == self._faults_version:
             return
         text = conn.execute(select(S.c.value).where(S.c.key == FAULTS_KEY)).scalar()
@@ -245,7 +246,7 @@ class World:
         if conn.execute(update(S).where(S.c.key == FAULTS_KEY).values(value=text)).rowcount == 0:
             conn.execute(insert(S).values(key=FAULTS_KEY, value=text))
         conn.execute(update(C).where(C.c.name == FAULTS_VERSION).values(value=C.c.value + 1))
-        self._faults_version = conn.execute(select(C.c.value).where(C.c.name == FAULTS_VERSION)).scalar()
+        self._faults_version = conn.execute(_faults_version).scalar()
         self._faults_seen = self.faults.changes
 
     # -- the engine's batches (direct mode) ------------------------------------------------------
