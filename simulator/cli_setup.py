@@ -865,7 +865,7 @@ def fault_add(
 
         def action(ws):
             try:
-                return ws.sb.faults.add(FaultRule(code=code, operation=operation, mailbox=mailbox,
+                return ws.sb.add_rule(FaultRule(code=code, operation=operation, mailbox=mailbox,
                                                   count=parse_int(count, "count", 0, 10**9), probability=chance,
                                                   backoff_ms=parse_int(backoff_ms, "backoff_ms", 0, 10**7)))
             except FaultRuleError as exc:
@@ -891,7 +891,7 @@ def fault_list(db: str = _db_option()) -> None:
 def fault_clear(db: str = _db_option()) -> None:
     """Remove every fault rule."""
     with _Refused():
-        _in_sandbox(db, lambda ws: ws.sb.faults.clear())
+        _in_sandbox(db, lambda ws: ws.sb.clear_faults())
     _say("Fault rules removed.")
 
 

@@ -85,6 +85,7 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         async with lock:
             polls = sandbox.engine.stats.polls
             await sandbox.run_until(sandbox.clock.now() + timedelta(seconds=seconds))
+            sandbox.world.commit()  # the clock where the advance left it, before the answer
             return web.json_response({"now": sandbox.clock.now().isoformat(),
                                       "polls": sandbox.engine.stats.polls - polls})
 
@@ -99,6 +100,7 @@ def control_routes(sandbox) -> list[web.RouteDef]:
             "emails_send_failed": st.emails_send_failed, "errors": dict(st.errors), "disabled": st.disabled})
 
     async def list_faults(_request: web.Request) -> web.Response:
+        sandbox.world.refresh()  # rules another process changed
         return web.json_response([asdict(r) for r in sandbox.faults.rules])
 
     async def add_fault(request: web.Request) -> web.Response:
@@ -110,13 +112,14 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         if "code" not in body:
             return _error(400, "code: is required")
         try:
-            rule = sandbox.faults.add(FaultRule(**body))
+            rule = FaultRule(**body)
         except (FaultRuleError, TypeError) as exc:
             return _error(400, str(exc))
+        sandbox.add_rule(rule)
         return web.json_response(asdict(rule), status=201)
 
     async def clear_faults(_request: web.Request) -> web.Response:
-        sandbox.faults.clear()
+        sandbox.clear_faults()
         return web.json_response({"rules": 0})
 
     return [

@@ -91,9 +91,17 @@ class Sandbox:
         return self.store.deliver(message, list(to))
 
     def add_fault(self, **rule: Any) -> FaultRule:
-        added = self.faults.add(FaultRule(**rule))
+        return self.add_rule(FaultRule(**rule))
+
+    def add_rule(self, rule: FaultRule) -> FaultRule:
+        """Add a fault rule; it is in the database when this returns."""
+        self.faults.add(rule)
         self.world.commit()
-        return added
+        return rule
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+        self.world.commit()
 
     # -- running ---------------------------------------------------------------------------
     def _next_time(self) -> datetime | None:

@@ -267,7 +267,7 @@ async def _build(scenario: Scenario, path: Path, cert_dir: Path, seed: int,
                 await admin.test_and_enable(ADMIN, everyone)
                 say("Test & Enable run on every mailbox.")
             if plan.throttle:
-                ws.sb.faults.add(FaultRule(code="ErrorServerBusy", mailbox=plan.throttle,
+                ws.sb.add_rule(FaultRule(code="ErrorServerBusy", mailbox=plan.throttle,
                                            backoff_ms=THROTTLE_BACKOFF_MS))
             if plan.run_minutes:
                 await _mail_and_run(ws, plan.run_minutes)
