@@ -35,6 +35,7 @@ from engine.clock import as_utc
 from engine.ports import ActMethod, Approval, IncomingMethod, OutgoingMethod, Status
 from simulator.crm import s2s
 from simulator.crm.admin import SYSTEM_ADMINISTRATOR
+from simulator.crm.db import DatabaseError, check_schema
 from simulator.crm.models import (
     EmailServerProfile,
     Mailbox,
@@ -135,7 +136,20 @@ def _sqlite_path(db: str) -> Path | None | str:
 
 
 def _read_only_engine(db: str) -> Engine | None:
-    """An engine that cannot write (SQLite: opened with mode=ro); None when there is no database yet."""
+    """An engine that cannot write (SQLite: opened with mode=ro); None when there is no database yet.
+
+    A database of another schema version is refused (:class:`~simulator.crm.db.DatabaseError`)."""
+    engine = _open_read_only(db)
+    if engine is not None:
+        try:
+            check_schema(engine, str(db))
+        except DatabaseError:
+            engine.dispose()
+            raise
+    return engine
+
+
+def _open_read_only(db: str) -> Engine | None:
     target = _sqlite_path(str(db))
     if target is None:
         return None

@@ -90,9 +90,9 @@ def _shown(url: str) -> str:
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.split("@")[-1]
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(engine: Engine, where: str | None = None) -> None:
     """Refuse, before anything is written, a database whose tables another version of sss-sim laid
-    out. An empty database is fine (its tables are made next)."""
+    out. An empty database is fine (its tables are made next). ``where`` names it in the message."""
     tables = set(inspect(engine).get_table_names())
     if "mailbox" not in tables and "simulatorstate" not in tables:
         return
@@ -103,7 +103,7 @@ def check_schema(engine: Engine) -> None:
     version = int(found) if found is not None and str(found).isdigit() else 1
     if version == SCHEMA_VERSION:
         return
-    where = _shown(engine.url.render_as_string(hide_password=True))
+    where = where or _shown(engine.url.render_as_string(hide_password=True))
     if version < SCHEMA_VERSION:
         raise DatabaseError(f"database {where} was made by an older sss-sim (schema version {version}; this one "
                             f"reads version {SCHEMA_VERSION}): start a new sandbox with another --db")

@@ -1,0 +1,78 @@
+"""The database records its schema version; databases of another layout are refused untouched."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simulator.cli import app
+from simulator.crm.db import SCHEMA_VERSION, DatabaseError, make_engine, sqlite_url
+
+
+def _schema(path: Path) -> str | None:
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT value FROM simulatorstate WHERE key = 'schema'").fetchone()
+    return row[0] if row else None
+
+
+def _dump(path: Path) -> str:
+    """Every table and row (the file's bytes move when SQLite checkpoints its WAL on close)."""
+    with sqlite3.connect(path) as conn:
+        return "\n".join(conn.iterdump())
+
+
+def _first_layout(path: Path) -> None:
+    """A database as the first release made it: CRM tables, the store saved as JSON, no schema row."""
+    engine = make_engine(sqlite_url(path))
+    engine.dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM simulatorstate WHERE key = 'schema'")
+        conn.execute("DROP TABLE exchangejournal")
+        conn.execute("DROP TABLE simulatorcounter")
+        conn.execute("INSERT INTO simulatorstate (key, value) VALUES ('exchange', '{\"format\": \"sss-exchange-store\"}')")
+
+
+def test_a_new_database_records_the_schema_version(tmp_path):
+    path = tmp_path / "new.db"
+    make_engine(sqlite_url(path)).dispose()
+    assert _schema(path) == str(SCHEMA_VERSION)
+    make_engine(sqlite_url(path)).dispose()  # and opens again
+    assert _schema(path) == str(SCHEMA_VERSION)
+
+
+def test_a_database_of_the_first_layout_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "old.db"
+    _first_layout(path)
+    before = _dump(path)
+    with pytest.raises(DatabaseError, match=r"older sss-sim \(schema version 1; this one reads version 2\)"):
+        make_engine(sqlite_url(path))
+    assert _dump(path) == before
+    with sqlite3.connect(path) as conn:  # no table of the new layout was added
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "exchangejournal" not in tables
+
+
+def test_a_newer_schema_is_refused_with_its_version(tmp_path):
+    path = tmp_path / "newer.db"
+    make_engine(sqlite_url(path)).dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE simulatorstate SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(DatabaseError, match=rf"newer sss-sim \(schema version {SCHEMA_VERSION + 1};"):
+        make_engine(sqlite_url(path))
+
+
+@pytest.mark.parametrize("args", [["mailbox", "list"], ["run", "--minutes", "5"], ["status"]])
+def test_the_cli_says_so_in_one_line(tmp_path, args):
+    path = tmp_path / "old.db"
+    _first_layout(path)
+    before = _dump(path)
+    result = CliRunner().invoke(app, [*args, "--db", str(path)])
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert err.startswith("Error: ") and "\n" not in err, err
+    assert "schema version 1" in err and "another --db" in err, err
+    assert "Traceback" not in result.output
+    assert _dump(path) == before
