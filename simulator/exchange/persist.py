@@ -345,20 +345,69 @@ class _Reader:
             setattr(obj, key, value)
 
 
+_MESSAGE_FIELDS = {f.name: f for f in dataclasses.fields(MessageData)}
+_TUPLES = frozenset(n for n, f in _MESSAGE_FIELDS.items() if str(f.type).startswith("tuple"))
+_OPTIONAL_TEXT = frozenset(n for n, f in _MESSAGE_FIELDS.items() if str(f.type) == "str | None")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def message_record(data: MessageData) -> dict:
-    """A message as a JSON-able object (the Exchange journal's form of it)."""
-    try:
-        return _Writer().record(data)
-    except _Bad as bad:
-        raise PersistError(f"cannot save a message: {bad.located()}") from None
+    """A message as a JSON-able object (the Exchange journal's form of it): the fields that differ
+    from their defaults; tuples as arrays, the date as ISO 8601 text, raw bytes as base64."""
+    out: dict[str, Any] = {}
+    for name, f in _MESSAGE_FIELDS.items():
+        value = getattr(data, name)
+        if value == _default(f):
+            continue
+        if name in _TUPLES:
+            value = list(value)
+        elif name == "date":
+            value = value.isoformat()
+        elif name == "raw":
+            value = base64.b64encode(value).decode("ascii")
+        out[name] = value
+    return out
 
 
 def message_from_record(raw: object) -> MessageData:
-    """The message :func:`message_record` wrote, its fields checked against their types."""
-    try:
-        return _Reader().record(MessageData, raw)
-    except _Bad as bad:
-        raise PersistError(f"cannot load a message: {bad.located()}") from None
+    """The message :func:`message_record` wrote, each field checked; :class:`PersistError` if not."""
+    def bad(name: str, value: object, what: str) -> PersistError:
+        return PersistError(f"cannot load a message: {name} must be {what}, not {_short(value)}")
+
+    if not isinstance(raw, dict):
+        raise PersistError(f"cannot load a message: expected a JSON object, not {_short(raw)}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _MESSAGE_FIELDS:
+            raise PersistError(f"cannot load a message: MessageData has no field {name!r}")
+        if name in _TUPLES:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad(name, value, "a list of strings")
+            value = tuple(value)
+        elif name == "date":
+            if not isinstance(value, str):
+                raise bad(name, value, "an ISO 8601 time")
+            value = _iso(value, datetime)
+        elif name == "raw":
+            if not isinstance(value, str):
+                raise bad(name, value, "base64 text")
+            try:
+                value = base64.b64decode(value.encode("ascii"), validate=True)
+            except (binascii.Error, UnicodeEncodeError, ValueError):
+                raise bad(name, value, "base64 text") from None
+        elif name == "size":
+            if type(value) is not int:
+                raise bad(name, value, "a whole number")
+        elif name == "extra_headers":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise bad(name, value, "an object of strings")
+        elif not (isinstance(value, str) or (value is None and name in _OPTIONAL_TEXT)):
+            raise bad(name, value, "a string")
+        values[name] = value
+    return MessageData(**values)
 
 
 def rng_state(rng: random.Random, what: str) -> dict:
