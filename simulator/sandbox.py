@@ -124,7 +124,12 @@ class Sandbox:
             while self._agenda and self._agenda[0][0] <= t:
                 _, _, action = heapq.heappop(self._agenda)
                 action()
-            ran = await self.engine.run_due()
+            try:
+                ran = await self.engine.run_due()
+            except BaseException:
+                if self.world.deferred:  # a batch that never reached its release: as it was before it
+                    self.world.end_batch(committed=False)
+                raise
             if ran == 0 and not self._agenda_due() and (self.engine.next_due() or end) <= t:
                 self.clock.advance(1)  # work held by another host: let time pass
             if progress is not None:

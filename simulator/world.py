@@ -151,10 +151,12 @@ class World:
     def reload(self) -> None:
         """Forget the in-memory view and rebuild it (after a transaction that did not commit)."""
         self.pending.clear()
+        self.deferred = False
         self.store.reset()
         self.offset = 0
-        self._faults_version = None
+        self._faults_version = None  # the rules as stored (changes not written are dropped)
         self.load()
+        self._clock_saved = None  # written again at the next sync
 
     # -- reading what others wrote -------------------------------------------------------------
     def refresh(self) -> None:

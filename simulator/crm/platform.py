@@ -473,11 +473,16 @@ class Platform:
         senders = self._prepared(("pending_senders",), lambda: select(E.c.sendermailboxid).where(
             E.c.statuscode == EmailStatus.PENDING_SEND).distinct())
         world = self.world
-        with self._begin() as conn:
-            rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
-            self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
-            if world is not None:  # what other processes delivered, before the batch reads it
-                world.sync(conn)
+        try:
+            with self._begin() as conn:
+                rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
+                self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
+                if world is not None:  # what other processes delivered, before the batch reads it
+                    world.sync(conn)
+        except BaseException:
+            if world is not None:
+                world.reload()
+            raise
         if rows and world is not None:
             world.begin_batch()
         works = [_mailbox_work(r) for r in rows]
