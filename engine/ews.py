@@ -662,7 +662,7 @@ class EwsExchange:
         await self._call(mailbox, delete)
 
     async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult:
-        message_id = normalize_message_id(self.message_id_factory(message.sender or mailbox))
+        message_id = normalize_message_id(message.message_id or self.message_id_factory(message.sender or mailbox))
         assert message_id is not None
 
         def submit(account: Account) -> SendResult:
@@ -687,6 +687,16 @@ class EwsExchange:
             return SendResult(message_id, copy.id if copy is not None else None)
 
         return await self._call(mailbox, submit)
+
+    async def find_sent(self, mailbox: str, message_id: str) -> str | None:
+        wanted = normalize_message_id(message_id)
+
+        def look(account: Account) -> str | None:
+            found = list(self._distinguished(account, "sentitems").filter(message_id=f"<{wanted}>").only(
+                "datetime_received")[:1])
+            return found[0].id if found and not isinstance(found[0], Exception) else None
+
+        return await self._call(mailbox, look)
 
     # -- the ACT organization claim ---------------------------------------------------------------
     def _claim_folder(self, account: Account) -> MsgFolderRoot:

@@ -1,7 +1,10 @@
 """The outgoing email cycle (SPEC 3.5 and choice 10.4).
 
 Each email in Pending Send whose sender is this mailbox is submitted over Exchange (a copy saved
-to Sent Items) and set to Sent, with the tracking token appended to the subject. A transient
+to Sent Items) and set to Sent, with the tracking token appended to the subject. Before the
+submit the email is set to Sending with its Message-ID, committed: an email a cycle left in
+Sending (the process stopped between Exchange's answer and the CRM's record of it) is looked up
+in Sent Items by that Message-ID and recorded as sent when it is there, so it is never sent twice. A transient
 failure leaves the email in Pending Send for a later cycle and counts an attempt; after the tenth
 failed attempt the email is set to Failed. Any Exchange error ends the cycle: the workload's own
 error handling (retry or disable) then applies.
@@ -44,6 +47,19 @@ async def run_outgoing(crm: CrmPort, exchange: ExchangePort, mailbox: MailboxWor
     result = OutgoingResult(found=len(pending))
     for email in pending:
         subject = subject_with_token(email.subject, email.trackingtoken)
+        if email.sending and email.messageid:
+            try:
+                copy = await exchange.find_sent(mailbox.emailaddress, email.messageid)
+            except SyncError as exc:
+                result.error = exc
+                break
+            if copy is not None:  # sent before the cycle was cut short: record it, do not send again
+                result.sent += 1
+                result.outcomes.append(SendOutcome(email.activityid, True, message_id=email.messageid,
+                                                   subject=subject))
+                continue
+        message_id = email.messageid if email.sending and email.messageid else crm.start_send(
+            mailbox, email.activityid)
         message = OutgoingMessage(
             subject=subject,
             body=email.body,
@@ -52,6 +68,7 @@ async def run_outgoing(crm: CrmPort, exchange: ExchangePort, mailbox: MailboxWor
             cc=email.cc,
             bcc=email.bcc,
             in_reply_to=email.in_reply_to,
+            message_id=message_id,
         )
         try:
             sent = await exchange.send(mailbox.emailaddress, message)

@@ -207,7 +207,8 @@ class ItemOutcome:
 
 @dataclass(slots=True)
 class OutgoingEmail:
-    """An email activity in Pending Send, ready to submit."""
+    """An email activity in Pending Send, ready to submit, or in Sending: submitted by a cycle that did
+    not live to record the outcome (``sending``), whose Message-ID tells whether Exchange has it."""
 
     activityid: str
     subject: str
@@ -219,6 +220,8 @@ class OutgoingEmail:
     trackingtoken: str | None
     deliveryattempts: int
     in_reply_to: str | None = None
+    messageid: str | None = None
+    sending: bool = False
 
 
 @dataclass(slots=True)
@@ -234,6 +237,7 @@ class OutgoingMessage:
     in_reply_to: str | None = None
     save_copy: bool = True
     headers: dict[str, str] = field(default_factory=dict)
+    message_id: str | None = None  # the Internet Message-ID to send with (the port makes one when None)
 
 
 @dataclass(slots=True)
@@ -303,6 +307,11 @@ class CrmPort(Protocol):
 
     def pending_sends(self, mailbox: MailboxWork, limit: int) -> list[OutgoingEmail]: ...
 
+    def start_send(self, mailbox: MailboxWork, activityid: str) -> str:
+        """Set the email to Sending with the Message-ID it will be sent with, committed before the
+        submit (so that a cycle cut short never sends it twice); returns that Message-ID."""
+        ...
+
     def record_send_outcomes(self, mailbox: MailboxWork, outcomes: list[SendOutcome]) -> None: ...
 
     def record_item_errors(self, errors: list[ItemError]) -> None: ...
@@ -335,6 +344,10 @@ class ExchangePort(Protocol):
     async def delete_item(self, mailbox: str, item_id: str) -> None: ...
 
     async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult: ...
+
+    async def find_sent(self, mailbox: str, message_id: str) -> str | None:
+        """The id of the Sent Items copy of the message with this Message-ID (None: not sent)."""
+        ...
 
     async def ews_url_for(self, mailbox: str) -> str | None:
         """The mailbox's EWS URL as found by Autodiscover (None when there is no URL to find)."""

@@ -202,6 +202,9 @@ class ProfilePorts:
     async def send(self, mailbox, message):
         return await self.port(mailbox).send(mailbox, message)
 
+    async def find_sent(self, mailbox, message_id):
+        return await self.port(mailbox).find_sent(mailbox, message_id)
+
     async def ews_url_for(self, mailbox):
         return await self.port(mailbox).ews_url_for(mailbox)
 

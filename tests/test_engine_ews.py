@@ -281,6 +281,20 @@ def test_ensure_folder_race_on_create(tls, monkeypatch):
 
 
 # -- send ----------------------------------------------------------------------------------------
+def test_send_with_a_given_message_id_and_find_it_in_sent_items(tls):
+    async def scenario(env: Env):
+        port = env.port()
+        assert await port.find_sent(ALICE, "crm-1@contoso.example") is None
+        message = OutgoingMessage(subject="Offer", body="b", sender=ALICE, to=(CARL,),
+                                  message_id="crm-1@contoso.example")
+        result = await port.send(ALICE, message)
+        assert result.message_id == "crm-1@contoso.example"
+        assert await port.find_sent(ALICE, "<crm-1@contoso.example>") == result.sent_item_id
+        assert await port.find_sent(ALICE, "other@contoso.example") is None
+
+    run_env(tls, scenario)
+
+
 def test_send_delivers_locally_and_records_external(tls):
     async def scenario(env: Env):
         port = env.port()

@@ -204,3 +204,38 @@ def test_mail_to_an_unknown_external_address_is_recorded_as_outbound(org):
     org.run_for(600)
     assert org.email(aid).statuscode == 3
     assert org.sb.store.outbound[-1][1] == (STRANGER, CARL)
+
+
+# -- a cycle cut short between Exchange's send and the CRM's record of it ----------------------------------
+def _mailbox_work(o, address):
+    return o.sb.crm.mailbox_work([o.mailboxes[address]])[0]
+
+
+def _copies_to_carl(o, subject):
+    return [d for _, rcpts, d in o.sb.store.outbound if CARL in rcpts and d.subject == subject]
+
+
+def test_an_email_left_in_sending_after_its_send_is_recorded_not_sent_again(org):
+    aid, token = _send(org, subject="Quote")
+    mailbox = _mailbox_work(org, ALICE)
+    message_id = org.sb.crm.start_send(mailbox, aid)  # committed: Sending, with its Message-ID
+    assert org.email(aid).statuscode == 7 and org.email(aid).messageid == message_id
+    from simulator.exchange.mime import MessageData
+
+    # the process submitted it, then stopped before recording the outcome
+    org.sb.store.send(ALICE, MessageData(subject=f"Quote {token}", to=(CARL,), message_id=message_id))
+    org.run_for(600)
+    email = org.email(aid)
+    assert email.statuscode == 3 and email.messageid == message_id
+    assert len(_copies_to_carl(org, f"Quote {token}")) == 1  # Carl got it once
+    assert len(org.sb.store.mailbox(ALICE).folder("sentitems").items) == 1
+
+
+def test_an_email_left_in_sending_before_its_send_is_sent_once(org):
+    aid, token = _send(org, subject="Offer")
+    message_id = org.sb.crm.start_send(_mailbox_work(org, ALICE), aid)  # stopped before the submit
+    org.run_for(600)
+    email = org.email(aid)
+    assert email.statuscode == 3 and email.messageid == message_id
+    copies = _copies_to_carl(org, f"Offer {token}")
+    assert len(copies) == 1 and copies[0].message_id == message_id

@@ -471,7 +471,7 @@ class Platform:
         params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
         lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
         senders = self._prepared(("pending_senders",), lambda: select(E.c.sendermailboxid).where(
-            E.c.statuscode == EmailStatus.PENDING_SEND).distinct())
+            E.c.statuscode.in_((EmailStatus.PENDING_SEND, EmailStatus.SENDING))).distinct())
         world = self.world
         try:
             with self._begin() as conn:
@@ -846,8 +846,9 @@ class Platform:
         with self.db.connect() as conn:
             rows = conn.execute(
                 select(E.c.activityid, E.c.subject, E.c.description, E.c.trackingtoken, E.c.deliveryattempts,
-                       E.c.inreplyto)
-                .where(E.c.statuscode == EmailStatus.PENDING_SEND, E.c.sendermailboxid == mailbox.id)
+                       E.c.inreplyto, E.c.messageid, E.c.statuscode)
+                .where(E.c.statuscode.in_((EmailStatus.PENDING_SEND, EmailStatus.SENDING)),
+                       E.c.sendermailboxid == mailbox.id)
                 .order_by(E.c.modifiedon, E.c.activityid).limit(limit)
             ).all()
             ids = [r[0] for r in rows]
@@ -863,10 +864,21 @@ class Platform:
             OutgoingEmail(
                 activityid=aid, subject=subject or "", body=body or "", sender=mailbox.emailaddress,
                 to=tuple(parties[aid][2]), cc=tuple(parties[aid][3]), bcc=tuple(parties[aid][4]),
-                trackingtoken=token, deliveryattempts=attempts, in_reply_to=inreplyto,
+                trackingtoken=token, deliveryattempts=attempts, in_reply_to=inreplyto, messageid=messageid,
+                sending=status == EmailStatus.SENDING,
             )
-            for aid, subject, body, token, attempts, inreplyto in rows
+            for aid, subject, body, token, attempts, inreplyto, messageid, status in rows
         ]
+
+    def start_send(self, mailbox: MailboxWork, activityid: str) -> str:
+        """Sending (7), with the Message-ID the email is sent with, committed before the submit."""
+        domain = mailbox.emailaddress.rsplit("@", 1)[-1] if "@" in mailbox.emailaddress else "sandbox.invalid"
+        message_id = f"{activityid}@{domain.lower()}"
+        with self._begin() as conn:
+            conn.execute(update(E).where(E.c.activityid == activityid).values(
+                statuscode=EmailStatus.SENDING, statecode=EMAIL_STATE_OF_STATUS[EmailStatus.SENDING],
+                messageid=message_id, modifiedon=self.clock.now()))
+        return message_id
 
     def record_send_outcomes(self, mailbox: MailboxWork, outcomes: list[SendOutcome]) -> None:
         now = self.clock.now()

@@ -81,6 +81,15 @@ class DirectExchange:
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
+    async def find_sent(self, mailbox: str, message_id: str) -> str | None:
+        self._enter("find_sent", mailbox)
+        try:
+            items = self.store.mailbox(mailbox).folder("sentitems").items.values()
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+        wanted = message_id.strip("<>")
+        return next((i.item_id for i in items if (i.data.message_id or "").strip("<>") == wanted), None)
+
     async def ews_url_for(self, mailbox: str) -> str | None:
         """In process there is no URL to discover."""
         return None
@@ -96,6 +105,7 @@ class DirectExchange:
             in_reply_to=message.in_reply_to,
             body=message.body,
             extra_headers=dict(message.headers),
+            message_id=message.message_id,
         )
         try:
             message_id, sent_id = self.store.send(mailbox, data, save_copy=message.save_copy)
