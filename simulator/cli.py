@@ -592,5 +592,7 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m simulator.cli: the commands live on the imported module's app
+    from simulator.cli import main as imported_main
+
+    imported_main()

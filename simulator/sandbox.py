@@ -6,6 +6,7 @@ from generators derived from its seed, so the same scenario and seed give the sa
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import random
@@ -13,11 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.clock import Clock, VirtualClock, as_utc
+from engine.clock import Clock, RealClock, VirtualClock, as_utc
 from engine.service import SyncService
 from simulator.crm.admin import Admin
 from simulator.crm.db import MEMORY_URL, make_engine
-from simulator.crm.platform import IdFactory, Platform
+from simulator.crm.platform import LEASE_TIMEOUT, IdFactory, Platform
 from simulator.exchange.direct import DirectExchange
 from simulator.exchange.mime import MessageData
 from simulator.exchange.store import ExchangeStore, IdSource
@@ -25,6 +26,7 @@ from simulator.faults import FaultInjector, FaultRule
 from simulator.world import World, stored_time
 
 DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+DEAD_HOST_GRACE_S = 5.0  # real seconds a lease of another host may stay put before that host is presumed dead
 NOTIFICATION_SENDER = "crm-notifications@sandbox.invalid"
 
 
@@ -65,6 +67,8 @@ class Sandbox:
         self.admin = Admin(self.db, self.clock, self.crm, self.exchange, self.ids,
                            on_mailbox_added=self.store.add_mailbox)
         self.stopping = False  # set (e.g. by SIGTERM) to end run_until after the batch under way
+        self._real = RealClock()  # only to tell a live engine host from a dead one (see run_until)
+        self._other_lease: tuple[datetime, datetime] | None = None
         self.background: set = set()  # asyncio tasks started for this sandbox (jobs run over HTTP)
         self._agenda: list[tuple[datetime, int, Callable[[], Any]]] = []
         self._agenda_seq = itertools.count()
@@ -120,6 +124,8 @@ class Sandbox:
             now = self.clock.now()
             if t <= now:
                 t = now
+            if await self._waiting_for_another_host(t):
+                continue
             self.clock.advance_to(t)
             while self._agenda and self._agenda[0][0] <= t:
                 _, _, action = heapq.heappop(self._agenda)
@@ -130,8 +136,9 @@ class Sandbox:
                 if self.world.deferred:  # a batch that never reached its release: as it was before it
                     self.world.end_batch(committed=False)
                 raise
-            if ran == 0 and not self._agenda_due() and (self.engine.next_due() or end) <= t:
-                self.clock.advance(1)  # work held by another host: let time pass
+            held = ran == 0 and not self._agenda_due() and (self.engine.next_due() or end) <= t
+            if held and not await self._waiting_for_another_host(t + timedelta(seconds=1)):
+                self.clock.advance(1)  # work held by a host presumed dead: let time pass
             if progress is not None:
                 progress(self.clock.now())
         if self.stopping:
@@ -139,6 +146,26 @@ class Sandbox:
         self.clock.advance_to(end)
         if progress is not None:
             progress(end)
+
+    async def _waiting_for_another_host(self, t: datetime) -> bool:
+        """Moving the clock to ``t`` would force open a lease another engine host holds: wait (in real
+        time) for that host to release it, and say so. Each process has its own virtual clock, so a
+        host whose clock ran ahead must not take over mailboxes a live host is working on. A lease
+        that stays put for :data:`DEAD_HOST_GRACE_S` real seconds belongs to a host presumed dead
+        (killed, crashed): then the 30-minute rule applies as on one host."""
+        lease = self.crm.oldest_lease
+        if lease is None or lease + LEASE_TIMEOUT > t:
+            return False
+        held = self.crm.leased_by_others(self.engine.hostid)
+        if held is None or held + LEASE_TIMEOUT > t:
+            return False
+        seen = self._other_lease
+        if seen is None or seen[0] != held:
+            self._other_lease = seen = (held, self._real.now())
+        if (self._real.now() - seen[1]).total_seconds() >= DEAD_HOST_GRACE_S:
+            return False
+        await asyncio.sleep(0.02)
+        return True
 
     def _agenda_due(self) -> bool:
         return bool(self._agenda) and self._agenda[0][0] <= self.clock.now()

@@ -79,6 +79,10 @@ def decode(text: str) -> list[dict]:
     return events
 
 
+def _as_time(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
 def stored_time(db: Engine) -> datetime | None:
     """The sandbox clock stored in ``db`` (None on a new database)."""
     with db.connect() as conn:
@@ -165,12 +169,21 @@ class World:
             self._catch_up(conn)
             self._read_faults(conn)
 
-    def _catch_up(self, conn) -> None:
+    def _catch_up(self, conn) -> dict[str, datetime]:
+        """Apply the journal's tail; returns the latest Inbox arrival it brought per mailbox."""
         store = self.store
+        latest: dict[str, datetime] = {}
         for seq, text in conn.execute(_journal_tail, {"offset": self.offset}):
             for ev in decode(text):
                 store.apply(ev)
+                if ev["k"] == "put":
+                    for address, _folder, _item, received, *_, arrival in ev["p"]:
+                        if arrival:
+                            when = _as_time(received)
+                            if address not in latest or when > latest[address]:
+                                latest[address] = when
             self.offset = seq
+        return latest
 
     def _read_faults(self, conn) -> None:
         version = conn.execute(_faults_version).scalar()
@@ -217,7 +230,10 @@ class World:
             # others' operations go after ours in memory but before them in the journal: store
             # operations of different processes commute (new ids, different items), so both agree
             pending, self.pending = self.pending, []
-            self._catch_up(conn)
+            latest = self._catch_up(conn)
+            if latest:  # others delivered meanwhile: our arrivals come after theirs
+                for events in pending:
+                    self.store.arrivals_after(events, latest)
             if pending:
                 rows = [{"seq": self.offset + i, "events": encode(events)} for i, events in enumerate(pending, 1)]
                 conn.execute(insert(J), rows)

@@ -206,3 +206,97 @@ def test_max_concurrent_connections_caps_mailboxes_in_flight_per_profile(make_or
     assert _cap_scenario(make_org, 2) == 2
     assert _cap_scenario(make_org, 1) == 1
     assert _cap_scenario(make_org, 300) > 2  # without a tight cap they do overlap
+
+
+# -- engine hosts in separate processes, each on its own virtual clock (the durable world) ----------------
+def _two_hosts(tmp_path):
+    from simulator.exchange.mime import MessageData
+    from simulator.sandbox import Sandbox
+
+    url = sqlite_url(tmp_path / "world.db")
+    sb = Sandbox(db_url=url)
+    a = sb.admin
+    a.create_organization("Contoso", tenant_id="11111111-2222-3333-4444-555555555555")
+    a.add_queue("Support", "support@contoso.example", owner="admin")
+    profile = a.create_profile("admin", name="EXO", processemailsreceivedafter=sb.clock.now() - timedelta(days=1))
+    a.set_default_profile("admin", profile)
+    ids = [m.mailboxid for m in a.mailboxes()]
+    a.apply_default_settings("admin", ids)
+    a.approve("admin", ids)
+    asyncio.run(a.test_and_enable("admin", ids))
+    sb.deliver(MessageData(subject="hi", sender="carl@fabrikam.example", to=("support@contoso.example",),
+                           message_id="m1@fabrikam.example"))
+    sb.close()
+    return url, Sandbox(db_url=url, hostid="host-a"), Sandbox(db_url=url, hostid="host-b")
+
+
+def _tracked(sb) -> Counter:
+    from sqlalchemy import text
+
+    with sb.db.connect() as conn:
+        return Counter(r[0] for r in conn.execute(text("SELECT messageid FROM email WHERE directioncode = 0")))
+
+
+def test_a_host_whose_clock_runs_ahead_waits_for_a_live_host_s_leases(tmp_path, monkeypatch):
+    """Host B finds only mailboxes that host A holds: it waits for A rather than jump its own clock to
+    the leases' expiry and force them open (A is alive: it releases within the grace)."""
+    import threading
+
+    url, host_a, host_b = _two_hosts(tmp_path)
+    release = host_a.crm.release
+    b_started = threading.Event()
+
+    def release_while_b_waits(*args):
+        host_a.crm.release = release
+        thread = threading.Thread(target=lambda: (b_started.set(), asyncio.run(host_b.run_for(3600))))
+        thread.start()
+        b_started.wait()
+        thread.join(0.5)  # B runs meanwhile; A's batch is still open
+        assert thread.is_alive(), "host B did not wait for host A's leases"
+        release(*args)
+        thread.join(30)
+        return None
+
+    host_a.crm.release = release_while_b_waits
+    asyncio.run(host_a.run_for(600))
+    assert _tracked(host_a) == {"m1@fabrikam.example": 1}
+    with host_a.db.connect() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT sum(forcedunlockcount) FROM mailbox")).scalar() == 0
+    host_a.close()
+    host_b.close()
+
+
+def test_a_host_presumed_dead_loses_its_leases_and_its_late_batch_is_dropped(tmp_path, monkeypatch):
+    """Host A stalls past the grace: host B forces its leases open (the 30-minute rule on B's clock)
+    and tracks the mail; A's late release then drops its batch instead of tracking it again."""
+    import threading
+
+    import simulator.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "DEAD_HOST_GRACE_S", 0.1)
+    url, host_a, host_b = _two_hosts(tmp_path)
+    release = host_a.crm.release
+
+    def stall_until_b_took_over(*args):
+        host_a.crm.release = release
+        thread = threading.Thread(target=lambda: asyncio.run(host_b.run_for(3600)))
+        thread.start()
+        thread.join(60)
+        assert _tracked(host_b) == {"m1@fabrikam.example": 1}
+        return release(*args)  # too late: B holds or has done these mailboxes
+
+    host_a.crm.release = stall_until_b_took_over
+    asyncio.run(host_a.run_for(600))
+    assert _tracked(host_a) == {"m1@fabrikam.example": 1}
+    from sqlalchemy import text
+
+    with host_a.db.connect() as conn:
+        rows = conn.execute(text("SELECT processingstatecode, hostid, forcedunlockcount FROM mailbox")).all()
+    assert all(state == 0 and host is None for state, host, _ in rows)
+    assert sum(r[2] for r in rows) >= 1  # B forced A's leases open
+    asyncio.run(host_a.run_for(3600))  # A goes on working normally
+    assert _tracked(host_a) == {"m1@fabrikam.example": 1}
+    host_a.close()
+    host_b.close()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, literal_column, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.clock import Clock
 from engine.errors import Nature, SyncError, kind_of
@@ -367,6 +368,7 @@ class Platform:
         self.on_notification = None
         # the durable world (simulator/world.py): written in the lease and release transactions
         self.world = None
+        self.oldest_lease: datetime | None = None  # as the last next_due() found it
 
     def _reset_pending(self) -> None:
         self._emails: list[dict] = []
@@ -462,10 +464,17 @@ class Platform:
             free, locked = self._prepared(("next_due",), _next_due_statement).fetchall(
                 conn, {}, [M.c.postponemailboxprocessinguntil, M.c.processinglastattemptedon])[0]
         free = _aware(free)
+        self.oldest_lease = _aware(locked)
         if locked is not None:
             expiry = _aware(locked) + LEASE_TIMEOUT
             return expiry if free is None or expiry < free else free
         return free
+
+    def leased_by_others(self, hostid: str) -> datetime | None:
+        """When the oldest lease held by a host other than ``hostid`` was taken (None: none is)."""
+        with self.db.connect() as conn:
+            return _aware(conn.execute(select(func.min(M.c.processinglastattemptedon)).where(
+                M.c.processingstatecode == 1, M.c.hostid != hostid)).scalar())
 
     def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]:
         params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
@@ -522,6 +531,18 @@ class Platform:
                 if world is not None:  # the batch's Exchange changes commit with its CRM rows
                     world.sync(conn, reading=False)
             committed = True
+        except (IntegrityError, self.db.dialect.dbapi.IntegrityError):
+            # Another host forced some of these leases open (this one was presumed dead) and tracked
+            # their mail first. The whole batch is dropped (its Exchange changes with it) and its
+            # mailboxes freed: they are done again, so nothing is lost and nothing is done twice.
+            self._reset_pending()
+            if world is not None:
+                world.end_batch(False)
+                world = None
+            with self._begin() as conn:
+                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(
+                    [u.mailboxid for u in updates])).values(processingstatecode=0, hostid=None))
+            return
         finally:
             if world is not None:
                 world.end_batch(committed)

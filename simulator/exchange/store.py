@@ -135,6 +135,16 @@ class Folder:
             self.order.pop(i)
         self.journal.append(("delete", item.item_id))
 
+    def retime(self, item: Item, received: datetime) -> None:
+        """Give an item another received time, keeping the order (no change is journaled: the item
+        is still the one its ``create`` entry names)."""
+        key = (item.received, item.seq, item.item_id)
+        i = bisect.bisect_left(self.order, key)
+        if i < len(self.order) and self.order[i] == key:
+            self.order.pop(i)
+        item.received = received
+        bisect.insort(self.order, (received, item.seq, item.item_id))
+
     def after(self, when: datetime | None, limit: int) -> list[Item]:
         """Items received strictly after ``when``, oldest first, at most ``limit``."""
         order = self.order
@@ -309,6 +319,28 @@ class ExchangeStore:
         if ev.get("x"):
             self.outbound.append((data.sender or "", tuple(ev["x"]), data))
         return placed
+
+    def arrivals_after(self, events: list[dict], latest: dict[str, datetime]) -> None:
+        """Make the Inbox arrivals of ``events`` later than ``latest[address]`` (what other processes
+        committed to that Inbox meanwhile), in the events and in memory, keeping their order: mail
+        committed later is always received later, so an engine past the earlier mail still finds it."""
+        for ev in events:
+            if ev["k"] != "put":
+                continue
+            for placement in ev["p"]:
+                address, folder_id, item_id, received, *_, arrival = placement
+                floor = latest.get(address)
+                if not arrival or floor is None or _when(received) > floor:
+                    continue
+                mbx = self.mailboxes[address]
+                new = floor + _ONE_US
+                placement[3] = new
+                item = mbx.folders[folder_id].items.get(item_id)
+                if item is not None:
+                    mbx.folders[folder_id].retime(item, new)
+                latest[address] = new
+                if mbx.last_inbox_received is None or new > mbx.last_inbox_received:
+                    mbx.last_inbox_received = new
 
     def _placement(self, mbx: ExchangeMailbox, folder_id: str, received: datetime, categories=(),
                    is_read: bool = False, arrival: bool = False) -> list:

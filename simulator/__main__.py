@@ -1,0 +1,5 @@
+"""``python -m simulator``: the ``sss`` command."""
+
+from simulator.cli import main
+
+main()
