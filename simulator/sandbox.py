@@ -133,8 +133,7 @@ class Sandbox:
             try:
                 ran = await self.engine.run_due()
             except BaseException:
-                if self.world.deferred:  # a batch that never reached its release: as it was before it
-                    self.world.end_batch(committed=False)
+                self.crm.abandon_batch()  # nothing of a batch that never reached its release stays
                 raise
             held = ran == 0 and not self._agenda_due() and (self.engine.next_due() or end) <= t
             if held and not await self._waiting_for_another_host(t + timedelta(seconds=1)):

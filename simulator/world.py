@@ -31,7 +31,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, event, insert, select, update
+from sqlalchemy import Engine, bindparam, event, insert, or_, select, update
 
 from engine.clock import Clock, as_utc
 from simulator.crm.models import ExchangeJournal, SimulatorCounter, SimulatorState
@@ -50,7 +50,8 @@ _faults_version = select(C.c.value).where(C.c.name == FAULTS_VERSION)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 _lock = update(C).where(C.c.name == LOCK).values(value=C.c.value + 1)
 _stored_clock = select(S.c.value).where(S.c.key == CLOCK_KEY)
-_set_clock = update(S).where(S.c.key == CLOCK_KEY).values(value=bindparam("v"), modifiedon=bindparam("m"))
+_clock_forward = update(S).where(S.c.key == CLOCK_KEY, or_(S.c.modifiedon.is_(None), S.c.modifiedon < bindparam("m"))
+                                 ).values(value=bindparam("v"), modifiedon=bindparam("m"))
 
 
 # -- events as JSON --------------------------------------------------------------------------
@@ -108,6 +109,13 @@ class World:
         self.faults = faults
         self.clock = clock
         self.keeps_clock = keeps_clock
+        # the statements run at every sync, compiled once and run on the DBAPI cursor
+        from simulator.crm.platform import Prepared
+
+        self._tail = Prepared(_journal_tail, db.dialect)
+        self._lock = Prepared(_lock, db.dialect)
+        self._faults_counter = Prepared(_faults_version, db.dialect)
+        self._clock_forward = Prepared(_clock_forward, db.dialect)
         self._epoch: int | None = 1 if db.url.database in (None, "", ":memory:") else None  # memory: no one else
         self._taking = False
         if self._epoch is None:
@@ -173,7 +181,7 @@ class World:
         """Apply the journal's tail; returns the latest Inbox arrival it brought per mailbox."""
         store = self.store
         latest: dict[str, datetime] = {}
-        for seq, text in conn.execute(_journal_tail, {"offset": self.offset}):
+        for seq, text in self._tail.fetchall(conn, {"offset": self.offset}):
             for ev in decode(text):
                 store.apply(ev)
                 if ev["k"] == "put":
@@ -186,7 +194,8 @@ class World:
         return latest
 
     def _read_faults(self, conn) -> None:
-        version = conn.execute(_faults_version).scalar()
+        rows = self._faults_counter.fetchall(conn, {})
+        version = rows[0][0] if rows else None
         if version == self._faults_version:
             return
         text = conn.execute(select(S.c.value).where(S.c.key == FAULTS_KEY)).scalar()
@@ -210,6 +219,7 @@ class World:
         """Write what changed in a transaction of its own."""
         if not self.dirty():
             return
+        self.epoch()  # before the lock: the lock statement runs on the DBAPI cursor, past the hooks
         try:
             with self.db.begin() as conn:
                 self.sync(conn, reading=False)
@@ -226,7 +236,7 @@ class World:
         The caller commits; if its transaction fails it calls :meth:`reload`."""
         faults_changed = self.faults.changes != self._faults_seen
         if self.pending or faults_changed:
-            conn.execute(_lock)  # held to the commit: the journal's order is the commit order
+            self._lock.executemany(conn, [{}])  # held to the commit: the journal's order is the commit order
             # others' operations go after ours in memory but before them in the journal: store
             # operations of different processes commute (new ids, different items), so both agree
             pending, self.pending = self.pending, []
@@ -240,7 +250,7 @@ class World:
                 self.offset += len(rows)
         elif reading:
             self._catch_up(conn)
-        if self.keeps_clock:
+        if self.keeps_clock and not reading:  # (a lease records its own time; its release writes the clock)
             self._write_clock(conn)
         if faults_changed:
             self._write_faults(conn)
@@ -253,16 +263,10 @@ class World:
         if self._clock_saved is not None and now <= self._clock_saved:
             return
         text = json.dumps({"now": now.isoformat()})
-        stored = conn.execute(_stored_clock).scalar()
-        if stored is None:
+        # the row's modifiedon is the stored time: only a later time replaces it (the clock never goes back)
+        if self._clock_forward.execute(conn, {"v": text, "m": now}) == 0 and conn.execute(
+                _stored_clock).first() is None:
             conn.execute(insert(S).values(key=CLOCK_KEY, value=text, modifiedon=now))
-        else:
-            try:
-                stored_now = as_utc(datetime.fromisoformat(json.loads(stored)["now"]))
-            except (ValueError, KeyError, TypeError):
-                stored_now = None
-            if stored_now is None or stored_now < now:  # the sandbox clock never goes back
-                conn.execute(_set_clock, {"v": text, "m": now})
         self._clock_saved = now
 
     def _write_faults(self, conn) -> None:

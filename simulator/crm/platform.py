@@ -160,6 +160,17 @@ class Prepared:
         finally:
             cursor.close()
 
+    def execute(self, conn, row: dict) -> int:
+        """Run once; the number of rows the statement changed."""
+        if not self.ok:
+            return conn.execute(self.stmt, row).rowcount
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(self.sql, self.params(row))
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
     def fetchall(self, conn, row: dict, columns: list | None = None) -> list[tuple]:
         """The rows, each value through the result processor of ``columns[i]``'s type when given."""
         if not self.ok:
@@ -544,10 +555,20 @@ class Platform:
                     [u.mailboxid for u in updates])).values(processingstatecode=0, hostid=None))
             return
         finally:
+            if not committed:
+                self._reset_pending()  # the batch's rows went with its transaction
             if world is not None:
                 world.end_batch(committed)
         self._purge_old_item_rows()
         self._after_errors(updates)
+
+    def abandon_batch(self) -> None:
+        """A batch that will never reach its release (the engine failed half-way): forget its rows
+        and its Exchange changes, as if it had not run; its leases are forced open later."""
+        self._reset_pending()
+        self._close_reader()
+        if self.world is not None and self.world.deferred:
+            self.world.end_batch(committed=False)
 
     def _begin(self):
         """A write transaction. The world's epoch is taken first, outside it: the raw statements of

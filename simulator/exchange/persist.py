@@ -350,17 +350,17 @@ _TUPLES = frozenset(n for n, f in _MESSAGE_FIELDS.items() if str(f.type).startsw
 _OPTIONAL_TEXT = frozenset(n for n, f in _MESSAGE_FIELDS.items() if str(f.type) == "str | None")
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+_DEFAULTS = {name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+             for name, f in _MESSAGE_FIELDS.items()}
 
 
 def message_record(data: MessageData) -> dict:
     """A message as a JSON-able object (the Exchange journal's form of it): the fields that differ
     from their defaults; tuples as arrays, the date as ISO 8601 text, raw bytes as base64."""
     out: dict[str, Any] = {}
-    for name, f in _MESSAGE_FIELDS.items():
+    for name, default in _DEFAULTS.items():
         value = getattr(data, name)
-        if value == _default(f):
+        if value == default:
             continue
         if name in _TUPLES:
             value = list(value)
@@ -390,7 +390,10 @@ def message_from_record(raw: object) -> MessageData:
         elif name == "date":
             if not isinstance(value, str):
                 raise bad(name, value, "an ISO 8601 time")
-            value = _iso(value, datetime)
+            try:
+                value = _iso(value, datetime)
+            except _Bad as exc:
+                raise PersistError(f"cannot load a message: {name}: {exc.problem}") from None
         elif name == "raw":
             if not isinstance(value, str):
                 raise bad(name, value, "base64 text")
