@@ -522,6 +522,17 @@ def _http(info: dict) -> requests.Session:
     return session
 
 
+def _stop_with_sigterm(serve) -> None:
+    """SIGTERM, as test runners and systemd stop a server: it must end cleanly, with exit code 0."""
+    try:
+        serve.proc.send_signal(signal.SIGTERM)
+        code = serve.wait()
+    finally:
+        serve.stop()
+    assert code == 0, serve.stderr[-3000:]
+    assert "Traceback" not in serve.stderr, serve.stderr[-3000:]
+
+
 def test_sigterm_to_serve_exits_cleanly_and_a_restart_finds_the_mail_and_the_clock(home, tmp_path):
     db = tmp_path / "served.db"
     env = _env(home)
@@ -542,12 +553,10 @@ def test_sigterm_to_serve_exits_cleanly_and_a_restart_finds_the_mail_and_the_clo
         advanced = as_utc(datetime.fromisoformat(answer.json()["now"]))
         assert advanced >= before + timedelta(hours=1)
         http.close()
-        serve.proc.send_signal(signal.SIGTERM)
-        code = serve.wait()
-    finally:
+    except BaseException:
         serve.stop()
-    assert code == 0, serve.stderr[-3000:]
-    assert "Traceback" not in serve.stderr, serve.stderr[-3000:]
+        raise
+    _stop_with_sigterm(serve)
     assert "Stopped" in serve.stdout
 
     def the_message(seen: _Snapshot) -> list[tuple]:
@@ -565,12 +574,10 @@ def test_sigterm_to_serve_exits_cleanly_and_a_restart_finds_the_mail_and_the_clo
         boxes = http.get(f"{info['control_url']}/mailboxes", timeout=30).json()
         assert SUPPORT in {b.get("emailaddress") for b in boxes}, boxes
         http.close()
-        serve.proc.send_signal(signal.SIGTERM)
-        code = serve.wait()
-    finally:
+    except BaseException:
         serve.stop()
-    assert code == 0, serve.stderr[-3000:]
-    assert "Traceback" not in serve.stderr, serve.stderr[-3000:]
+        raise
+    _stop_with_sigterm(serve)
 
     seen = _Snapshot(f"sqlite:///{db}")
     assert len(the_message(seen)) == 1, "the message delivered before SIGTERM is gone (or there twice)"
