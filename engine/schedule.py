@@ -47,11 +47,14 @@ def act_cadence_delay(found_items: bool, noactcount: int, incoming_enabled: bool
     return min(CADENCE_S + extra, cap)
 
 
-def error_delay(backoff_ms: int | None, rng: random.Random | None = None) -> float:
-    """Seconds to wait after a transient error."""
+MAX_BACKOFF_S = 24 * 3600  # a longer BackOffMilliseconds from a server is taken as a day
+
+
+def error_delay(backoff_ms: int | float | None, rng: random.Random | None = None) -> float:
+    """Seconds to wait after a transient error (Exchange's back-off hint counts up to a day)."""
     delay = float(TRANSIENT_RETRY_S)
-    if backoff_ms:
-        delay = max(delay, backoff_ms / 1000.0)
+    if backoff_ms and backoff_ms > 0:
+        delay = max(delay, min(backoff_ms / 1000.0, MAX_BACKOFF_S))
     if rng is not None:
         delay += rng.uniform(0, JITTER_MAX_S)
     return delay

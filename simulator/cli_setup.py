@@ -855,7 +855,7 @@ def fault_add(
     db: str = _db_option(),
 ) -> None:
     """Make Exchange calls fail: the rule is kept with the sandbox until `sss fault clear`."""
-    from simulator.faults import FaultRule, FaultRuleError
+    from simulator.faults import MAX_BACKOFF_MS, MAX_COUNT, FaultRule, FaultRuleError
 
     with _Refused():
         try:
@@ -866,8 +866,8 @@ def fault_add(
         def action(ws):
             try:
                 return ws.sb.add_rule(FaultRule(code=code, operation=operation, mailbox=mailbox,
-                                                  count=parse_int(count, "count", 0, 10**9), probability=chance,
-                                                  backoff_ms=parse_int(backoff_ms, "backoff_ms", 0, 10**7)))
+                                                  count=parse_int(count, "count", 0, MAX_COUNT), probability=chance,
+                                                  backoff_ms=parse_int(backoff_ms, "backoff_ms", 0, MAX_BACKOFF_MS)))
             except FaultRuleError as exc:
                 field, _, text = str(exc).partition(": ")
                 raise ValidationError(text or field, field if text else None) from None

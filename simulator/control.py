@@ -48,6 +48,7 @@ from aiohttp import web
 
 from simulator.control_admin import admin_routes
 from simulator.faults import FaultRule, FaultRuleError
+from simulator.web import BodyError, json_object
 
 MAX_ADVANCE_S = 366 * 86400
 
@@ -58,14 +59,10 @@ def _error(status: int, message: str) -> web.Response:
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is not JSON: {exc}"}),
+        return json_object(await request.read())
+    except BodyError as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is {exc}"}),
                                  content_type="application/json") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}),
-                                 content_type="application/json")
-    return body
 
 
 def control_routes(sandbox) -> list[web.RouteDef]:

@@ -94,6 +94,7 @@ from simulator.crm.admin import (
     test_result_view,
 )
 from simulator.identity.service import ACS_PRINCIPAL_ID, CRM_APP_ID
+from simulator.web import BodyError, json_object
 
 USER_HEADER = "X-SSS-User"
 MAX_MAILBOXES = 10_000  # mailboxes in one request
@@ -316,11 +317,9 @@ async def read_body(request: web.Request, fields: dict[str, Check], *, what: str
             return {}
         raise Refused(400, "body", f"a JSON object is required ({what})")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Refused(400, "body", f"not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise Refused(400, "body", f"must be a JSON object, not {type(body).__name__}")
+        body = json_object(raw)
+    except BodyError as exc:
+        raise Refused(400, "body", str(exc)) from None
     for key in body:
         if key not in fields:
             raise Refused(400, key, f"is not a field of {what} (known: {', '.join(sorted(fields))})")

@@ -29,8 +29,19 @@ class FaultRuleError(ValueError):
     """A fault rule with a wrong field value."""
 
 
+MAX_COUNT = 10**9  # the most calls a rule may be told to fire for
+MAX_BACKOFF_MS = 10**7  # the longest BackOffMilliseconds a rule may carry (~2.8 hours)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(slots=True)
 class FaultRule:
+    """One fault rule. Its fields are checked here, the one place for every way in (CLI, HTTP,
+    Python, a saved rule), so that any rule that exists can fire without breaking the engine."""
+
     code: str
     operation: str = "*"
     mailbox: str | None = None
@@ -40,14 +51,22 @@ class FaultRule:
     fired: int = field(default=0)
 
     def __post_init__(self) -> None:
-        if self.code not in KNOWN_ERRORS:
-            raise FaultRuleError(f"code: {self.code!r} is not a known error code")
-        if self.operation != "*" and self.operation not in OPERATIONS:
+        if not isinstance(self.code, str) or self.code not in KNOWN_ERRORS:
+            raise FaultRuleError(f"code: {self.code!r} is not a known error code (e.g. ErrorServerBusy)")
+        if not isinstance(self.operation, str) or (self.operation != "*" and self.operation not in OPERATIONS):
             raise FaultRuleError(f"operation: {self.operation!r} is not one of {', '.join(OPERATIONS)} or '*'")
-        if self.count is not None and self.count < 0:
-            raise FaultRuleError("count: must be 0 or more")
-        if not 0.0 <= self.probability <= 1.0:
-            raise FaultRuleError("probability: must be between 0 and 1")
+        if self.mailbox is not None and not isinstance(self.mailbox, str):
+            raise FaultRuleError(f"mailbox: {self.mailbox!r} is not an email address")
+        if self.count is not None and (not _whole(self.count) or not 0 <= self.count <= MAX_COUNT):
+            raise FaultRuleError(f"count: {self.count!r} is not a whole number from 0 to {MAX_COUNT}")
+        if (isinstance(self.probability, bool) or not isinstance(self.probability, int | float)
+                or not 0.0 <= self.probability <= 1.0):  # NaN fails the comparison too
+            raise FaultRuleError(f"probability: {self.probability!r} is not a number from 0 to 1")
+        if self.backoff_ms is not None and (not _whole(self.backoff_ms) or not 0 <= self.backoff_ms <= MAX_BACKOFF_MS):
+            raise FaultRuleError(f"backoff_ms: {self.backoff_ms!r} is not a whole number of milliseconds "
+                                 f"from 0 to {MAX_BACKOFF_MS}")
+        if not _whole(self.fired) or self.fired < 0:
+            raise FaultRuleError(f"fired: {self.fired!r} is not a whole number of 0 or more")
         if self.mailbox is not None:
             self.mailbox = self.mailbox.strip().lower()
 

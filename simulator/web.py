@@ -21,6 +21,26 @@ from aiohttp import web
 MAX_BODY_BYTES = 16 * 1024 * 1024  # larger request bodies are refused with 413
 
 
+class BodyError(ValueError):
+    """A request body that is not a JSON object; the message says why (for a 400)."""
+
+
+def json_object(raw: bytes | str) -> dict:
+    """The JSON object in a request body, or :class:`BodyError` (not JSON, nested too deeply, not
+    an object): the one reader of JSON bodies for every route."""
+    import json
+
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BodyError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("not JSON this simulator reads: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise BodyError(f"must be a JSON object, not {type(body).__name__}")
+    return body
+
+
 class WebServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:

@@ -242,6 +242,15 @@ def test_fault_rule_for_another_mailbox_does_not_fire(store):
     (dict(code="ErrorServerBusy", operation="frobnicate"), "operation"),
     (dict(code="ErrorServerBusy", count=-1), "count"),
     (dict(code="ErrorServerBusy", probability=1.5), "probability"),
+    (dict(code="ErrorServerBusy", probability=float("nan")), "probability"),
+    (dict(code="ErrorServerBusy", probability=True), "probability"),
+    (dict(code="ErrorServerBusy", count=10**100), "count"),
+    (dict(code="ErrorServerBusy", count=2.5), "count"),
+    (dict(code="ErrorServerBusy", count="3"), "count"),
+    (dict(code="ErrorServerBusy", backoff_ms=10**30), "backoff_ms"),
+    (dict(code="ErrorServerBusy", backoff_ms=-1), "backoff_ms"),
+    (dict(code="ErrorServerBusy", mailbox=7), "mailbox"),
+    (dict(code=["ErrorServerBusy"]), "code"),
 ])
 def test_fault_rule_validation_names_the_field(bad, field):
     with pytest.raises(FaultRuleError) as exc:

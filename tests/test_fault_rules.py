@@ -1,0 +1,111 @@
+"""Fault rules: one check of their fields for every way in, and any rule that passes can fire
+without breaking the engine."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import ALICE, SUPPORT, build_org, msg
+from test_control_admin import _started
+from typer.testing import CliRunner
+
+from engine.errors import KNOWN_ERRORS
+from simulator.cli import app
+from simulator.faults import MAX_BACKOFF_MS, MAX_COUNT, OPERATIONS, FaultRule
+
+ABSURD = [
+    ({"count": 10**100}, "count"),
+    ({"backoff_ms": 10**30}, "backoff_ms"),
+    ({"probability": 2}, "probability"),
+    ({"count": -1}, "count"),
+]
+
+rule_st = st.builds(
+    FaultRule,
+    code=st.sampled_from(sorted(KNOWN_ERRORS)),
+    operation=st.sampled_from(["*", *OPERATIONS]),
+    mailbox=st.sampled_from([None, ALICE, SUPPORT]),
+    count=st.one_of(st.none(), st.integers(0, MAX_COUNT)),
+    probability=st.floats(0, 1),
+    backoff_ms=st.one_of(st.none(), st.integers(0, MAX_BACKOFF_MS)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=st.lists(rule_st, min_size=1, max_size=3))
+def test_any_rule_the_model_accepts_fires_without_breaking_the_engine(rules):
+    o = build_org(3)
+    o.sb.deliver(msg("Hello", to=(ALICE, SUPPORT)))
+    for rule in rules:
+        o.sb.add_rule(rule)
+    start, polls = o.sb.clock.now(), o.sb.engine.stats.polls
+    o.run_for(2 * 24 * 3600)  # past the longest back-off a rule may give (MAX_BACKOFF_MS)
+    assert o.sb.clock.now() == start + timedelta(days=2)  # time went on: no OverflowError, no stuck loop
+    assert o.sb.engine.stats.polls > polls
+    fired = sum(r.fired for r in o.sb.faults.rules)
+    assert fired <= sum(MAX_COUNT if r.count is None else r.count for r in o.sb.faults.rules)
+
+
+@pytest.mark.parametrize(("change", "field"), ABSURD)
+def test_the_cli_refuses_an_absurd_rule_naming_its_option(tmp_path, change, field):
+    (key, value), = change.items()
+    option = "--" + key.replace("_", "-")
+    result = CliRunner().invoke(app, ["fault", "add", "--code", "ErrorServerBusy", option, str(value),
+                                      "--db", str(tmp_path / "w.db")])
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert err.startswith("Error: ") and "\n" not in err and field.replace("_", "") in err.replace("_", "").replace(
+        "-", ""), err
+
+
+@pytest.mark.parametrize(("change", "field"), ABSURD)
+def test_the_control_plane_refuses_an_absurd_rule_with_400_naming_its_key(tmp_path, change, field):
+    import asyncio
+
+    async def scenario() -> None:
+        wire = await _started(tmp_path)
+        try:
+            ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+                async with http.post(f"{wire.base_url}/_sim/faults", json={"code": "ErrorServerBusy", **change}) as r:
+                    assert r.status == 400
+                    body = await r.json()
+                    assert body["error"].startswith(f"{field}:"), body
+                async with http.get(f"{wire.base_url}/_sim/faults") as r:
+                    assert await r.json() == []  # nothing written
+        finally:
+            await wire.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_body_nested_too_deeply_is_a_400_not_a_crash(tmp_path):
+    import asyncio
+
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    obj_deep = ('{"a":' * 100_000 + "1" + "}" * 100_000).encode()
+
+    async def scenario() -> None:
+        wire = await _started(tmp_path)
+        try:
+            ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+                for path, body in (("/_sim/faults", deep), ("/_sim/clock/advance", obj_deep),
+                                   ("/_sim/profiles", obj_deep)):
+                    async with http.post(wire.base_url + path, data=body, headers={
+                            "Content-Type": "application/json", "X-SSS-User": "admin"}) as r:
+                        text = await r.text()
+                        assert r.status == 400, (path, r.status, text[:300])
+                        assert "nested too deeply" in json.loads(text)["error"], text[:300]
+                async with http.get(f"{wire.base_url}/_sim/clock") as r:  # still serving
+                    assert r.status == 200
+        finally:
+            await wire.stop()
+
+    asyncio.run(scenario())
