@@ -284,6 +284,7 @@ def _assertion(world: World, base: str, *, key=None, alg="RS256", **claims) -> s
     body = {"aud": f"{base}/{world.tenant_id}/oauth2/v2.0/token", "iss": CRM_APP_ID, "sub": CRM_APP_ID,
             "jti": str(uuid.uuid4()), "nbf": now, "iat": now, "exp": now + 600}
     body.update(claims)
+    body = {k: v for k, v in body.items() if v is not None}  # a claim given as None is left out
     return jwt.encode(body, key or world.key, algorithm=alg, headers={"x5t": certs.x5t(world.cert)})
 
 
@@ -302,6 +303,8 @@ def _client_ssl(world: World) -> ssl.SSLContext:
     ({"aud": "https://elsewhere.example/token"}, 401, 700023),
     ({"iss": str(uuid.UUID(int=5))}, 401, 700021),
     ({"key": "other"}, 401, 700027),                 # signed by another key than the registered one
+    ({"jti": None}, 400, 50027),                     # no jti: a replay could not be told (Entra ID refuses)
+    ({"jti": ""}, 400, 50027),
 ])
 def test_bad_assertions(world, mutation, status, code):
     async def scenario(base):
@@ -311,7 +314,7 @@ def test_bad_assertions(world, mutation, status, code):
             claims.update(exp=now + mutation["exp_offset"], nbf=now - 7200)
         if "nbf_offset" in mutation:
             claims.update(nbf=now + mutation["nbf_offset"], exp=now + 7200)
-        for name in ("aud", "iss"):
+        for name in ("aud", "iss", "jti"):
             if name in mutation:
                 claims[name] = mutation[name]
         key = world.material["other"][0] if mutation.get("key") else None

@@ -575,14 +575,17 @@ class IdentityService:
                              f"The client assertion is outside its valid time range: it is now "
                              f"{now:%Y-%m-%d %H:%M:%S} UTC, the assertion is {window}.")
         jti = claims.get("jti")
-        if jti is not None:
-            self._forget_old_assertions(t)
-            slot = (client.app_id, str(jti)[:256])
-            if slot in self._seen_assertions:
-                raise OAuthError(401, "invalid_client", 50013,
-                                 f"The client assertion with jti '{str(jti)[:64]}' was already used; every token "
-                                 f"request needs a fresh assertion.")
-            self._seen_assertions[slot] = float(exp) + skew
+        if not isinstance(jti, str) or not jti.strip():  # Entra ID requires it: replay protection rests on it
+            raise OAuthError(400, "invalid_request", 50027,
+                             "The client assertion has no 'jti' claim: each assertion needs a unique id in 'jti' "
+                             "(msal and other OAuth libraries add one).")
+        self._forget_old_assertions(t)
+        slot = (client.app_id, jti[:256])
+        if slot in self._seen_assertions:
+            raise OAuthError(401, "invalid_client", 50013,
+                             f"The client assertion with jti '{jti[:64]}' was already used; every token "
+                             f"request needs a fresh assertion.")
+        self._seen_assertions[slot] = float(exp) + skew
 
     def _forget_old_assertions(self, t: float) -> None:
         if len(self._seen_assertions) > 1024:
