@@ -39,6 +39,7 @@ Bad input gets a 400 with ``{"error": ...}`` naming the field.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from dataclasses import asdict
 from datetime import timedelta
@@ -63,6 +64,29 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     except BodyError as exc:
         raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is {exc}"}),
                                  content_type="application/json") from None
+
+
+KEY_HEADER = "Authorization"
+
+
+def control_guard(key: str):
+    """Middleware: every ``/_sim`` request must carry ``Authorization: Bearer <key>`` (401 otherwise),
+    so that only whoever started the sandbox (and can read its info) acts on it; ``X-SSS-User``
+    names a CRM user only behind the key."""
+    expected = f"Bearer {key}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if request.path == "/_sim" or request.path.startswith("/_sim/"):
+            given = request.headers.get(KEY_HEADER, "").strip().encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response({
+                    "error": f"{KEY_HEADER}: the control plane needs the sandbox's control key as a bearer token "
+                             "(control_key in the info sss serve writes and prints)", "field": KEY_HEADER},
+                    status=401, headers={"WWW-Authenticate": 'Bearer realm="sss-sim control plane"'})
+        return await handler(request)
+
+    return guard
 
 
 def control_routes(sandbox) -> list[web.RouteDef]:

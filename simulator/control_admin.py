@@ -47,8 +47,10 @@ organization's new tenant (``S2STenantId``).
 
 Every refusal is ``{"error": "<field>: <message>", "field": "<field>"}`` with one of:
 
-* 401 the ``X-SSS-User`` header is missing, or names no enabled user;
-* 403 that user lacks a privilege the operation needs (the S2S steps: the System Administrator role);
+* 401 the request lacks the control key (``Authorization: Bearer <control_key>``, see
+  :mod:`simulator.control`); checked before anything else;
+* 403 the ``X-SSS-User`` header is missing or names no enabled user, or that user lacks a privilege
+  the operation needs (the S2S steps: the System Administrator role);
 * 404 the profile, mailbox or job named in the path does not exist;
 * 400 the input is wrong: not JSON, not an object, an unknown key, a wrong type, or a value the
   operation refuses (an unknown mailbox in a list, a malformed date, an out-of-range number, a
@@ -132,7 +134,7 @@ def refusal(exc: Exception) -> web.Response:
         elif isinstance(exc, s2s.S2SError):  # the S2S steps (1.1-1.4) say what went wrong by a code
             status = _s2s_status(exc.code, field)
         elif isinstance(exc, UnknownUserError):
-            status = 401 if field == "as_user" else 400  # the header names no user, or a disabled one
+            status = 403 if field == "as_user" else 400  # the header names no user, or a disabled one
         elif isinstance(exc, ConflictError):
             status = 409  # a name or address that is taken
         elif isinstance(exc, ValidationError):
@@ -152,7 +154,7 @@ def refusal(exc: Exception) -> web.Response:
 
 def _s2s_status(code: str, field: str | None) -> int:
     if code in s2s.USER_CODES and field == "as_user":
-        return 401
+        return 403
     if code in s2s.OUT_OF_ORDER_CODES or code in s2s.CONFLICT_CODES:
         return 409
     if code in s2s.STATE_CODES:
@@ -364,12 +366,12 @@ def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
 
     # -- who, and which record --------------------------------------------------------------
     def acting_user(request: web.Request) -> str:
-        """The user of the ``X-SSS-User`` header; 401 when it is missing or names nobody."""
+        """The user of the ``X-SSS-User`` header; 403 when it is missing or names nobody."""
         who = request.headers.get(USER_HEADER, "").strip()
         if not who:
-            raise Refused(401, USER_HEADER, "this header is required: the logon name of the CRM user "
+            raise Refused(403, USER_HEADER, "this header is required: the logon name of the CRM user "
                                             "who runs the operation (e.g. admin)")
-        admin.user_id(who)  # an unknown or disabled user: AdminError on as_user, mapped to 401
+        admin.user_id(who)  # an unknown or disabled user: AdminError on as_user, mapped to 403
         return who
 
     def profile_ref(request: web.Request) -> str:

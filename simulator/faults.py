@@ -189,8 +189,6 @@ def _read_rule(i: int, raw: object, hints: dict[str, object]) -> FaultRule:
         raise _persist_error(f"cannot load the fault rules: rule {i}: {exc}") from None
     for name, value in later.items():
         setattr(rule, name, value)
-    if rule.fired < 0:
-        raise _persist_error(f"cannot load the fault rules: rule {i} fired: must be 0 or more")
     return rule
 
 

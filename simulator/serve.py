@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from dataclasses import asdict
 from datetime import timedelta
@@ -98,7 +99,7 @@ def describe(info: ServeInfo) -> str:
         f"Autodiscover   {info.autodiscover_url}",
         f"SMTP           {info.smtp_host}:{info.smtp_port}",
         f"Identity       {info.authority}  (client id {info.client_id}, scope {info.scope})",
-        f"Control plane  {info.control_url}",
+        f"Control plane  {info.control_url}  (Authorization: Bearer {info.control_key})",
         f"CA file        {info.ca_file}",
         f"Certificate    {info.certificate_pfx}  (password {info.certificate_password})",
         f"Mailboxes      {len(info.mailboxes)}: {', '.join(info.mailboxes[:4])}{' ...' if len(info.mailboxes) > 4 else ''}",
@@ -120,7 +121,11 @@ async def serve(*, db_url: str, seed: int, state_dir: Path | None, virtual: bool
     try:
         info = wire.info()
         if info_json is not None:
-            info_json.write_text(json.dumps(asdict(info), indent=2) + "\n")
+            # it holds the control key: readable by its owner only
+            fd = os.open(info_json, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.chmod(info_json, 0o600)
+            with os.fdopen(fd, "w") as out_file:
+                out_file.write(json.dumps(asdict(info), indent=2) + "\n")
         out(describe(info))
         out("Time is virtual: move it with POST /_sim/clock/advance." if virtual
             else "The engine polls in real time. Press Ctrl-C to stop.")

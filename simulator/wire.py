@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from engine.ews import EwsExchange
 from engine.timeouts import call_timeout_s
 from engine.tokens import MsalTokenSource
 from simulator.connection import WireConnectionProbe
-from simulator.control import control_routes
+from simulator.control import control_guard, control_routes
 from simulator.crm import s2s
 from simulator.crm.db import MEMORY_URL
 from simulator.crm.models import EmailServerProfile, Mailbox, Organization
@@ -248,6 +249,7 @@ class ServeInfo:
     certificate_pfx: str
     certificate_password: str
     control_url: str
+    control_key: str = ""  # the bearer token every /_sim request needs
     mailboxes: list[str] = field(default_factory=list)
 
 
@@ -277,6 +279,10 @@ class WireSandbox:
         # The tenant that hosts the Exchange mailboxes: EWS accepts only its tokens.
         self.exchange_tenant: str | None = None
         self.sb.wire = self  # the control plane's S2S routes act on this sandbox's live identity service
+        # The control plane's key: a secret, so from the system's generator and not from the seed
+        # (the one draw outside the seeded generators; it changes nothing the sandbox does).
+        self.control_key = secrets.token_urlsafe(24)
+        self.server.app.middlewares.append(control_guard(self.control_key))
 
     # -- the parts ------------------------------------------------------------------------------
     @property
@@ -403,7 +409,7 @@ class WireSandbox:
             smtp_host=self.smtp.host, smtp_port=self.smtp.port, ca_file=str(self.tls.ca_file),
             authority=f"{self.base_url}/{tenant}", tenant_id=tenant, client_id=CRM_APP_ID, scope=EXCHANGE_SCOPE,
             certificate_pfx=str(s.pfx) if s else "", certificate_password=s.password if s else "",
-            control_url=f"{self.base_url}/_sim",
+            control_url=f"{self.base_url}/_sim", control_key=self.control_key,
             mailboxes=sorted(self.sb.store.mailboxes),
         )
 

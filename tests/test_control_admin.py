@@ -48,10 +48,11 @@ class Api:
     def __init__(self, wire: WireSandbox, session: aiohttp.ClientSession) -> None:
         self.base = wire.base_url
         self.http = session
+        self.key = wire.control_key
 
     async def __call__(self, method: str, path: str, body: Any = None, *, user: str | None = "admin",
                        raw: bytes | None = None) -> tuple[int, Any, Any]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"}
         if user is not None:
             headers["X-SSS-User"] = user
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -190,9 +191,9 @@ def test_refused_requests_name_the_field_and_write_nothing(tmp_path):
 
         good = {"name": "EXO"}
         # who acts
-        await refused("POST", "/_sim/profiles", good, user=None, status=401, field="X-SSS-User")
-        await refused("POST", "/_sim/profiles", good, user="  ", status=401, field="X-SSS-User")
-        await refused("POST", "/_sim/profiles", good, user="nobody", status=401, field="X-SSS-User", says="nobody")
+        await refused("POST", "/_sim/profiles", good, user=None, status=403, field="X-SSS-User")
+        await refused("POST", "/_sim/profiles", good, user="  ", status=403, field="X-SSS-User")
+        await refused("POST", "/_sim/profiles", good, user="nobody", status=403, field="X-SSS-User", says="nobody")
         await refused("POST", "/_sim/profiles", good, user="pat", status=403, field="X-SSS-User",
                       says="prvConfigureEmailServerSideSync")
         await refused("PATCH", "/_sim/mailboxes", {"mailboxes": [ALICE], "actdeliverymethod": 1}, user="pat",

@@ -49,10 +49,11 @@ class Api:
     def __init__(self, wire: WireSandbox, session: aiohttp.ClientSession) -> None:
         self.base = wire.base_url
         self.http = session
+        self.key = wire.control_key
 
     async def __call__(self, method: str, path: str, body: Any = None, *, user: str | None = "admin",
                        raw: bytes | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"}
         if user is not None:
             headers["X-SSS-User"] = user
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -218,7 +219,7 @@ def test_refused_steps_name_the_field_and_change_neither_the_database_nor_the_ru
             assert _state(wire) == before, f"{method} {path} {body} changed something"
 
         # who acts: the header, and the System Administrator role
-        await refused("POST", "/_sim/org/prerequisites", {"ifd": True}, user=None, status=401, field="X-SSS-User")
+        await refused("POST", "/_sim/org/prerequisites", {"ifd": True}, user=None, status=403, field="X-SSS-User")
         await refused("POST", "/_sim/org/prerequisites", {"ifd": True}, user="alice", status=403,
                       field="X-SSS-User")
         await refused("POST", "/_sim/org/prerequisites", {}, status=400, field="body")
@@ -252,8 +253,8 @@ def test_refused_steps_name_the_field_and_change_neither_the_database_nor_the_ru
         await refused("POST", "/_sim/s2s/configure", _configure(), status=409, field=None, says="step 1.2")
 
         # 1.2 refused
-        await refused("POST", "/_sim/s2s/certificate", _install(pfx), user=None, status=401, field="X-SSS-User")
-        await refused("POST", "/_sim/s2s/certificate", _install(pfx), user="nobody", status=401, field="X-SSS-User")
+        await refused("POST", "/_sim/s2s/certificate", _install(pfx), user=None, status=403, field="X-SSS-User")
+        await refused("POST", "/_sim/s2s/certificate", _install(pfx), user="nobody", status=403, field="X-SSS-User")
         await refused("POST", "/_sim/s2s/certificate", _install(pfx), user="alice", status=403, field="X-SSS-User",
                       says="System Administrator")
         await refused("POST", "/_sim/s2s/certificate", _install(pfx, password="wrong"), status=400, field="password")
@@ -274,7 +275,7 @@ def test_refused_steps_name_the_field_and_change_neither_the_database_nor_the_ru
         assert status == 200
 
         # 1.3 refused
-        await refused("POST", "/_sim/s2s/configure", _configure(), user=None, status=401, field="X-SSS-User")
+        await refused("POST", "/_sim/s2s/configure", _configure(), user=None, status=403, field="X-SSS-User")
         await refused("POST", "/_sim/s2s/configure", _configure(), user="alice", status=403, field="X-SSS-User")
         await refused("POST", "/_sim/s2s/configure", _configure(private_key_password="wrong"), status=400,
                       field="private_key_password")

@@ -72,7 +72,8 @@ def test_the_control_plane_refuses_an_absurd_rule_with_400_naming_its_key(tmp_pa
         wire = await _started(tmp_path)
         try:
             ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers={
+                    "Authorization": f"Bearer {wire.control_key}"}) as http:
                 async with http.post(f"{wire.base_url}/_sim/faults", json={"code": "ErrorServerBusy", **change}) as r:
                     assert r.status == 400
                     body = await r.json()
@@ -95,7 +96,8 @@ def test_a_body_nested_too_deeply_is_a_400_not_a_crash(tmp_path):
         wire = await _started(tmp_path)
         try:
             ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers={
+                    "Authorization": f"Bearer {wire.control_key}"}) as http:
                 for path, body in (("/_sim/faults", deep), ("/_sim/clock/advance", obj_deep),
                                    ("/_sim/profiles", obj_deep)):
                     async with http.post(wire.base_url + path, data=body, headers={
@@ -105,6 +107,43 @@ def test_a_body_nested_too_deeply_is_a_400_not_a_crash(tmp_path):
                         assert "nested too deeply" in json.loads(text)["error"], text[:300]
                 async with http.get(f"{wire.base_url}/_sim/clock") as r:  # still serving
                     assert r.status == 200
+        finally:
+            await wire.stop()
+
+    asyncio.run(scenario())
+
+
+# -- the control plane's key -------------------------------------------------------------------------------
+def test_the_control_plane_needs_its_key_and_a_known_user_behind_it(tmp_path):
+    import asyncio
+
+    async def scenario() -> None:
+        wire = await _started(tmp_path)
+        try:
+            info = wire.info()
+            assert info.control_key == wire.control_key and len(info.control_key) >= 24
+            ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+                rules_before = list(wire.sb.faults.rules)
+                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": wire.control_key},
+                                {"X-SSS-User": "admin"}):
+                    for method, path, body in (("GET", "/_sim/clock", None), ("GET", "/_sim/mailboxes", None),
+                                               ("POST", "/_sim/faults", {"code": "ErrorServerBusy"}),
+                                               ("POST", "/_sim/clock/advance", {"seconds": 60}),
+                                               ("POST", "/_sim/tenants", {"name": "X"})):
+                        async with http.request(method, wire.base_url + path, json=body, headers=headers) as r:
+                            answer = await r.json()
+                            assert r.status == 401, (headers, path, r.status, answer)
+                            assert answer["field"] == "Authorization" and "control_key" in answer["error"]
+                assert wire.sb.faults.rules == rules_before  # nothing was done
+                key = {"Authorization": f"Bearer {wire.control_key}"}
+                async with http.get(wire.base_url + "/_sim/clock", headers=key) as r:
+                    assert r.status == 200
+                async with http.post(wire.base_url + "/_sim/profiles", json={"name": "EXO"},
+                                     headers={**key, "X-SSS-User": "nobody"}) as r:
+                    assert r.status == 403 and (await r.json())["field"] == "X-SSS-User"
+                async with http.post(wire.ews_url, data=b"<x/>") as r:  # other services are not behind the key
+                    assert r.status != 401 or "control_key" not in await r.text()
         finally:
             await wire.stop()
 

@@ -672,7 +672,7 @@ def _rules_doc(**change) -> str:
 BROKEN_RULES += [
     (_rules_doc(rule={"code": "NoSuchCode"}), "rule 0: code: 'NoSuchCode' is not a known error code"),
     (_rules_doc(rule={"count": "3"}), "rule 0 field 'count' has the wrong type"),
-    (_rules_doc(rule={"fired": -1}), "rule 0 fired: must be 0 or more"),
+    (_rules_doc(rule={"fired": -1}), "rule 0: fired: -1 is not a whole number of 0 or more"),
     (_rules_doc(rule={"colour": "red"}), "rule 0 has an unknown field 'colour'"),
     (_rules_doc(rules=[[]]), "rule 0 is not a JSON object"),
     (_rules_doc(rng={"version": 3, "state": [1, 2, 3], "gauss_next": None}), "random generator state is invalid"),

@@ -519,6 +519,7 @@ def _http(info: dict) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # loopback only, no proxy
     session.verify = info["ca_file"]
+    session.headers["Authorization"] = f"Bearer {info['control_key']}"
     return session
 
 

@@ -425,7 +425,8 @@ def test_the_control_plane_moves_virtual_time_and_takes_fault_rules(tmp_path):
         def call(method: str, path: str, body: dict | None = None) -> tuple[int, object]:
             data = json.dumps(body).encode() if body is not None else None
             req = urllib.request.Request(base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {wire.control_key}"})
             try:
                 with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
                     return resp.status, json.loads(resp.read())
