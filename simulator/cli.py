@@ -234,8 +234,15 @@ class _Refused:
 def _in_sandbox(db: str, action, *, wire: bool = False):
     """``action(ws)`` (a function or a coroutine function) on the sandbox stored in ``db``.
 
-    With ``wire`` the sandbox's network services run meanwhile (Exchange over EWS, msal tokens)."""
+    With ``wire`` the sandbox's network services run meanwhile (Exchange over EWS, msal tokens):
+    they need an organization, so a database without one is refused first, and not created."""
     from simulator.workspace import open_workspace
+
+    if wire and not _organization_exists(db):
+        from simulator.crm.errors import OutOfOrderError
+
+        raise OutOfOrderError(f"{db} holds no organization yet: create one first with sss org init "
+                              f"(or a ready one with sss walkthrough --scenario NAME --db {db})")
 
     async def go():
         async with open_workspace(db, wire=wire) as ws:
@@ -283,6 +290,26 @@ def org_init(
     if not (ifd and hybrid_connector):
         _say("[yellow]Prerequisites are missing: see sss org check.[/yellow]")
     _say("Next (Office 365 side): sss tenant create --name ... --domain ... --admin ...")
+
+
+def _organization_exists(db: str) -> bool:
+    """Whether ``db`` holds an organization, read without creating or changing anything."""
+    from sqlalchemy import inspect as inspect_db
+    from sqlmodel import Session, select
+
+    from simulator.crm.models import Organization
+    from simulator.procedure import _read_only_engine
+
+    engine = _read_only_engine(db)
+    if engine is None:
+        return False
+    try:
+        if "organization" not in inspect_db(engine).get_table_names():
+            return False
+        with Session(engine) as session:
+            return session.exec(select(Organization)).first() is not None
+    finally:
+        engine.dispose()
 
 
 def _has_organization(db: str) -> bool:
@@ -589,7 +616,35 @@ def main() -> None:
 
     # exchangelib's connection-pool notices (e.g. under ErrorServerBusy) are not for the reader of a command
     logging.getLogger("exchangelib").setLevel(logging.ERROR)
-    app()
+    try:
+        app()
+    except Exception as exc:  # a bug: one line for the user, the whole story in a file
+        report = _write_report(exc)
+        typer.echo(f"Error: sss failed unexpectedly ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                   f"the full report is in {report}", err=True)
+        raise SystemExit(2) from None
+
+
+def _write_report(exc: BaseException) -> str:
+    """The traceback of an unexpected error, in ``$SSS_HOME/reports`` (or the temporary folder)."""
+    import os
+    import tempfile
+    import traceback
+
+    from simulator.tls import default_state_dir
+
+    text = "sss " + " ".join(sys.argv[1:]) + "\n\n" + "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__))
+    for folder in (default_state_dir() / "reports", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=f"sss-error-{os.getpid()}-", suffix=".txt", dir=folder)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            return path
+        except OSError:
+            continue
+    return "(nowhere: no folder could be written)"
 
 
 if __name__ == "__main__":  # python -m simulator.cli: the commands live on the imported module's app

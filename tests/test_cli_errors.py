@@ -1,0 +1,49 @@
+"""What a user sees when a command cannot run: one line, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simulator import cli
+from simulator.cli import app
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--minutes", "5"],
+    ["profile", "test", "--profile", "Exchange Online", "--as", "admin"],
+    ["mailbox", "test-enable", "--all", "--as", "admin"],
+])
+def test_a_command_that_needs_exchange_on_a_database_without_an_organization(tmp_path, monkeypatch, args):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    db = tmp_path / "empty.db"
+    result = CliRunner().invoke(app, [*args, "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert err.startswith("Error: ") and "\n" not in err and "Traceback" not in result.output, err
+    assert "no organization" in err and "sss org init" in err
+    assert not db.exists()  # nothing written, not even the file
+
+
+def test_an_unexpected_error_is_one_line_and_a_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug deep inside")
+
+    import simulator.workspace
+
+    monkeypatch.setattr(simulator.workspace, "open_workspace", broken)
+    monkeypatch.setattr(sys, "argv", ["sss", "fault", "list", "--db", str(tmp_path / "w.db")])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: sss failed unexpectedly (RuntimeError: a bug deep inside)") and "\n" not in err
+    report = Path(err.rsplit("the full report is in ", 1)[1])
+    assert report.parent == tmp_path / "home" / "reports"
+    text = report.read_text()
+    assert text.startswith("sss fault list --db") and "Traceback" in text and "a bug deep inside" in text
