@@ -883,8 +883,10 @@ def fault_list(db: str = _db_option()) -> None:
     if not rules:
         _say("No fault rules.")
     for r in rules:
-        _say(f"{r.code} on {r.operation} for {r.mailbox or 'every mailbox'}: count {r.count}, fired {r.fired}, "
-             f"probability {r.probability}")
+        times = "every matching call" if r.count is None else f"the next {r.count} call(s)"
+        backoff = "" if r.backoff_ms is None else f", back-off {r.backoff_ms} ms"
+        _say(f"{r.code} on {'any operation' if r.operation == '*' else r.operation} for "
+             f"{r.mailbox or 'every mailbox'}: {times}, fired {r.fired} time(s), probability {r.probability}{backoff}")
 
 
 @fault_app.command("clear")

@@ -100,7 +100,12 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         if not sandbox.clock.is_virtual:
             return _error(409, "the sandbox runs on the real clock; start it with --virtual to move time")
         body = await _json_body(request)
-        seconds = body.get("seconds")
+        unknown = sorted(set(body) - {"seconds"})
+        if unknown:
+            return _error(400, f"{unknown[0]}: not a field of a clock advance (give seconds)")
+        if "seconds" not in body:
+            return _error(400, f"seconds: is required (a number of seconds from 0 to {MAX_ADVANCE_S})")
+        seconds = body["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_ADVANCE_S:
             return _error(400, f"seconds: {seconds!r} is not a number of seconds from 0 to {MAX_ADVANCE_S}")
         async with lock:

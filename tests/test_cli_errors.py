@@ -47,3 +47,15 @@ def test_an_unexpected_error_is_one_line_and_a_report(tmp_path, monkeypatch, cap
     assert report.parent == tmp_path / "home" / "reports"
     text = report.read_text()
     assert text.startswith("sss fault list --db") and "Traceback" in text and "a bug deep inside" in text
+
+
+def test_fault_list_speaks_of_rules_without_python_values(tmp_path):
+    db = str(tmp_path / "w.db")
+    runner = CliRunner()
+    assert runner.invoke(app, ["fault", "add", "--code", "ErrorServerBusy", "--db", db]).exit_code == 0
+    assert runner.invoke(app, ["fault", "add", "--code", "ErrorServerBusy", "--count", "3", "--backoff-ms", "60000",
+                               "--mailbox", "alice@contoso.example", "--db", db]).exit_code == 0
+    out = runner.invoke(app, ["fault", "list", "--db", db]).output
+    assert "None" not in out
+    assert "ErrorServerBusy on any operation for every mailbox: every matching call, fired 0 time(s)" in out
+    assert "for alice@contoso.example: the next 3 call(s), fired 0 time(s), probability 1.0, back-off 60000 ms" in out
