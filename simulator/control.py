@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
@@ -52,6 +53,7 @@ from simulator.faults import FaultRule, FaultRuleError
 from simulator.web import BodyError, json_object
 
 MAX_ADVANCE_S = 366 * 86400
+ADVANCE_SLICE = timedelta(hours=1)  # an advance runs in slices of this much simulated time
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -66,6 +68,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
                                  content_type="application/json") from None
 
 
+log = logging.getLogger(__name__)
 KEY_HEADER = "Authorization"
 
 
@@ -108,12 +111,22 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         seconds = body["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_ADVANCE_S:
             return _error(400, f"seconds: {seconds!r} is not a number of seconds from 0 to {MAX_ADVANCE_S}")
-        async with lock:
-            polls = sandbox.engine.stats.polls
-            await sandbox.run_until(sandbox.clock.now() + timedelta(seconds=seconds))
-            sandbox.world.commit()  # the clock where the advance left it, before the answer
-            return web.json_response({"now": sandbox.clock.now().isoformat(),
-                                      "polls": sandbox.engine.stats.polls - polls})
+        polls = sandbox.engine.stats.polls
+        target = sandbox.clock.now() + timedelta(seconds=seconds)
+        # In slices of simulated time: between two, other requests (an admin step, a fault rule, EWS,
+        # SMTP) get their turn, and a client that went away stops the advance where it got to.
+        while True:
+            async with lock:
+                if sandbox.clock.now() >= target:
+                    break
+                await sandbox.run_until(min(target, sandbox.clock.now() + ADVANCE_SLICE))
+                sandbox.world.commit()  # the clock where this slice left it
+            if request.transport is None or request.transport.is_closing():
+                log.info("clock advance stopped at %s: the client went away", sandbox.clock.now().isoformat())
+                break
+            await asyncio.sleep(0)
+        return web.json_response({"now": sandbox.clock.now().isoformat(),
+                                  "polls": sandbox.engine.stats.polls - polls})
 
     async def mailboxes(_request: web.Request) -> web.Response:
         return web.json_response([asdict(m) for m in sandbox.admin.mailboxes()])

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 from sqlalchemy import select
 
 from simulator.crm.admin import PRV_APPROVE, PRV_READ_MAILBOX
@@ -316,5 +317,42 @@ def test_test_and_enable_of_a_profile_runs_as_a_background_job_and_shows_its_pro
         assert [j["asyncoperationid"] for j in jobs] == [job["asyncoperationid"]]
         status, boxes, _ = await api("GET", "/_sim/mailboxes", user=None)
         assert all(b["enabledforincomingemail"] for b in boxes)
+
+    asyncio.run(_with_api(tmp_path, scenario))
+
+
+# -- a long clock advance ----------------------------------------------------------------------------------
+def test_a_long_clock_advance_lets_other_requests_in_and_stops_when_its_client_goes(tmp_path):
+    """The advance runs in one-hour slices; here each slice is made to cost 20 ms of real time."""
+    async def scenario(wire: WireSandbox, api: Api) -> None:
+        real_run_until = wire.sb.run_until
+
+        async def slow_slice(end, progress=None):
+            await asyncio.sleep(0.02)
+            await real_run_until(end, progress)
+
+        wire.sb.run_until = slow_slice
+        start = wire.clock.now()
+        # a client that gives up after 1 s on a year's advance (8,784 slices: ~3 minutes)
+        ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as impatient:
+            with pytest.raises(asyncio.TimeoutError):
+                await impatient.post(f"{wire.base_url}/_sim/clock/advance", json={"seconds": 366 * 86400},
+                                     headers={"Authorization": f"Bearer {wire.control_key}"},
+                                     timeout=aiohttp.ClientTimeout(total=1))
+        # meanwhile and after, the sandbox answers at once, and the advance has stopped
+        status, body, _ = await api("POST", "/_sim/org/prerequisites", {"ifd": True, "hybrid_connector": True})
+        assert status == 200, body
+        await asyncio.sleep(0.3)
+        status, first, _ = await api("GET", "/_sim/clock")
+        await asyncio.sleep(0.3)
+        status, second, _ = await api("GET", "/_sim/clock")
+        assert first["now"] == second["now"], "the advance went on after its client left"
+        reached = datetime.fromisoformat(second["now"])
+        assert start < reached < start + timedelta(days=30)
+
+        # a short advance finishes and answers with the time reached
+        status, body, _ = await api("POST", "/_sim/clock/advance", {"seconds": 3 * 3600})
+        assert status == 200 and datetime.fromisoformat(body["now"]) == reached + timedelta(hours=3)
 
     asyncio.run(_with_api(tmp_path, scenario))
