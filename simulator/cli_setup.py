@@ -535,7 +535,8 @@ def print_mailboxes(rows) -> None:
                       STATUS[m.incomingemailstatus] + ("" if m.enabledforincomingemail else " (off)"),
                       STATUS[m.outgoingemailstatus] + ("" if m.enabledforoutgoingemail else " (off)"),
                       STATUS[m.actstatus] + ("" if m.enabledforact else " (off)"),
-                      m.lastsyncerrorcode or "", style="red" if bad else None)
+                      (m.lastsyncerrorcode or "") if m.lasterrorcurrent or bad else "",
+                      style="red" if bad else None)
     Console(highlight=False).print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -59,3 +60,26 @@ def test_fault_list_speaks_of_rules_without_python_values(tmp_path):
     assert "None" not in out
     assert "ErrorServerBusy on any operation for every mailbox: every matching call, fired 0 time(s)" in out
     assert "for alice@contoso.example: the next 3 call(s), fired 0 time(s), probability 1.0, back-off 60000 ms" in out
+
+
+def test_mailbox_list_drops_an_error_that_a_passed_test_answered(tmp_path, monkeypatch):
+    """An unapproved mailbox fails Test & Enable (MailboxNotApproved); once approved and tested again,
+    the list no longer shows that error as if it still stood."""
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "w.db")
+    runner = CliRunner()
+    seeded = runner.invoke(app, ["walkthrough", "--scenario", "unapproved-mailbox", "--db", db])
+    assert seeded.exit_code == 0, seeded.output
+    listed = runner.invoke(app, ["mailbox", "list", "--json", "--db", db])
+    rows = {r["emailaddress"]: r for r in json.loads(listed.output)}
+    failing = [a for a, r in rows.items() if r["lastsyncerrorcode"] == "MailboxNotApproved"]
+    assert failing and all(rows[a]["lasterrorcurrent"] for a in failing)
+    for address in failing:
+        ok = runner.invoke(app, ["mailbox", "approve", "--mailbox", address, "--as", "admin", "--db", db])
+        assert ok.exit_code == 0, ok.output
+        ok = runner.invoke(app, ["mailbox", "test-enable", "--mailbox", address, "--as", "admin", "--db", db])
+        assert ok.exit_code == 0, ok.output
+    rows = {r["emailaddress"]: r for r in json.loads(runner.invoke(app, ["mailbox", "list", "--json", "--db", db]).output)}
+    assert not any(rows[a]["lasterrorcurrent"] for a in failing)
+    table = runner.invoke(app, ["mailbox", "list", "--db", db]).output
+    assert "MailboxNotApproved" not in table

@@ -155,6 +155,17 @@ class MailboxView:
     actstatus: int = 0
     enabledforact: bool = False
     emailserverprofile: str | None = None
+    # the last error still stands: no success (a sync or a passed test) came after it
+    lasterrorcurrent: bool = False
+
+
+def _error_current(m: Mailbox) -> bool:
+    """The last error still stands: a Test & Enable that passed since clears its count, a sync
+    cycle that succeeded after it comes later in time."""
+    if not m.lastsyncerrorcode or not m.lastsyncerrorcount:
+        return False
+    success = m.lastsuccessfulsynccompletedon
+    return success is None or m.lastsyncerroroccurredon is None or m.lastsyncerroroccurredon >= success
 
 
 @dataclass
@@ -961,7 +972,7 @@ class Admin:
             return [MailboxView(m.mailboxid, m.emailaddress, m.regardingobjecttypecode, m.incomingemailstatus,
                                 m.outgoingemailstatus, m.mailboxstatus, m.emailrouteraccessapproval,
                                 m.enabledforincomingemail, m.enabledforoutgoingemail, m.lastsyncerrorcode,
-                                m.actstatus, m.enabledforact, m.emailserverprofile)
+                                m.actstatus, m.enabledforact, m.emailserverprofile, _error_current(m))
                     for m in rows]
 
     def mailbox(self, ref: str) -> dict[str, Any]:
