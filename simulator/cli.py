@@ -193,7 +193,13 @@ def _option_name(field: str | None) -> str | None:
 
 
 class _Refused:
-    """Turn a refused step into one line on stderr and exit code 1."""
+    """Turn a refused step into one line on stderr and exit code 1.
+
+    ``derived`` names, for a field the command filled in itself from another option, the option the
+    user typed (a logon name taken from ``--email``): the line names what the user wrote."""
+
+    def __init__(self, derived: dict[str, str] | None = None) -> None:
+        self.derived = derived or {}
 
     def __enter__(self) -> None:
         return None
@@ -212,7 +218,7 @@ class _Refused:
             text = str(exc)
             if exc.field and text.startswith(f"{exc.field}: "):
                 text = text[len(exc.field) + 2:]
-            option = _option_name(exc.field)
+            option = self.derived.get(exc.field or "") or _option_name(exc.field)
             line = f"{option}: {text}" if option else text
         elif isinstance(exc, CertificateError | IdentityError):
             line = exc.message

@@ -137,7 +137,7 @@ def user_add(
     db: str = _db_option(),
 ) -> None:
     """Add a user (with a mailbox created from the organization's defaults)."""
-    with _Refused():
+    with _Refused(derived={} if domain else {"domainname": "--email"}):
         if track not in TRACK:
             raise ValidationError(f"{track!r} is not one of {', '.join(TRACK)}", "track")
 

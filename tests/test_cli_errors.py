@@ -83,3 +83,21 @@ def test_mailbox_list_drops_an_error_that_a_passed_test_answered(tmp_path, monke
     assert not any(rows[a]["lasterrorcurrent"] for a in failing)
     table = runner.invoke(app, ["mailbox", "list", "--db", db]).output
     assert "MailboxNotApproved" not in table
+
+
+def test_adding_a_user_twice_names_the_option_the_user_typed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "w.db")
+    runner = CliRunner()
+    made = runner.invoke(app, ["org", "init", "--name", "Contoso", "--admin-email", "admin@contoso.example",
+                               "--db", db])
+    assert made.exit_code == 0, made.output
+    add = ["user", "add", "--name", "Alice", "--email", "alice@contoso.example", "--as", "admin", "--db", db]
+    assert runner.invoke(app, add).exit_code == 0
+    again = runner.invoke(app, ["user", "add", "--name", "Alice B", "--email", "alice@fabrikam.example",
+                                "--as", "admin", "--db", db])
+    assert again.exit_code == 1
+    assert again.stderr.strip() == "Error: --email: 'alice' is already a user", again.stderr
+    typed = runner.invoke(app, ["user", "add", "--name", "Alice C", "--email", "ac@contoso.example",
+                                "--domain", "alice", "--as", "admin", "--db", db])
+    assert typed.stderr.strip() == "Error: --domain: 'alice' is already a user", typed.stderr
