@@ -286,7 +286,7 @@ def org_init(
         if not admin_domain.strip() or any(c.isspace() for c in admin_domain.strip()):
             raise AdminError(f"{admin_domain!r} is not a logon name", "admin_domain")
 
-        if not _has_organization(db):
+        if not _organization_exists(db):
             remember_seed(db, seed)
         orgid = _in_sandbox(db, lambda ws: ws.admin.create_organization(
             name, admin_name=admin_name.strip() or "Admin", admin_domain=admin_domain.strip(),
@@ -312,19 +312,6 @@ def _organization_exists(db: str) -> bool:
     try:
         if "organization" not in inspect_db(engine).get_table_names():
             return False
-        with Session(engine) as session:
-            return session.exec(select(Organization)).first() is not None
-    finally:
-        engine.dispose()
-
-
-def _has_organization(db: str) -> bool:
-    from sqlmodel import Session, select
-
-    from simulator.crm.models import Organization
-
-    engine = _engine(db)
-    try:
         with Session(engine) as session:
             return session.exec(select(Organization)).first() is not None
     finally:

@@ -34,7 +34,15 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, event, insert, or_, select, update
 
 from engine.clock import Clock, as_utc
-from simulator.crm.models import ExchangeJournal, SimulatorCounter, SimulatorState
+from simulator.crm.models import (
+    EPOCH_COUNTER,
+    FAULTS_COUNTER,
+    LOCK_COUNTER,
+    ExchangeJournal,
+    SimulatorCounter,
+    SimulatorState,
+)
+from simulator.crm.s2s import CLOCK_KEY, clock_time, clock_value
 from simulator.exchange.mime import MessageData
 from simulator.exchange.store import ExchangeStore
 from simulator.faults import FaultInjector, load_rules, rules_to_json
@@ -42,13 +50,12 @@ from simulator.faults import FaultInjector, load_rules, rules_to_json
 J = ExchangeJournal.__table__
 C = SimulatorCounter.__table__
 S = SimulatorState.__table__
-LOCK, EPOCH, FAULTS_VERSION = "world-lock", "epoch", "faults"
-CLOCK_KEY, FAULTS_KEY = "clock", "faults"
+FAULTS_KEY = "faults"
 
 _journal_tail = select(J.c.seq, J.c.events).where(J.c.seq > bindparam("offset")).order_by(J.c.seq)
-_faults_version = select(C.c.value).where(C.c.name == FAULTS_VERSION)
+_faults_version = select(C.c.value).where(C.c.name == FAULTS_COUNTER)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
-_lock = update(C).where(C.c.name == LOCK).values(value=C.c.value + 1)
+_lock = update(C).where(C.c.name == LOCK_COUNTER).values(value=C.c.value + 1)
 _stored_clock = select(S.c.value).where(S.c.key == CLOCK_KEY)
 _clock_forward = update(S).where(S.c.key == CLOCK_KEY, or_(S.c.modifiedon.is_(None), S.c.modifiedon < bindparam("m"))
                                  ).values(value=bindparam("v"), modifiedon=bindparam("m"))
@@ -87,11 +94,11 @@ def _as_time(value: datetime | str) -> datetime:
 def stored_time(db: Engine) -> datetime | None:
     """The sandbox clock stored in ``db`` (None on a new database)."""
     with db.connect() as conn:
-        text = conn.execute(select(S.c.value).where(S.c.key == CLOCK_KEY)).scalar()
+        text = conn.execute(_stored_clock).scalar()
     if text is None:
         return None
     try:
-        return as_utc(datetime.fromisoformat(json.loads(text)["now"]))
+        return clock_time(text)
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -124,7 +131,6 @@ class World:
         self.pending: list[list[dict]] = []  # finished store operations not in the database yet
         self.deferred = False  # hold operations back for the caller's transaction (see sync)
         self.engine_defers = True  # the engine runs in process: its batches commit store and CRM together
-        self.writes = 0  # transactions written (for tests and the figures)
         self._clock_saved: datetime | None = None
         self._faults_version: int | None = None
         self._faults_seen = faults.changes
@@ -140,8 +146,8 @@ class World:
             self._taking = True
             try:
                 with self.db.begin() as conn:
-                    conn.execute(update(C).where(C.c.name == EPOCH).values(value=C.c.value + 1))
-                    self._epoch = int(conn.execute(select(C.c.value).where(C.c.name == EPOCH)).scalar_one())
+                    conn.execute(update(C).where(C.c.name == EPOCH_COUNTER).values(value=C.c.value + 1))
+                    self._epoch = int(conn.execute(select(C.c.value).where(C.c.name == EPOCH_COUNTER)).scalar_one())
             finally:
                 self._taking = False
         return self._epoch
@@ -154,11 +160,9 @@ class World:
 
     def load(self) -> None:
         """Replay the whole journal and read the fault rules (the clock is read by the caller)."""
-        with self.db.connect() as conn:
-            self._catch_up(conn)
-            self._read_faults(conn)
-            if self.keeps_clock:
-                self._clock_saved = as_utc(self.clock.now())
+        self.refresh()
+        if self.keeps_clock:
+            self._clock_saved = as_utc(self.clock.now())
 
     def reload(self) -> None:
         """Forget the in-memory view and rebuild it (after a transaction that did not commit)."""
@@ -177,21 +181,20 @@ class World:
             self._catch_up(conn)
             self._read_faults(conn)
 
-    def _catch_up(self, conn) -> dict[str, datetime]:
-        """Apply the journal's tail; returns the latest Inbox arrival it brought per mailbox."""
+    def _catch_up(self, conn, arrivals: dict[str, datetime] | None = None) -> None:
+        """Apply the journal's tail; with ``arrivals``, note there the latest Inbox arrival it
+        brought per mailbox."""
         store = self.store
-        latest: dict[str, datetime] = {}
         for seq, text in self._tail.fetchall(conn, {"offset": self.offset}):
             for ev in decode(text):
                 store.apply(ev)
-                if ev["k"] == "put":
+                if arrivals is not None and ev["k"] == "put":
                     for address, _folder, _item, received, *_, arrival in ev["p"]:
                         if arrival:
                             when = _as_time(received)
-                            if address not in latest or when > latest[address]:
-                                latest[address] = when
+                            if address not in arrivals or when > arrivals[address]:
+                                arrivals[address] = when
             self.offset = seq
-        return latest
 
     def _read_faults(self, conn) -> None:
         rows = self._faults_counter.fetchall(conn, {})
@@ -236,11 +239,12 @@ class World:
         The caller commits; if its transaction fails it calls :meth:`reload`."""
         faults_changed = self.faults.changes != self._faults_seen
         if self.pending or faults_changed:
-            self._lock.executemany(conn, [{}])  # held to the commit: the journal's order is the commit order
+            self._lock.execute(conn, {})  # held to the commit: the journal's order is the commit order
             # others' operations go after ours in memory but before them in the journal: store
             # operations of different processes commute (new ids, different items), so both agree
             pending, self.pending = self.pending, []
-            latest = self._catch_up(conn)
+            latest: dict[str, datetime] = {}
+            self._catch_up(conn, latest)
             if latest:  # others delivered meanwhile: our arrivals come after theirs
                 for events in pending:
                     self.store.arrivals_after(events, latest)
@@ -256,13 +260,12 @@ class World:
             self._write_faults(conn)
         elif reading:
             self._read_faults(conn)
-        self.writes += 1
 
     def _write_clock(self, conn) -> None:
         now = as_utc(self.clock.now())
         if self._clock_saved is not None and now <= self._clock_saved:
             return
-        text = json.dumps({"now": now.isoformat()})
+        text = clock_value(now)
         # the row's modifiedon is the stored time: only a later time replaces it (the clock never goes back)
         if self._clock_forward.execute(conn, {"v": text, "m": now}) == 0 and conn.execute(
                 _stored_clock).first() is None:
@@ -273,7 +276,7 @@ class World:
         text = rules_to_json(self.faults)
         if conn.execute(update(S).where(S.c.key == FAULTS_KEY).values(value=text)).rowcount == 0:
             conn.execute(insert(S).values(key=FAULTS_KEY, value=text))
-        conn.execute(update(C).where(C.c.name == FAULTS_VERSION).values(value=C.c.value + 1))
+        conn.execute(update(C).where(C.c.name == FAULTS_COUNTER).values(value=C.c.value + 1))
         self._faults_version = conn.execute(_faults_version).scalar()
         self._faults_seen = self.faults.changes
 

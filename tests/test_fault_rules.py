@@ -3,16 +3,14 @@ without breaking the engine."""
 
 from __future__ import annotations
 
-import json
-import ssl
+import asyncio
 from datetime import timedelta
 
-import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import ALICE, SUPPORT, build_org, msg
-from test_control_admin import _started
+from test_control_admin import _with_api
 from typer.testing import CliRunner
 
 from engine.errors import KNOWN_ERRORS
@@ -66,85 +64,54 @@ def test_the_cli_refuses_an_absurd_rule_naming_its_option(tmp_path, change, fiel
 
 @pytest.mark.parametrize(("change", "field"), ABSURD)
 def test_the_control_plane_refuses_an_absurd_rule_with_400_naming_its_key(tmp_path, change, field):
-    import asyncio
+    async def scenario(wire, api) -> None:
+        status, body, _ = await api("POST", "/_sim/faults", {"code": "ErrorServerBusy", **change})
+        assert status == 400
+        assert body["error"].startswith(f"{field}:"), body
+        _, rules, _ = await api("GET", "/_sim/faults")
+        assert rules == []  # nothing written
 
-    async def scenario() -> None:
-        wire = await _started(tmp_path)
-        try:
-            ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers={
-                    "Authorization": f"Bearer {wire.control_key}"}) as http:
-                async with http.post(f"{wire.base_url}/_sim/faults", json={"code": "ErrorServerBusy", **change}) as r:
-                    assert r.status == 400
-                    body = await r.json()
-                    assert body["error"].startswith(f"{field}:"), body
-                async with http.get(f"{wire.base_url}/_sim/faults") as r:
-                    assert await r.json() == []  # nothing written
-        finally:
-            await wire.stop()
-
-    asyncio.run(scenario())
+    asyncio.run(_with_api(tmp_path, scenario))
 
 
 def test_a_body_nested_too_deeply_is_a_400_not_a_crash(tmp_path):
-    import asyncio
-
     deep = ("[" * 100_000 + "]" * 100_000).encode()
     obj_deep = ('{"a":' * 100_000 + "1" + "}" * 100_000).encode()
 
-    async def scenario() -> None:
-        wire = await _started(tmp_path)
-        try:
-            ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers={
-                    "Authorization": f"Bearer {wire.control_key}"}) as http:
-                for path, body in (("/_sim/faults", deep), ("/_sim/clock/advance", obj_deep),
-                                   ("/_sim/profiles", obj_deep)):
-                    async with http.post(wire.base_url + path, data=body, headers={
-                            "Content-Type": "application/json", "X-SSS-User": "admin"}) as r:
-                        text = await r.text()
-                        assert r.status == 400, (path, r.status, text[:300])
-                        assert "nested too deeply" in json.loads(text)["error"], text[:300]
-                async with http.get(f"{wire.base_url}/_sim/clock") as r:  # still serving
-                    assert r.status == 200
-        finally:
-            await wire.stop()
+    async def scenario(wire, api) -> None:
+        for path, body in (("/_sim/faults", deep), ("/_sim/clock/advance", obj_deep), ("/_sim/profiles", obj_deep)):
+            status, answer, _ = await api("POST", path, raw=body)
+            assert status == 400, (path, status, answer)
+            assert "nested too deeply" in answer["error"], answer
+        status, _, _ = await api("GET", "/_sim/clock")  # still serving
+        assert status == 200
 
-    asyncio.run(scenario())
+    asyncio.run(_with_api(tmp_path, scenario))
 
 
 # -- the control plane's key -------------------------------------------------------------------------------
 def test_the_control_plane_needs_its_key_and_a_known_user_behind_it(tmp_path):
-    import asyncio
+    async def scenario(wire, api) -> None:
+        info = wire.info()
+        assert info.control_key == wire.control_key and len(info.control_key) >= 24
+        http = api.http  # the session itself: no key unless a request gives one
+        rules_before = list(wire.sb.faults.rules)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": wire.control_key},
+                        {"X-SSS-User": "admin"}):
+            for method, path, body in (("GET", "/_sim/clock", None), ("GET", "/_sim/mailboxes", None),
+                                       ("POST", "/_sim/faults", {"code": "ErrorServerBusy"}),
+                                       ("POST", "/_sim/clock/advance", {"seconds": 60}),
+                                       ("POST", "/_sim/tenants", {"name": "X"})):
+                async with http.request(method, wire.base_url + path, json=body, headers=headers) as r:
+                    answer = await r.json()
+                    assert r.status == 401, (headers, path, r.status, answer)
+                    assert answer["field"] == "Authorization" and "control_key" in answer["error"]
+        assert wire.sb.faults.rules == rules_before  # nothing was done
+        status, _, _ = await api("GET", "/_sim/clock")
+        assert status == 200
+        status, answer, _ = await api("POST", "/_sim/profiles", {"name": "EXO"}, user="nobody")
+        assert status == 403 and answer["field"] == "X-SSS-User"
+        async with http.post(wire.ews_url, data=b"<x/>") as r:  # other services are not behind the key
+            assert r.status != 401 or "control_key" not in await r.text()
 
-    async def scenario() -> None:
-        wire = await _started(tmp_path)
-        try:
-            info = wire.info()
-            assert info.control_key == wire.control_key and len(info.control_key) >= 24
-            ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
-                rules_before = list(wire.sb.faults.rules)
-                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": wire.control_key},
-                                {"X-SSS-User": "admin"}):
-                    for method, path, body in (("GET", "/_sim/clock", None), ("GET", "/_sim/mailboxes", None),
-                                               ("POST", "/_sim/faults", {"code": "ErrorServerBusy"}),
-                                               ("POST", "/_sim/clock/advance", {"seconds": 60}),
-                                               ("POST", "/_sim/tenants", {"name": "X"})):
-                        async with http.request(method, wire.base_url + path, json=body, headers=headers) as r:
-                            answer = await r.json()
-                            assert r.status == 401, (headers, path, r.status, answer)
-                            assert answer["field"] == "Authorization" and "control_key" in answer["error"]
-                assert wire.sb.faults.rules == rules_before  # nothing was done
-                key = {"Authorization": f"Bearer {wire.control_key}"}
-                async with http.get(wire.base_url + "/_sim/clock", headers=key) as r:
-                    assert r.status == 200
-                async with http.post(wire.base_url + "/_sim/profiles", json={"name": "EXO"},
-                                     headers={**key, "X-SSS-User": "nobody"}) as r:
-                    assert r.status == 403 and (await r.json())["field"] == "X-SSS-User"
-                async with http.post(wire.ews_url, data=b"<x/>") as r:  # other services are not behind the key
-                    assert r.status != 401 or "control_key" not in await r.text()
-        finally:
-            await wire.stop()
-
-    asyncio.run(scenario())
+    asyncio.run(_with_api(tmp_path, scenario))

@@ -194,6 +194,18 @@ def scenario_db(tmp_path_factory, home) -> Path:
     return db
 
 
+def _stop_with_sigterm(proc) -> None:
+    """SIGTERM, as test runners and systemd stop a server or a run: it must end cleanly, with exit code 0
+    (a process that already ended is only waited for)."""
+    try:
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.wait()
+    finally:
+        proc.stop()
+    assert code == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
 # -- 1. deliveries from other processes while `sss run` runs ---------------------------------------
 
 def test_deliveries_from_other_processes_during_a_run_are_all_kept(scenario_db, home, tmp_path):
@@ -217,13 +229,10 @@ def test_deliveries_from_other_processes_during_a_run_are_all_kept(scenario_db, 
                     delivered.append((address, item, f"during the run {i}"))
                 running_after.append(run.alive())
         assert running_after[0], "the run ended before the first deliveries were acknowledged"
-        if run.alive():
-            run.proc.send_signal(signal.SIGTERM)
-        code = run.wait()
-    finally:
+    except BaseException:
         run.stop()
-    assert code == 0, run.stderr[-3000:]
-    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+        raise
+    _stop_with_sigterm(run)
     assert "Ran the engine" in run.stdout, run.stdout
 
     # the queue tracks all email: a short second run picks up what came in at the very end
@@ -521,17 +530,6 @@ def _http(info: dict) -> requests.Session:
     session.verify = info["ca_file"]
     session.headers["Authorization"] = f"Bearer {info['control_key']}"
     return session
-
-
-def _stop_with_sigterm(serve) -> None:
-    """SIGTERM, as test runners and systemd stop a server: it must end cleanly, with exit code 0."""
-    try:
-        serve.proc.send_signal(signal.SIGTERM)
-        code = serve.wait()
-    finally:
-        serve.stop()
-    assert code == 0, serve.stderr[-3000:]
-    assert "Traceback" not in serve.stderr, serve.stderr[-3000:]
 
 
 def test_sigterm_to_serve_exits_cleanly_and_a_restart_finds_the_mail_and_the_clock(home, tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 from simulator.crm import models  # noqa: F401  (registers the tables)
 
 MEMORY_URL = "sqlite://"
+_STATE = models.SimulatorState.__table__
 # The layout of the tables. 1: the first release, whose Exchange store was a JSON document saved at
 # the end of each command; 2: the durable world (the store as a journal, written as it changes).
 SCHEMA_VERSION = 2
@@ -73,9 +74,10 @@ def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = T
         event.listen(engine, "connect", _tune_sqlite if durable else _tune_sqlite_fast)
     if create:
         try:
-            check_schema(engine)
+            stamped = check_schema(engine)
             SQLModel.metadata.create_all(engine)
-            _stamp_schema(engine)
+            if not stamped:
+                _stamp_schema(engine)
         except DatabaseError:
             engine.dispose()
             raise
@@ -90,19 +92,20 @@ def _shown(url: str) -> str:
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.split("@")[-1]
 
 
-def check_schema(engine: Engine, where: str | None = None) -> None:
+def check_schema(engine: Engine, where: str | None = None) -> bool:
     """Refuse, before anything is written, a database whose tables another version of sss-sim laid
-    out. An empty database is fine (its tables are made next). ``where`` names it in the message."""
+    out; True when it is this version's, False when it is empty (its tables are made next).
+    ``where`` names it in the message."""
     tables = set(inspect(engine).get_table_names())
     if "mailbox" not in tables and "simulatorstate" not in tables:
-        return
+        return False
     found = None
     if "simulatorstate" in tables:
         with engine.connect() as conn:
-            found = conn.execute(text("SELECT value FROM simulatorstate WHERE key = :k"), {"k": SCHEMA_KEY}).scalar()
+            found = conn.execute(select(_STATE.c.value).where(_STATE.c.key == SCHEMA_KEY)).scalar()
     version = int(found) if found is not None and str(found).isdigit() else 1
     if version == SCHEMA_VERSION:
-        return
+        return True
     where = where or _shown(engine.url.render_as_string(hide_password=True))
     if version < SCHEMA_VERSION:
         raise DatabaseError(f"database {where} was made by an older sss-sim (schema version {version}; this one "
@@ -112,18 +115,15 @@ def check_schema(engine: Engine, where: str | None = None) -> None:
 
 
 def _stamp_schema(engine: Engine) -> None:
-    """Record the schema version and the world's counters in a database just made (no-op after)."""
-    rows = [("simulatorstate", {"key": SCHEMA_KEY, "value": str(SCHEMA_VERSION)})] + [
-        ("simulatorcounter", {"name": name, "value": 0}) for name in ("world-lock", "epoch", "faults")]
-    for table, row in rows:
-        cols = ", ".join(row)
-        try:
-            with engine.begin() as conn:
-                key = next(iter(row))
-                if conn.execute(text(f"SELECT 1 FROM {table} WHERE {key} = :{key}"), row).first() is None:
-                    conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(':' + c for c in row)})"), row)
-        except IntegrityError:  # another process made it at the same moment
-            pass
+    """Record the schema version and the world's counters in a database just made."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(_STATE), [{"key": SCHEMA_KEY, "value": str(SCHEMA_VERSION)}])
+            conn.execute(insert(models.SimulatorCounter.__table__), [
+                {"name": name, "value": 0}
+                for name in (models.LOCK_COUNTER, models.EPOCH_COUNTER, models.FAULTS_COUNTER)])
+    except IntegrityError:  # another process made the same database at the same moment
+        pass
 
 
 def drop_all(engine: Engine) -> None:

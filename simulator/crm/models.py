@@ -476,6 +476,10 @@ class ExchangeJournal(SQLModel, table=True):
     events: str = Field(sa_column=Column(Text, nullable=False))
 
 
+# The counters of the durable world (simulator/world.py), made with the database.
+LOCK_COUNTER, EPOCH_COUNTER, FAULTS_COUNTER = "world-lock", "epoch", "faults"
+
+
 class SimulatorCounter(SQLModel, table=True):
     """Named counters of the sandbox: the world lock row, process epochs, the fault rules' version."""
 

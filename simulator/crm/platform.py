@@ -12,6 +12,7 @@ correlation also look at those pending rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
@@ -154,33 +155,24 @@ class Prepared:
         if not self.ok:
             conn.execute(self.stmt, rows)
             return
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
+        with _cursor(conn) as cursor:
             cursor.executemany(self.sql, [self.params(r) for r in rows])
-        finally:
-            cursor.close()
 
     def execute(self, conn, row: dict) -> int:
         """Run once; the number of rows the statement changed."""
         if not self.ok:
             return conn.execute(self.stmt, row).rowcount
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
+        with _cursor(conn) as cursor:
             cursor.execute(self.sql, self.params(row))
             return cursor.rowcount
-        finally:
-            cursor.close()
 
     def fetchall(self, conn, row: dict, columns: list | None = None) -> list[tuple]:
         """The rows, each value through the result processor of ``columns[i]``'s type when given."""
         if not self.ok:
             return [tuple(r) for r in conn.execute(self.stmt, row)]
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
+        with _cursor(conn) as cursor:
             cursor.execute(self.sql, self.params(row))
             rows = cursor.fetchall()
-        finally:
-            cursor.close()
         if columns is None or not rows:
             return rows
         dialect = conn.dialect
@@ -195,6 +187,11 @@ class Prepared:
                 r[i] = p(r[i])
             out.append(r)
         return out
+
+
+def _cursor(conn):
+    """A DBAPI cursor on the connection ``conn`` wraps, closed after use."""
+    return contextlib.closing(conn.connection.dbapi_connection.cursor())
 
 
 class _Borrowed:
@@ -546,10 +543,6 @@ class Platform:
             # Another host forced some of these leases open (this one was presumed dead) and tracked
             # their mail first. The whole batch is dropped (its Exchange changes with it) and its
             # mailboxes freed: they are done again, so nothing is lost and nothing is done twice.
-            self._reset_pending()
-            if world is not None:
-                world.end_batch(False)
-                world = None
             with self._begin() as conn:
                 conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(
                     [u.mailboxid for u in updates])).values(processingstatecode=0, hostid=None))

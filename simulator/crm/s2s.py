@@ -120,14 +120,24 @@ def load_clock(session: Session) -> VirtualClock:
     if text is None:
         return VirtualClock(RealClock().now())
     try:
-        return VirtualClock(datetime.fromisoformat(json.loads(text)["now"]))
+        return VirtualClock(clock_time(text))
     except (ValueError, KeyError, TypeError):
         raise S2SError("corrupt_state", "the stored sandbox clock cannot be read (table simulatorstate, "
                                         "key 'clock')") from None
 
 
+def clock_value(now: datetime) -> str:
+    """The stored form of the sandbox clock at ``now``."""
+    return json.dumps({"now": as_utc(now).isoformat()})
+
+
+def clock_time(text: str) -> datetime:
+    """The time in a stored clock value (ValueError, KeyError or TypeError when it is not one)."""
+    return as_utc(datetime.fromisoformat(json.loads(text)["now"]))
+
+
 def clock_text(clock: Clock) -> str:
-    return json.dumps({"now": as_utc(clock.now()).isoformat()})
+    return clock_value(clock.now())
 
 
 def save_clock(session: Session, clock: Clock) -> None:

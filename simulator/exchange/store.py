@@ -127,21 +127,21 @@ class Folder:
             bisect.insort(self.order, key)
         self.journal.append(("create", item.item_id))
 
-    def remove(self, item: Item) -> None:
-        del self.items[item.item_id]
+    def _unorder(self, item: Item) -> None:
         key = (item.received, item.seq, item.item_id)
         i = bisect.bisect_left(self.order, key)
         if i < len(self.order) and self.order[i] == key:
             self.order.pop(i)
+
+    def remove(self, item: Item) -> None:
+        del self.items[item.item_id]
+        self._unorder(item)
         self.journal.append(("delete", item.item_id))
 
     def retime(self, item: Item, received: datetime) -> None:
         """Give an item another received time, keeping the order (no change is journaled: the item
         is still the one its ``create`` entry names)."""
-        key = (item.received, item.seq, item.item_id)
-        i = bisect.bisect_left(self.order, key)
-        if i < len(self.order) and self.order[i] == key:
-            self.order.pop(i)
+        self._unorder(item)
         item.received = received
         bisect.insort(self.order, (received, item.seq, item.item_id))
 
@@ -184,6 +184,11 @@ class ExchangeMailbox:
         if folder_id is None:
             raise StoreError("ErrorItemNotFound", f"item {item_id!r} does not exist in {self.address}")
         return self.folders[folder_id].items[item_id]
+
+    def take_out(self, item: Item) -> None:
+        """Remove an item from its folder (a delete, or the source side of a move)."""
+        self.folders[item.folder_id].remove(item)
+        del self.item_folder[item.item_id]
 
 
 class ExchangeStore:
@@ -246,9 +251,7 @@ class ExchangeStore:
             return self._apply_put(ev)
         mbx = self.mailboxes.get(ev["a"]) if kind != "mbx" else None
         if kind == "rm":
-            item = mbx.item(ev["i"])
-            mbx.folders[item.folder_id].remove(item)
-            del mbx.item_folder[item.item_id]
+            mbx.take_out(mbx.item(ev["i"]))
         elif kind == "upd":
             item = mbx.item(ev["i"])
             if ev.get("c") is not None:
@@ -300,8 +303,7 @@ class ExchangeStore:
             source = mbx.item(src[1])
             data = source.data
             if ev.get("mv"):
-                mbx.folders[source.folder_id].remove(source)
-                del mbx.item_folder[source.item_id]
+                mbx.take_out(source)
         else:
             data = ev["m"]
         placed = []
@@ -430,18 +432,18 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         folder = mbx.folder(folder_ref)
         with self.operation():
-            return self._emit({"k": "put", "m": data, "p": [
-                self._placement(mbx, folder.folder_id, self.clock.now(), categories or (), is_read)]})[0]
+            return self._emit(_put(data, [
+                self._placement(mbx, folder.folder_id, self.clock.now(), categories or (), is_read)]))[0]
 
-    def _arrival_time(self, mbx: ExchangeMailbox, received: datetime | None, taken: dict) -> datetime:
-        """Received time of a new Inbox item: the clock's now, kept unique per mailbox."""
+    def _arrival_time(self, mbx: ExchangeMailbox, received: datetime | None) -> datetime:
+        """Received time of a new Inbox item: the clock's now, kept unique per mailbox (applying
+        the delivery moves ``last_inbox_received`` on)."""
         if received is not None:
             return received
         now = self.clock.now()
-        last = taken.get(mbx.address, mbx.last_inbox_received)
+        last = mbx.last_inbox_received
         if last is not None and now <= last:
             now = last + _ONE_US
-        taken[mbx.address] = now
         return now
 
     def _deliveries(self, data: MessageData, recipients, received: datetime | None) -> tuple[list, list[str]]:
@@ -449,7 +451,6 @@ class ExchangeStore:
         placements: list = []
         seen: set[str] = set()
         external: list[str] = []
-        taken: dict[str, datetime] = {}
         for rcpt in recipients:
             addr = normalize_address(rcpt)
             if addr is None or addr in seen:
@@ -460,7 +461,7 @@ class ExchangeStore:
                 external.append(addr)
                 continue
             placements.append(self._placement(mbx, mbx.distinguished["inbox"],
-                                              self._arrival_time(mbx, received, taken), arrival=received is None))
+                                              self._arrival_time(mbx, received), arrival=received is None))
         return placements, external
 
     def deliver(self, message: MessageData | bytes, recipients: list[str] | tuple[str, ...] | None = None,
@@ -479,11 +480,8 @@ class ExchangeStore:
         placements, external = self._deliveries(data, recipients, received)
         if not placements and not external:
             return {}
-        event: dict = {"k": "put", "m": data, "p": placements}
-        if external:
-            event["x"] = external
         with self.operation():
-            placed = self._emit(event)
+            placed = self._emit(_put(data, placements, external))
         return {p[0]: item.item_id for p, item in zip(placements, placed, strict=True)}
 
     def find(self, address: str, folder: str, after: datetime | None, limit: int = FIND_PAGE_MAX) -> list[Item]:
@@ -552,13 +550,18 @@ class ExchangeStore:
         if save_copy:
             placements.append(self._placement(mbx, mbx.distinguished["sentitems"], now, is_read=True))
         delivered, external = self._deliveries(data, recipients, None)
-        event: dict = {"k": "put", "m": data, "p": placements + delivered}
-        if external:
-            event["x"] = external
         with self.operation():
             self._emit({"k": "sent", "a": mbx.address, "t": now, "n": len(recipients)})
-            placed = self._emit(event)
+            placed = self._emit(_put(data, placements + delivered, external))
         return data.message_id, placed[0].item_id if save_copy else None
+
+
+def _put(data: MessageData, placements: list, external: list[str] | None = None) -> dict:
+    """The event that places a message: where (``p``), and to whom outside the sandbox (``x``)."""
+    event: dict = {"k": "put", "m": data, "p": placements}
+    if external:
+        event["x"] = external
+    return event
 
 
 def _when(value: datetime | str | None) -> datetime | None:
