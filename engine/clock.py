@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import re
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -36,6 +37,25 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+_FRACTION = re.compile(r"(\.\d+)")
+
+
+def parse_instant(text: str) -> datetime:
+    """An instant written in ISO 8601 (``2026-01-05``, ``2026-01-05T08:00``, ``...Z``, ``...+02:00``,
+    up to 7 fraction digits as .NET writes them), as an aware UTC datetime; no offset means UTC.
+
+    The one parser of times that come from outside (a CLI option, a JSON field, an EWS value, a
+    stored record); raises ``ValueError`` when ``text`` is not such an instant."""
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    value = _FRACTION.sub(lambda mo: mo.group(1)[:7], value)
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 class RealClock:

@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, event, insert, or_, select, update
 
-from engine.clock import Clock, as_utc
+from engine.clock import Clock, as_utc, parse_instant
 from simulator.crm.models import (
     EPOCH_COUNTER,
     FAULTS_COUNTER,
@@ -88,7 +88,7 @@ def decode(text: str) -> list[dict]:
 
 
 def _as_time(value: datetime | str) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return value if isinstance(value, datetime) else parse_instant(value)
 
 
 def stored_time(db: Engine) -> datetime | None:

@@ -19,9 +19,9 @@ import random
 import types
 import typing
 from collections import deque
-from datetime import datetime
 from typing import Any
 
+from engine.clock import parse_instant
 from simulator.exchange.mime import MessageData
 
 
@@ -126,7 +126,7 @@ def message_from_record(raw: object) -> MessageData:
             if not isinstance(value, str):
                 raise bad(name, value, "an ISO 8601 time")
             try:
-                value = datetime.fromisoformat(value)
+                value = parse_instant(value)
             except ValueError:
                 raise PersistError(f"cannot load a message: {name}: {_short(value)} is not an ISO 8601 "
                                    "datetime") from None

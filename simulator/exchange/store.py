@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.clock import Clock
+from engine.clock import Clock, parse_instant
 from engine.ports import ActOrgClaim, ItemProperties
 from simulator.exchange.mime import MessageData, normalize_address, parse_message
 
@@ -568,4 +568,4 @@ def _when(value: datetime | str | None) -> datetime | None:
     """A time from an event: a datetime when made live, ISO 8601 text when replayed."""
     if value is None or isinstance(value, datetime):
         return value
-    return datetime.fromisoformat(value)
+    return parse_instant(value)

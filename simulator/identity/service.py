@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from engine.clock import Clock
+from engine.clock import Clock, parse_instant
 
 from . import certs
 
@@ -74,10 +74,6 @@ def _derived_guid(*parts: object) -> str:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_iso(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------------ errors
@@ -147,7 +143,7 @@ class KeyCredential:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KeyCredential:
         return cls(key_id=data["key_id"], thumbprint=data["thumbprint"], thumbprint_sha256=data["thumbprint_sha256"],
-                   start=_parse_iso(data["start"]), end=_parse_iso(data["end"]), subject=data["subject"],
+                   start=parse_instant(data["start"]), end=parse_instant(data["end"]), subject=data["subject"],
                    certificate_der=base64.b64decode(data["certificate"]), usage=data.get("usage", "Verify"),
                    type=data.get("type", "AsymmetricX509Cert"))
 

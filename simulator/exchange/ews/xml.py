@@ -14,10 +14,11 @@ item I saw" neither misses nor re-reads items that arrived within the same secon
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from lxml import etree
+
+from engine.clock import parse_instant
 
 SOAPNS = "http://schemas.xmlsoap.org/soap/envelope/"
 MNS = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -175,7 +176,6 @@ def fault(code: str, message: str, values: dict[str, str] | None = None) -> byte
     return etree.tostring(env, xml_declaration=True, encoding="utf-8")
 
 
-_FRACTION = re.compile(r"(\.\d+)")
 
 
 # -- dates ---------------------------------------------------------------------------------
@@ -188,14 +188,7 @@ def format_datetime(value: datetime) -> str:
 
 
 def parse_datetime(value: str) -> datetime:
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    text = _FRACTION.sub(lambda mo: mo.group(1)[:7], text)  # .NET sends 7 digits; Python reads 6
     try:
-        parsed = datetime.fromisoformat(text)
+        return parse_instant(value)
     except ValueError:
         raise ResponseError("ErrorInvalidValueForProperty", f"{value!r} is not an xs:dateTime") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
