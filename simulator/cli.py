@@ -43,8 +43,10 @@ class _OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+from simulator.cli_help import readable_help  # noqa: E402  (flags without "<bool>" in every --help)
+
 app = typer.Typer(
-    cls=_OneLineErrors,
+    cls=readable_help(_OneLineErrors),
     add_completion=False,
     no_args_is_help=True,
     help="Simulated server-side synchronization between a CRM and Exchange Online.",
@@ -56,42 +58,6 @@ def _root() -> None:
     """Simulated server-side synchronization between a CRM and Exchange Online."""
 
 
-def _print_summary(console: Console, s: dict) -> None:
-    table = Table(title="Mailboxes", show_lines=False)
-    table.add_column("mailbox", no_wrap=True)
-    for col in ("owner", "in", "out", "ACT", "status", "last error"):
-        table.add_column(col, overflow="fold")
-    for m in s["mailboxes"]:
-        style = "red" if m["mailbox"] == "Failure" else None
-        owner = "queue" if m["type"] == "queue" else "user"
-        table.add_row(m["emailaddress"], owner, m["incoming"], m["outgoing"], m["act"], m["mailbox"],
-                      m["lastsyncerrorcode"] or "", style=style)
-    console.print(table)
-    totals = Table(title="Email", show_header=False)
-    totals.add_column("what")
-    totals.add_column("count", justify="right")
-    totals.add_row("tracked (activities created)", str(s["emails_tracked"]))
-    totals.add_row("skipped", str(s["emails_skipped"]))
-    for reason, n in s["skipped_reasons"].items():
-        totals.add_row(f"  {reason}", str(n))
-    totals.add_row("moved to Undeliverable", str(s["emails_undeliverable"]))
-    for reason, n in s["undeliverable_reasons"].items():
-        totals.add_row(f"  {reason}", str(n))
-    totals.add_row("sent", str(s["emails_sent"]))
-    totals.add_row("still pending send", str(s["emails_pending_send"]))
-    totals.add_row("failed to send", str(s["emails_failed_to_send"]))
-    console.print(totals)
-    alerts = ", ".join(f"{n} {level}" for level, n in s["alerts"].items())
-    console.print(f"[bold]Alerts:[/bold] {alerts}")
-    for address, what in s["faults"].items():
-        console.print(f"[bold]Fault injected:[/bold] {address}: {what}")
-    console.print(
-        f"[bold]Time:[/bold] {s['simulated_seconds'] / 3600:.0f} simulated hours "
-        f"({s['mailbox_polls']} workload polls) in {s['wall_seconds']:.1f} s of real time; seed {s['seed']}."
-    )
-    console.print(f"[bold]Database:[/bold] {s['database']} (open it with any SQLite client)")
-
-
 @app.command()
 def demo(
     seed: int = typer.Option(1, help="Seed of the traffic; the same seed gives the same result."),
@@ -100,7 +66,7 @@ def demo(
     hours: float = typer.Option(24.0, min=0.1, max=24 * 30, help="Simulated hours to run."),
 ) -> None:
     """Build a small organization, run a day of seeded mail through the engine, and summarize."""
-    from simulator.demo import Demo
+    from simulator.demo import Demo, print_summary
 
     console = Console(stderr=as_json)
     wall = RealClock()
@@ -132,7 +98,7 @@ def demo(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        _print_summary(console, summary)
+        print_summary(console, summary)
 
 
 # ------------------------------------------------------------------------------ the setup flow (SPEC 1.1-1.4)
@@ -170,35 +136,29 @@ def _engine(db: str):
     return make_engine(db if "://" in db else sqlite_url(db))
 
 
-# CRM field names (SPEC 2) -> the option that sets them
-FIELD_OPTIONS = {
-    "as_user": "--as", "minpollingintervalinminutes": "--min-polling-interval",
-    "maxconcurrentconnections": "--max-connections", "timeoutmailboxconnectionafteramount": "--timeout-ms",
-    "processemailsreceivedafter": "--process-email-from", "exchangeonlinetenantid": "--tenant-id",
-    "usedefaulttenantid": "--use-default-tenant-id", "useautodiscover": "--autodiscover",
-    "incomingserverlocation": "--incoming-location", "outgoingserverlocation": "--outgoing-location",
-    "moveundeliveredemails": "--move-failed", "sendemailalert": "--send-alert-email", "ownerid": "--owner",
-    "defaultemailserverprofileid": "--default-profile", "emailserverprofile": "--profile",
-    "incomingemaildeliverymethod": "--incoming", "outgoingemaildeliverymethod": "--outgoing",
-    "actdeliverymethod": "--act", "internalemailaddress": "--email", "emailaddress": "--email",
-    "emailaddress1": "--email", "domainname": "--domain", "fullname": "--name", "roles": "--role",
-    "incomingemailfilteringmethod": "--track", "email_address": "--email-address",
-}
+def _option_name(field: str | None, operation: str | None = None) -> str | None:
+    """The option that sets ``field`` in the command of ``operation`` (declared by its input model)."""
+    from simulator.crm.inputs import COMMON_FLAGS
+    from simulator.crm.operations import OPERATIONS
 
-
-def _option_name(field: str | None) -> str | None:
     if not field:
         return None
-    return FIELD_OPTIONS.get(field, "--" + field.replace("_", "-"))
+    model = OPERATIONS[operation].model if operation else None
+    if model is not None and field in model.model_fields:
+        return model.flag(field)
+    return COMMON_FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 class _Refused:
     """Turn a refused step into one line on stderr and exit code 1.
 
-    ``derived`` names, for a field the command filled in itself from another option, the option the
-    user typed (a logon name taken from ``--email``): the line names what the user wrote."""
+    ``operation`` is the operation the command runs (a key of ``OPERATIONS``): a refused field is
+    named by the option its input model declares. ``derived`` names, for a field the command
+    filled in itself, the option the user typed instead (a logon name taken from ``--email``), or
+    None when the user typed none (a default): the line names what the user wrote."""
 
-    def __init__(self, derived: dict[str, str] | None = None) -> None:
+    def __init__(self, operation: str | None = None, derived: dict[str, str | None] | None = None) -> None:
+        self.operation = operation
         self.derived = derived or {}
 
     def __enter__(self) -> None:
@@ -218,7 +178,10 @@ class _Refused:
             text = str(exc)
             if exc.field and text.startswith(f"{exc.field}: "):
                 text = text[len(exc.field) + 2:]
-            option = self.derived.get(exc.field or "") or _option_name(exc.field)
+            if (exc.field or "") in self.derived:
+                option = self.derived[exc.field]
+            else:
+                option = _option_name(exc.field, self.operation)
             line = f"{option}: {text}" if option else text
         elif isinstance(exc, CertificateError | IdentityError):
             line = exc.message
@@ -275,22 +238,17 @@ def org_init(
     db: str = _db_option(),
 ) -> None:
     """Create the CRM organization with its security roles and a first System Administrator."""
-    import re
-
-    from simulator.crm.admin import AdminError
+    from simulator.crm.inputs import OrganizationInput, parse
     from simulator.workspace import remember_seed
 
-    with _Refused():
-        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", admin_email.strip()):
-            raise AdminError(f"{admin_email!r} is not an email address", "admin_email")
-        if not admin_domain.strip() or any(c.isspace() for c in admin_domain.strip()):
-            raise AdminError(f"{admin_domain!r} is not a logon name", "admin_domain")
-
+    with _Refused("org init"):
+        parse(OrganizationInput, {"name": name, "admin_name": admin_name, "admin_domain": admin_domain,
+                                  "admin_email": admin_email})  # before anything is written (the seed)
         if not _organization_exists(db):
             remember_seed(db, seed)
         orgid = _in_sandbox(db, lambda ws: ws.admin.create_organization(
-            name, admin_name=admin_name.strip() or "Admin", admin_domain=admin_domain.strip(),
-            admin_email=admin_email.strip(), ifd=ifd, hybrid_connector=hybrid_connector))
+            name, admin_name=admin_name, admin_domain=admin_domain, admin_email=admin_email, ifd=ifd,
+            hybrid_connector=hybrid_connector))
     _say(f"[green]Organization {name.strip()} created[/green] (id {orgid}).")
     _say(f"System Administrator: {admin_domain.strip()} <{admin_email.strip().lower()}> (use --as {admin_domain.strip()}).")
     if not (ifd and hybrid_connector):
@@ -346,7 +304,7 @@ def org_set(
     """Record a prerequisite of step 1.1 as done (or undone)."""
     from simulator.crm.admin import ValidationError
 
-    with _Refused():
+    with _Refused("org set"):
         if ifd is None and hybrid_connector is None:
             raise ValidationError("nothing to change: give --ifd or --hybrid-connector", "ifd")
         _in_sandbox(db, lambda ws: ws.admin.set_prerequisites(as_user, ifd=ifd, hybrid_connector=hybrid_connector))
@@ -364,7 +322,7 @@ def tenant_create(
     """Create an Office 365 tenant in the sandbox's identity service."""
     from simulator.crm.s2s import create_tenant
 
-    with _Refused():
+    with _Refused("tenant create"):
         tenant = create_tenant(_engine(db), name, list(domain), list(admin))
     _say(f"[green]Tenant {tenant.name} created[/green]: tenant id {tenant.tenant_id}")
     _say(f"Domains: {', '.join(tenant.domains)}; administrators: {', '.join(tenant.admins)}")
@@ -408,7 +366,7 @@ def cert_new(
 
     from simulator.crm.s2s import load_clock, new_certificate, save_clock
 
-    with _Refused():
+    with _Refused("cert new"):
         engine = _engine(db)
         with Session(engine) as session:
             clock = load_clock(session)
@@ -443,7 +401,7 @@ def cert_install(
     """Step 1.2 (CertificateReconfiguration.ps1): install the certificate as the S2S token issuer."""
     from simulator.crm.s2s import install_certificate
 
-    with _Refused():
+    with _Refused("cert install"):
         done = install_certificate(_engine(db), as_user, certificate_file, password,
                                    certificate_type=certificate_type, service_account=service_account,
                                    store_find_type=store_find_type, update_crm=update_crm)
@@ -479,7 +437,7 @@ def s2s_configure(
     from simulator.crm.s2s import configure_server_side_sync
     from simulator.identity import ACS_PRINCIPAL_ID
 
-    with _Refused():
+    with _Refused("s2s configure"):
         done = configure_server_side_sync(
             _engine(db), as_user, root_domain_name=root_domain_name, private_key_password=private_key_password,
             cer_file_path=cer_file_path, pfx_file_path=pfx_file_path, organization_name=organization_name,

@@ -11,7 +11,7 @@ exchangelib. A refused operation prints one line on stderr, exits 1 and writes n
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from rich.table import Table
 
 from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, app
 from simulator.crm.errors import AdminError, ValidationError
+from simulator.crm.inputs import parse
+from simulator.crm.operations import OPERATIONS
 
 profile_app = typer.Typer(no_args_is_help=True, help="Email server profiles (setup step 1.5, 1.10).")
 settings_app = typer.Typer(no_args_is_help=True, help="Organization email settings (setup step 1.6).")
@@ -46,41 +48,24 @@ TEST_STATUS = {0: "Failure", 1: "Success", 2: "Warning"}
 
 
 # ------------------------------------------------------------------------------ parsing helpers
-def parse_int(value: str | None, field: str, low: int, high: int) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise ValidationError(f"{value!r} is not a whole number", field) from None
-    if not low <= number <= high:
-        raise ValidationError(f"{number} is out of range ({low} to {high})", field)
-    return number
-
-
 def _given(options: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
     """The CRM fields of the options that were given (option name -> field name)."""
     return {field: values[opt] for opt, field in options.items() if values.get(opt) is not None}
 
 
-def parse_when(value: str | None, field: str) -> datetime | None:
-    """A date (``2026-01-05``) or date and time (``2026-01-05T08:00``, UTC unless it says otherwise)."""
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValidationError(f"{value!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)", field) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+def _typed(operation: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Option text as the operation's input model reads it (numbers, dates, switches); a wrong value
+    is refused naming its option."""
+    return parse(OPERATIONS[operation].model, values, strict=False).given()
 
 
 def _mailbox_refs(ws, mailboxes: list[str], all_: bool) -> list[str]:
     if all_ and mailboxes:
-        raise ValidationError("give either --mailbox or --all, not both", "mailbox")
+        raise ValidationError("give either --mailbox or --all, not both", None)
     if all_:
         return [m.mailboxid for m in ws.admin.mailboxes()]
     if not mailboxes:
-        raise ValidationError("select mailboxes with --mailbox ADDRESS (repeatable) or --all", "mailbox")
+        raise ValidationError("select mailboxes with --mailbox ADDRESS (repeatable) or --all", None)
     return mailboxes
 
 
@@ -137,9 +122,9 @@ def user_add(
     db: str = _db_option(),
 ) -> None:
     """Add a user (with a mailbox created from the organization's defaults)."""
-    with _Refused(derived={} if domain else {"domainname": "--email"}):
+    with _Refused("user add", derived={} if domain else {"domainname": "--email"}):
         if track not in TRACK:
-            raise ValidationError(f"{track!r} is not one of {', '.join(TRACK)}", "track")
+            raise ValidationError(f"{track!r} is not one of {', '.join(TRACK)}", "incomingemailfilteringmethod")
 
         def action(ws):
             return ws.admin.add_user(name, email, domainname=domain, roles=role, track=TRACK[track],
@@ -157,7 +142,7 @@ def queue_add(
     db: str = _db_option(),
 ) -> None:
     """Add a queue (tracks all incoming email) with its mailbox."""
-    with _Refused():
+    with _Refused("user add-queue"):
         qid = _in_sandbox(db, lambda ws: ws.admin.add_queue(name, email, owner=owner, as_user=as_user))
     _say(f"Queue {name} <{email.strip().lower()}> added (id {qid}).")
 
@@ -171,7 +156,7 @@ def role_add(
     db: str = _db_option(),
 ) -> None:
     """Create a security role from privileges."""
-    with _Refused():
+    with _Refused("user add-role"):
         _in_sandbox(db, lambda ws: ws.admin.create_role(as_user, name, privilege))
     _say(f"Role {name} created with {', '.join(privilege) or 'no privileges'}.")
 
@@ -184,31 +169,22 @@ def record_add(
     db: str = _db_option(),
 ) -> None:
     """Add a contact, account or lead (email from it can be tracked)."""
-    with _Refused():
+    with _Refused("user add-record"):
         rid = _in_sandbox(db, lambda ws: ws.admin.add_record(kind, name, email))
     _say(f"{kind.capitalize()} {name} added (id {rid}).")
 
 
 # ------------------------------------------------------------------------------ 1.5 profiles
 def _profile_fields(**opts: Any) -> dict[str, Any]:
-    """Profile fields from CLI options (None: not given)."""
+    """Profile fields from CLI options (None: not given), typed by the profile's input model."""
     mapping = {"name": "name", "description": "description", "use_default_tenant_id": "usedefaulttenantid",
                "tenant_id": "exchangeonlinetenantid", "autodiscover": "useautodiscover",
                "incoming_location": "incomingserverlocation", "outgoing_location": "outgoingserverlocation",
                "move_failed": "moveundeliveredemails", "send_alert_email": "sendemailalert",
-               "timeout": "timeoutmailboxconnection", "owner": "ownerid"}
-    fields: dict[str, Any] = _given(mapping, opts)
-    numbers = {"min_polling_interval": ("minpollingintervalinminutes", 0, 1440),
-               "max_connections": ("maxconcurrentconnections", 1, 300),
-               "timeout_ms": ("timeoutmailboxconnectionafteramount", 0, 100000)}
-    for opt, (field, low, high) in numbers.items():
-        value = parse_int(opts.get(opt), field, low, high)
-        if value is not None:
-            fields[field] = value
-    when = parse_when(opts.get("process_email_from"), "processemailsreceivedafter")
-    if when is not None:
-        fields["processemailsreceivedafter"] = when
-    return fields
+               "timeout": "timeoutmailboxconnection", "owner": "ownerid",
+               "min_polling_interval": "minpollingintervalinminutes", "max_connections": "maxconcurrentconnections",
+               "timeout_ms": "timeoutmailboxconnectionafteramount", "process_email_from": "processemailsreceivedafter"}
+    return _typed("profile create", _given(mapping, opts))
 
 
 _PROFILE_HELP = {
@@ -249,19 +225,22 @@ def _show_profile(view: dict[str, Any]) -> None:
 _PROFILE_SWITCHES = {"use_default_tenant_id", "autodiscover", "move_failed", "send_alert_email", "timeout"}
 
 
+_NUMBERS = {"min_polling_interval", "max_connections", "timeout_ms"}
+
+
 def _profile_option(key: str, default: Any = None):
     """The option of a profile field (the same in create and update; update gives no defaults)."""
     flag = "--" + key.replace("_", "-")
     if key in _PROFILE_SWITCHES:
         flag = f"{flag}/--no-{flag[2:]}"
-    return typer.Option(default, flag, help=_PROFILE_HELP[key])
+    return typer.Option(default, flag, help=_PROFILE_HELP[key], metavar="N" if key in _NUMBERS else None)
 
 
 @profile_app.command("create")
 def profile_create(
     name: str = typer.Option(..., "--name", help="Profile name (up to 100 characters, unique)."),
     description: str | None = _profile_option("description"),
-    use_default_tenant_id: bool = _profile_option("use_default_tenant_id", True),
+    use_default_tenant_id: bool | None = _profile_option("use_default_tenant_id"),
     tenant_id: str | None = _profile_option("tenant_id"),
     autodiscover: bool = _profile_option("autodiscover", True),
     incoming_location: str | None = _profile_option("incoming_location"),
@@ -278,7 +257,8 @@ def profile_create(
     db: str = _db_option(),
 ) -> None:
     """Create an Exchange Online (Hybrid) email server profile (server-to-server authentication)."""
-    with _Refused():
+    # the default tenant id is the default: when the organization has none yet, the user typed no option
+    with _Refused("profile create", derived={} if use_default_tenant_id is not None else {"usedefaulttenantid": None}):
         fields = _profile_fields(**{k: v for k, v in locals().items() if k not in ("as_user", "db")})
 
         def action(ws):
@@ -312,10 +292,10 @@ def profile_update(
     db: str = _db_option(),
 ) -> None:
     """Change fields of an email server profile (the whole profile is checked again)."""
-    with _Refused():
+    with _Refused("profile update"):
         fields = _profile_fields(**{k: v for k, v in locals().items() if k not in ("as_user", "db", "profile")})
         if not fields:
-            raise ValidationError("nothing to change: give at least one field option", "profile")
+            raise ValidationError("nothing to change: give at least one field option", None)
 
         def action(ws):
             pid = ws.admin.profile_id(profile)
@@ -332,7 +312,7 @@ def profile_show(
     db: str = _db_option(),
 ) -> None:
     """Every field of a profile, with its last Test Connection."""
-    with _Refused():
+    with _Refused("profile update"):
         views = _in_sandbox(db, lambda ws: [ws.admin.profile(profile)] if profile else ws.admin.profiles())
     if as_json:
         typer.echo(json.dumps(views, indent=2, default=str))
@@ -350,7 +330,7 @@ def profile_test(
     db: str = _db_option(),
 ) -> None:
     """Test Connection: tenant id, certificate, token and EWS; exits 1 when a check fails."""
-    with _Refused():
+    with _Refused("profile test"):
         result = _in_sandbox(db, lambda ws: ws.admin.test_connection(as_user, profile), wire=True)
     table = Table(title=f"Test Connection at {result.started:%Y-%m-%d %H:%M:%S} UTC (sandbox time)")
     for col in ("check", "result", "response"):
@@ -376,7 +356,7 @@ def profile_test_enable(
     db: str = _db_option(),
 ) -> None:
     """Step 1.10: test and enable every mailbox of a profile, as a background job."""
-    with _Refused():
+    with _Refused("profile test-enable"):
         async def action(ws):
             jobid = ws.admin.start_profile_test_and_enable(as_user, profile)
             if not wait:
@@ -497,12 +477,12 @@ def settings_set(
     db: str = _db_option(),
 ) -> None:
     """Step 1.6: default server profile, delivery methods and switches of the organization."""
-    with _Refused():
+    with _Refused("settings set"):
         fields: dict[str, Any] = _given({"default_profile": "defaultemailserverprofileid", **METHOD_OPTIONS},
                                         locals())
         fields.update(_given(SWITCH_OPTIONS, locals()))
         if not fields:
-            raise ValidationError("nothing to change: give at least one setting option", "default_profile")
+            raise ValidationError("nothing to change: give at least one setting option", None)
 
         _in_sandbox(db, lambda ws: ws.admin.set_settings(as_user, **fields))
     _say(f"[green]Settings saved[/green]: {', '.join(sorted(fields))}.")
@@ -578,7 +558,7 @@ def mailbox_apply_defaults(
     db: str = _db_option(),
 ) -> None:
     """Step 1.7: apply the organization's default email settings (and, by default, Test & Enable)."""
-    with _Refused():
+    with _Refused("mailbox apply-defaults"):
         async def action(ws):
             refs = _mailbox_refs(ws, mailbox, all_)
             results = await ws.admin.apply_default_email_settings(as_user, refs, test_and_enable=test_enable)
@@ -603,18 +583,18 @@ def mailbox_edit(
     db: str = _db_option(),
 ) -> None:
     """Step 1.7: edit several mailboxes at once (profile, delivery methods), or one mailbox's address."""
-    with _Refused():
+    with _Refused("mailbox change-address" if email_address is not None else "mailbox edit"):
         fields: dict[str, Any] = _given({"profile": "emailserverprofile", **METHOD_OPTIONS}, locals())
         if not fields and email_address is None:
             raise ValidationError("nothing to change: give --profile, --incoming, --outgoing, --act or "
-                                  "--email-address", "mailbox")
+                                  "--email-address", None)
 
         def action(ws):
             refs = _mailbox_refs(ws, mailbox, all_)
             if email_address is not None:
                 if len(refs) != 1:
                     raise ValidationError("an email address belongs to one mailbox: give exactly one "
-                                          "--mailbox", "email_address")
+                                          "--mailbox", "emailaddress")
                 if fields:
                     ws.admin.edit_mailboxes(as_user, refs, **fields)
                 ws.admin.change_email_address(as_user, refs[0], email_address)
@@ -628,7 +608,7 @@ def mailbox_edit(
 
 
 def _approval(mailbox: list[str], all_: bool, as_user: str, db: str, approve: bool) -> None:
-    with _Refused():
+    with _Refused("mailbox approve" if approve else "mailbox reject"):
         def action(ws):
             refs = _mailbox_refs(ws, mailbox, all_)
             ws.admin.approve(as_user, refs, approve=approve)
@@ -663,12 +643,11 @@ def mailbox_test_enable(
     db: str = _db_option(),
 ) -> None:
     """Step 1.9: test the mailboxes (incoming, outgoing, ACT) and enable what passes; exits 1 on a failure."""
-    with _Refused():
-        when = parse_when(start_date, "start_date")
-
+    with _Refused("mailbox test-enable"):
         async def action(ws):
             refs = _mailbox_refs(ws, mailbox, all_)
-            results = await ws.admin.test_and_enable(as_user, refs, start_date=when, this_org_only=this_org_only)
+            results = await ws.admin.test_and_enable(as_user, refs, start_date=start_date,
+                                                     this_org_only=this_org_only)
             return results, _addresses(ws)
         results, addresses = _in_sandbox(db, action, wire=True)
     if not _print_tests(results, addresses):
@@ -694,15 +673,15 @@ def alerts(
     as_user: str | None = typer.Option(None, "--as", metavar="USER", help="Show this user's alert wall."),
     level: str | None = typer.Option(None, "--level", help="error, warning or information."),
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", metavar="ADDRESS", help="Alerts about one mailbox."),
-    limit: str = typer.Option("50", "--limit", help="At most this many (newest first)."),
+    limit: str = typer.Option("50", "--limit", metavar="N", help="At most this many (newest first), 1 to 10000."),
     as_json: bool = typer.Option(False, "--json"),
     db: str = _db_option(),
 ) -> None:
     """Alerts (trace log), newest first: a user's wall, by level, about a mailbox."""
-    with _Refused():
+    with _Refused("alerts"):
         if level is not None and level.lower() not in LEVELS:
             raise ValidationError(f"{level!r} is not error, warning or information", "level")
-        count = parse_int(limit, "limit", 1, 10000)
+        count = _typed("alerts", {"limit": limit})["limit"]
 
         def action(ws):
             regarding = ws.admin.mailbox_id(mailbox) if mailbox else None
@@ -782,7 +761,8 @@ def email_send(
 
 @email_app.command("list")
 def email_list(
-    limit: str = typer.Option("50", "--limit"),
+    limit: str = typer.Option("50", "--limit", metavar="N",
+                              help="At most this many email activities, newest first: a whole number from 1 to 10000."),
     as_json: bool = typer.Option(False, "--json"),
     db: str = _db_option(),
 ) -> None:
@@ -791,8 +771,8 @@ def email_list(
 
     from simulator.crm.models import Email, EmailStatus
 
-    with _Refused():
-        count = parse_int(limit, "limit", 1, 10000)
+    with _Refused("email list"):
+        count = _typed("email list", {"limit": limit})["limit"]
 
         def action(ws):
             with Session(ws.sb.db) as s:
@@ -814,16 +794,16 @@ def email_list(
 
 @app.command("run")
 def run_engine(
-    minutes: str = typer.Option("0", "--minutes", help="Simulated minutes to run."),
-    hours: str = typer.Option("0", "--hours", help="Simulated hours to run."),
+    minutes: str = typer.Option("0", "--minutes", metavar="N", help="Simulated minutes to run."),
+    hours: str = typer.Option("0", "--hours", metavar="N", help="Simulated hours to run."),
     db: str = _db_option(),
 ) -> None:
     """Run the sync engine (and waiting jobs) over EWS on the sandbox clock, then summarize."""
-    with _Refused():
-        total = timedelta(minutes=parse_int(minutes, "minutes", 0, 60 * 24 * 31) or 0,
-                          hours=parse_int(hours, "hours", 0, 24 * 31) or 0)
+    with _Refused("run"):
+        span = _typed("run", {"minutes": minutes, "hours": hours})
+        total = timedelta(minutes=span["minutes"], hours=span["hours"])
         if not total:
-            raise ValidationError("give how long to run: --minutes N or --hours N", "minutes")
+            raise ValidationError("give how long to run: --minutes N or --hours N", None)
 
         async def action(ws):
             from simulator.cli import stop_on_signals
@@ -850,25 +830,22 @@ def fault_add(
     code: str = typer.Option(..., "--code", help="Error code, e.g. ErrorServerBusy."),
     operation: str = typer.Option("*", "--operation", help="The Exchange call, or * for any."),
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="Only this mailbox."),
-    count: str | None = typer.Option(None, "--count", help="Fire for the next N calls (default: always)."),
-    probability: str = typer.Option("1", "--probability", help="Chance of firing, 0 to 1 (seeded)."),
-    backoff_ms: str | None = typer.Option(None, "--backoff-ms", help="BackOffMilliseconds of ErrorServerBusy."),
+    count: str | None = typer.Option(None, "--count", metavar="N", help="Fire for the next N calls (default: always)."),
+    probability: str = typer.Option("1", "--probability", metavar="P", help="Chance of firing, 0 to 1 (seeded)."),
+    backoff_ms: str | None = typer.Option(None, "--backoff-ms", metavar="MS",
+                                          help="BackOffMilliseconds of ErrorServerBusy."),
     db: str = _db_option(),
 ) -> None:
     """Make Exchange calls fail: the rule is kept with the sandbox until `sss fault clear`."""
-    from simulator.faults import MAX_BACKOFF_MS, MAX_COUNT, FaultRule, FaultRuleError
+    from simulator.faults import FaultRule, FaultRuleError
 
-    with _Refused():
-        try:
-            chance = float(probability)
-        except ValueError:
-            raise ValidationError(f"{probability!r} is not a number", "probability") from None
+    with _Refused("fault add"):
+        values = _typed("fault add", {"code": code, "operation": operation, "mailbox": mailbox, "count": count,
+                                      "probability": probability, "backoff_ms": backoff_ms})
 
         def action(ws):
             try:
-                return ws.sb.add_rule(FaultRule(code=code, operation=operation, mailbox=mailbox,
-                                                  count=parse_int(count, "count", 0, MAX_COUNT), probability=chance,
-                                                  backoff_ms=parse_int(backoff_ms, "backoff_ms", 0, MAX_BACKOFF_MS)))
+                return ws.sb.add_rule(FaultRule(**values))
             except FaultRuleError as exc:
                 field, _, text = str(exc).partition(": ")
                 raise ValidationError(text or field, field if text else None) from None
@@ -899,7 +876,7 @@ def fault_clear(db: str = _db_option()) -> None:
 
 
 def _profile_state(profile: str, as_user: str, db: str, active: bool) -> None:
-    with _Refused():
+    with _Refused("profile activate" if active else "profile deactivate"):
         _in_sandbox(db, lambda ws: ws.admin.set_profile_state(as_user, profile, active=active))
     _say(f"[green]Profile {profile} is {'active' if active else 'inactive'}.[/green]"
          + ("" if active else " Its mailboxes process nothing until it is activated again."))

@@ -45,6 +45,9 @@ tokens and that EWS asks) and on the database together: the change is stored fir
 running service takes it only once it is stored. After step 1.3, EWS accepts the tokens of the
 organization's new tenant (``S2STenantId``).
 
+Each body is checked by the input model of its operation (:mod:`simulator.crm.inputs`, the same
+model the CLI and the Python API use), strictly: a number or a switch sent as text is refused.
+
 Every refusal is ``{"error": "<field>: <message>", "field": "<field>"}`` with one of:
 
 * 401 the request lacks the control key (``Authorization: Bearer <control_key>``, see
@@ -73,21 +76,16 @@ import asyncio
 import functools
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict
-from datetime import UTC, date, datetime
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from engine.clock import as_utc
-from simulator.crm import s2s
+from simulator.crm import inputs, s2s
 from simulator.crm.admin import (
-    METHOD_FIELDS,
-    ORG_SWITCHES,
-    PROFILE_FIELDS,
     AdminError,
     ConflictError,
     PrivilegeError,
@@ -95,14 +93,12 @@ from simulator.crm.admin import (
     ValidationError,
     test_result_view,
 )
+from simulator.crm.operations import OPERATIONS
 from simulator.identity.service import ACS_PRINCIPAL_ID, CRM_APP_ID
 from simulator.web import BodyError, json_object
 
 USER_HEADER = "X-SSS-User"
-MAX_MAILBOXES = 10_000  # mailboxes in one request
 MAX_ALERTS = 1000
-EARLIEST = datetime(1753, 1, 1, tzinfo=UTC)  # the range of a Dataverse date and time column
-LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +106,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Refused(Exception):
-    """A request refused by this module before it reached the Admin."""
+    """A request refused by this module before it reached the CRM."""
 
     def __init__(self, status: int, field: str | None, message: str) -> None:
         self.status = status
@@ -162,18 +158,7 @@ def _s2s_status(code: str, field: str | None) -> int:
     return 400  # a wrong value: password, file, certificate, tenant admin, name, ...
 
 
-def _guarded(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Exception as exc:  # every failure becomes a JSON refusal
-            return refusal(exc)
-
-    return run
-
-
-# -- JSON out ---------------------------------------------------------------------------------
+# -- JSON in and out ------------------------------------------------------------------------------
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -187,156 +172,23 @@ def _reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) 
     return web.json_response(data, status=status, headers=headers, dumps=_dumps)
 
 
-# -- JSON in: strict checks of the body -------------------------------------------------------
-def _show(value: Any) -> str:
-    return json.dumps(value) if not isinstance(value, str) or len(value) <= 200 else json.dumps(value[:200] + "...")
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise Refused(400, key, f"{_show(value)} is not a string")
-    return value
-
-
-def _optional_string(key: str, value: Any) -> str | None:
-    return None if value is None else _string(key, value)
-
-
-def _integer(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Refused(400, key, f"{_show(value)} is not a whole number")
-    return value
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise Refused(400, key, f"{_show(value)} is not true or false")
-    return value
-
-
-def _method(key: str, value: Any) -> int | str:
-    """A delivery method: its number or its name (the Admin checks which)."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise Refused(400, key, f"{_show(value)} is not an option number or name")
-    return value
-
-
-def parse_datetime(key: str, value: Any) -> datetime:
-    """An ISO 8601 date and time as an aware UTC datetime (one without an offset is taken as UTC)."""
-    if not isinstance(value, str):
-        raise Refused(400, key, f"{_show(value)} is not a date and time (an ISO 8601 string)")
-    try:
-        parsed = as_utc(datetime.fromisoformat(value.strip()))
-    except (ValueError, OverflowError):
-        raise Refused(400, key, f"{_show(value)} is not an ISO 8601 date and time, "
-                                "e.g. 2024-05-01T08:00:00Z") from None
-    if not EARLIEST <= parsed <= LATEST:
-        raise Refused(400, key, f"{_show(value)} is outside the dates a CRM column holds "
-                                f"({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d})")
-    return parsed
-
-
-def _optional_datetime(key: str, value: Any) -> datetime | None:
-    return None if value is None else parse_datetime(key, value)
-
-
-def _mailbox_list(key: str, value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise Refused(400, key, f"{_show(value)} is not a list of mailbox addresses or ids")
-    if not value:
-        raise Refused(400, key, "select at least one mailbox")
-    if len(value) > MAX_MAILBOXES:
-        raise Refused(400, key, f"more than {MAX_MAILBOXES} mailboxes in one request")
-    return value
-
-
-def _string_list(key: str, value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise Refused(400, key, f"{_show(value)} is not a list of strings")
-    if len(value) > 100:
-        raise Refused(400, key, "more than 100 entries")
-    return value
-
-
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def _file_name(key: str, value: Any) -> str | None:
-    """A file name without folder or extension (the certificate files are made in the sandbox's folder)."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _FILE_NAME.match(value) or value.endswith("."):
-        raise Refused(400, key, f"{_show(value)} is not a file name (letters, digits, '.', '_' and '-', "
-                                "no folder, no extension)")
-    return value
-
-
-Check = Callable[[str, Any], Any]
-
-PROFILE_TYPES: dict[str, Check] = {
-    "name": _string, "description": _optional_string, "servertype": _integer, "ownerid": _string,
-    "usedefaulttenantid": _boolean, "exchangeonlinetenantid": _optional_string, "useautodiscover": _boolean,
-    "incomingserverlocation": _optional_string, "outgoingserverlocation": _optional_string,
-    "processemailsreceivedafter": _optional_datetime, "minpollingintervalinminutes": _integer,
-    "maxconcurrentconnections": _integer, "moveundeliveredemails": _boolean, "sendemailalert": _boolean,
-    "timeoutmailboxconnection": _boolean, "timeoutmailboxconnectionafteramount": _integer,
-    "incomingcredentialretrieval": _integer, "outgoingcredentialretrieval": _integer,
-}
-
-
-def _accept_any(_key: str, value: Any) -> Any:
-    return value
-
-
-# A profile field the Admin knows but this table does not yet is passed on for the Admin to check.
-PROFILE_BODY: dict[str, Check] = {k: PROFILE_TYPES.get(k, _accept_any) for k in sorted(PROFILE_FIELDS)}
-SETTINGS_BODY: dict[str, Check] = {"defaultemailserverprofileid": _string, "trackingprefix": _string,
-                                   **{k: _method for k in METHOD_FIELDS}, **{k: _boolean for k in ORG_SWITCHES}}
-EDIT_MAILBOXES_BODY: dict[str, Check] = {"mailboxes": _mailbox_list, "emailserverprofile": _string,
-                                         **{k: _method for k in METHOD_FIELDS}}
-MAILBOXES_BODY: dict[str, Check] = {"mailboxes": _mailbox_list}
-APPLY_DEFAULTS_BODY: dict[str, Check] = {"mailboxes": _mailbox_list, "test_and_enable": _boolean}
-TEST_ENABLE_BODY: dict[str, Check] = {"mailboxes": _mailbox_list, "start_date": _optional_datetime,
-                                      "this_org_only": _boolean}
-ADDRESS_BODY: dict[str, Check] = {"emailaddress": _string}
-PREREQUISITES_BODY: dict[str, Check] = {"ifd": _boolean, "hybrid_connector": _boolean}
-TENANT_BODY: dict[str, Check] = {"name": _string, "domains": _string_list, "admins": _string_list}
-CERTIFICATE_BODY: dict[str, Check] = {"subject": _string, "days": _integer, "password": _string,
-                                      "name": _file_name, "with_private_key": _boolean, "overwrite": _boolean}
-INSTALL_BODY: dict[str, Check] = {"certificate_file": _string, "password": _string, "certificate_type": _string,
-                                  "service_account": _string, "store_find_type": _string, "update_crm": _boolean}
-CONFIGURE_BODY: dict[str, Check] = {k: _string for k in (
-    "root_domain_name", "private_key_password", "cer_file_path", "pfx_file_path", "organization_name",
-    "o365_admin_email")}
-
-
-async def read_body(request: web.Request, fields: dict[str, Check], *, what: str,
-                    required: Iterable[str] = (), optional_body: bool = False) -> dict[str, Any]:
-    """The request's JSON object, each key known and of the right type; raises :class:`Refused`."""
+async def read_body(request: web.Request, model: type[inputs.Input] | None) -> inputs.Input | None:
+    """The request's JSON object checked by ``model`` (an operation without input takes no body)."""
     raw = await request.read() if request.can_read_body else b""
     if not raw.strip():
-        if optional_body:
-            return {}
-        raise Refused(400, "body", f"a JSON object is required ({what})")
+        raw = b"{}"  # every field missing: the model names the first required one
     try:
-        body = json_object(raw)
+        body = json_object(raw)  # size, depth and shape, as every route reads them
     except BodyError as exc:
         raise Refused(400, "body", str(exc)) from None
-    for key in body:
-        if key not in fields:
-            raise Refused(400, key, f"is not a field of {what} (known: {', '.join(sorted(fields))})")
-    for key in required:
-        if key not in body:
-            raise Refused(400, key, "is required")
-    return {key: fields[key](key, value) for key, value in body.items()}
+    if model is None:
+        if body:
+            raise Refused(400, sorted(body)[0], "this operation takes no fields")
+        return None
+    return inputs.parse_json(model, raw)
 
 
 # -- views ------------------------------------------------------------------------------------
-def result_view(result, address: str) -> dict[str, Any]:
-    """One mailbox's Test & Enable result, in the shape of the profile job's entries, with each error's text."""
-    return test_result_view(result, address, details=True)
-
-
 def tenant_view(tenant) -> dict[str, Any]:
     """An Office 365 tenant of the identity service, with the CRM's service principal names and keys."""
     sp = tenant.principals.get(CRM_APP_ID)
@@ -355,39 +207,94 @@ def _renamed(exc: s2s.S2SError, names: dict[str, str], message: str | None = Non
     return type(exc)(exc.code, text, names[exc.field])
 
 
-def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
-    """The Admin's routes over ``sandbox``; ``lock`` is the one the clock advance holds.
+@dataclass
+class Call:
+    """One request to a route: who runs it, what it sent, the record its path names."""
 
-    The S2S routes (tenants, certificates, steps 1.2-1.4) are there when the sandbox runs in wire
-    mode (``sandbox.wire`` is its :class:`~simulator.wire.WireSandbox`): they act on its running
-    identity service."""
-    admin = sandbox.admin
-    jobs_running: set[asyncio.Task] = sandbox.background  # the sandbox ends them when it stops
+    request: web.Request
+    user: str | None
+    body: Any  # the operation's input model, or None
+    ref: str | None  # the profile, mailbox or job id the path names
 
-    # -- who, and which record --------------------------------------------------------------
-    def acting_user(request: web.Request) -> str:
+    def given(self) -> dict[str, Any]:
+        return self.body.given() if self.body is not None else {}
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route of the control plane: an operation of :data:`OPERATIONS` (run as the ``X-SSS-User``,
+    its body checked by the operation's model) or a read (``operation`` None, no body, no user)."""
+
+    method: str
+    path: str
+    run: Callable[[Call], Any]
+    operation: str | None = None
+    model: type[inputs.Input] | None = None  # a body for a step outside the CRM (no operation, no user)
+    ref: str | None = None  # profile, mailbox or job: what ``{ref}`` in the path names
+    status: int = 200
+    locked: bool = True  # a change: it waits for the clock advance's lock
+    wire_only: bool = False  # acts on the running identity service
+
+    @property
+    def body_model(self) -> type[inputs.Input] | None:
+        return OPERATIONS[self.operation].model if self.operation else self.model
+
+
+class AdminApi:
+    """The effects of the routes over one sandbox; ``lock`` is the one the clock advance holds."""
+
+    def __init__(self, sandbox, lock: asyncio.Lock) -> None:
+        self.sandbox = sandbox
+        self.admin = sandbox.admin
+        self.lock = lock
+        self.wire = getattr(sandbox, "wire", None)
+        self.jobs_running: set[asyncio.Task] = sandbox.background  # the sandbox ends them when it stops
+
+    # -- who, and which record ---------------------------------------------------------------
+    def acting_user(self, request: web.Request) -> str:
         """The user of the ``X-SSS-User`` header; 403 when it is missing or names nobody."""
         who = request.headers.get(USER_HEADER, "").strip()
         if not who:
             raise Refused(403, USER_HEADER, "this header is required: the logon name of the CRM user "
                                             "who runs the operation (e.g. admin)")
-        admin.user_id(who)  # an unknown or disabled user: AdminError on as_user, mapped to 403
+        self.admin.user_id(who)  # an unknown or disabled user: AdminError on as_user, mapped to 403
         return who
 
-    def profile_ref(request: web.Request) -> str:
+    def record(self, kind: str, value: str) -> str:
+        """The id of the profile, mailbox or job the path names (404 when there is none)."""
+        find = {"profile": self.admin.profile_id, "mailbox": self.admin.mailbox_id,
+                "job": lambda ref: self.admin.job(ref)["asyncoperationid"]}[kind]
         try:
-            return admin.profile_id(request.match_info["ref"])
+            return find(value)
         except ValidationError as exc:
-            raise Refused(404, "profile", str(exc).split(": ", 1)[-1]) from None
+            raise Refused(404, kind, str(exc).split(": ", 1)[-1]) from None
 
-    def mailbox_ref(request: web.Request) -> str:
-        try:
-            return admin.mailbox_id(request.match_info["ref"])
-        except ValidationError as exc:
-            raise Refused(404, "mailbox", str(exc).split(": ", 1)[-1]) from None
+    def handler(self, route: Route) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                user = self.acting_user(request) if route.operation else None
+                ref = self.record(route.ref, request.match_info["ref"]) if route.ref else None
+                call = Call(request, user, await read_body(request, route.body_model), ref)
+                if route.locked:
+                    async with self.lock:
+                        result = route.run(call)
+                        if asyncio.iscoroutine(result):
+                            result = await result
+                else:
+                    result = route.run(call)
+                    if asyncio.iscoroutine(result):
+                        result = await result
+                if isinstance(result, web.StreamResponse):
+                    return result
+                return _reply(result, status=route.status)
+            except Exception as exc:  # every failure becomes a JSON refusal
+                return refusal(exc)
 
-    def mailbox_views(refs: Iterable[str]) -> list[dict[str, Any]]:
-        views = admin.mailboxes()
+        return handle
+
+    # -- views shared by several answers --------------------------------------------------------
+    def mailbox_views(self, refs: Iterable[str]) -> list[dict[str, Any]]:
+        views = self.admin.mailboxes()
         index = {v.mailboxid: v for v in views} | {v.emailaddress: v for v in views}
         out, seen = [], set()
         for ref in refs:
@@ -397,280 +304,211 @@ def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
                 out.append(asdict(view))
         return out
 
-    def results(items: list) -> list[dict[str, Any]]:
-        addresses = {v.mailboxid: v.emailaddress for v in admin.mailboxes()}
-        return [result_view(r, addresses.get(r.mailboxid, r.mailboxid)) for r in items]
+    def results(self, items: list) -> list[dict[str, Any]]:
+        addresses = {v.mailboxid: v.emailaddress for v in self.admin.mailboxes()}
+        return [test_result_view(r, addresses.get(r.mailboxid, r.mailboxid), details=True) for r in items]
 
     # -- organization and settings (1.1, 1.6) -----------------------------------------------
-    async def org_check(_request: web.Request) -> web.Response:
-        items = admin.check_organization()
-        return _reply({"ok": all(p.ok for p in items), "prerequisites": [asdict(p) for p in items]})
+    def org_check(self, _call: Call | None = None) -> dict[str, Any]:
+        items = self.admin.check_organization()
+        return {"ok": all(p.ok for p in items), "prerequisites": [asdict(p) for p in items]}
 
-    async def get_settings(_request: web.Request) -> web.Response:
-        return _reply(admin.settings())
-
-    async def patch_settings(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, SETTINGS_BODY, what="the organization email settings that can be changed")
-        if not body:
-            raise Refused(400, "body", "nothing to change")
-        async with lock:
-            admin.set_settings(user, **body)
-        return _reply(admin.settings())
-
-    async def set_prerequisites(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, PREREQUISITES_BODY, what="the prerequisites of step 1.1")
-        if not body:
+    def set_prerequisites(self, call: Call) -> dict[str, Any]:
+        if not call.given():
             raise Refused(400, "body", "nothing to change (give ifd, hybrid_connector or both)")
-        async with lock:
-            admin.set_prerequisites(user, **body)
-        return await org_check(request)
+        self.admin.set_prerequisites(call.user, **call.given())
+        return self.org_check()
+
+    def patch_settings(self, call: Call) -> dict[str, Any]:
+        if not call.given():
+            raise Refused(400, "body", "nothing to change")
+        self.admin.set_settings(call.user, **call.given())
+        return self.admin.settings()
 
     # -- server-to-server authentication (1.1-1.4), on the running identity service ------------
-    wire = getattr(sandbox, "wire", None)
+    def certificate_folder(self) -> Path:
+        return Path(self.wire.state_dir) / "certificates"
 
-    def certificate_folder() -> Path:
-        return Path(wire.state_dir) / "certificates"
-
-    def server_path(value: str) -> Path:
+    def server_path(self, value: str) -> Path:
         """A file on the sandbox's machine; a relative path is taken from its certificate folder."""
         path = Path(value.strip())
-        return path if path.is_absolute() else certificate_folder() / path
+        return path if path.is_absolute() else self.certificate_folder() / path
 
-    async def list_tenants(_request: web.Request) -> web.Response:
-        return _reply([tenant_view(t) for t in s2s.list_tenants(sandbox.db, identity=wire.identity)])
+    def list_tenants(self, _call: Call) -> list[dict[str, Any]]:
+        return [tenant_view(t) for t in s2s.list_tenants(self.sandbox.db, identity=self.wire.identity)]
 
-    async def create_tenant(request: web.Request) -> web.Response:
-        body = await read_body(request, TENANT_BODY, what="an Office 365 tenant", required=("name", "admins"))
-        async with lock:
-            try:
-                tenant = s2s.create_tenant(sandbox.db, body["name"], body.get("domains", []), body["admins"],
-                                           clock=sandbox.clock, identity=wire.identity)
-            except s2s.S2SError as exc:
-                raise _renamed(exc, {"domain": "domains", "admin": "admins"}) from None
-        return _reply(tenant_view(tenant), status=201)
+    def create_tenant(self, call: Call) -> dict[str, Any]:
+        body = call.body
+        try:
+            tenant = s2s.create_tenant(self.sandbox.db, body.name, body.domains, body.admins,
+                                       clock=self.sandbox.clock, identity=self.wire.identity)
+        except s2s.S2SError as exc:
+            raise _renamed(exc, {"domain": "domains", "admin": "admins"}) from None
+        return tenant_view(tenant)
 
-    async def create_certificate(request: web.Request) -> web.Response:
-        body = await read_body(request, CERTIFICATE_BODY, what="a self-signed certificate",
-                               required=("subject", "password"))
+    async def create_certificate(self, call: Call) -> dict[str, Any]:
+        body = call.body
         try:
             made = await asyncio.to_thread(
-                s2s.new_certificate, body["subject"], body.get("days", 365), body["password"], certificate_folder(),
-                clock=sandbox.clock, file_name=body.get("name"), with_private_key=body.get("with_private_key", True),
-                overwrite=body.get("overwrite", False))
+                s2s.new_certificate, body.subject, body.days, body.password, self.certificate_folder(),
+                clock=self.sandbox.clock, file_name=body.name, with_private_key=body.with_private_key,
+                overwrite=body.overwrite)
         except s2s.S2SError as exc:
             message = None
             if exc.code == "file_exists":  # the function's hint names the CLI's options
                 text = str(exc)[len(exc.field or "") + 2:] if exc.field else str(exc)
                 message = text.split(" (choose", 1)[0] + ' (choose another name, or send "overwrite": true)'
             raise _renamed(exc, {"out": "name"}, message) from None
-        return _reply({"pfx_path": str(made.pfx_path), "cer_path": str(made.cer_path), "subject": made.subject,
-                       "thumbprint": made.thumbprint, "not_before": made.not_before, "not_after": made.not_after,
-                       "with_private_key": made.with_private_key}, status=201)
+        return {"pfx_path": str(made.pfx_path), "cer_path": str(made.cer_path), "subject": made.subject,
+                "thumbprint": made.thumbprint, "not_before": made.not_before, "not_after": made.not_after,
+                "with_private_key": made.with_private_key}
 
-    async def install_certificate(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, INSTALL_BODY, what="CertificateReconfiguration.ps1 (step 1.2)",
-                               required=("certificate_file", "password", "certificate_type", "service_account"))
-        async with lock:
-            done = s2s.install_certificate(
-                sandbox.db, user, server_path(body["certificate_file"]), body["password"],
-                certificate_type=body["certificate_type"], service_account=body["service_account"],
-                store_find_type=body.get("store_find_type", "FindBySubjectDistinguishedName"),
-                update_crm=body.get("update_crm", False), clock=sandbox.clock)
-            if done.updated_crm:
-                wire.s2s_changed()
-        return _reply(asdict(done))
+    def install_certificate(self, call: Call) -> dict[str, Any]:
+        body = call.body
+        done = s2s.install_certificate(
+            self.sandbox.db, call.user, self.server_path(body.certificate_file), body.password,
+            certificate_type=body.certificate_type, service_account=body.service_account,
+            store_find_type=body.store_find_type, update_crm=body.update_crm, clock=self.sandbox.clock)
+        if done.updated_crm:
+            self.wire.s2s_changed()
+        return asdict(done)
 
-    async def configure_s2s(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, CONFIGURE_BODY, what="ConfigureCrmServerSideSync (step 1.3)",
-                               required=tuple(CONFIGURE_BODY))
-        async with lock:
-            done = s2s.configure_server_side_sync(
-                sandbox.db, user, root_domain_name=body["root_domain_name"],
-                private_key_password=body["private_key_password"], cer_file_path=server_path(body["cer_file_path"]),
-                pfx_file_path=server_path(body["pfx_file_path"]), organization_name=body["organization_name"],
-                o365_admin_email=body["o365_admin_email"], clock=sandbox.clock, identity=wire.identity)
-            wire.s2s_changed(tenant_id=done.tenant_id)
-        return _reply({**asdict(done), "authorizationserverprincipalid": ACS_PRINCIPAL_ID})
+    def configure_s2s(self, call: Call) -> dict[str, Any]:
+        body = call.body
+        done = s2s.configure_server_side_sync(
+            self.sandbox.db, call.user, root_domain_name=body.root_domain_name,
+            private_key_password=body.private_key_password, cer_file_path=self.server_path(body.cer_file_path),
+            pfx_file_path=self.server_path(body.pfx_file_path), organization_name=body.organization_name,
+            o365_admin_email=body.o365_admin_email, clock=self.sandbox.clock, identity=self.wire.identity)
+        self.wire.s2s_changed(tenant_id=done.tenant_id)
+        return {**asdict(done), "authorizationserverprincipalid": ACS_PRINCIPAL_ID}
 
-    async def validate_s2s(_request: web.Request) -> web.Response:
-        result = s2s.validate_s2s(sandbox.db, sandbox.clock, identity=wire.identity)
-        return _reply({"ok": result.ok, "outcome": result.outcome, "message": result.message,
-                       "checked_at": result.checked_at, "tenant_id": result.tenant_id,
-                       "thumbprint": result.thumbprint, "checks": [asdict(c) for c in result.checks]})
+    def validate_s2s(self, _call: Call) -> dict[str, Any]:
+        result = s2s.validate_s2s(self.sandbox.db, self.sandbox.clock, identity=self.wire.identity)
+        return {"ok": result.ok, "outcome": result.outcome, "message": result.message,
+                "checked_at": result.checked_at, "tenant_id": result.tenant_id,
+                "thumbprint": result.thumbprint, "checks": [asdict(c) for c in result.checks]}
 
     # -- email server profiles (1.5, 1.10) --------------------------------------------------
-    async def list_profiles(_request: web.Request) -> web.Response:
-        return _reply(admin.profiles())
+    def create_profile(self, call: Call) -> web.Response:
+        pid = self.admin.create_profile(call.user, **call.given())
+        return _reply(self.admin.profile(pid), status=201, headers={"Location": f"/_sim/profiles/{pid}"})
 
-    async def create_profile(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, PROFILE_BODY, what="an email server profile", required=("name",))
-        async with lock:
-            pid = admin.create_profile(user, **body)
-        return _reply(admin.profile(pid), status=201, headers={"Location": f"/_sim/profiles/{pid}"})
-
-    async def get_profile(request: web.Request) -> web.Response:
-        return _reply(admin.profile(profile_ref(request)))
-
-    async def patch_profile(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        pid = profile_ref(request)
-        body = await read_body(request, PROFILE_BODY, what="an email server profile")
-        if not body:
+    def patch_profile(self, call: Call) -> dict[str, Any]:
+        if not call.given():
             raise Refused(400, "body", "nothing to change")
-        async with lock:
-            admin.update_profile(user, pid, **body)
-        return _reply(admin.profile(pid))
+        self.admin.update_profile(call.user, call.ref, **call.given())
+        return self.admin.profile(call.ref)
 
-    async def test_profile(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        pid = profile_ref(request)
-        await read_body(request, {}, what="Test Connection (it takes no fields)", optional_body=True)
-        async with lock:
-            test = await admin.test_connection(user, pid)
-        return _reply({"emailserverprofileid": test.profileid, "lastteststarttime": test.started,
-                       "lasttestexecutionstatus": test.status, "outcome": test.outcome, "ok": test.ok,
-                       "checks": [asdict(c) for c in test.checks]})
+    async def test_profile(self, call: Call) -> dict[str, Any]:
+        test = await self.admin.test_connection(call.user, call.ref)
+        return {"emailserverprofileid": test.profileid, "lastteststarttime": test.started,
+                "lasttestexecutionstatus": test.status, "outcome": test.outcome, "ok": test.ok,
+                "checks": [asdict(c) for c in test.checks]}
 
-    async def test_enable_profile(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        pid = profile_ref(request)
-        await read_body(request, {}, what="Test & Enable of a profile (it takes no fields)", optional_body=True)
-        async with lock:
-            jobid = admin.start_profile_test_and_enable(user, pid)
-        task = asyncio.get_running_loop().create_task(run_job(jobid), name=f"sss-job-{jobid}")
-        jobs_running.add(task)
-        task.add_done_callback(job_done)
-        return _reply(admin.job(jobid), status=202, headers={"Location": f"/_sim/jobs/{jobid}"})
+    def test_enable_profile(self, call: Call) -> web.Response:
+        jobid = self.admin.start_profile_test_and_enable(call.user, call.ref)
+        task = asyncio.get_running_loop().create_task(self.run_job(jobid), name=f"sss-job-{jobid}")
+        self.jobs_running.add(task)
+        task.add_done_callback(self.jobs_running.discard)
+        return _reply(self.admin.job(jobid), status=202, headers={"Location": f"/_sim/jobs/{jobid}"})
 
-    async def run_job(jobid: str) -> None:
+    async def run_job(self, jobid: str) -> None:
         """The asynchronous service's part; the job's row says how it went (a failure is logged too)."""
         try:
-            async with lock:
-                await admin.run_job(jobid)
+            async with self.lock:
+                await self.admin.run_job(jobid)
         except Exception:
             log.exception("control plane: the background job %s failed", jobid)
 
-    def job_done(task: asyncio.Task) -> None:
-        jobs_running.discard(task)
-
-    # -- jobs (2.6) ---------------------------------------------------------------------------
-    async def list_jobs(_request: web.Request) -> web.Response:
-        return _reply(admin.jobs())
-
-    async def get_job(request: web.Request) -> web.Response:
-        try:
-            return _reply(admin.job(request.match_info["id"]))
-        except ValidationError as exc:
-            raise Refused(404, "job", str(exc).split(": ", 1)[-1]) from None
-
     # -- mailboxes (1.7 to 1.9) ---------------------------------------------------------------
-    async def get_mailbox(request: web.Request) -> web.Response:
-        return _reply(admin.mailbox(mailbox_ref(request)))
+    async def apply_defaults(self, call: Call) -> dict[str, Any]:
+        body = call.body
+        done = await self.admin.apply_default_email_settings(call.user, body.mailboxes,
+                                                             test_and_enable=body.test_and_enable is not False)
+        return {"mailboxes": self.mailbox_views(body.mailboxes), "results": self.results(done)}
 
-    async def apply_defaults(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, APPLY_DEFAULTS_BODY, what="Apply default email settings",
-                               required=("mailboxes",))
-        refs = body["mailboxes"]
-        async with lock:
-            done = await admin.apply_default_email_settings(user, refs,
-                                                            test_and_enable=body.get("test_and_enable", True))
-        return _reply({"mailboxes": mailbox_views(refs), "results": results(done)})
+    def edit_mailboxes(self, call: Call) -> dict[str, Any]:
+        fields = call.given()
+        refs = fields.pop("mailboxes")
+        self.admin.edit_mailboxes(call.user, refs, **fields)
+        return {"mailboxes": self.mailbox_views(refs)}
 
-    async def edit_mailboxes(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, EDIT_MAILBOXES_BODY, what="editing several mailboxes",
-                               required=("mailboxes",))
-        refs = body.pop("mailboxes")
-        async with lock:
-            admin.edit_mailboxes(user, refs, **body)
-        return _reply({"mailboxes": mailbox_views(refs)})
+    def change_address(self, call: Call) -> dict[str, Any]:
+        self.admin.change_email_address(call.user, call.ref, call.body.emailaddress)
+        return self.admin.mailbox(call.ref)
 
-    async def change_address(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        mid = mailbox_ref(request)
-        body = await read_body(request, ADDRESS_BODY, what="a mailbox's address change", required=("emailaddress",))
-        async with lock:
-            admin.change_email_address(user, mid, body["emailaddress"])
-        return _reply(admin.mailbox(mid))
-
-    def approval(approve: bool) -> Handler:
-        async def decide(request: web.Request) -> web.Response:
-            user = acting_user(request)
-            body = await read_body(request, MAILBOXES_BODY, what="approving or rejecting email addresses",
-                                   required=("mailboxes",))
-            async with lock:
-                admin.approve(user, body["mailboxes"], approve=approve)
-            return _reply({"mailboxes": mailbox_views(body["mailboxes"])})
+    def approval(self, approve: bool) -> Callable[[Call], dict[str, Any]]:
+        def decide(call: Call) -> dict[str, Any]:
+            self.admin.approve(call.user, call.body.mailboxes, approve=approve)
+            return {"mailboxes": self.mailbox_views(call.body.mailboxes)}
 
         return decide
 
-    async def test_enable_mailboxes(request: web.Request) -> web.Response:
-        user = acting_user(request)
-        body = await read_body(request, TEST_ENABLE_BODY, what="Test & Enable mailboxes", required=("mailboxes",))
-        async with lock:
-            done = await admin.test_and_enable(user, body["mailboxes"], start_date=body.get("start_date"),
-                                               this_org_only=body.get("this_org_only", False))
-        return _reply({"mailboxes": mailbox_views(body["mailboxes"]), "results": results(done)})
+    async def test_enable_mailboxes(self, call: Call) -> dict[str, Any]:
+        body = call.body
+        done = await self.admin.test_and_enable(call.user, body.mailboxes, start_date=body.start_date,
+                                                this_org_only=bool(body.this_org_only))
+        return {"mailboxes": self.mailbox_views(body.mailboxes), "results": self.results(done)}
 
     # -- alerts (2.5) -------------------------------------------------------------------------
-    async def alerts(request: web.Request) -> web.Response:
-        query = request.query
-        known = ("user", "level", "mailbox", "profile", "limit")
-        for key in query:
-            if key not in known:
-                raise Refused(400, key, f"is not a filter of alerts (known: {', '.join(known)})")
-        kwargs: dict[str, Any] = {}
-        if "user" in query:
-            kwargs["user"] = query["user"]
-        for key, low, high in (("level", 1, 3), ("limit", 1, MAX_ALERTS)):
-            if key in query:
-                text = query[key].strip()
-                if not text.isdigit() or not low <= int(text) <= high:
-                    raise Refused(400, key, f"{query[key]!r} is not a whole number from {low} to {high}")
-                kwargs[key] = int(text)
-        if "mailbox" in query and "profile" in query:
+    def alerts(self, call: Call) -> list[dict[str, Any]]:
+        query = dict(call.request.query)
+        try:
+            q = inputs.parse(inputs.AlertQuery, query, strict=False)
+        except ValidationError as exc:
+            raise Refused(400, exc.field, str(exc).split(": ", 1)[-1]) from None
+        if q.mailbox and q.profile:
             raise Refused(400, "profile", "give mailbox or profile, not both")
-        if "mailbox" in query:
-            kwargs["regarding"] = admin.mailbox_id(query["mailbox"])
-        if "profile" in query:
-            kwargs["regarding"] = admin.profile_id(query["profile"])
-        return _reply(admin.alerts(**kwargs))
+        level = q.level
+        if level is not None and (not str(level).isdigit() or not 1 <= int(level) <= 3):
+            raise Refused(400, "level", f"{inputs.show(level)} is not a whole number from 1 to 3")
+        regarding = (self.admin.mailbox_id(q.mailbox) if q.mailbox else
+                     self.admin.profile_id(q.profile) if q.profile else None)
+        return self.admin.alerts(user=q.user, level=int(level) if level is not None else None,
+                                 regarding=regarding, limit=min(q.limit or 200, MAX_ALERTS))
 
-    routes: list[tuple[Callable[..., web.RouteDef], str, Handler]] = [
-        (web.get, "/_sim/org/check", org_check),
-        (web.post, "/_sim/org/prerequisites", set_prerequisites),
-        (web.get, "/_sim/settings", get_settings),
-        (web.patch, "/_sim/settings", patch_settings),
-        (web.get, "/_sim/profiles", list_profiles),
-        (web.post, "/_sim/profiles", create_profile),
-        (web.get, "/_sim/profiles/{ref}", get_profile),
-        (web.patch, "/_sim/profiles/{ref}", patch_profile),
-        (web.post, "/_sim/profiles/{ref}/test", test_profile),
-        (web.post, "/_sim/profiles/{ref}/test-enable", test_enable_profile),
-        (web.get, "/_sim/jobs", list_jobs),
-        (web.get, "/_sim/jobs/{id}", get_job),
-        (web.patch, "/_sim/mailboxes", edit_mailboxes),
-        (web.post, "/_sim/mailboxes/apply-defaults", apply_defaults),
-        (web.post, "/_sim/mailboxes/approve", approval(True)),
-        (web.post, "/_sim/mailboxes/reject", approval(False)),
-        (web.post, "/_sim/mailboxes/test-enable", test_enable_mailboxes),
-        (web.get, "/_sim/mailboxes/{ref}", get_mailbox),
-        (web.patch, "/_sim/mailboxes/{ref}", change_address),
-        (web.get, "/_sim/alerts", alerts),
-    ]
-    if wire is not None:
-        routes += [
-            (web.get, "/_sim/tenants", list_tenants),
-            (web.post, "/_sim/tenants", create_tenant),
-            (web.post, "/_sim/certificates", create_certificate),
-            (web.post, "/_sim/s2s/certificate", install_certificate),
-            (web.post, "/_sim/s2s/configure", configure_s2s),
-            (web.get, "/_sim/s2s/validate", validate_s2s),
+    # -- the table -----------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        admin = self.admin
+        return [
+            Route("GET", "/_sim/org/check", self.org_check, locked=False),
+            Route("POST", "/_sim/org/prerequisites", self.set_prerequisites, "org set"),
+            Route("GET", "/_sim/settings", lambda _c: admin.settings(), locked=False),
+            Route("PATCH", "/_sim/settings", self.patch_settings, "settings set"),
+            Route("GET", "/_sim/profiles", lambda _c: admin.profiles(), locked=False),
+            Route("POST", "/_sim/profiles", self.create_profile, "profile create"),
+            Route("GET", "/_sim/profiles/{ref}", lambda c: admin.profile(c.ref), ref="profile", locked=False),
+            Route("PATCH", "/_sim/profiles/{ref}", self.patch_profile, "profile update", ref="profile"),
+            Route("POST", "/_sim/profiles/{ref}/test", self.test_profile, "profile test", ref="profile"),
+            Route("POST", "/_sim/profiles/{ref}/test-enable", self.test_enable_profile, "profile test-enable",
+                  ref="profile"),
+            Route("GET", "/_sim/jobs", lambda _c: admin.jobs(), locked=False),
+            Route("GET", "/_sim/jobs/{ref}", lambda c: admin.job(c.ref), ref="job", locked=False),
+            Route("PATCH", "/_sim/mailboxes", self.edit_mailboxes, "mailbox edit"),
+            Route("POST", "/_sim/mailboxes/apply-defaults", self.apply_defaults, "mailbox apply-defaults"),
+            Route("POST", "/_sim/mailboxes/approve", self.approval(True), "mailbox approve"),
+            Route("POST", "/_sim/mailboxes/reject", self.approval(False), "mailbox reject"),
+            Route("POST", "/_sim/mailboxes/test-enable", self.test_enable_mailboxes, "mailbox test-enable"),
+            Route("GET", "/_sim/mailboxes/{ref}", lambda c: admin.mailbox(c.ref), ref="mailbox", locked=False),
+            Route("PATCH", "/_sim/mailboxes/{ref}", self.change_address, "mailbox change-address", ref="mailbox"),
+            Route("GET", "/_sim/alerts", self.alerts, locked=False),
+            Route("GET", "/_sim/tenants", self.list_tenants, locked=False, wire_only=True),
+            Route("POST", "/_sim/tenants", self.create_tenant, model=inputs.TenantInput, status=201, wire_only=True),
+            Route("POST", "/_sim/certificates", self.create_certificate, model=inputs.CertificateInput, status=201,
+                  locked=False, wire_only=True),
+            Route("POST", "/_sim/s2s/certificate", self.install_certificate, "cert install", wire_only=True),
+            Route("POST", "/_sim/s2s/configure", self.configure_s2s, "s2s configure", wire_only=True),
+            Route("GET", "/_sim/s2s/validate", self.validate_s2s, locked=False, wire_only=True),
         ]
-    return [method(path, _guarded(handler)) for method, path, handler in routes]
+
+
+def admin_routes(sandbox, lock: asyncio.Lock) -> list[web.RouteDef]:
+    """The routes of the setup flow over ``sandbox``; ``lock`` is the one the clock advance holds.
+
+    The S2S routes (tenants, certificates, steps 1.2-1.4) are there when the sandbox runs in wire
+    mode (``sandbox.wire`` is its :class:`~simulator.wire.WireSandbox`): they act on its running
+    identity service."""
+    api = AdminApi(sandbox, lock)
+    return [web.route(r.method, r.path, api.handler(r)) for r in api.routes()
+            if api.wire is not None or not r.wire_only]

@@ -12,8 +12,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import func, select
 
+from engine.errors import KNOWN_ERRORS
 from simulator.crm.db import sqlite_url
 from simulator.crm.models import Email, EmailStatus, ExchangeSyncIdMapping, Mailbox, TraceLog
 from simulator.sandbox import DEFAULT_START, Sandbox
@@ -80,6 +84,8 @@ class Demo:
         self.rng = random.Random(f"demo-{seed}")
         self.n_users, self.n_queues, self.n_contacts = users, queues, contacts
         self.failing: dict[str, str] = {}
+        self.fault_codes: list[str] = []
+        self.process_from: datetime | None = None
 
     async def setup(self) -> None:
         sb, rng, admin = self.sb, self.rng, self.sb.admin
@@ -87,7 +93,7 @@ class Demo:
         users, queues, contacts = build_organization(admin, rng, users=self.n_users, queues=self.n_queues,
                                                      contacts=self.n_contacts, tenant_id=tenant)
         admin.update_org("dana", generatealertsforwarnings=True)
-        process_from = sb.clock.now() - timedelta(hours=12)
+        process_from = self.process_from = sb.clock.now() - timedelta(hours=12)
         profile = admin.create_profile(
             "dana", name="Exchange Online", description="Contoso's Exchange Online tenant",
             processemailsreceivedafter=process_from, moveundeliveredemails=True, minpollingintervalinminutes=5)
@@ -106,6 +112,7 @@ class Demo:
         sb.add_fault(code="8005E272", mailbox=broken.address)
         sb.add_fault(code="ErrorServerBusy", mailbox=busy.address, count=3, backoff_ms=600_000)
         self.failing = {broken.address: "8005E272 (permanent)", busy.address: "ErrorServerBusy x3 (transient)"}
+        self.fault_codes = ["8005E272", "ErrorServerBusy"]
 
     async def run(self, progress: Callable[[datetime], None] | None = None) -> None:
         await self.sb.run_for(self.hours * 3600, progress)
@@ -119,13 +126,22 @@ class Demo:
             failed = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(
                 X.c.itemstate == 3, X.c.objecttypecode == "email", X.c.exchangeentryid != "")
                 .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
+            item_details = dict(conn.execute(select(X.c.lastsyncerror, func.min(X.c.lastsyncerrordetail))
+                                             .group_by(X.c.lastsyncerror)).all())
             alerts = dict(conn.execute(select(T.c.level, func.count()).group_by(T.c.level)).all())
             mailboxes = conn.execute(select(
                 M.c.emailaddress, M.c.regardingobjecttypecode, M.c.incomingemailstatus, M.c.outgoingemailstatus,
                 M.c.mailboxstatus, M.c.enabledforincomingemail, M.c.enabledforoutgoingemail,
-                M.c.lastsyncerrorcode, M.c.actstatus).order_by(M.c.emailaddress)).all()
+                M.c.lastsyncerrorcode, M.c.actstatus, M.c.lastsyncerror).order_by(M.c.emailaddress)).all()
         status_names = {0: "Not Run", 1: "Success", 2: "Failure"}
         stats = self.sb.engine.stats
+        # What each code shown means: the engine's table of known codes; for a code it does not
+        # list, the text the CRM recorded with the item or mailbox.
+        recorded = {**{m[7]: m[9] for m in mailboxes if m[7]}, **item_details}
+        shown = [*(m[7] for m in mailboxes if m[7]), *skipped, *failed, *self.fault_codes]
+        codes = {code: KNOWN_ERRORS[code].summary if code in KNOWN_ERRORS else
+                 (recorded.get(code) or "no description recorded").rstrip(".")
+                 for code in dict.fromkeys(shown)}
         return {
             "seed": self.seed,
             "database": str(self.db_path),
@@ -146,7 +162,67 @@ class Demo:
             "emails_failed_to_send": by_status.get(EmailStatus.FAILED, 0),
             "alerts": {name: alerts.get(level, 0) for level, name in LEVELS.items()},
             "faults": self.failing,
+            "codes": codes,
+            "process_email_from": self.process_from.isoformat() if self.process_from else None,
+            "emails_before_process_from": self.plan.counts.get("old", 0),
             "traffic": dict(sorted(self.plan.counts.items())),
             "simulated_seconds": int(self.hours * 3600),
             "wall_seconds": round(wall_seconds, 3),
         }
+
+
+def print_summary(console: Console, s: dict) -> None:
+    """The summary of :meth:`Demo.summary` as text, readable on an 80-column terminal."""
+    boxes = s["mailboxes"]
+    domains = {m["emailaddress"].rpartition("@")[2] for m in boxes}
+    domain = domains.pop() if len(domains) == 1 else None  # one domain: said once, in the title
+    table = Table(title=f"Mailboxes (@{domain})" if domain else "Mailboxes", box=box.SIMPLE_HEAD)
+    table.add_column("mailbox", no_wrap=True)
+    for col in ("owner", "in", "out", "ACT", "status"):
+        table.add_column(col, no_wrap=True)
+    for m in boxes:
+        style = "red" if m["mailbox"] == "Failure" else None
+        owner = "queue" if m["type"] == "queue" else "user"
+        name = m["emailaddress"].rpartition("@")[0] if domain else m["emailaddress"]
+        table.add_row(name, owner, m["incoming"], m["outgoing"], m["act"], m["mailbox"], style=style)
+    console.print(table)
+    console.print("[dim]in/out: incoming/outgoing email; ACT: appointments, contacts and tasks.[/dim]")
+    for m in boxes:
+        if m["lastsyncerrorcode"]:
+            console.print(f"[bold]Last sync error:[/bold] {m['emailaddress']}: {m['lastsyncerrorcode']}")
+    totals = Table(title="Email", show_header=False)
+    totals.add_column("what")
+    totals.add_column("count", justify="right")
+    totals.add_row("tracked (activities created)", str(s["emails_tracked"]))
+    totals.add_row("skipped", str(s["emails_skipped"]))
+    for reason, n in s["skipped_reasons"].items():
+        totals.add_row(f"  {reason}", str(n))
+    totals.add_row("moved to Undeliverable", str(s["emails_undeliverable"]))
+    for reason, n in s["undeliverable_reasons"].items():
+        totals.add_row(f"  {reason}", str(n))
+    totals.add_row("sent", str(s["emails_sent"]))
+    totals.add_row("still pending send", str(s["emails_pending_send"]))
+    totals.add_row("failed to send", str(s["emails_failed_to_send"]))
+    console.print(totals)
+    if s.get("process_email_from"):
+        when = datetime.fromisoformat(s["process_email_from"]).strftime("%Y-%m-%d %H:%M")
+        n = s["emails_before_process_from"]
+        console.print(f"[bold]Untracked:[/bold] {n} message{'' if n == 1 else 's'} received before "
+                      f"\"process email from\" ({when}).")
+    alerts = ", ".join(f"{n} {level}" for level, n in s["alerts"].items())
+    console.print(f"[bold]Alerts:[/bold] {alerts}")
+    for address, what in s["faults"].items():
+        console.print(f"[bold]Fault injected:[/bold] {address}: {what}")
+    if s["codes"]:
+        console.print("[bold]Codes:[/bold]")
+        codes = Table.grid(padding=(0, 2))
+        codes.add_column(no_wrap=True)
+        codes.add_column(ratio=1)
+        for code, meaning in s["codes"].items():
+            codes.add_row(f"  {code}", meaning + ".")
+        console.print(codes)
+    console.print(
+        f"[bold]Time:[/bold] {s['simulated_seconds'] / 3600:.0f} simulated hours "
+        f"({s['mailbox_polls']} workload polls) in {s['wall_seconds']:.1f} s of real time; seed {s['seed']}."
+    )
+    console.print(f"[bold]Database:[/bold] {s['database']} (open it with any SQLite client)")

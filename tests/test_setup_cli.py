@@ -100,8 +100,12 @@ def test_apply_defaults_tests_and_enables_by_default(with_profile):
 # ------------------------------------------------------------------------------ order of the steps
 def test_profile_with_default_tenant_id_before_configure_is_refused(trial):
     trial.org_init()
-    check_refused(trial, lambda: trial.sss("profile", "create", "--name", PROFILE, "--as", ADMIN),
-                  "--use-default-tenant-id", "ConfigureCrmServerSideSync")
+    # the default tenant id is the default: the line names no option the user did not type
+    line = check_refused(trial, lambda: trial.sss("profile", "create", "--name", PROFILE, "--as", ADMIN),
+                         "step 1.3", "sss s2s configure", "its own tenant id")
+    assert "--use-default-tenant-id" not in line
+    check_refused(trial, lambda: trial.sss("profile", "create", "--name", PROFILE, "--use-default-tenant-id",
+                                           "--as", ADMIN), "--use-default-tenant-id:", "step 1.3")
 
 
 def test_profile_steps_before_the_organization_exists_are_refused(trial):

@@ -7,7 +7,6 @@ Every operation runs as a named user whose security roles are checked, validates
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +34,25 @@ from simulator.crm.errors import (  # noqa: F401  (re-exported)
     UnknownUserError,
     ValidationError,
 )
+from simulator.crm.inputs import (  # noqa: F401  (METHOD_FIELDS, ORG_SWITCHES, PROFILE_FIELDS re-exported)
+    METHOD_FIELDS,
+    ORG_SWITCHES,
+    PROFILE_FIELDS,
+    AddressInput,
+    ApplyDefaultsInput,
+    MailboxEditInput,
+    MailboxesInput,
+    OrganizationInput,
+    PrerequisitesInput,
+    ProfileInput,
+    QueueInput,
+    RecordInput,
+    RoleInput,
+    SettingsInput,
+    TestEnableInput,
+    UserInput,
+    parse,
+)
 from simulator.crm.models import (
     Account,
     AsyncOperation,
@@ -54,22 +72,19 @@ from simulator.crm.models import (
     TraceLog,
     TrackSetting,
 )
+from simulator.crm.operations import (  # noqa: F401  (the roles and privileges re-exported)
+    ALL_PRIVILEGES,
+    OPERATIONS,
+    PRIVILEGE_NAMES,
+    PRV_ADMIN,
+    PRV_APPROVE,
+    PRV_READ_MAILBOX,
+    PRV_WRITE_MAILBOX,
+    SALESPERSON,
+    SYSTEM_ADMINISTRATOR,
+    out_of_order,
+)
 from simulator.crm.platform import IdFactory, Platform
-
-SYSTEM_ADMINISTRATOR = "System Administrator"
-SALESPERSON = "Salesperson"
-PRV_APPROVE = "prvApproveRejectEmailAddress"
-PRV_READ_MAILBOX = "prvReadMailbox"
-PRV_WRITE_MAILBOX = "prvWriteMailbox"
-PRV_ADMIN = "prvConfigureEmailServerSideSync"
-ALL_PRIVILEGES = (PRV_APPROVE, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX, PRV_ADMIN)
-PRIVILEGE_NAMES = {
-    PRV_APPROVE: "Approve Email Addresses for Users or Queues",
-    PRV_READ_MAILBOX: "Read Mailbox",
-    PRV_WRITE_MAILBOX: "Write Mailbox",
-    PRV_ADMIN: "Configure server-side synchronization",
-}
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -77,25 +92,11 @@ def _require(condition: bool, field: str, message: str) -> None:
         raise ValidationError(message, field)
 
 
-PROFILE_FIELDS = {
-    "name", "description", "servertype", "usedefaulttenantid", "exchangeonlinetenantid", "useautodiscover",
-    "incomingserverlocation", "outgoingserverlocation", "processemailsreceivedafter",
-    "minpollingintervalinminutes", "maxconcurrentconnections", "moveundeliveredemails", "sendemailalert",
-    "timeoutmailboxconnection", "timeoutmailboxconnectionafteramount", "incomingcredentialretrieval",
-    "outgoingcredentialretrieval", "ownerid",
-}
-
-
 def validate_profile(values: dict[str, Any], org: Organization) -> dict[str, Any]:
-    """Check the fields of an email server profile (SPEC 2.1); returns them normalized."""
-    unknown = set(values) - PROFILE_FIELDS
-    _require(not unknown, sorted(unknown)[0] if unknown else "", "is not a field of an email server profile")
-    v = dict(values)
-    name = (v.get("name") or "").strip()
-    _require(bool(name), "name", "is required")
-    _require(len(name) <= 100, "name", "is longer than 100 characters")
-    v["name"] = name
-    _require(len(v.get("description") or "") <= 2000, "description", "is longer than 2000 characters")
+    """Check a whole email server profile (SPEC 2.1): each field by :class:`ProfileInput`, then the
+    rules between fields; returns the fields normalized, with the product's defaults."""
+    v = parse(ProfileInput, values).given()
+    _require(bool(v.get("name")), "name", "is required")
     st = v.get("servertype", ServerType.EXCHANGE_ONLINE_HYBRID)
     _require(st in {s.value for s in ServerType}, "servertype",
              f"{st!r} is not a server type (0 Exchange Server, 1 Other (POP3/SMTP), 2 Exchange Server (Hybrid), "
@@ -108,14 +109,6 @@ def validate_profile(values: dict[str, Any], org: Organization) -> dict[str, Any
         _require(cr in {c.value for c in CredentialRetrieval}, key, f"{cr!r} is not a credential retrieval option")
         _require(cr == CredentialRetrieval.SERVER_TO_SERVER, key,
                  "an Exchange Online (Hybrid) profile authenticates server-to-server (2)")
-    mp = v.get("minpollingintervalinminutes", 5)
-    _require(isinstance(mp, int) and 0 <= mp <= 1440, "minpollingintervalinminutes",
-             f"{mp!r} is out of range (0 to 1440 minutes)")
-    mc = v.get("maxconcurrentconnections", 10)
-    _require(isinstance(mc, int) and 1 <= mc <= 300, "maxconcurrentconnections", f"{mc!r} is out of range (1 to 300)")
-    to = v.get("timeoutmailboxconnectionafteramount", 60000)
-    _require(isinstance(to, int) and 0 <= to <= 100000, "timeoutmailboxconnectionafteramount",
-             f"{to!r} is out of range (0 to 100000 ms)")
     if v.get("useautodiscover", True) is False:
         for key in ("incomingserverlocation", "outgoingserverlocation"):
             loc = (v.get(key) or "").strip()
@@ -123,19 +116,13 @@ def validate_profile(values: dict[str, Any], org: Organization) -> dict[str, Any
             _require(loc.lower().startswith(("https://", "http://")), key, f"{loc!r} is not an EWS URL")
     if v.get("usedefaulttenantid", True):
         if not org.s2stenantid:
-            raise OutOfOrderError("the organization has no Exchange Online tenant id yet: run "
-                                  "ConfigureCrmServerSideSync (sss s2s configure) first, or set usedefaulttenantid "
-                                  "to No and type the tenant id", "usedefaulttenantid")
+            raise out_of_order("configure", "the organization has no Exchange Online tenant id yet for the "
+                               "profile to take by default (a profile may name its own tenant id instead)",
+                               "usedefaulttenantid")
         v["exchangeonlinetenantid"] = org.s2stenantid
     else:
-        tid = (v.get("exchangeonlinetenantid") or "").strip()
-        _require(bool(tid), "exchangeonlinetenantid", "is required when usedefaulttenantid is No")
-        _require(len(tid) <= 36, "exchangeonlinetenantid", "is longer than 36 characters")
-        v["exchangeonlinetenantid"] = tid
-    when = v.get("processemailsreceivedafter")
-    if when is not None:
-        _require(isinstance(when, datetime), "processemailsreceivedafter", f"{when!r} is not a date and time")
-        v["processemailsreceivedafter"] = as_utc(when)
+        _require(bool(v.get("exchangeonlinetenantid")), "exchangeonlinetenantid",
+                 "is required when usedefaulttenantid is No")
     return v
 
 
@@ -233,20 +220,16 @@ INCOMING_OPTIONS = {"none": 0, "outlook": 1, "sss": 2, "server-side-synchronizat
                     "forward-mailbox": 3}
 OUTGOING_OPTIONS = {"none": 0, "outlook": 1, "sss": 2, "server-side-synchronization": 2, "email-router": 2}
 ACT_OPTIONS = {"outlook": 0, "sss": 1, "server-side-synchronization": 1, "none": 2}
-METHOD_FIELDS = {"incomingemaildeliverymethod": (IncomingMethod, INCOMING_OPTIONS),
-                 "outgoingemaildeliverymethod": (OutgoingMethod, OUTGOING_OPTIONS),
-                 "actdeliverymethod": (ActMethod, ACT_OPTIONS)}
-ORG_SWITCHES = ("requireapprovalforuseremail", "requireapprovalforqueueemail", "emailcorrelationenabled",
-                "trackingtokenenabled", "enablesmartmatching", "tracksentitems", "generatealertsforerrors",
-                "generatealertsforwarnings", "generatealertsforinformation",
-                "notifymailboxownerofemailserverlevelalerts")
+METHODS = {"incomingemaildeliverymethod": (IncomingMethod, INCOMING_OPTIONS),
+           "outgoingemaildeliverymethod": (OutgoingMethod, OUTGOING_OPTIONS),
+           "actdeliverymethod": (ActMethod, ACT_OPTIONS)}
 SETTINGS_FIELDS = ("emailconnectionchannel", "defaultemailserverprofileid", *METHOD_FIELDS, *ORG_SWITCHES,
                    "trackingprefix", "s2stenantid", "maxuploadfilesize")
 
 
 def method_value(field: str, value: Any) -> int:
     """A delivery method given by number or name (``sss``, ``outlook``, ``none``, ...)."""
-    enum, names = METHOD_FIELDS[field]
+    enum, names = METHODS[field]
     if isinstance(value, str):
         key = value.strip().lower().replace(" ", "-").replace("_", "-")
         if key in names:
@@ -319,9 +302,10 @@ class Admin:
             privs.update(p for p in role.privileges.split(",") if p)
         return privs
 
-    def _check(self, session: Session, who: str, *needed: str) -> SystemUser:
+    def _check(self, session: Session, who: str, operation: str) -> SystemUser:
+        """The acting user, when it holds every privilege the operation declares (see OPERATIONS)."""
         user = self._user(session, who)
-        missing = [p for p in needed if p not in self._privileges(session, user)]
+        missing = [p for p in OPERATIONS[operation].privileges if p not in self._privileges(session, user)]
         if missing:
             names = ", ".join(f"{p} ({PRIVILEGE_NAMES.get(p, p)})" for p in missing)
             raise PrivilegeError(f"user {user.domainname} lacks the privilege {names}", "as_user")
@@ -342,14 +326,18 @@ class Admin:
                             admin_email: str | None = None, tenant_id: str | None = None,
                             ifd: bool = True, hybrid_connector: bool = True) -> str:
         """Create the organization, its standard roles and its first system administrator (all or nothing)."""
-        _require(bool(name.strip()), "name", "is required")
-        domain = name.strip().lower().replace(" ", "") + ".example"
-        email = (admin_email or f"{admin_domain}@{domain}").strip().lower()
+        data = parse(OrganizationInput, {"name": name, "admin_name": admin_name, "admin_domain": admin_domain,
+                                         "admin_email": admin_email, "tenant_id": tenant_id, "ifd": ifd,
+                                         "hybrid_connector": hybrid_connector})
+        name, admin_domain = data.name, data.admin_domain or "admin"
+        admin_name = data.admin_name or "Admin"
+        email = (data.admin_email or f"{admin_domain}@{name.lower().replace(' ', '')}.example").lower()
         with Session(self.db) as session:
             if session.exec(select(Organization)).first() is not None:
                 raise ConflictError("the organization already exists")
-            org = Organization(organizationid=self.ids.new(), name=name.strip(), s2stenantid=tenant_id,
-                               ifdconfigured=ifd, hybridconnectorinstalled=hybrid_connector)
+            org = Organization(organizationid=self.ids.new(), name=name, s2stenantid=data.tenant_id,
+                               ifdconfigured=data.ifd is not False,
+                               hybridconnectorinstalled=data.hybrid_connector is not False)
             session.add(org)
             session.add(SecurityRole(roleid=self.ids.new(), name=SYSTEM_ADMINISTRATOR,
                                      privileges=",".join(ALL_PRIVILEGES)))
@@ -390,13 +378,14 @@ class Admin:
     def set_prerequisites(self, as_user: str, *, ifd: bool | None = None,
                           hybrid_connector: bool | None = None) -> None:
         """Record that IFD is configured / the Hybrid Connector is installed (or not)."""
+        data = parse(PrerequisitesInput, {"ifd": ifd, "hybrid_connector": hybrid_connector})
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
+            self._check(session, as_user, "org set")
             org = self._org(session)
-            if ifd is not None:
-                org.ifdconfigured = ifd
-            if hybrid_connector is not None:
-                org.hybridconnectorinstalled = hybrid_connector
+            if data.ifd is not None:
+                org.ifdconfigured = data.ifd
+            if data.hybrid_connector is not None:
+                org.hybridconnectorinstalled = data.hybrid_connector
             session.add(org)
             session.commit()
 
@@ -404,11 +393,14 @@ class Admin:
                  roles: Iterable[str] = (SALESPERSON,), track: int = TrackSetting.REPLIES_TO_CRM_EMAIL,
                  as_user: str | None = None) -> str:
         """A user with its roles and its mailbox. With ``as_user``, that user must be an administrator."""
-        email = email.strip().lower()
+        data = parse(UserInput, {"fullname": fullname, "internalemailaddress": email, "domainname": domainname,
+                                 "roles": list(roles), "incomingemailfilteringmethod": track})
+        email = data.internalemailaddress.lower()
         with Session(self.db) as session:
             if as_user is not None:
-                self._check(session, as_user, PRV_ADMIN)
-            uid = self._insert_user(session, self._org(session), fullname, email, domainname, roles, track)
+                self._check(session, as_user, "user add")
+            uid = self._insert_user(session, self._org(session), data.fullname, email, data.domainname,
+                                    data.roles or (), data.incomingemailfilteringmethod)
             session.commit()
         self._mailbox_added(email, fullname)
         return uid
@@ -416,13 +408,9 @@ class Admin:
     def _insert_user(self, session: Session, org: Organization, fullname: str, email: str,
                      domainname: str | None, roles: Iterable[str], track: int) -> str:
         """A user with its roles and its mailbox (created with the org defaults), in ``session``."""
-        _require(bool(_EMAIL.match(email)), "internalemailaddress", f"{email!r} is not an email address")
-        _require(bool((fullname or "").strip()), "fullname", "is required")
         _require(track in {t.value for t in TrackSetting}, "incomingemailfilteringmethod",
                  f"{track!r} is not a track setting")
-        domainname = (domainname or email.split("@")[0]).strip()
-        _require(bool(domainname) and not any(c.isspace() for c in domainname), "domainname",
-                 f"{domainname!r} is not a logon name")
+        domainname = domainname or email.split("@")[0]
         if session.exec(select(SystemUser).where(SystemUser.domainname == domainname)).first():
             raise ConflictError(f"{domainname!r} is already a user", "domainname")
         self._address_free(session, email, "internalemailaddress")
@@ -443,31 +431,30 @@ class Admin:
 
     def create_role(self, as_user: str, name: str, privileges: Iterable[str]) -> str:
         """A security role made of the named privileges."""
-        privs = [p.strip() for p in privileges if p.strip()]
+        data = parse(RoleInput, {"name": name, "privileges": list(privileges)})
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
-            _require(bool(name.strip()), "name", "is required")
-            for p in privs:
-                _require(p in ALL_PRIVILEGES, "privilege",
+            self._check(session, as_user, "user add-role")
+            for p in data.privileges:
+                _require(p in ALL_PRIVILEGES, "privileges",
                          f"{p!r} is not a privilege ({', '.join(ALL_PRIVILEGES)})")
-            if session.exec(select(SecurityRole).where(SecurityRole.name == name.strip())).first():
-                raise ConflictError(f"a role named {name.strip()!r} already exists", "name")
-            role = SecurityRole(roleid=self.ids.new(), name=name.strip(), privileges=",".join(privs))
+            if session.exec(select(SecurityRole).where(SecurityRole.name == data.name)).first():
+                raise ConflictError(f"a role named {data.name!r} already exists", "name")
+            role = SecurityRole(roleid=self.ids.new(), name=data.name, privileges=",".join(data.privileges))
             session.add(role)
             session.commit()
             return role.roleid
 
     def add_queue(self, name: str, email: str, *, owner: str, track: int = TrackSetting.ALL,
                   as_user: str | None = None) -> str:
-        email = email.strip().lower()
-        _require(bool(_EMAIL.match(email)), "emailaddress", f"{email!r} is not an email address")
-        _require(bool((name or "").strip()), "name", "is required")
+        data = parse(QueueInput, {"name": name, "emailaddress": email, "owner": owner,
+                                  "incomingemailfilteringmethod": track})
+        name, email, track = data.name, data.emailaddress.lower(), data.incomingemailfilteringmethod
         with Session(self.db) as session:
             if as_user is not None:
-                self._check(session, as_user, PRV_ADMIN)
+                self._check(session, as_user, "user add-queue")
             org = self._org(session)
             try:
-                owner_user = self._user(session, owner)
+                owner_user = self._user(session, data.owner)
             except AdminError as exc:
                 raise ValidationError(str(exc).split(": ", 1)[-1], "owner") from None
             self._address_free(session, email, "emailaddress")
@@ -484,14 +471,14 @@ class Admin:
         """Add a contact, account or lead."""
         models = {"contact": (Contact, "contactid", "fullname"), "account": (Account, "accountid", "name"),
                   "lead": (Lead, "leadid", "fullname")}
-        _require(kind in models, "kind", f"{kind!r} is not contact, account or lead")
-        if email is not None:
-            _require(bool(_EMAIL.match(email.strip())), "emailaddress1", f"{email!r} is not an email address")
-        model, key, name_field = models[kind]
+        data = parse(RecordInput, {"kind": kind, "name": name, "emailaddress1": email})
+        _require(data.kind in models, "kind", f"{data.kind!r} is not contact, account or lead")
+        model, key, name_field = models[data.kind]
+        address = data.emailaddress1.lower() if data.emailaddress1 else None
         rid = self.ids.new()
         with Session(self.db) as session:
             self._org(session)
-            session.add(model(**{key: rid, name_field: name, "emailaddress1": email.strip().lower() if email else None}))
+            session.add(model(**{key: rid, name_field: data.name, "emailaddress1": address}))
             session.commit()
         self.platform.invalidate_directory()
         return rid
@@ -531,8 +518,9 @@ class Admin:
 
     def create_profile(self, as_user: str, **fields: Any) -> str:
         with Session(self.db) as session:
-            user = self._check(session, as_user, PRV_ADMIN)
+            user = self._check(session, as_user, "profile create")
             org = self._org(session)
+            fields = parse(ProfileInput, fields).given()
             fields["ownerid"] = self._owner(session, fields.get("ownerid") or user.systemuserid)
             values = validate_profile(fields, org)
             if session.exec(select(EmailServerProfile).where(EmailServerProfile.name == values["name"])).first():
@@ -553,13 +541,12 @@ class Admin:
     def update_profile(self, as_user: str, ref: str, **fields: Any) -> None:
         """Change fields of a profile; the whole profile is validated again (SPEC 2.1)."""
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
+            self._check(session, as_user, "profile update")
             org = self._org(session)
             profile = self._profile(session, ref)
+            fields = parse(ProfileInput, fields).given()
             if "ownerid" in fields:
                 fields["ownerid"] = self._owner(session, fields["ownerid"])
-            unknown = set(fields) - PROFILE_FIELDS
-            _require(not unknown, sorted(unknown)[0] if unknown else "", "is not a field of an email server profile")
             current = {k: getattr(profile, k) for k in PROFILE_FIELDS}
             if fields.get("usedefaulttenantid") is False and "exchangeonlinetenantid" not in fields:
                 current["exchangeonlinetenantid"] = None  # a typed tenant id is needed
@@ -579,7 +566,7 @@ class Admin:
     def set_profile_state(self, as_user: str, ref: str, *, active: bool) -> None:
         """Activate or deactivate a profile (its mailboxes stop processing while it is inactive)."""
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
+            self._check(session, as_user, "profile activate" if active else "profile deactivate")
             profile = self._profile(session, ref)
             profile.statecode, profile.statuscode = (0, 1) if active else (1, 2)
             session.add(profile)
@@ -606,7 +593,7 @@ class Admin:
     async def test_connection(self, as_user: str, ref: str) -> ConnectionTest:
         """Test Connection (SPEC 1.5): tenant id, certificate, token, EWS; the result is kept on the profile."""
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
+            self._check(session, as_user, "profile test")
             profile = self._profile(session, ref)
             owner = session.exec(select(Mailbox.emailaddress).where(
                 Mailbox.regardingobjectid == profile.ownerid)).first()
@@ -648,23 +635,17 @@ class Admin:
 
     def set_settings(self, as_user: str, **fields: Any) -> None:
         """Change organization email settings: default profile (id or name), delivery methods, switches."""
-        allowed = {"defaultemailserverprofileid", *METHOD_FIELDS, *ORG_SWITCHES, "trackingprefix"}
+        given = parse(SettingsInput, fields).given()
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN)
+            self._check(session, as_user, "settings set")
             org = self._org(session)
             values: dict[str, Any] = {}
-            for key, value in fields.items():
-                _require(key in allowed, key, "is not an organization email setting that can be changed here")
+            for key, value in given.items():
                 if key == "defaultemailserverprofileid":
                     values[key] = self._profile(session, value, key).emailserverprofileid
-                elif key in METHOD_FIELDS:
+                elif key in METHODS:
                     values[key] = method_value(key, value)
-                elif key == "trackingprefix":
-                    _require(isinstance(value, str) and 1 <= len(value.strip()) <= 20 and value.strip().isalnum(),
-                             key, f"{value!r} is not a prefix of 1 to 20 letters or digits")
-                    values[key] = value.strip()
                 else:
-                    _require(isinstance(value, bool), key, f"{value!r} is not Yes/No")
                     values[key] = value
             for key, value in values.items():
                 setattr(org, key, value)
@@ -681,14 +662,14 @@ class Admin:
     def update_org(self, as_user: str, **fields: Any) -> None:
         """Change organization switches (alerts, approval, correlation, tracking tokens)."""
         for key in fields:
-            _require(key in ORG_SWITCHES, key, "is not an organization email setting that can be changed here")
+            _require(key in ORG_SWITCHES, key, "is not an organization switch")
         self.set_settings(as_user, **fields)
 
     # -- mailboxes (1.7, 1.8) -----------------------------------------------------------------
-    def _mailboxes(self, session: Session, refs: Iterable[str]) -> list[Mailbox]:
-        """Mailboxes by id or email address, in the given order (each at most once)."""
-        refs = [r.strip() for r in refs]
-        _require(bool(refs), "mailbox", "select at least one mailbox")
+    def _mailboxes(self, session: Session, refs: Iterable[str], field: str = "mailboxes") -> list[Mailbox]:
+        """Mailboxes by id or email address, in the given order (each at most once); ``field`` is
+        the input that named them."""
+        refs = parse(MailboxesInput, {"mailboxes": list(refs)}).mailboxes
         by_id = {m.mailboxid: m for m in session.exec(select(Mailbox).where(Mailbox.mailboxid.in_(refs))).all()}
         lowered = [r.lower() for r in refs if r not in by_id]
         by_address = {m.emailaddress: m for m in session.exec(
@@ -698,18 +679,18 @@ class Admin:
             mb = by_id.get(ref) or by_address.get(ref.lower())
             if mb is None:
                 what = "address" if "@" in ref else "id"
-                raise ValidationError(f"no mailbox has the {what} {ref!r}", "mailbox")
+                raise ValidationError(f"no mailbox has the {what} {ref!r}", field)
             out.setdefault(mb.mailboxid, mb)
         return list(out.values())
 
     def apply_default_settings(self, as_user: str, mailboxids: Iterable[str]) -> None:
         """SPEC 1.7 without the test: the org's default profile and delivery methods on the mailboxes."""
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+            self._check(session, as_user, "mailbox apply-defaults")
             org = self._org(session)
             if not org.defaultemailserverprofileid:
-                raise OutOfOrderError("the organization has no default email server profile yet: set it first "
-                                 "(step 1.6, sss settings set --default-profile ...)", "defaultemailserverprofileid")
+                raise out_of_order("org-defaults", "the organization has no default email server profile yet",
+                                   "defaultemailserverprofileid")
             for mb in self._mailboxes(session, mailboxids):
                 _require(mb.statecode == 0, "mailbox", f"mailbox {mb.emailaddress} is not active")
                 mb.emailserverprofile = org.defaultemailserverprofileid
@@ -723,16 +704,17 @@ class Admin:
     async def apply_default_email_settings(self, as_user: str, mailboxes: Iterable[str], *,
                                            test_and_enable: bool = True) -> list[MailboxTestResult]:
         """SPEC 1.7 "Apply default email settings": the defaults, then (by default) Test & Enable."""
-        refs = list(mailboxes)
+        data = parse(ApplyDefaultsInput, {"mailboxes": list(mailboxes), "test_and_enable": test_and_enable})
+        refs, test_and_enable = data.mailboxes, data.test_and_enable is not False
         if test_and_enable:  # refuse before writing anything when the test could not run afterwards
             with Session(self.db) as session:
-                self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+                self._check(session, as_user, "mailbox apply-defaults")
                 org = self._org(session)
                 if org.incomingemaildeliverymethod != IncomingMethod.SSS and \
                         org.outgoingemaildeliverymethod != OutgoingMethod.SSS and org.actdeliverymethod != ActMethod.SSS:
-                    raise OutOfOrderError("the organization's default delivery methods use server-side "
-                                          "synchronization for nothing, so there is nothing to test: set them "
-                                          "first (step 1.6)", "incomingemaildeliverymethod")
+                    raise out_of_order("org-defaults", "the organization's default delivery methods use server-side "
+                                       "synchronization for nothing, so there is nothing to test",
+                                       "incomingemaildeliverymethod")
         self.apply_default_settings(as_user, refs)
         if not test_and_enable:
             return []
@@ -742,13 +724,13 @@ class Admin:
         """SPEC 1.7 "Edit several mailboxes at once": profile (id or name) and delivery methods.
 
         Needs read and write privilege on mailboxes besides the administrator's privilege."""
-        allowed = {"emailserverprofile", *METHOD_FIELDS}
+        given = parse(MailboxEditInput, {"mailboxes": list(mailboxes), **fields}).given()
+        mailboxes = given.pop("mailboxes")
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
-            _require(bool(fields), "mailbox", "nothing to change: give a profile or a delivery method")
+            self._check(session, as_user, "mailbox edit")
+            _require(bool(given), "mailboxes", "nothing to change: give a profile or a delivery method")
             values: dict[str, Any] = {}
-            for key, value in fields.items():
-                _require(key in allowed, key, "is not a mailbox field that can be edited for several mailboxes")
+            for key, value in given.items():
                 if key == "emailserverprofile":
                     values[key] = self._profile(session, value, key).emailserverprofileid
                 else:
@@ -762,11 +744,10 @@ class Admin:
 
     def change_email_address(self, as_user: str, mailbox: str, new_address: str) -> None:
         """SPEC 10.6: a new address resets approval to Pending and the statuses to Not Run."""
-        new_address = new_address.strip().lower()
-        _require(bool(_EMAIL.match(new_address)), "emailaddress", f"{new_address!r} is not an email address")
+        new_address = parse(AddressInput, {"emailaddress": new_address}).emailaddress.lower()
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
-            [mb] = self._mailboxes(session, [mailbox])
+            self._check(session, as_user, "mailbox change-address")
+            [mb] = self._mailboxes(session, [mailbox], "mailbox")
             if mb.emailaddress == new_address:
                 return
             self._address_free(session, new_address, "emailaddress")
@@ -799,7 +780,7 @@ class Admin:
     def approve(self, as_user: str, mailboxids: Iterable[str], *, approve: bool = True) -> None:
         """SPEC 1.8: approve (or reject) the email addresses of mailboxes."""
         with Session(self.db) as session:
-            self._check(session, as_user, PRV_APPROVE)
+            self._check(session, as_user, "mailbox approve" if approve else "mailbox reject")
             for mb in self._mailboxes(session, mailboxids):
                 mb.emailrouteraccessapproval = int(Approval.APPROVED if approve else Approval.REJECTED)
                 session.add(mb)
@@ -811,16 +792,15 @@ class Admin:
     # -- Test & Enable (1.9, 1.10) ------------------------------------------------------------
     def _testable(self, session: Session, as_user: str, refs: Iterable[str],
                   start_date: datetime | None) -> tuple[SystemUser, list[Mailbox]]:
-        user = self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+        user = self._check(session, as_user, "mailbox test-enable")
         rows = self._mailboxes(session, refs)
         for mb in rows:
             if not mb.emailserverprofile:
-                raise OutOfOrderError(f"mailbox {mb.emailaddress} has no email server profile: apply the default "
-                                 "email settings or edit the mailbox first (step 1.7)", "emailserverprofile")
+                raise out_of_order("mailbox-settings", f"mailbox {mb.emailaddress} has no email server profile")
             if mb.incomingemaildeliverymethod != IncomingMethod.SSS and \
                     mb.outgoingemaildeliverymethod != OutgoingMethod.SSS and mb.actdeliverymethod != ActMethod.SSS:
-                raise OutOfOrderError(f"mailbox {mb.emailaddress} uses server-side synchronization for nothing: "
-                                 "set its delivery methods first (step 1.7)", "incomingemaildeliverymethod")
+                raise out_of_order("mailbox-settings", f"mailbox {mb.emailaddress} uses server-side "
+                                   "synchronization for nothing")
             if start_date is not None:
                 profile = session.get(EmailServerProfile, mb.emailserverprofile)
                 floor = profile.processemailsreceivedafter if profile else None
@@ -833,13 +813,12 @@ class Admin:
                               start_date: datetime | None = None,
                               this_org_only: bool = False) -> list[MailboxTestResult]:
         """SPEC 1.9: test the selected mailboxes and enable what passes."""
-        if start_date is not None:
-            _require(isinstance(start_date, datetime), "start_date", f"{start_date!r} is not a date and time")
-            start_date = as_utc(start_date)
+        data = parse(TestEnableInput, {"mailboxes": list(mailboxids), "start_date": start_date,
+                                       "this_org_only": this_org_only})
         with Session(self.db) as session:
-            _user, rows = self._testable(session, as_user, mailboxids, start_date)
+            _user, rows = self._testable(session, as_user, data.mailboxes, data.start_date)
             ids = [mb.mailboxid for mb in rows]
-        return await self._test_batch(ids, start_date, this_org_only)
+        return await self._test_batch(ids, data.start_date, bool(data.this_org_only))
 
     async def _test_batch(self, ids: list[str], start_date: datetime | None, this_org_only: bool, *,
                           isolate: bool = False) -> list[MailboxTestResult | Exception]:
@@ -873,7 +852,7 @@ class Admin:
     def start_profile_test_and_enable(self, as_user: str, ref: str) -> str:
         """SPEC 1.10: queue an async job that tests and enables every mailbox of the profile."""
         with Session(self.db) as session:
-            user = self._check(session, as_user, PRV_ADMIN, PRV_READ_MAILBOX, PRV_WRITE_MAILBOX)
+            user = self._check(session, as_user, "profile test-enable")
             profile = self._profile(session, ref)
             job = AsyncOperation(asyncoperationid=self.ids.new(), name=f"{TEST_ENABLE_JOB}: {profile.name}",
                                  operationtype="TestAndEnableMailboxes", ownerid=user.systemuserid,
@@ -978,7 +957,7 @@ class Admin:
     def mailbox(self, ref: str) -> dict[str, Any]:
         """Every field of one mailbox (by address or id)."""
         with Session(self.db) as session:
-            [mb] = self._mailboxes(session, [ref])
+            [mb] = self._mailboxes(session, [ref], "mailbox")
             view = mb.model_dump()
             profile = session.get(EmailServerProfile, mb.emailserverprofile or "")
             view["emailserverprofilename"] = profile.name if profile else None
@@ -986,7 +965,7 @@ class Admin:
 
     def mailbox_id(self, address: str) -> str:
         with Session(self.db) as session:
-            [mb] = self._mailboxes(session, [address])
+            [mb] = self._mailboxes(session, [address], "mailbox")
             return mb.mailboxid
 
     def alerts(self, *, user: str | None = None, level: int | None = None, regarding: str | None = None,
