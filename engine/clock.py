@@ -42,9 +42,10 @@ def as_utc(value: datetime) -> datetime:
 _FRACTION = re.compile(r"(\.\d+)")
 
 
-def parse_instant(text: str) -> datetime:
+def parse_instant(text: str, *, utc: bool = True) -> datetime:
     """An instant written in ISO 8601 (``2026-01-05``, ``2026-01-05T08:00``, ``...Z``, ``...+02:00``,
     up to 7 fraction digits as .NET writes them), as an aware UTC datetime; no offset means UTC.
+    With ``utc=False`` an offset the text gives is kept (a stored header date reads back as written).
 
     The one parser of times that come from outside (a CLI option, a JSON field, an EWS value, a
     stored record); raises ``ValueError`` when ``text`` is not such an instant."""
@@ -53,7 +54,8 @@ def parse_instant(text: str) -> datetime:
         value = value[:-1] + "+00:00"
     value = _FRACTION.sub(lambda mo: mo.group(1)[:7], value)
     try:
-        return as_utc(datetime.fromisoformat(value))
+        when = datetime.fromisoformat(value)
+        return as_utc(when) if utc or when.tzinfo is None else when
     except OverflowError:
         raise ValueError(f"{text!r} is out of range") from None
 

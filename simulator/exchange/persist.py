@@ -126,7 +126,7 @@ def message_from_record(raw: object) -> MessageData:
             if not isinstance(value, str):
                 raise bad(name, value, "an ISO 8601 time")
             try:
-                value = parse_instant(value)
+                value = parse_instant(value, utc=False)
             except ValueError:
                 raise PersistError(f"cannot load a message: {name}: {_short(value)} is not an ISO 8601 "
                                    "datetime") from None
