@@ -23,7 +23,7 @@ direct mode commits its Exchange operations with its CRM rows. Checked here, on 
 
 Writes are counted, and interrupted, at the DBAPI cursor: the sandbox's engine gets its SQLite
 connections from a factory whose cursors see every statement, those SQLAlchemy runs and those the
-hot path runs on the raw cursor (``Prepared`` in ``simulator/crm/platform.py``) alike.
+hot path runs on the raw cursor (``Prepared`` in ``simulator/crm/platform_sql.py``) alike.
 """
 
 from __future__ import annotations

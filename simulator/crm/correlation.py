@@ -1,0 +1,162 @@
+"""Recognizing email the organization already knows: the duplicate key (SPEC 10.2), and correlation
+of an incoming email with a tracked one (In-Reply-To, tracking token, conversation index, smart
+matching). Lookups also see the rows of the current batch that are not written yet."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, or_, select
+
+from engine.ports import ItemProperties
+from simulator.crm.models import CorrelationMethod
+from simulator.crm.platform_sql import E
+from simulator.exchange.mime import normalize_message_id
+
+SUBJECT_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*:\s*)+", re.IGNORECASE)
+
+
+def _select_dupkeys(column: str, binds: list):
+    return select(E.c.dupkey).where(E.c[column].in_(binds))
+
+
+def _select_correlation(column: str, binds: list):
+    stmt = select(E.c[column], E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode).where(
+        E.c[column].in_(binds))
+    return stmt.order_by(E.c.createdon) if column == "conversationindex" else stmt
+
+
+def key64(text: str) -> int:
+    """A signed 64-bit key of a text (indexed instead of the long text itself)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(),
+                          "big", signed=True)
+
+
+def duplicate_key(item: ItemProperties) -> int:
+    """SPEC 10.2: the normalized Message-ID, or a hash of sender, date, subject and body."""
+    message_id = normalize_message_id(item.message_id)
+    if message_id:
+        return key64("mid:" + message_id)
+    basis = "\x1f".join([item.sender or "", item.date.isoformat() if item.date else "", item.subject, item.body])
+    return key64("sha1:" + hashlib.sha1(basis.encode("utf-8", "replace")).hexdigest())
+
+
+def message_key(message_id: str | None) -> int | None:
+    message_id = normalize_message_id(message_id)
+    return key64("mid:" + message_id) if message_id else None
+
+
+def conversation_base(thread_index: str | None) -> str | None:
+    """The conversation part of a Thread-Index: its first 22 bytes (30 base64 characters)."""
+    if not thread_index or len(thread_index) < 30:
+        return None
+    return thread_index[:30]
+
+
+def normalized_subject(subject: str) -> str:
+    return SUBJECT_PREFIX.sub("", subject or "").strip().lower()
+
+
+@dataclass(slots=True)
+class Correlated:
+    activityid: str
+    regardingobjectid: str | None
+    regardingobjecttypecode: str | None
+
+
+class CorrelationMixin:
+    """Duplicate and correlation lookups, the tracking token and smart matching.
+
+    Uses ``self.db``, ``self._org_row``, ``self._prepared``, ``self._reading`` and the pending
+    ``self._dupkeys``, ``self._by_msgkey``, ``self._by_token``; caches the organization's tracking
+    settings in ``self._prefix_cache`` until ``invalidate_settings``."""
+
+    def _lookup_correlations(self, items: list[ItemProperties]) -> tuple[set[int], dict[int, Correlated],
+                                                                      dict[str, Correlated], dict[str, Correlated]]:
+        dupkeys = {duplicate_key(i) for i in items}
+        msgkeys = {k for i in items for k in (message_key(r) for r in (i.in_reply_to, *i.references)) if k}
+        tokens = {t for i in items for t in self._tokens_in(i.subject)}
+        convs = {c for i in items if (c := conversation_base(i.thread_index))}
+        known_dups: set[int] = set(k for k in dupkeys if k in self._dupkeys)
+        # the pending maps grow through a batch: look the (few) keys up rather than scan the maps
+        pending_msg, pending_tok = self._by_msgkey, self._by_token
+        by_msgkey = {k: pending_msg[k] for k in msgkeys if k in pending_msg}
+        by_token = {k: pending_tok[k] for k in tokens if k in pending_tok}
+        by_conv: dict[str, Correlated] = {}
+        with self._reading() as conn:
+            if dupkeys:
+                known_dups.update(r[0] for r in self._select_in(conn, "dupkey", _select_dupkeys, dupkeys))
+            if msgkeys:
+                for k, aid, reg, regtype in self._select_in(conn, "messageidkey", _select_correlation, msgkeys):
+                    by_msgkey.setdefault(k, Correlated(aid, reg, regtype))
+            if tokens:
+                for tok, aid, reg, regtype in self._select_in(conn, "trackingtoken", _select_correlation, tokens):
+                    by_token.setdefault(tok, Correlated(aid, reg, regtype))
+            if convs:
+                for conv, aid, reg, regtype in self._select_in(conn, "conversationindex", _select_correlation,
+                                                               convs):
+                    by_conv.setdefault(conv, Correlated(aid, reg, regtype))
+        return known_dups, by_msgkey, by_token, by_conv
+
+    def _select_in(self, conn, column: str, build, values) -> list[tuple]:
+        """Rows of ``build(column, binds)`` for the values, with one prepared statement per list length."""
+        values = list(values)
+        n = len(values)
+        prepared = self._prepared(("in", column, build.__name__, n),
+                                  lambda: build(column, [bindparam(f"k{i}") for i in range(n)]))
+        return prepared.fetchall(conn, {f"k{i}": v for i, v in enumerate(values)})
+
+    def _tokens_in(self, subject: str) -> list[str]:
+        prefix = self._tracking_prefix()
+        if not prefix or not subject:
+            return []
+        return re.findall(re.escape(prefix) + r":\d{7,}", subject)
+
+    def _tracking_prefix(self) -> str | None:
+        if not hasattr(self, "_prefix_cache"):
+            with self.db.connect() as conn:
+                row = self._org_row(conn)
+            self._prefix_cache = (row["trackingprefix"] if row and row["trackingtokenenabled"] else None,
+                                  bool(row and row["emailcorrelationenabled"]),
+                                  bool(row and row["enablesmartmatching"]))
+        return self._prefix_cache[0]
+
+    def invalidate_settings(self) -> None:
+        if hasattr(self, "_prefix_cache"):
+            del self._prefix_cache
+
+    def _smart_match(self, item: ItemProperties) -> Correlated | None:
+        subject = normalized_subject(item.subject)
+        if not subject or not item.sender:
+            return None
+        with self.db.connect() as conn:
+            rows = conn.execute(select(E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode,
+                                       E.c.subject, E.c.sender, E.c.torecipients)
+                                .where(or_(E.c.torecipients.contains(item.sender), E.c.sender == item.sender))
+                                .order_by(E.c.createdon.desc()).limit(50)).all()
+        for aid, reg, regtype, subj, _sender, _to in rows:
+            if normalized_subject(subj or "") == subject:
+                return Correlated(aid, reg, regtype)
+        return None
+
+    def _correlate(self, item: ItemProperties, by_msgkey: dict[int, Correlated], by_token: dict[str, Correlated],
+                   by_conv: dict[str, Correlated], smart_on: bool) -> tuple[Correlated | None, CorrelationMethod]:
+        """The tracked email an incoming item answers and how it was found, in this order: In-Reply-To
+        and References, the tracking token in the subject, the conversation index, smart matching."""
+        for ref in (item.in_reply_to, *item.references):
+            k = message_key(ref)
+            if k is not None and k in by_msgkey:
+                return by_msgkey[k], CorrelationMethod.IN_REPLY_TO
+        for tok in self._tokens_in(item.subject):
+            if tok in by_token:
+                return by_token[tok], CorrelationMethod.TRACKING_TOKEN
+        conv = conversation_base(item.thread_index)
+        if conv and conv in by_conv:
+            return by_conv[conv], CorrelationMethod.CONVERSATION_INDEX
+        if smart_on:
+            correlated = self._smart_match(item)
+            if correlated is not None:
+                return correlated, CorrelationMethod.SMART_MATCHING
+        return None, CorrelationMethod.NONE

@@ -1,0 +1,224 @@
+"""Leasing mailboxes: which are due, taking a batch of them for a host (a lease older than
+``LEASE_TIMEOUT`` is forced open), and the release that writes the batch and frees them."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, bindparam, func, literal_column, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from engine.ports import MailboxUpdate, MailboxWork
+from simulator.crm.models import EmailStatus
+from simulator.crm.platform_sql import E, M
+
+LEASE_TIMEOUT = timedelta(minutes=30)  # a lease older than this is forcibly unlocked
+
+_LEASE_COLUMNS = [
+    M.c.mailboxid, M.c.emailaddress, M.c.ownerid, M.c.regardingobjectid, M.c.regardingobjecttypecode,
+    M.c.emailserverprofile, M.c.statecode, M.c.incomingemaildeliverymethod, M.c.outgoingemaildeliverymethod,
+    M.c.enabledforincomingemail, M.c.enabledforoutgoingemail, M.c.incomingemailstatus,
+    M.c.outgoingemailstatus, M.c.emailrouteraccessapproval, M.c.processemailreceivedafter,
+    M.c.receivingpostponeduntil, M.c.postponesendinguntil, M.c.lastincomingstartedon,
+    M.c.lastoutgoingstartedon, M.c.noemailcount, M.c.incomingtransientfailurecount,
+    M.c.outgoingtransientfailurecount, M.c.undeliverablefolder, M.c.ewsurl, M.c.transientfailurecount,
+    M.c.actdeliverymethod, M.c.enabledforact, M.c.actstatus, M.c.receivingpostponeduntilforact,
+    M.c.lastactstartedon, M.c.noactcount, M.c.acttransientfailurecount,
+    # a Test & Enable put off by a transient error (engine.mailbox_test)
+    M.c.testemailconfigurationscheduled, M.c.testemailconfigurationretrycount,
+    M.c.orgmarkedasprimaryforexchangesync,
+]
+
+
+def _lease_statement(postgres: bool):
+    """Take up to ``:limit`` due mailboxes (free, or leased longer ago than ``:stale``) for ``:hostid``."""
+    now = bindparam("now", type_=M.c.processinglastattemptedon.type)
+    stale = bindparam("stale", type_=M.c.processinglastattemptedon.type)
+    due = (
+        select(M.c.mailboxid)
+        .where(
+            M.c.postponemailboxprocessinguntil <= now,
+            or_(M.c.processingstatecode == 0,
+                and_(M.c.processingstatecode == 1, M.c.processinglastattemptedon < stale)),
+        )
+        .order_by(M.c.postponemailboxprocessinguntil, M.c.mailboxid)
+        .limit(bindparam("limit", type_=M.c.forcedunlockcount.type))
+    )
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(M)
+        .where(M.c.mailboxid.in_(due.scalar_subquery()))
+        .values(
+            hostid=bindparam("hostid", type_=M.c.hostid.type),
+            processingstatecode=1,
+            processinglastattemptedon=now,
+            forcedunlockcount=M.c.forcedunlockcount + (M.c.processingstatecode == 1).cast(M.c.forcedunlockcount.type),
+        )
+        .returning(*_LEASE_COLUMNS)
+    )
+
+
+def _next_due_statement():
+    """One query: the earliest due time of a free mailbox and the oldest lease.
+
+    The state codes are literals, so that SQLite uses the partial index of leased rows."""
+    free = select(func.min(M.c.postponemailboxprocessinguntil)).where(
+        M.c.processingstatecode == literal_column("0")).scalar_subquery()
+    locked = select(func.min(M.c.processinglastattemptedon)).where(
+        M.c.processingstatecode == literal_column("1"),
+        M.c.postponemailboxprocessinguntil.is_not(None)).scalar_subquery()
+    return select(free, locked)
+
+
+def _update_statement(shape: tuple[str, ...], *, release: bool = False):
+    """UPDATE of one mailbox (by id) setting the columns of ``shape``; with ``release``, of a mailbox
+    leased by the host ``b_hostid``, which it frees."""
+    values = {name: bindparam(name, type_=M.c[name].type) for name in shape}
+    where = [M.c.mailboxid == bindparam("b_mailboxid")]
+    if release:
+        values["hostid"] = None
+        values["processingstatecode"] = 0
+        where.append(M.c.hostid == bindparam("b_hostid"))
+    return update(M).where(*where).values(values)
+
+
+def _mailbox_work(r) -> MailboxWork:
+    """A row of ``_LEASE_COLUMNS`` as the engine's MailboxWork."""
+    return MailboxWork(
+        id=r[0], emailaddress=r[1], ownerid=r[2], regardingobjectid=r[3], regardingobjecttypecode=r[4],
+        profileid=r[5], active=r[6] == 0, incomingemaildeliverymethod=r[7],
+        outgoingemaildeliverymethod=r[8], enabledforincomingemail=r[9], enabledforoutgoingemail=r[10],
+        incomingemailstatus=r[11], outgoingemailstatus=r[12], emailrouteraccessapproval=r[13],
+        processemailreceivedafter=r[14], receivingpostponeduntil=r[15], postponesendinguntil=r[16],
+        lastincomingstartedon=r[17], lastoutgoingstartedon=r[18], noemailcount=r[19],
+        incomingtransientfailurecount=r[20], outgoingtransientfailurecount=r[21],
+        undeliverablefolder=r[22], ewsurl=r[23], actdeliverymethod=r[25], enabledforact=r[26], actstatus=r[27],
+        receivingpostponeduntilforact=r[28], lastactstartedon=r[29], noactcount=r[30],
+        acttransientfailurecount=r[31], testemailconfigurationscheduled=r[32],
+        testemailconfigurationretrycount=r[33], orgmarkedasprimaryforexchangesync=r[34],
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class LeasingMixin:
+    """Lease, release and mailbox updates.
+
+    Uses ``self.db``, ``self.world``, ``self.oldest_lease``, ``self._postgres``, ``self._pending_senders``,
+    ``self._keep_reader``, ``self._reader``, the storage methods (``_begin``, ``_prepared``, ``_flush``,
+    ``_reset_pending``, ``_close_reader``) and, after a release, ``_purge_old_item_rows`` and ``_after_errors``
+    of the alerts."""
+
+    def next_due(self) -> datetime | None:
+        with self.db.connect() as conn:
+            free, locked = self._prepared(("next_due",), _next_due_statement).fetchall(
+                conn, {}, [M.c.postponemailboxprocessinguntil, M.c.processinglastattemptedon])[0]
+        free = _aware(free)
+        self.oldest_lease = _aware(locked)
+        if locked is not None:
+            expiry = _aware(locked) + LEASE_TIMEOUT
+            return expiry if free is None or expiry < free else free
+        return free
+
+    def leased_by_others(self, hostid: str) -> datetime | None:
+        """When the oldest lease held by a host other than ``hostid`` was taken (None: none is)."""
+        with self.db.connect() as conn:
+            return _aware(conn.execute(select(func.min(M.c.processinglastattemptedon)).where(
+                M.c.processingstatecode == 1, M.c.hostid != hostid)).scalar())
+
+    def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]:
+        params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
+        lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
+        senders = self._prepared(("pending_senders",), lambda: select(E.c.sendermailboxid).where(
+            E.c.statuscode.in_((EmailStatus.PENDING_SEND, EmailStatus.SENDING))).distinct())
+        world = self.world
+        try:
+            with self._begin() as conn:
+                rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
+                self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
+                if world is not None:  # what other processes delivered, before the batch reads it
+                    world.sync(conn)
+        except BaseException:
+            if world is not None:
+                world.reload()
+            raise
+        if rows and world is not None:
+            world.begin_batch()
+        works = [_mailbox_work(r) for r in rows]
+        works.sort(key=lambda w: (w.receivingpostponeduntil or now, w.id))
+        if works and self._keep_reader and self._reader is None:
+            self._reader = self.db.connect()
+        return works
+
+    def mailbox_work(self, mailboxids: list[str]) -> list[MailboxWork]:
+        """The same view of mailboxes as a lease gives, without leasing them (in the given order)."""
+        with self.db.connect() as conn:
+            rows = conn.execute(select(*_LEASE_COLUMNS).where(M.c.mailboxid.in_(mailboxids))).all()
+        by_id = {r[0]: _mailbox_work(r) for r in rows}
+        return [by_id[i] for i in mailboxids if i in by_id]
+
+    def release(self, hostid: str, updates: list[MailboxUpdate]) -> None:
+        """Write the batch in one transaction: pending rows, then the mailbox updates.
+
+        The updates are grouped by the set of columns they change; each group is one
+        executemany of one cached statement (a handful of shapes cover a whole batch)."""
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for upd in updates:
+            row = dict(upd.values)
+            shape = tuple(sorted(row))
+            row["b_mailboxid"] = upd.mailboxid
+            row["b_hostid"] = hostid
+            shapes[shape].append(row)
+        self._close_reader()
+        world = self.world
+        committed = False
+        try:
+            with self._begin() as conn:
+                self._flush(conn)
+                for shape, rows in shapes.items():
+                    self._prepared(("release", shape),
+                                   lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
+                if world is not None:  # the batch's Exchange changes commit with its CRM rows
+                    world.sync(conn, reading=False)
+            committed = True
+        except (IntegrityError, self.db.dialect.dbapi.IntegrityError):
+            # Another host forced some of these leases open (this one was presumed dead) and tracked
+            # their mail first. The whole batch is dropped (its Exchange changes with it) and its
+            # mailboxes freed: they are done again, so nothing is lost and nothing is done twice.
+            with self._begin() as conn:
+                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(
+                    [u.mailboxid for u in updates])).values(processingstatecode=0, hostid=None))
+            return
+        finally:
+            if not committed:
+                self._reset_pending()  # the batch's rows went with its transaction
+            if world is not None:
+                world.end_batch(committed)
+        self._purge_old_item_rows()
+        self._after_errors(updates)
+
+    def abandon_batch(self) -> None:
+        """A batch that will never reach its release (the engine failed half-way): forget its rows
+        and its Exchange changes, as if it had not run; its leases are forced open later."""
+        self._reset_pending()
+        self._close_reader()
+        if self.world is not None and self.world.deferred:
+            self.world.end_batch(committed=False)
+
+    def update_mailboxes(self, updates: list[MailboxUpdate]) -> None:
+        """Write mailbox columns outside a lease (administration, Test & Enable)."""
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for upd in updates:
+            if upd.values:
+                shapes[tuple(sorted(upd.values))].append({**upd.values, "b_mailboxid": upd.mailboxid})
+        with self._begin() as conn:
+            self._flush(conn)
+            for shape, rows in shapes.items():
+                self._prepared(("update", shape), lambda shape=shape: _update_statement(shape)).executemany(conn, rows)
+        self._after_errors(updates)

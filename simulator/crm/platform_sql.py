@@ -1,0 +1,208 @@
+"""The storage side of the platform, shared by its parts: table aliases, statements compiled once
+(``Prepared``), write transactions, the reading connection of a leased batch, and the rows a batch
+keeps in memory until its release writes them in one transaction.
+
+The hot paths use SQLAlchemy Core; the duplicate check and correlation also look at the pending rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from sqlalchemy import bindparam, insert, update
+
+from simulator.crm.models import (
+    ActivityParty,
+    Email,
+    EmailServerProfile,
+    ExchangeSyncIdMapping,
+    Mailbox,
+    TraceLog,
+)
+
+M = Mailbox.__table__
+E = Email.__table__
+P = ActivityParty.__table__
+T = TraceLog.__table__
+X = ExchangeSyncIdMapping.__table__
+PRO = EmailServerProfile.__table__
+
+if TYPE_CHECKING:
+    from simulator.crm.correlation import Correlated
+
+
+class Prepared:
+    """A Core statement compiled once for one dialect, executed on the DBAPI cursor.
+
+    For the few statements run per mailbox or per item on the polling path, SQLAlchemy's
+    per-execution work (cache key, parameter processing, result wrapping) costs several times
+    what the database does. The SQL text still comes from Core, and each value still goes
+    through its column type's bind processor (UTC datetimes, booleans)."""
+
+    __slots__ = ("sql", "_params", "_positional", "ok", "stmt", "params")
+
+    def __init__(self, stmt, dialect, column_keys: list[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        self.stmt = stmt
+        self.sql = compiled.string
+        self._positional = dialect.positional
+        names = list(compiled.positiontup or ()) if dialect.positional else list(compiled.binds)
+        self._params = []
+        for name in names:
+            bind = compiled.binds[name]
+            self._params.append((name, bind.key if bind.key in compiled.binds else name,
+                                 bind.type._cached_bind_processor(dialect), bind.value))
+        # defaults computed at execution time (insert/update "prefetch") are left to SQLAlchemy
+        self.ok = not (getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None)
+                       or getattr(compiled, "literal_execute_params", None) or compiled.post_compile_params)
+        self.params = self._make_params()
+
+    def _make_params(self):
+        """``row dict -> DBAPI parameters``, generated once: one expression per parameter."""
+        namespace: dict = {}
+        parts = []
+        for i, (name, key, proc, const) in enumerate(self._params):
+            namespace[f"c{i}"] = const
+            value = f"row.get({key!r}, c{i})"
+            if proc is not None:
+                namespace[f"p{i}"] = proc
+                value = f"p{i}({value})"
+            parts.append(value if self._positional else f"{name!r}: {value}")
+        body = f"({', '.join(parts)},)" if self._positional else f"{{{', '.join(parts)}}}"
+        if self._positional and not parts:
+            body = "()"
+        exec(f"def params(row):\n    return {body}\n", namespace)  # noqa: S102 - names come from Core
+        return namespace["params"]
+
+    def executemany(self, conn, rows: list[dict]) -> None:
+        """Run on ``conn`` (a SQLAlchemy Connection inside its transaction)."""
+        if not rows:
+            return
+        if not self.ok:
+            conn.execute(self.stmt, rows)
+            return
+        with _cursor(conn) as cursor:
+            cursor.executemany(self.sql, [self.params(r) for r in rows])
+
+    def execute(self, conn, row: dict) -> int:
+        """Run once; the number of rows the statement changed."""
+        if not self.ok:
+            return conn.execute(self.stmt, row).rowcount
+        with _cursor(conn) as cursor:
+            cursor.execute(self.sql, self.params(row))
+            return cursor.rowcount
+
+    def fetchall(self, conn, row: dict, columns: list | None = None) -> list[tuple]:
+        """The rows, each value through the result processor of ``columns[i]``'s type when given."""
+        if not self.ok:
+            return [tuple(r) for r in conn.execute(self.stmt, row)]
+        with _cursor(conn) as cursor:
+            cursor.execute(self.sql, self.params(row))
+            rows = cursor.fetchall()
+        if columns is None or not rows:
+            return rows
+        dialect = conn.dialect
+        procs = [(i, c.type._cached_result_processor(dialect, None)) for i, c in enumerate(columns)]
+        procs = [(i, p) for i, p in procs if p is not None]
+        if not procs:
+            return rows
+        out = []
+        for r in rows:
+            r = list(r)
+            for i, p in procs:
+                r[i] = p(r[i])
+            out.append(r)
+        return out
+
+
+def _cursor(conn):
+    """A DBAPI cursor on the connection ``conn`` wraps, closed after use."""
+    return contextlib.closing(conn.connection.dbapi_connection.cursor())
+
+
+class _Borrowed:
+    """``with`` over a connection that someone else closes."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def __enter__(self):
+        return self.conn
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+class StorageMixin:
+    """Transactions, prepared statements and the pending rows of a batch.
+
+    Uses ``self.db``, ``self.world``, ``self._statements``, ``self._reader``; owns the pending rows
+    (``_emails``, ``_parties``, ``_item_rows``, ``_send_updates``, ``_attempt_updates``, ``_dupkeys``,
+    ``_by_msgkey``, ``_by_token``)."""
+
+    def _reset_pending(self) -> None:
+        self._emails: list[dict] = []
+        self._parties: list[dict] = []
+        self._item_rows: list[dict] = []
+        self._send_updates: list[dict] = []
+        self._attempt_updates: list[dict] = []
+        self._dupkeys: set[int] = set()
+        self._by_msgkey: dict[int, Correlated] = {}
+        self._by_token: dict[str, Correlated] = {}
+
+    def _begin(self):
+        """A write transaction. The world's epoch is taken first, outside it: the raw statements of
+        the hot path do not pass SQLAlchemy's hooks, which take it elsewhere (simulator/world.py)."""
+        if self.world is not None:
+            self.world.epoch()
+        return self.db.begin()
+
+    def _reading(self):
+        """A connection for the duplicate and correlation lookups of the leased batch.
+
+        On SQLite one connection is kept from the lease to the release (a pool checkout per
+        mailbox with mail cost more than the lookup); its SELECTs run outside any transaction on
+        the DBAPI cursor, so each sees what is committed. Elsewhere a connection per call."""
+        if self._reader is not None:
+            return _Borrowed(self._reader)
+        return self.db.connect()
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _prepared(self, key: tuple, build) -> Prepared:
+        prepared = self._statements.get(key)
+        if prepared is None:
+            prepared = self._statements[key] = Prepared(build(), self.db.dialect)
+        return prepared
+
+    def _insert_many(self, conn, table, rows: list[dict]) -> None:
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for row in rows:
+            shapes[tuple(row)].append(row)
+        for shape, group in shapes.items():
+            key = ("insert", table.name, shape)
+            prepared = self._statements.get(key)
+            if prepared is None:
+                prepared = self._statements[key] = Prepared(insert(table), self.db.dialect, list(shape))
+            prepared.executemany(conn, group)
+
+    def _flush(self, conn) -> None:
+        if self._emails:
+            self._insert_many(conn, E, self._emails)
+        if self._parties:
+            self._insert_many(conn, P, self._parties)
+        if self._item_rows:
+            self._insert_many(conn, X, self._item_rows)
+        by_id = update(E).where(E.c.activityid == bindparam("b_activityid"))
+        if self._send_updates:
+            conn.execute(by_id, self._send_updates)
+        if self._attempt_updates:
+            conn.execute(by_id, self._attempt_updates)
+        self._reset_pending()
