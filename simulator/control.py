@@ -40,32 +40,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any
 
 from aiohttp import web
 
-from simulator.control_admin import admin_routes
+from simulator.control_admin import admin_routes, read_body, refusal
+from simulator.crm.errors import ValidationError
+from simulator.crm.inputs import AdvanceInput, FaultInput
 from simulator.faults import FaultRule, FaultRuleError
-from simulator.web import BodyError, json_object
 
-MAX_ADVANCE_S = 366 * 86400
 ADVANCE_SLICE = timedelta(hours=1)  # an advance runs in slices of this much simulated time
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        return json_object(await request.read())
-    except BodyError as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is {exc}"}),
-                                 content_type="application/json") from None
+    return web.json_response({"error": message, "field": None}, status=status)
 
 
 log = logging.getLogger(__name__)
@@ -102,15 +92,10 @@ def control_routes(sandbox) -> list[web.RouteDef]:
     async def advance(request: web.Request) -> web.Response:
         if not sandbox.clock.is_virtual:
             return _error(409, "the sandbox runs on the real clock; start it with --virtual to move time")
-        body = await _json_body(request)
-        unknown = sorted(set(body) - {"seconds"})
-        if unknown:
-            return _error(400, f"{unknown[0]}: not a field of a clock advance (give seconds)")
-        if "seconds" not in body:
-            return _error(400, f"seconds: is required (a number of seconds from 0 to {MAX_ADVANCE_S})")
-        seconds = body["seconds"]
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_ADVANCE_S:
-            return _error(400, f"seconds: {seconds!r} is not a number of seconds from 0 to {MAX_ADVANCE_S}")
+        try:
+            seconds = (await read_body(request, AdvanceInput)).seconds
+        except Exception as exc:
+            return refusal(exc)
         polls = sandbox.engine.stats.polls
         target = sandbox.clock.now() + timedelta(seconds=seconds)
         # In slices of simulated time: between two, other requests (an admin step, a fault rule, EWS,
@@ -143,17 +128,15 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         return web.json_response([asdict(r) for r in sandbox.faults.rules])
 
     async def add_fault(request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        allowed = {"code", "operation", "mailbox", "count", "probability", "backoff_ms"}
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            return _error(400, f"{unknown[0]}: not a field of a fault rule ({', '.join(sorted(allowed))})")
-        if "code" not in body:
-            return _error(400, "code: is required")
         try:
-            rule = FaultRule(**body)
-        except (FaultRuleError, TypeError) as exc:
-            return _error(400, str(exc))
+            body = await read_body(request, FaultInput)
+            try:
+                rule = FaultRule(**{k: v for k, v in body.given().items() if v is not None})
+            except FaultRuleError as exc:  # the rule's own checks, the same for every way in
+                field, _, text = str(exc).partition(": ")
+                raise ValidationError(text, field) from None
+        except Exception as exc:
+            return refusal(exc)
         sandbox.add_rule(rule)
         return web.json_response(asdict(rule), status=201)
 

@@ -126,7 +126,9 @@ def parse_json(model: type[M], raw: bytes | str) -> M:
 
 
 def refusal(model: type[Input], exc: PydanticError) -> ValidationError:
-    error = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # A field the user wrote but that does not exist explains a missing one ("minutes" for "seconds").
+    error = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
     loc = [str(part) for part in error.get("loc", ())]
     name = loc[0] if loc else None
     value = error.get("input")
@@ -420,6 +422,14 @@ class ConfigureInput(Input):
 
 
 # ------------------------------------------------------------------------------ the sandbox: running it, faults
+MAX_ADVANCE_S = 366 * 86400  # one clock advance over HTTP: at most a (leap) year
+
+
+class AdvanceInput(Input):
+    what: ClassVar[str] = "a clock advance"
+    seconds: Annotated[float, Field(ge=0, le=MAX_ADVANCE_S, allow_inf_nan=False)] = field("--seconds", default=...)
+
+
 class RunInput(Input):
     what: ClassVar[str] = "a run of the engine"
     minutes: Annotated[int, Field(ge=0, le=60 * 24 * 31)] | None = field("--minutes")
