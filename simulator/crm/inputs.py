@@ -430,6 +430,15 @@ class AdvanceInput(Input):
     seconds: Annotated[float, Field(ge=0, le=MAX_ADVANCE_S, allow_inf_nan=False)] = field("--seconds", default=...)
 
 
+MAX_CLOCK_DAYS = 100 * 366  # the sandbox clock of a database moves at most a century in one step
+
+
+class ClockAdvanceInput(Input):
+    what: ClassVar[str] = "a move of the sandbox clock"
+    days: Annotated[float, Field(ge=0, le=MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field("--days")
+    hours: Annotated[float, Field(ge=0, le=24 * MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field("--hours")
+
+
 class RunInput(Input):
     what: ClassVar[str] = "a run of the engine"
     minutes: Annotated[int, Field(ge=0, le=60 * 24 * 31)] | None = field("--minutes")

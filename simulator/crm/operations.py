@@ -97,6 +97,7 @@ _OPERATIONS = (
     Operation("profile activate", "Activate a profile.", None, (PRV_ADMIN,)),
     Operation("profile deactivate", "Deactivate a profile.", None, (PRV_ADMIN,)),
     Operation("run", "Run the sync engine for a while of sandbox time.", inputs.RunInput),
+    Operation("clock advance", "Fast-forward the sandbox clock.", inputs.ClockAdvanceInput),
     Operation("fault add", "Make Exchange calls fail.", inputs.FaultInput),
     Operation("alerts", "Alerts (trace log), newest first.", inputs.AlertQuery),
     Operation("email list", "Email activities, newest first.", inputs.ListQuery),

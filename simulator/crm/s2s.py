@@ -44,6 +44,7 @@ from sqlmodel import Session, select
 from engine.clock import Clock, RealClock, VirtualClock, as_utc
 from engine.errors import TokenError
 from simulator.crm.admin import SYSTEM_ADMINISTRATOR, AdminError, PrivilegeError
+from simulator.crm.inputs import ClockAdvanceInput, parse
 from simulator.crm.models import (
     Organization,
     S2SCertificate,
@@ -145,12 +146,10 @@ def save_clock(session: Session, clock: Clock) -> None:
 
 
 def advance_clock(db: Engine, *, days: float = 0, hours: float = 0) -> datetime:
-    """Move the persisted clock forward (never back); returns the new time."""
-    for name, value in (("days", days), ("hours", hours)):
-        if not (isinstance(value, int | float) and 0 <= value <= 100 * 366 * (24 if name == "hours" else 1)):
-            raise S2SError("bad_duration", f"{value!r} is out of range (the clock only moves forward, "
-                                           f"by at most 100 years)", name)
-    delta = timedelta(days=days, hours=hours)
+    """Move the persisted clock forward (never back); returns the new time. The amounts are checked
+    by the input model of ``clock advance``."""
+    span = parse(ClockAdvanceInput, {"days": days, "hours": hours})
+    delta = timedelta(days=span.days or 0, hours=span.hours or 0)
     with Session(db) as session:
         clock = load_clock(session)
         clock.advance(delta.total_seconds())
