@@ -136,6 +136,12 @@ def _engine(db: str):
     return make_engine(db if "://" in db else sqlite_url(db))
 
 
+def _say_next(db: str) -> None:
+    from simulator.cli_walkthrough import say_next
+
+    say_next(db)
+
+
 def _option_name(field: str | None, operation: str | None = None) -> str | None:
     """The option that sets ``field`` in the command of ``operation`` (declared by its input model)."""
     from simulator.crm.inputs import COMMON_FLAGS
@@ -146,7 +152,24 @@ def _option_name(field: str | None, operation: str | None = None) -> str | None:
     model = OPERATIONS[operation].model if operation else None
     if model is not None and field in model.model_fields:
         return model.flag(field)
-    return COMMON_FLAGS.get(field, "--" + field.replace("_", "-"))
+    if field in COMMON_FLAGS:
+        return COMMON_FLAGS[field]
+    option = "--" + field.replace("_", "-")
+    if model is None or option in _command_options(OPERATIONS[operation].cli or operation):
+        return option
+    # a field the command has no option for (the organization's default profile when applying
+    # defaults) is the state the refusal is about, not something the user typed: no option named
+    return None
+
+
+def _command_options(command: str) -> set[str]:
+    """The options of the ``sss`` command ``command`` (e.g. "tenant create")."""
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    for word in command.split(" --")[0].split():
+        cmd = cmd.commands[word]
+    return {opt for param in cmd.params for opt in (*param.opts, *param.secondary_opts)}
 
 
 class _Refused:
@@ -192,6 +215,9 @@ class _Refused:
             if "database is locked" in line:
                 line = ("database: another sss process kept it busy for more than 30 s; nothing was written, "
                         "try again when it is done")
+            elif "readonly database" in line or "read-only" in line:
+                line = ("database: it cannot be written (a read-only file, folder or URL); nothing was changed: "
+                        "make it writable, or copy it and give the copy with --db")
             elif "no such column" in line or "does not exist" in line:
                 line += " (the database was made by an older version of sss-sim: start a new one with another --db)"
         else:
@@ -253,7 +279,7 @@ def org_init(
     _say(f"System Administrator: {admin_domain.strip()} <{admin_email.strip().lower()}> (use --as {admin_domain.strip()}).")
     if not (ifd and hybrid_connector):
         _say("[yellow]Prerequisites are missing: see sss org check.[/yellow]")
-    _say("Next (Office 365 side): sss tenant create --name ... --domain ... --admin ...")
+    _say_next(db)
 
 
 def _organization_exists(db: str) -> bool:
@@ -326,7 +352,7 @@ def tenant_create(
         tenant = create_tenant(_engine(db), name, list(domain), list(admin))
     _say(f"[green]Tenant {tenant.name} created[/green]: tenant id {tenant.tenant_id}")
     _say(f"Domains: {', '.join(tenant.domains)}; administrators: {', '.join(tenant.admins)}")
-    _say("Next: sss cert new --subject CN=<CRM server> --days 365 --password ... --out certs")
+    _say_next(db)
 
 
 @tenant_app.command("list")
@@ -377,9 +403,7 @@ def cert_new(
     _say(f"[green]Certificate {made.subject}[/green] thumbprint {made.thumbprint}")
     _say(f"Valid from {made.not_before:%Y-%m-%d %H:%M:%S} to {made.not_after:%Y-%m-%d %H:%M:%S} UTC (sandbox time).")
     _say(f"Wrote {made.pfx_path}{'' if made.with_private_key else ' (without private key)'} and {made.cer_path}.")
-    _say(f"Next (step 1.2): sss cert install --certificate-file {made.pfx_path} --password ... "
-         f"--certificate-type S2STokenIssuer --service-account DOMAIN\\account "
-         f"--store-find-type FindBySubjectDistinguishedName --update-crm --as <admin>")
+    _say_next(db)
 
 
 @cert_app.command("install")
@@ -414,8 +438,7 @@ def cert_install(
     if done.replaced_thumbprint:
         _say(f"It replaces the S2S token issuer certificate {done.replaced_thumbprint}.")
     _say(f"[green]Installed as the {done.certificate_type} certificate of the CRM deployment.[/green]")
-    _say("Next (step 1.3): sss s2s configure --root-domain-name ... --private-key-password ... --cer-file-path ... "
-         "--pfx-file-path ... --organization-name ... --o365-admin-email ... --as <admin>")
+    _say_next(db)
 
 
 @s2s_app.command("configure")
@@ -489,15 +512,17 @@ def clock_show(db: str = _db_option()) -> None:
 
 @clock_app.command("advance")
 def clock_advance(
-    days: float = typer.Option(0.0, "--days", min=0, help="Days to move forward."),
-    hours: float = typer.Option(0.0, "--hours", min=0, help="Hours to move forward."),
+    days: str = typer.Option("0", "--days", metavar="N", help="Days to move forward."),
+    hours: str = typer.Option("0", "--hours", metavar="N", help="Hours to move forward."),
     db: str = _db_option(),
 ) -> None:
     """Fast-forward the sandbox clock (it never goes back)."""
+    from simulator.crm.inputs import ClockAdvanceInput, parse
     from simulator.crm.s2s import advance_clock
 
-    with _Refused():
-        now = advance_clock(_engine(db), days=days, hours=hours)
+    with _Refused("clock advance"):
+        span = parse(ClockAdvanceInput, {"days": days, "hours": hours}, strict=False)
+        now = advance_clock(_engine(db), days=span.days or 0, hours=span.hours or 0)
     _say(f"The sandbox clock is now {now:%Y-%m-%d %H:%M:%S} UTC.")
 
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, app
+from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, _say_next, app
 from simulator.crm.errors import AdminError, ValidationError
 from simulator.crm.inputs import parse
 from simulator.crm.operations import OPERATIONS
@@ -131,6 +131,25 @@ def user_add(
                                      as_user=as_user)
         uid = _in_sandbox(db, action)
     _say(f"User {name} <{email.strip().lower()}> added (id {uid}); its mailbox is Pending Approval.")
+
+
+@user_app.command("list")
+def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
+    """The organization's users: logon name (for --as), name, address, security roles."""
+    with _Refused():
+        rows = _in_sandbox(db, lambda ws: ws.admin.users())
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Users")
+    table.add_column("logon name (--as)", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("email", no_wrap=True)
+    table.add_column("roles", overflow="fold")
+    for u in rows:
+        table.add_row(u["domainname"], u["fullname"], u["internalemailaddress"], ", ".join(u["roles"]) or "none",
+                      style="dim" if u["isdisabled"] else None)
+    Console(highlight=False).print(table)
 
 
 @user_app.command("add-queue")
@@ -267,7 +286,7 @@ def profile_create(
         view = _in_sandbox(db, action)
     _say(f"[green]Profile {view['name']} saved[/green] (id {view['emailserverprofileid']}, tenant id "
           f"{view['exchangeonlinetenantid']}, owner {view['owner']}).")
-    _say(f"Next: sss profile test --profile \"{view['name']}\" --as {as_user}")
+    _say_next(db)
 
 
 @profile_app.command("update")
@@ -340,7 +359,8 @@ def profile_test(
         table.add_row(c.name, mark, c.response)
     Console(highlight=False).print(table)
     if result.ok:
-        _say("[green]Success.[/green] Next: make it the default profile (sss settings set --default-profile ...).")
+        _say("[green]Success.[/green]")
+        _say_next(db)
         return
     failed = next((c for c in result.checks if c.ok is False), None)
     typer.echo(f"{result.outcome}: {failed.response if failed else 'a check did not run'}", err=True)
@@ -486,8 +506,7 @@ def settings_set(
 
         _in_sandbox(db, lambda ws: ws.admin.set_settings(as_user, **fields))
     _say(f"[green]Settings saved[/green]: {', '.join(sorted(fields))}.")
-    if "defaultemailserverprofileid" in fields:
-        _say(f"Next: sss mailbox apply-defaults --all --as {as_user}")
+    _say_next(db)
 
 
 # ------------------------------------------------------------------------------ 1.7-1.9 mailboxes
@@ -520,6 +539,16 @@ def print_mailboxes(rows) -> None:
     Console(highlight=False).print(table)
 
 
+# the fields of `sss mailbox show` in the order the mailbox form reads; the others follow by name
+MAILBOX_FIELD_ORDER = (
+    "emailaddress", "name", "mailboxid", "regardingobjecttypecode", "emailserverprofilename", "emailserverprofile",
+    "emailrouteraccessapproval", "incomingemaildeliverymethod", "outgoingemaildeliverymethod", "actdeliverymethod",
+    "mailboxstatus", "incomingemailstatus", "enabledforincomingemail", "outgoingemailstatus",
+    "enabledforoutgoingemail", "actstatus", "enabledforact", "lastsyncerrorcode", "lastsyncerror",
+    "lastsyncerroroccurredon", "lastsyncerrorcount", "lastsuccessfulsynccompletedon",
+)
+
+
 @mailbox_app.command("show")
 def mailbox_show(
     mailbox: str = typer.Option(..., "--mailbox", "-m", metavar="ADDRESS", help="The mailbox's email address."),
@@ -538,7 +567,8 @@ def mailbox_show(
     table = Table(title=f"Mailbox {view['emailaddress']}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for key, value in view.items():
+    first = [k for k in MAILBOX_FIELD_ORDER if k in view]
+    for key, value in [(k, view[k]) for k in first] + sorted((k, v) for k, v in view.items() if k not in first):
         if key in ("incomingemailstatus", "outgoingemailstatus", "actstatus", "mailboxstatus"):
             value = f"{value} {STATUS.get(value, '')}"
         elif key == "emailrouteraccessapproval":
@@ -673,18 +703,23 @@ def alerts(
     as_user: str | None = typer.Option(None, "--as", metavar="USER", help="Show this user's alert wall."),
     level: str | None = typer.Option(None, "--level", help="error, warning or information."),
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", metavar="ADDRESS", help="Alerts about one mailbox."),
+    profile: str | None = typer.Option(None, "--profile", help="Alerts about one email server profile (name or id)."),
     limit: str = typer.Option("50", "--limit", metavar="N", help="At most this many (newest first), 1 to 10000."),
     as_json: bool = typer.Option(False, "--json"),
     db: str = _db_option(),
 ) -> None:
-    """Alerts (trace log), newest first: a user's wall, by level, about a mailbox."""
+    """Alerts (trace log), newest first: a user's wall, by level, about a mailbox or a profile."""
     with _Refused("alerts"):
         if level is not None and level.lower() not in LEVELS:
             raise ValidationError(f"{level!r} is not error, warning or information", "level")
         count = _typed("alerts", {"limit": limit})["limit"]
 
+        if mailbox and profile:
+            raise ValidationError("give --mailbox or --profile, not both", None)
+
         def action(ws):
-            regarding = ws.admin.mailbox_id(mailbox) if mailbox else None
+            regarding = (ws.admin.mailbox_id(mailbox) if mailbox else
+                         ws.admin.profile_id(profile) if profile else None)
             return ws.admin.alerts(user=as_user, level=LEVELS[level.lower()] if level else None,
                                    regarding=regarding, limit=count)
         rows = _in_sandbox(db, action)
@@ -845,7 +880,7 @@ def fault_add(
 
         def action(ws):
             try:
-                return ws.sb.add_rule(FaultRule(**values))
+                return ws.sb.add_rule(FaultRule(**{k: v for k, v in values.items() if v is not None}))
             except FaultRuleError as exc:
                 field, _, text = str(exc).partition(": ")
                 raise ValidationError(text or field, field if text else None) from None

@@ -50,6 +50,20 @@ def _print_steps(steps) -> None:
             _say(f"  {MARKS[TODO]} [dim]{label}[/dim]")
 
 
+def say_next(db: str) -> None:
+    """After a setup command: the step the procedure now stands at and its command, read from the
+    database (so a hint never suggests a step that is already done)."""
+    from simulator.procedure import current_step, procedure_state
+
+    step = current_step(procedure_state(db, db_option=_db_flag(db)))
+    if step is None:
+        _say("Every setup step is done: the engine syncs the enabled mailboxes (sss run --hours 1).")
+        return
+    word = "Blocked at" if step.status == BLOCKED else "Next"
+    hint = f" {escape(step.commands[0])}" if step.commands else ""
+    _say(f"{word} (step {step.section}, {escape(step.title)}):{hint}")
+
+
 def _print_current(step) -> None:
     word = "Blocked at" if step.status == BLOCKED else "Next"
     _say("")

@@ -34,7 +34,6 @@ from sqlmodel import Session, select
 from engine.clock import as_utc
 from engine.ports import ActMethod, Approval, IncomingMethod, OutgoingMethod, Status
 from simulator.crm import s2s
-from simulator.crm.admin import SYSTEM_ADMINISTRATOR
 from simulator.crm.db import DatabaseError, check_schema
 from simulator.crm.models import (
     EmailServerProfile,
@@ -48,6 +47,7 @@ from simulator.crm.models import (
     TestExecutionStatus,
     TraceLog,
 )
+from simulator.crm.operations import SETUP_STEPS, STEP, SYSTEM_ADMINISTRATOR
 from simulator.identity import certs
 
 DONE, NEXT, BLOCKED, TODO = "done", "next", "blocked", "todo"
@@ -73,50 +73,9 @@ class StepState:
         return asdict(self)
 
 
-PURPOSES = {
-    "prerequisites": "The CRM organization must exist and have a user with the System Administrator role, the "
-                     "deployment must be reachable from the internet (IFD), and the Dynamics 365 Hybrid Connector "
-                     "must be installed. Without these Exchange Online cannot talk to the CRM at all.",
-    "tenant": "Exchange Online lives in an Office 365 tenant. Its global administrator is the one who later lets "
-              "the CRM register itself there; in the sandbox the tenant is created in the fake identity service.",
-    "certificate": "The CRM proves who it is to Exchange Online with an x509 certificate and its private key. A "
-                   "self-signed one is fine for evaluation; it needs the private key (.pfx) and the public part "
-                   "(.cer).",
-    "install-certificate": "CertificateReconfiguration.ps1 makes the certificate the S2S token issuer of the CRM "
-                           "deployment, readable by the account of the asynchronous service that runs "
-                           "server-side synchronization.",
-    "configure": "ConfigureCrmServerSideSync registers the CRM's service principal and the certificate with the "
-                 "tenant's identity service, configures server-based authentication, and stores the tenant id on "
-                 "the organization (S2STenantId).",
-    "validate": "Server-based authentication validation checks that the certificate is installed, valid today, "
-                "configured and registered. Any failure here is reported as \"Authentication failure\" everywhere "
-                "else.",
-    "profile": "An \"Exchange Online (Hybrid)\" email server profile tells server-side synchronization which tenant "
-               "to ask for tokens and how to find EWS. Test Connection proves it works: tenant id, certificate, "
-               "token and EWS.",
-    "org-defaults": "The organization's email settings name the default profile and set incoming, outgoing and "
-                    "appointments/contacts/tasks to server-side synchronization; new mailboxes take these values.",
-    "mailbox-settings": "Each mailbox needs the profile and the server-side synchronization delivery methods. "
-                        "\"Apply default email settings\" copies the organization's defaults onto the mailboxes.",
-    "approve": "While the organization requires approval, a user's or queue's email address must be approved "
-               "before its mailbox processes any mail.",
-    "test-enable": "Test & Enable checks incoming, outgoing (a message to itself) and, for users, appointments, "
-                   "contacts and tasks, and switches on what passed. Only then does the engine sync the mailbox.",
-}
-
-STEPS = (
-    ("prerequisites", "1.1", "Prerequisites"),
-    ("tenant", "1.1", "Office 365 tenant (its administrator's part)"),
-    ("certificate", "1.1", "Certificate made"),
-    ("install-certificate", "1.2", "Certificate installed as the S2S token issuer"),
-    ("configure", "1.3", "ConfigureCrmServerSideSync"),
-    ("validate", "1.4", "Server-based authentication validation"),
-    ("profile", "1.5", "Email server profile saved, Test Connection passed"),
-    ("org-defaults", "1.6", "Default profile and delivery methods"),
-    ("mailbox-settings", "1.7", "Mailboxes have the profile and server-side synchronization"),
-    ("approve", "1.8", "Email addresses approved"),
-    ("test-enable", "1.9", "Mailboxes tested and enabled"),
-)
+# The steps, their order and what each waits for are the operations' declarations (SETUP_STEPS).
+PURPOSES = {step.key: step.purpose for step in SETUP_STEPS}
+STEPS = tuple((step.key, step.section, step.title) for step in SETUP_STEPS)
 
 _THUMBPRINT = re.compile(r"thumbprint ([0-9A-F]{40})")
 
@@ -730,11 +689,15 @@ def procedure_state(db: str | Path, *, db_option: str | None = None,
 
     states: list[StepState] = []
     current_found = False
+    held: set[str] = set()
     for key, section, title in STEPS:
+        waiting = [STEP[n] for n in STEP[key].needs if n not in held]
         if facts.org is None and key != "prerequisites":
             verdict = _Eval("missing", "Waits for the organization (step 1.1).")
         else:
             verdict = _EVALUATORS[key](facts)
+        if verdict.state == "done":
+            held.add(key)
         if verdict.state == "done":
             status = DONE
         elif not current_found:
@@ -742,6 +705,8 @@ def procedure_state(db: str | Path, *, db_option: str | None = None,
             current_found = True
         else:
             status = TODO
+            if waiting:  # what its operations declare they need, and is not done yet
+                verdict.reason = "Waits for " + ", ".join(f"step {w.section} ({w.title})" for w in waiting) + "."
         states.append(StepState(key, section, title, status, PURPOSES[key], verdict.reason, verdict.detail,
                                 verdict.commands))
     return states

@@ -101,3 +101,43 @@ def test_adding_a_user_twice_names_the_option_the_user_typed(tmp_path, monkeypat
     typed = runner.invoke(app, ["user", "add", "--name", "Alice C", "--email", "ac@contoso.example",
                                 "--domain", "alice", "--as", "admin", "--db", db])
     assert typed.stderr.strip() == "Error: --domain: 'alice' is already a user", typed.stderr
+
+
+def test_a_read_only_database_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    """Every command writes through the same path; a database opened read-only (the SQLite URI
+    mode a read-only file gets) is refused in one line, and the file is left as it was."""
+    from trial import Trial, all_rows
+
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    trial = Trial(f"sqlite:///{tmp_path / 'sss.db'}", tmp_path)
+    trial.org_init()
+    before = all_rows(trial.url)
+    read_only = f"sqlite:///file:{tmp_path / 'sss.db'}?mode=ro&uri=true"
+    for args in (("user", "add", "--name", "Eve", "--email", "eve@contoso.com", "--as", "admin"),
+                 ("fault", "add", "--code", "ErrorServerBusy")):
+        result = CliRunner().invoke(app, [*args, "--db", read_only])
+        err = result.stderr.strip()
+        assert result.exit_code == 1 and "\n" not in err and "Traceback" not in result.output + err, err
+        assert err.startswith("Error: database: it cannot be written") and "--db" in err, err
+    assert all_rows(trial.url) == before
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--days", "9999999"], "Error: --days: '9999999' is out of range (from 0 to 36600)"),
+    (["--hours", "soon"], "Error: --hours: 'soon' is not a number (from 0 to 878400)"),
+    (["--days", "-1"], "Error: --days: '-1' is out of range (from 0 to 36600)"),
+])
+def test_a_clock_advance_out_of_range_names_the_option_and_leaves_the_clock(tmp_path, monkeypatch, args, says):
+    """The clock advance reads its amounts through its input model (the one range check): the value
+    comes back as typed, and the stored clock does not move."""
+    from trial import Trial, all_rows
+
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    trial = Trial(f"sqlite:///{tmp_path / 'sss.db'}", tmp_path)
+    trial.org_init()
+    before = all_rows(trial.url)
+    result = CliRunner().invoke(app, ["clock", "advance", *args, "--db", str(tmp_path / "sss.db")])
+    assert result.exit_code == 1 and result.stderr.strip() == says, result.output
+    assert all_rows(trial.url) == before
+    moved = CliRunner().invoke(app, ["clock", "advance", "--days", "1.5", "--db", str(tmp_path / "sss.db")])
+    assert moved.exit_code == 0 and all_rows(trial.url) != before

@@ -310,3 +310,49 @@ def test_test_connection_with_a_certificate_that_is_not_the_registered_one_fails
     assert p.lasttestexecutionstatus == 0
     assert "certificate registered with the identity service: FAILED" in p.lasttestresponse
     assert "access token: not run" in p.lasttestresponse
+
+
+# ------------------------------------------------------------------------------ what a new user tripped on
+def test_test_and_enable_all_without_profiles_names_no_option_the_user_did_not_type(with_profile):
+    line = check_refused(with_profile, lambda: with_profile.sss("mailbox", "test-enable", "--all", "--as", ADMIN),
+                         "no email server profile", "step 1.7", "sss mailbox apply-defaults")
+    assert not line.startswith("Error: --"), line
+
+
+def test_user_list_shows_each_logon_name_with_its_roles(with_profile):
+    with_profile.ok("user", "add-role", "--name", "Approver", "--privilege", "prvApproveRejectEmailAddress",
+                    "--as", ADMIN)
+    with_profile.ok("user", "add", "--name", "Pat", "--email", "pat@contoso.com", "--domain", "pat",
+                    "--role", "Approver", "--as", ADMIN)
+    rows = {u["domainname"]: u for u in _json(with_profile, "user", "list")}
+    assert rows[ADMIN]["roles"] == ["System Administrator"]
+    assert rows["alice"]["internalemailaddress"] == ALICE and rows["alice"]["roles"] == ["Salesperson"]
+    assert rows["pat"]["roles"] == ["Approver"]
+    table = with_profile.ok("user", "list").stdout
+    for name in (ADMIN, "alice", "pat", "Approver"):
+        assert name in table
+
+
+def test_mailbox_show_reads_in_the_forms_order(with_defaults):
+    out = with_defaults.ok("mailbox", "show", "--mailbox", ALICE).stdout
+    at = [out.index(f"│ {name} ") for name in ("emailaddress", "emailserverprofilename", "emailrouteraccessapproval",
+                                                 "incomingemaildeliverymethod", "mailboxstatus", "lastsyncerrorcode")]
+    assert at == sorted(at), out
+
+
+def test_next_hints_follow_the_database_not_a_fixed_order(s2s_done):
+    """A hint names the step the procedure stands at: after a profile is saved that is Test
+    Connection of that profile; once the default is set and tested, never a step already done."""
+    out = s2s_done.ok("profile", "create", "--name", PROFILE, "--as", ADMIN).stdout
+    assert "Next (step 1.4" in out or "Next (step 1.5" in out, out
+    assert "sss profile test" in out or "sss s2s validate" in out, out
+    # the default profile is set, but its Test Connection never ran: the procedure stands at 1.4/1.5,
+    # so the hint is not "apply the defaults" (step 1.7) as a fixed order would say
+    out = s2s_done.ok("settings", "set", "--default-profile", PROFILE, "--as", ADMIN).stdout
+    hint = out.split("Next", 1)[-1]
+    assert "apply-defaults" not in hint and ("sss profile test" in hint or "sss s2s validate" in hint), out
+
+
+def test_email_list_help_says_what_limit_takes(with_profile):
+    out = with_profile.sss("email", "list", "--help").stdout
+    assert "--limit" in out and "10000" in out and "<str>" not in out
