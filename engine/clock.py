@@ -49,6 +49,8 @@ def parse_instant(text: str, *, utc: bool = True) -> datetime:
 
     The one parser of times that come from outside (a CLI option, a JSON field, an EWS value, a
     stored record); raises ``ValueError`` when ``text`` is not such an instant."""
+    if not isinstance(text, str):
+        raise TypeError(f"{text!r} is not text")
     value = text.strip()
     if value[-1:] in ("Z", "z"):
         value = value[:-1] + "+00:00"

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from engine.clock import parse_instant
 from engine.errors import KNOWN_ERRORS
 from simulator.crm.db import sqlite_url
 from simulator.crm.models import Email, EmailStatus, ExchangeSyncIdMapping, Mailbox, TraceLog
@@ -205,7 +206,7 @@ def print_summary(console: Console, s: dict) -> None:
     totals.add_row("failed to send", str(s["emails_failed_to_send"]))
     console.print(totals)
     if s.get("process_email_from"):
-        when = datetime.fromisoformat(s["process_email_from"]).strftime("%Y-%m-%d %H:%M")
+        when = parse_instant(s["process_email_from"]).strftime("%Y-%m-%d %H:%M")
         n = s["emails_before_process_from"]
         console.print(f"[bold]Untracked:[/bold] {n} message{'' if n == 1 else 's'} received before "
                       f"\"process email from\" ({when}).")

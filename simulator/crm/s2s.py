@@ -41,7 +41,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from engine.clock import Clock, RealClock, VirtualClock, as_utc
+from engine.clock import Clock, RealClock, VirtualClock, as_utc, parse_instant
 from engine.errors import TokenError
 from simulator.crm.admin import SYSTEM_ADMINISTRATOR, AdminError, PrivilegeError
 from simulator.crm.inputs import ClockAdvanceInput, parse
@@ -134,7 +134,7 @@ def clock_value(now: datetime) -> str:
 
 def clock_time(text: str) -> datetime:
     """The time in a stored clock value (ValueError, KeyError or TypeError when it is not one)."""
-    return as_utc(datetime.fromisoformat(json.loads(text)["now"]))
+    return parse_instant(json.loads(text)["now"])
 
 
 def clock_text(clock: Clock) -> str:
