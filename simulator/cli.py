@@ -377,7 +377,7 @@ def tenant_list(db: str = _db_option()) -> None:
 @cert_app.command("new")
 def cert_new(
     subject: str = typer.Option(..., "--subject", help="The subject, CN=<name>, e.g. CN=crm.contoso.com."),
-    days: int = typer.Option(365, "--days", help="Validity in days, from the sandbox clock's now."),
+    days: str = typer.Option("365", "--days", metavar="N", help="Validity in days, from the sandbox clock's now."),
     password: str = typer.Option(..., "--password", prompt=True, hide_input=True, confirmation_prompt=True,
                                  help="Password of the .pfx."),
     out: Path = typer.Option(Path("."), "--out", help="Folder to write <name>.pfx and <name>.cer into."),
@@ -390,9 +390,12 @@ def cert_new(
     """Make a self-signed certificate: a .pfx with its private key and a .cer with the public part."""
     from sqlmodel import Session
 
+    from simulator.crm.inputs import CertificateInput, parse
     from simulator.crm.s2s import load_clock, new_certificate, save_clock
 
     with _Refused("cert new"):
+        days = parse(CertificateInput, {"subject": subject, "days": days, "password": password},
+                     strict=False).days
         engine = _engine(db)
         with Session(engine) as session:
             clock = load_clock(session)

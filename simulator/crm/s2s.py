@@ -44,7 +44,7 @@ from sqlmodel import Session, select
 from engine.clock import Clock, RealClock, VirtualClock, as_utc, parse_instant
 from engine.errors import TokenError
 from simulator.crm.admin import SYSTEM_ADMINISTRATOR, AdminError, PrivilegeError
-from simulator.crm.inputs import ClockAdvanceInput, parse
+from simulator.crm.inputs import CertificateInput, ClockAdvanceInput, parse
 from simulator.crm.models import (
     Organization,
     S2SCertificate,
@@ -342,11 +342,8 @@ def new_certificate(subject: str, days: int, password: str, out_dir: str | Path,
                     file_name: str | None = None, with_private_key: bool = True,
                     overwrite: bool = False) -> NewCertificate:
     """A self-signed certificate valid ``days`` from the clock's now: ``<name>.pfx`` and ``<name>.cer``."""
+    parse(CertificateInput, {"subject": subject, "days": days, "password": password})  # ranges: the model's
     cn = common_name(subject)
-    if not isinstance(days, int) or not 1 <= days <= 36500:
-        raise S2SError("invalid_days", f"{days!r} is out of range (1 to 36500 days)", "days")
-    if not password:
-        raise S2SError("no_password", "is required: the .pfx is protected by a password", "password")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise S2SError("not_a_folder", f"{out} is a file, not a folder", "out")
