@@ -60,7 +60,7 @@ from exchangelib.properties import DistinguishedFolderId
 from exchangelib.protocol import Protocol as EwsProtocol
 
 from benchmarks.report import environment, print_json
-from engine.ews import EXO_VERSION, FIND_PAGE_MAX, _trust_ca
+from engine.ews import EXO_VERSION, FIND_PAGE_MAX, trust_ca
 from simulator.crm.db import sqlite_url
 from simulator.crm.models import TrackSetting
 from simulator.exchange.mime import MessageData
@@ -150,7 +150,7 @@ class Bare:
         # exchangelib's OAuth2 sessions keep the token they were created with: give it before any session
         self.credentials = OAuth2AuthorizationCodeCredentials(
             access_token={"access_token": token, "token_type": "Bearer", "expires_at": time.time() + 86400})
-        _trust_ca(wire.ews_url, str(wire.tls.ca_file))  # the engine's way of trusting the sandbox CA
+        trust_ca(wire.ews_url, str(wire.tls.ca_file))  # the engine's way of trusting the sandbox CA
         self.config = Configuration(service_endpoint=wire.ews_url, credentials=self.credentials, auth_type=OAUTH2,
                                     version=EXO_VERSION, retry_policy=FailFast(), max_connections=connections)
         self.inboxes = []

@@ -109,6 +109,13 @@ class VirtualClock:
     def advance(self, seconds: float) -> None:
         self.advance_to(self._now + timedelta(seconds=seconds))
 
+    def rewind_to(self, when: datetime) -> None:
+        """Put the clock back at ``when``: only for a sandbox restored to a snapshot (a test's reset),
+        with nobody asleep on it."""
+        if self._sleepers:
+            raise RuntimeError("the clock cannot go back while something waits on it")
+        self._now = as_utc(when)
+
     @contextmanager
     def busy(self):
         """Mark work in flight: the clock does not jump for sleepers meanwhile."""

@@ -233,7 +233,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
-def _trust_ca(url: str, ca_file: str) -> None:
+def trust_ca(url: str, ca_file: str) -> None:
     """Trust ``ca_file`` for the origin (scheme, host, port) of ``url`` in exchangelib's HTTP adapter."""
     with _CA_LOCK:
         _CA_BY_ORIGIN[_origin(url)] = ca_file
@@ -451,7 +451,7 @@ class EwsExchange:
         config = self._configs.get(url)
         if config is None:
             if self.ca_file is not None:
-                _trust_ca(url, self.ca_file)
+                trust_ca(url, self.ca_file)
             config = Configuration(service_endpoint=url, credentials=self._credentials, auth_type=OAUTH2,
                                    version=EXO_VERSION, retry_policy=FailFast(), max_connections=self.max_connections)
             self._configs[url] = config

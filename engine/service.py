@@ -205,6 +205,16 @@ class SyncService:
         self._ports.clear()
         self._port_discovers = True
 
+    def forget(self) -> None:
+        """Drop what the engine learned while running (counters, ports, caps): the state it had when
+        it was made, for a sandbox put back to a snapshot. Not while a batch runs."""
+        if self._in_flight:
+            raise RuntimeError("the engine is running: it cannot forget its state now")
+        self.stats = EngineStats()
+        self._semaphores.clear()
+        self._ports.clear()
+        self._port_discovers = True
+
     # -- the loop ------------------------------------------------------------------------------
     def next_due(self) -> datetime | None:
         return self.crm.next_due()

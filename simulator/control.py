@@ -7,6 +7,8 @@
 * ``GET  /_sim/faults``                the fault rules
 * ``POST /_sim/faults``                add a rule: ``{"code": ..., "operation": ..., "mailbox": ..., "count": ..., "probability": ..., "backoff_ms": ...}``
 * ``DELETE /_sim/faults``              remove all rules
+* ``POST /_sim/reset``                 back to the state the sandbox had when it was ready (its baseline:
+                                       rows, Exchange, fault rules, clock, generators); 409 without one
 
 The administrator's setup flow (SPEC section 1), each operation run as the CRM user named by the
 ``X-SSS-User`` header (see :mod:`simulator.control_admin` for bodies and status codes):
@@ -86,6 +88,20 @@ def control_routes(sandbox) -> list[web.RouteDef]:
     """Routes over a :class:`~simulator.sandbox.Sandbox` (which must outlive the server)."""
     lock = asyncio.Lock()
 
+    async def reset(_request: web.Request) -> web.Response:
+        wire = getattr(sandbox, "wire", None)
+        baseline = getattr(wire, "baseline", None)
+        if baseline is None:
+            return _error(409, "this sandbox keeps no baseline to reset to (sss serve on a SQLite database "
+                               "takes one when it is ready)")
+        async with lock:  # not in the middle of a clock advance
+            running = list(sandbox.background)
+            for task in running:  # e.g. a Test & Enable job started over HTTP
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            wire.restore(baseline)
+        return web.json_response({"now": sandbox.clock.now().isoformat()})
+
     async def clock(_request: web.Request) -> web.Response:
         return web.json_response({"now": sandbox.clock.now().isoformat(), "virtual": sandbox.clock.is_virtual})
 
@@ -145,6 +161,7 @@ def control_routes(sandbox) -> list[web.RouteDef]:
         return web.json_response({"rules": 0})
 
     return [
+        web.post("/_sim/reset", reset),
         web.get("/_sim/clock", clock),
         web.post("/_sim/clock/advance", advance),
         web.get("/_sim/mailboxes", mailboxes),

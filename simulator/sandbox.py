@@ -7,10 +7,13 @@ from generators derived from its seed, so the same scenario and seed give the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import random
+import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +29,15 @@ from simulator.faults import FaultInjector, FaultRule
 from simulator.world import World, stored_time
 
 DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A sandbox at one moment (see :meth:`Sandbox.snapshot`)."""
+
+    db: sqlite3.Connection  # an in-memory copy of the database
+    now: datetime
+    generators: dict[str, Any]
 DEAD_HOST_GRACE_S = 5.0  # real seconds a lease of another host may stay put before that host is presumed dead
 NOTIFICATION_SENDER = "crm-notifications@sandbox.invalid"
 
@@ -106,6 +118,70 @@ class Sandbox:
     def clear_faults(self) -> None:
         self.faults.clear()
         self.world.commit()
+
+    # -- snapshots (a test suite's reset) --------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The sandbox as it stands (database, clock, generators), to come back to with :meth:`restore`.
+
+        SQLite only: the database is copied with SQLite's backup API."""
+        self.world.commit()
+        copy = sqlite3.connect(":memory:", check_same_thread=False)
+        with self._raw_connection() as raw:
+            raw.backup(copy)
+        return Snapshot(copy, self.clock.now(), self._generators())
+
+    def restore(self, snap: Snapshot) -> None:
+        """Come back to ``snap``: the same rows, Exchange store, fault rules, clock and generators, so
+        what runs next does exactly what it did the first time after the snapshot. Between two
+        engine runs only (nothing leased, nothing asleep on the clock)."""
+        self.crm.abandon_batch()
+        with self._raw_connection() as raw:
+            snap.db.backup(raw)
+        if isinstance(self.clock, VirtualClock):
+            self.clock.rewind_to(snap.now)
+        self._set_generators(snap.generators)
+        self.faults.rules.clear()  # the rules stored in the snapshot, if any, come back with the reload
+        self.world.reload()
+        self.crm.invalidate_settings()
+        self.engine.forget()
+        if self.events is not None:
+            self.events.clear()
+        self._agenda.clear()
+        self._other_lease = None
+        self.stopping = False
+
+    @contextlib.contextmanager
+    def _raw_connection(self):
+        if self.db.dialect.name != "sqlite":
+            raise RuntimeError("snapshots need a SQLite sandbox database")
+        conn = self.db.raw_connection()
+        try:
+            yield conn.driver_connection
+        finally:
+            conn.close()
+
+    def _generators(self) -> dict[str, Any]:
+        """Where the sandbox's seeded sequences stand (random generators and id counters)."""
+        ids = self.store.ids
+        state = {"sandbox": self.rng.getstate(), "engine": self.engine.rng.getstate(),
+                 "faults": self.faults.rng.getstate(),
+                 "crm-ids": self.ids.state(), "exchange-ids": ids.state(),
+                 "store": self.store.counter_state()}
+        wire = getattr(self, "wire", None)
+        if wire is not None:
+            state["wire"] = wire.generator_state()
+        return state
+
+    def _set_generators(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["sandbox"])
+        self.engine.rng.setstate(state["engine"])
+        self.faults.rng.setstate(state["faults"])
+        self.ids.set_state(state["crm-ids"])
+        self.store.ids.set_state(state["exchange-ids"])
+        self.store.set_counter_state(state["store"])
+        wire = getattr(self, "wire", None)
+        if wire is not None and "wire" in state:
+            wire.set_generator_state(state["wire"])
 
     # -- running ---------------------------------------------------------------------------
     def _next_time(self) -> datetime | None:

@@ -90,6 +90,8 @@ async def build_served_sandbox(*, db_url: str, seed: int, state_dir: Path | None
         admin.apply_default_settings("dana", ids)
         admin.approve("dana", ids)
         await admin.test_and_enable("dana", ids)
+    if wire.sb.db.dialect.name == "sqlite" and virtual:
+        wire.baseline = wire.snapshot()  # POST /_sim/reset comes back here
     return ws
 
 

@@ -46,7 +46,7 @@ from simulator.exchange.ews import EwsService
 from simulator.exchange.smtp import SmtpIngress
 from simulator.identity import IdentityService
 from simulator.identity.service import CRM_APP_ID, EXCHANGE_SCOPE
-from simulator.sandbox import DEFAULT_START, Sandbox
+from simulator.sandbox import DEFAULT_START, Sandbox, Snapshot
 from simulator.tls import TlsFiles, default_state_dir, ensure_tls
 from simulator.web import WebServer
 
@@ -282,6 +282,7 @@ class WireSandbox:
         # The control plane's key: a secret, so from the system's generator and not from the seed
         # (the one draw outside the seeded generators; it changes nothing the sandbox does).
         self.control_key = secrets.token_urlsafe(24)
+        self.baseline: Snapshot | None = None  # what POST /_sim/reset comes back to (see serve.py)
         self.server.app.middlewares.append(control_guard(self.control_key))
 
     # -- the parts ------------------------------------------------------------------------------
@@ -352,6 +353,30 @@ class WireSandbox:
         self.sb.admin.exchange = self.exchange
         self.sb.admin.probe = WireConnectionProbe(self)
         self.sb.admin.on_settings_changed = self.exchange.forget
+
+    # -- snapshots (a test suite's reset) --------------------------------------------------------
+    def generator_state(self) -> dict[str, Any]:
+        return {"message-ids": self._ids.getstate()}
+
+    def set_generator_state(self, state: dict[str, Any]) -> None:
+        self._ids.setstate(state["message-ids"])
+
+    def snapshot(self) -> Snapshot:
+        """The running sandbox as it stands; :meth:`restore` comes back to it."""
+        return self.sb.snapshot()
+
+    def restore(self, snap: Snapshot) -> None:
+        """Back to ``snap`` (see :meth:`Sandbox.restore`); the identity service takes its stored state
+        again and every token and EWS session of the engine is dropped, so nothing issued after the
+        snapshot is used again."""
+        self.sb.restore(snap)
+        self.identity.take_state_of(self._load_identity())
+        self.exchange_tenant = _organization(self.sb).s2stenantid
+        if self.exchange is not None:
+            self.exchange.forget()
+            self.exchange.invalidate_tokens()
+        if self.tokens is not None:
+            self.tokens.invalidate()
 
     async def stop(self) -> None:
         running = list(self.sb.background)  # e.g. a Test & Enable job started over HTTP: it records its end

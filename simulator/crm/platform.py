@@ -47,6 +47,14 @@ class IdFactory:
         self._epoch = epoch  # a number, or a function asked at the first id
         self._rng: random.Random | None = None
 
+    def state(self) -> tuple:
+        return (self._rng.getstate() if self._rng is not None else None,)
+
+    def set_state(self, state: tuple) -> None:
+        self._rng = None if state[0] is None else self._rng or random.Random()
+        if self._rng is not None:
+            self._rng.setstate(state[0])
+
     def new(self) -> str:
         rng = self._rng
         if rng is None:

@@ -67,6 +67,15 @@ class IdSource:
         self._epoch = epoch  # a number, or a function asked at the first id
         self._tag: str | None = None
 
+    def state(self) -> tuple:
+        at = next(self._counter)
+        self._counter = itertools.count(at)
+        return (at, self._tag)
+
+    def set_state(self, state: tuple) -> None:
+        self._counter = itertools.count(state[0])
+        self._tag = state[1]
+
     def next(self, kind: str = "AAMk") -> str:
         tag = self._tag
         if tag is None:
@@ -216,6 +225,7 @@ class ExchangeStore:
         self.outbound.clear()
         self._events.clear()
         self._depth = 0
+        self._max_seq = 0
 
     # -- events ----------------------------------------------------------------------------
     @contextmanager
@@ -517,6 +527,15 @@ class ExchangeStore:
                                "r": is_read})
 
     # -- sending ---------------------------------------------------------------------------
+    def counter_state(self) -> tuple[int, int]:
+        """Where the message-id and item-sequence counters stand (a sandbox snapshot keeps it)."""
+        ids, seq = next(self._message_ids), next(self._seq)
+        self.set_counter_state((ids, seq))
+        return ids, seq
+
+    def set_counter_state(self, state: tuple[int, int]) -> None:
+        self._message_ids, self._seq = itertools.count(state[0]), itertools.count(state[1])
+
     def new_message_id(self, address: str) -> str:
         domain = address.split("@", 1)[-1] if "@" in address else "sandbox.test"
         return f"{next(self._message_ids):010d}.{self.ids.next('M')[-12:]}@{domain}"
