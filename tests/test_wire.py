@@ -459,6 +459,42 @@ def test_the_control_plane_moves_virtual_time_and_takes_fault_rules(tmp_path):
     asyncio.run(go())
 
 
+def test_a_reset_puts_the_served_sandbox_back_to_its_baseline(tmp_path):
+    async def go():
+        wire = await _enabled_wire(tmp_path)
+        ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
+        base = wire.info().control_url
+
+        def call(method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+            req = urllib.request.Request(base + path, data=json.dumps(body or {}).encode(), method=method,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {wire.control_key}"})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
+        try:
+            status, body = await asyncio.to_thread(call, "POST", "/reset")
+            assert status == 409 and "baseline" in body["error"]
+            wire.baseline = wire.snapshot()
+            start = wire.clock.now()
+            await asyncio.to_thread(call, "POST", "/faults", {"code": "8005E272", "mailbox": BOB})
+            await asyncio.to_thread(call, "POST", "/clock/advance", {"seconds": 900})
+            assert not wire.sb.admin.mailbox(BOB)["enabledforincomingemail"]
+            status, body = await asyncio.to_thread(call, "POST", "/reset")
+            assert status == 200 and wire.clock.now() == start
+            assert wire.sb.faults.rules == [] and wire.sb.admin.mailbox(BOB)["enabledforincomingemail"]
+            status, body = await asyncio.to_thread(call, "POST", "/clock/advance", {"seconds": 900})
+            assert status == 200 and body["polls"] > 0  # the engine goes on from the baseline over EWS
+            assert wire.sb.admin.mailbox(BOB)["enabledforincomingemail"]
+        finally:
+            await wire.stop()
+
+    asyncio.run(go())
+
+
 # -- sss serve --------------------------------------------------------------------------------------
 def test_sss_serve_writes_its_info_json_and_stops_cleanly_on_ctrl_c(tmp_path):
     info_file = tmp_path / "info.json"
