@@ -416,22 +416,29 @@ def test_an_expired_token_is_replaced_once_and_the_mailbox_keeps_working(tmp_pat
 
 
 # -- the control plane --------------------------------------------------------------------------
+def _control_caller(wire):
+    """``call(method, path, body)`` on the control plane with the key: (status, JSON answer)."""
+    ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
+    base = wire.info().control_url
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {wire.control_key}"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    return call
+
+
 def test_the_control_plane_moves_virtual_time_and_takes_fault_rules(tmp_path):
     async def go():
         wire = await _enabled_wire(tmp_path)
-        ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-        base = wire.info().control_url
-
-        def call(method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-            data = json.dumps(body).encode() if body is not None else None
-            req = urllib.request.Request(base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json",
-                                                  "Authorization": f"Bearer {wire.control_key}"})
-            try:
-                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                return err.code, json.loads(err.read())
+        call = _control_caller(wire)
 
         try:
             before = wire.clock.now()
@@ -462,18 +469,7 @@ def test_the_control_plane_moves_virtual_time_and_takes_fault_rules(tmp_path):
 def test_a_reset_puts_the_served_sandbox_back_to_its_baseline(tmp_path):
     async def go():
         wire = await _enabled_wire(tmp_path)
-        ctx = ssl.create_default_context(cafile=str(wire.tls.ca_file))
-        base = wire.info().control_url
-
-        def call(method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-            req = urllib.request.Request(base + path, data=json.dumps(body or {}).encode(), method=method,
-                                         headers={"Content-Type": "application/json",
-                                                  "Authorization": f"Bearer {wire.control_key}"})
-            try:
-                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                return err.code, json.loads(err.read())
+        call = _control_caller(wire)
 
         try:
             status, body = await asyncio.to_thread(call, "POST", "/reset")
