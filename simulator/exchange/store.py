@@ -55,6 +55,12 @@ class StoreError(Exception):
         super().__init__(f"{code}: {message}")
 
 
+def _peek(counter: itertools.count) -> tuple[int, itertools.count]:
+    """The next value of ``counter``, and a counter that still gives it next."""
+    at = next(counter)
+    return at, itertools.count(at)
+
+
 class IdSource:
     """Deterministic Exchange-looking ids: the same seed, epoch and calls give the same ids.
 
@@ -68,8 +74,7 @@ class IdSource:
         self._tag: str | None = None
 
     def state(self) -> tuple:
-        at = next(self._counter)
-        self._counter = itertools.count(at)
+        at, self._counter = _peek(self._counter)
         return (at, self._tag)
 
     def set_state(self, state: tuple) -> None:
@@ -529,8 +534,8 @@ class ExchangeStore:
     # -- sending ---------------------------------------------------------------------------
     def counter_state(self) -> tuple[int, int]:
         """Where the message-id and item-sequence counters stand (a sandbox snapshot keeps it)."""
-        ids, seq = next(self._message_ids), next(self._seq)
-        self.set_counter_state((ids, seq))
+        ids, self._message_ids = _peek(self._message_ids)
+        seq, self._seq = _peek(self._seq)
         return ids, seq
 
     def set_counter_state(self, state: tuple[int, int]) -> None:
