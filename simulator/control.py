@@ -84,9 +84,11 @@ def control_guard(key: str):
     return guard
 
 
-def control_routes(sandbox) -> list[web.RouteDef]:
-    """Routes over a :class:`~simulator.sandbox.Sandbox` (which must outlive the server)."""
-    lock = asyncio.Lock()
+def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteDef]:
+    """Routes over a :class:`~simulator.sandbox.Sandbox` (which must outlive the server); ``lock``
+    (a new one by default) is held by a clock advance and by every change, so that other ways in
+    that change the CRM (the Dataverse Web API) can take it too."""
+    lock = lock if lock is not None else asyncio.Lock()
 
     async def reset(_request: web.Request) -> web.Response:
         wire = getattr(sandbox, "wire", None)

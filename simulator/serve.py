@@ -90,6 +90,8 @@ async def build_served_sandbox(*, db_url: str, seed: int, state_dir: Path | None
         admin.apply_default_settings("dana", ids)
         admin.approve("dana", ids)
         await admin.test_and_enable("dana", ids)
+    if wire.dataverse.unavailable() is None:  # a client of the Dataverse Web API, before the baseline
+        wire.dataverse.register_client()
     if wire.sb.db.dialect.name == "sqlite" and virtual:
         wire.baseline = wire.snapshot()  # POST /_sim/reset comes back here
     return ws
@@ -103,6 +105,8 @@ def describe(info: ServeInfo) -> str:
         f"Identity       {info.authority}  (client id {info.client_id}, scope {info.scope})",
         f"Control plane  {info.control_url}  (Authorization: Bearer {info.control_key})",
         f"CA file        {info.ca_file}",
+        f"Dataverse      {info.dataverse_url}  (scope {info.dataverse_scope}, client id "
+        f"{info.dataverse_client_id or '-'}, secret {info.dataverse_client_secret or '-'})",
         f"Certificate    {info.certificate_pfx}  (password {info.certificate_password})",
         f"Mailboxes      {len(info.mailboxes)}: {', '.join(info.mailboxes[:4])}{' ...' if len(info.mailboxes) > 4 else ''}",
         "",

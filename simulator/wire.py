@@ -41,6 +41,7 @@ from simulator.control import control_guard, control_routes
 from simulator.crm import s2s
 from simulator.crm.db import MEMORY_URL
 from simulator.crm.models import EmailServerProfile, Mailbox, Organization
+from simulator.dataverse import DataverseApi
 from simulator.exchange.autodiscover import autodiscover_routes
 from simulator.exchange.ews import EwsService
 from simulator.exchange.smtp import SmtpIngress
@@ -251,6 +252,12 @@ class ServeInfo:
     control_url: str
     control_key: str = ""  # the bearer token every /_sim request needs
     mailboxes: list[str] = field(default_factory=list)
+    # the CRM over the Dataverse Web API (simulator.dataverse): its URL, the scope of its tokens, and
+    # the registered client (empty until one is registered: WireSandbox.dataverse.register_client)
+    dataverse_url: str = ""
+    dataverse_scope: str = ""
+    dataverse_client_id: str = ""
+    dataverse_client_secret: str = ""
 
 
 class WireSandbox:
@@ -284,6 +291,8 @@ class WireSandbox:
         self.control_key = secrets.token_urlsafe(24)
         self.baseline: Snapshot | None = None  # what POST /_sim/reset comes back to (see serve.py)
         self.server.app.middlewares.append(control_guard(self.control_key))
+        self.lock = asyncio.Lock()  # held by a clock advance and by every change over HTTP (/_sim, Dataverse)
+        self.dataverse = DataverseApi(self)
 
     # -- the parts ------------------------------------------------------------------------------
     @property
@@ -342,7 +351,8 @@ class WireSandbox:
         self.server.add_routes(self.identity.routes(public_base_url=None))
         self.server.add_routes(self.ews.routes())
         self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url))
-        self.server.add_routes(control_routes(self.sb))
+        self.server.add_routes(control_routes(self.sb, self.lock))
+        self.server.add_routes(self.dataverse.routes())
         await self.server.start()
         await self.smtp.start()
         self.tokens = CrmTokenSource(self.sb, self.base_url, self.tls.ca_file)
@@ -427,6 +437,7 @@ class WireSandbox:
 
     def info(self) -> ServeInfo:
         s = self.s2s
+        client = self.dataverse.default_client
         tenant = s.tenant_id if s else (_organization(self.sb).s2stenantid or "")
         return ServeInfo(
             ews_url=self.ews_url,
@@ -436,6 +447,9 @@ class WireSandbox:
             certificate_pfx=str(s.pfx) if s else "", certificate_password=s.password if s else "",
             control_url=f"{self.base_url}/_sim", control_key=self.control_key,
             mailboxes=sorted(self.sb.store.mailboxes),
+            dataverse_url=self.dataverse.url, dataverse_scope=self.dataverse.scope,
+            dataverse_client_id=client.client_id if client else "",
+            dataverse_client_secret=client.client_secret if client else "",
         )
 
 

@@ -13,6 +13,8 @@ endpoint) is in :mod:`simulator.identity.responses`, mounted with :meth:`Identit
   with a JWT assertion signed by the certificate's private key (``x5t`` or ``x5t#S256`` in the
   header names the certificate). It answers a signed JWT access token for the resource, valid one
   hour of *clock* time, or an OAuth2 error with the AADSTS code the real service would give.
+  An application registered with a client secret (:meth:`IdentityService.add_application`, e.g.
+  the client of the CRM's Dataverse Web API) may present that secret instead.
 * :meth:`IdentityService.validate_access_token` is what the fake Exchange calls on every request.
 
 Randomness comes from one seeded generator (ids, trace ids); keys need real randomness and use
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import random
 import uuid
@@ -156,6 +159,12 @@ class ServicePrincipal:
     service_principal_names: list[str] = field(default_factory=list)
     keys: list[KeyCredential] = field(default_factory=list)
     app_roles: dict[str, list[str]] = field(default_factory=dict)  # resource app id -> role values held
+    # SHA-256 (hex) of the client secrets the application may sign in with; none: certificates only
+    secret_hashes: list[str] = field(default_factory=list)
+
+    def secret_matches(self, secret: str) -> bool:
+        presented = hashlib.sha256(secret.encode("utf-8")).hexdigest()
+        return any(hmac.compare_digest(presented, known) for known in self.secret_hashes)
 
     def key_by_thumbprint(self, value: str) -> KeyCredential | None:
         value = value.upper()
@@ -165,17 +174,21 @@ class ServicePrincipal:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {"object_id": self.object_id, "app_id": self.app_id, "display_name": self.display_name,
+        data = {"object_id": self.object_id, "app_id": self.app_id, "display_name": self.display_name,
                 "service_principal_names": list(self.service_principal_names),
                 "app_roles": {k: list(v) for k, v in sorted(self.app_roles.items())},
                 "keys": [k.to_json() for k in self.keys]}
+        if self.secret_hashes:
+            data["secret_hashes"] = list(self.secret_hashes)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ServicePrincipal:
         return cls(object_id=data["object_id"], app_id=data["app_id"], display_name=data["display_name"],
                    service_principal_names=list(data.get("service_principal_names", [])),
                    keys=[KeyCredential.from_json(k) for k in data.get("keys", [])],
-                   app_roles={k: list(v) for k, v in data.get("app_roles", {}).items()})
+                   app_roles={k: list(v) for k, v in data.get("app_roles", {}).items()},
+                   secret_hashes=[str(h) for h in data.get("secret_hashes", [])])
 
 
 @dataclass
@@ -330,6 +343,27 @@ class IdentityService:
                 return candidate
         return None
 
+    def add_application(self, ref: str, display_name: str) -> ServicePrincipal:
+        """An application that the tenant's administrator registers for a client of its own (e.g. a
+        Dataverse client). Its app id is derived from the seed, the tenant and the name, so the
+        same name gives the same application (registering it again returns the one there is)."""
+        tenant = self.tenant(ref)
+        name = display_name.strip()
+        if not name:
+            raise IdentityError("invalid_name", "An application needs a name.")
+        app_id = _derived_guid(self.seed, "application", tenant.tenant_id, name.lower())
+        existing = tenant.principals.get(app_id)
+        if existing is not None:
+            return existing
+        return self.add_service_principal(tenant.tenant_id, app_id, name, [app_id])
+
+    def set_client_secret(self, ref: str, app_id: str, secret: str) -> None:
+        """Make ``secret`` the application's only client secret; just its SHA-256 is kept."""
+        if len(secret) < 16:
+            raise IdentityError("weak_secret", "A client secret needs at least 16 characters.")
+        sp = self.service_principal(ref, app_id)
+        sp.secret_hashes = [hashlib.sha256(secret.encode("utf-8")).hexdigest()]
+
     def add_service_principal_name(self, ref: str, app_id: str, name: str) -> None:
         sp = self.service_principal(ref, app_id)
         if name not in sp.service_principal_names:
@@ -458,9 +492,16 @@ class IdentityService:
                              f"No application with identifier '{client_id}' is registered in tenant "
                              f"'{tenant.tenant_id}'. The app may not be installed there, or the request went "
                              f"to the wrong tenant.")
-        if form.get("client_secret"):
-            raise OAuthError(401, "invalid_client", 7000215,
-                             "A client secret was presented, but this application signs in with a certificate.")
+        secret = form.get("client_secret")
+        if secret:
+            if not client.secret_hashes:
+                raise OAuthError(401, "invalid_client", 7000215,
+                                 "A client secret was presented, but this application signs in with a certificate.")
+            if not client.secret_matches(secret):
+                raise OAuthError(401, "invalid_client", 7000215,
+                                 f"The client secret presented for application '{client.app_id}' "
+                                 f"({client.display_name}) is not one of its secrets.")
+            return self._token_response(tenant, client, resource_sp, resource_id, v2=v2)
         assertion = form.get("client_assertion", "")
         if not assertion:
             raise OAuthError(401, "invalid_client", 7000218,
