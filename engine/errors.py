@@ -40,6 +40,8 @@ KNOWN_ERRORS: dict[str, ErrorKind] = dict(
         _k("8005E276", P, Scope.MAILBOX, "The mailbox has no Exchange license or its access mode forbids it"),
         _k("AuthenticationFailure", P, Scope.PROFILE,
            "Server-to-server authentication failed: the certificate is missing, expired or not the registered one"),
+        _k("TokenServiceUnavailable", T, Scope.PROFILE,
+           "The identity service could not issue a token (unreachable, or it answered HTTP 5xx)"),
         _k("MailboxNotApproved", P, Scope.MAILBOX,
            "The email address is not approved; an administrator must approve it before mail is processed"),
         _k("ConfiguredWithAnotherOrganization", P, Scope.MAILBOX,
@@ -104,7 +106,9 @@ class ExchangeError(SyncError):
 
 
 class TokenError(SyncError):
-    """The token source could not get an access token."""
+    """The token source could not get an access token: ``AuthenticationFailure`` (permanent: the
+    credentials were refused) or ``TokenServiceUnavailable`` (transient: the identity service was
+    unreachable or failed, SPEC 4)."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__("AuthenticationFailure", detail)
+    def __init__(self, detail: str, code: str = "AuthenticationFailure") -> None:
+        super().__init__(code, detail)

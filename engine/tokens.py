@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import threading
 import uuid
 from contextlib import nullcontext
@@ -39,6 +40,11 @@ from engine.errors import TokenError
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 ASSERTION_LIFETIME = timedelta(minutes=10)
 REFRESH_MARGIN = timedelta(minutes=5)  # renew a token this long before it expires (clock time)
+# The identity service failing rather than refusing (SPEC 4: transient, retried): unreachable, an
+# HTTP 5xx (msal raises "HTTP Error: 503"), or the OAuth2 errors a 5xx body carries.
+UNAVAILABLE = "TokenServiceUnavailable"
+_SERVER_ERROR = re.compile(r"(HTTP Error|OIDC Discovery): 5[0-9][0-9]")
+_SERVICE_FAILURES = frozenset({"temporarily_unavailable", "server_error"})
 
 
 def _b64url(raw: bytes) -> str:
@@ -203,15 +209,17 @@ class MsalTokenSource:
                     result = app.acquire_token_for_client(scopes=[self.scope])
                 except requests.RequestException as exc:
                     raise TokenError(f"The identity service at {self.authority} cannot be reached: "
-                                     f"{type(exc).__name__}: {exc}") from None
+                                     f"{type(exc).__name__}: {exc}", UNAVAILABLE) from None
                 except (ValueError, msal.exceptions.MsalError) as exc:
-                    # msal: tenant discovery failed (unknown tenant, bad authority, server error)
-                    raise TokenError(f"The authority {self.authority} was refused: {_describe(exc)}") from None
+                    # msal: tenant discovery failed (unknown tenant, bad authority), or a 5xx answer
+                    code = UNAVAILABLE if _SERVER_ERROR.search(str(exc)) else "AuthenticationFailure"
+                    raise TokenError(f"The authority {self.authority} was refused: {_describe(exc)}", code) from None
                 if not isinstance(result, dict) or "access_token" not in result:
                     result = result if isinstance(result, dict) else {}
                     error = result.get("error", "unknown_error")
                     description = str(result.get("error_description") or "no description")
-                    raise TokenError(f"{error}: {description.splitlines()[0]}")
+                    code = UNAVAILABLE if error in _SERVICE_FAILURES else "AuthenticationFailure"
+                    raise TokenError(f"{error}: {description.splitlines()[0]}", code)
                 token = result["access_token"]
                 now = self.clock.now()
                 if result.get("token_source") != "cache" or token not in self._expiry:

@@ -31,7 +31,8 @@ mailbox_app = typer.Typer(no_args_is_help=True, help="Mailboxes (setup steps 1.7
 user_app = typer.Typer(no_args_is_help=True, help="Users, queues, roles and records of the organization.")
 mail_app = typer.Typer(no_args_is_help=True, help="Mail arriving in Exchange Online from outside.")
 email_app = typer.Typer(no_args_is_help=True, help="Email activities of the CRM.")
-fault_app = typer.Typer(no_args_is_help=True, help="Fault rules: make Exchange calls fail (kept in the database).")
+fault_app = typer.Typer(no_args_is_help=True, help="Fault rules: make calls of any protocol fail or slow down "
+                                                    "(kept in the database).")
 app.add_typer(profile_app, name="profile")
 app.add_typer(settings_app, name="settings")
 app.add_typer(mailbox_app, name="mailbox")
@@ -862,44 +863,55 @@ def run_engine(
 # ------------------------------------------------------------------------------ faults
 @fault_app.command("add")
 def fault_add(
-    code: str = typer.Option(..., "--code", help="Error code, e.g. ErrorServerBusy."),
-    operation: str = typer.Option("*", "--operation", help="The Exchange call, or * for any."),
+    code: str | None = typer.Option(None, "--code", help="Error code: an EWS or CRM code (ErrorServerBusy, "
+                                    "IsvAborted, ...), an AADSTS code, an SMTP reply code (451), or "
+                                    "NetworkError to drop the connection. Optional with --latency-ms."),
+    protocol: str | None = typer.Option(None, "--protocol", help="ews, crm, autodiscover, identity or smtp "
+                                        "(default: the one of the operation or the code, else ews)."),
+    operation: str = typer.Option("*", "--operation", help="An operation of the protocol, or * for any."),
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="Only this mailbox."),
     count: str | None = typer.Option(None, "--count", metavar="N", help="Fire for the next N calls (default: always)."),
     probability: str = typer.Option("1", "--probability", metavar="P", help="Chance of firing, 0 to 1 (seeded)."),
     backoff_ms: str | None = typer.Option(None, "--backoff-ms", metavar="MS",
                                           help="BackOffMilliseconds of ErrorServerBusy."),
+    latency_ms: str | None = typer.Option(None, "--latency-ms", metavar="MS",
+                                          help="The call takes this much sandbox time (then fails, with --code)."),
+    start: str | None = typer.Option(None, "--start", metavar="WHEN",
+                                     help="Only from this sandbox time on (ISO 8601, UTC unless an offset is given)."),
+    minutes: str | None = typer.Option(None, "--minutes", metavar="M", help="... and only for this many minutes."),
     db: str = _db_option(),
 ) -> None:
-    """Make Exchange calls fail: the rule is kept with the sandbox until `sss fault clear`."""
-    from simulator.faults import FaultRule, FaultRuleError
+    """Make calls of any protocol fail or slow down: the rule is kept with the sandbox until `sss fault clear`."""
+    from simulator.faults import FaultRule, FaultRuleError, describe
 
     with _Refused("fault add"):
-        values = _typed("fault add", {"code": code, "operation": operation, "mailbox": mailbox, "count": count,
-                                      "probability": probability, "backoff_ms": backoff_ms})
-
-        def action(ws):
-            try:
-                return ws.sb.add_rule(FaultRule(**{k: v for k, v in values.items() if v is not None}))
-            except FaultRuleError as exc:
-                field, _, text = str(exc).partition(": ")
-                raise ValidationError(text or field, field if text else None) from None
-        rule = _in_sandbox(db, action)
-    _say(f"Fault rule added: {rule.code} on {rule.operation} for {rule.mailbox or 'every mailbox'}.")
+        values = _typed("fault add", {"code": code, "protocol": protocol, "operation": operation, "mailbox": mailbox,
+                                      "count": count, "probability": probability, "backoff_ms": backoff_ms,
+                                      "latency_ms": latency_ms, "start": start, "minutes": minutes})
+        try:  # checked before the sandbox is opened: a refused rule writes nothing
+            rule = FaultRule(**{k: v for k, v in values.items() if v is not None})
+        except FaultRuleError as exc:
+            field, _, text = str(exc).partition(": ")
+            raise ValidationError(text or field, field if text else None) from None
+        _in_sandbox(db, lambda ws: ws.sb.add_rule(rule))
+    _say(f"Fault rule added: {describe(rule)}.")
 
 
 @fault_app.command("list")
-def fault_list(db: str = _db_option()) -> None:
-    """The fault rules."""
+def fault_list(as_json: bool = typer.Option(False, "--json", help="Print JSON (every field of each rule)."),
+               db: str = _db_option()) -> None:
+    """The fault rules, with how often each has fired."""
+    from simulator.faults import describe
+
     with _Refused():
         rules = _in_sandbox(db, lambda ws: list(ws.sb.faults.rules))
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in rules], indent=2))
+        return
     if not rules:
         _say("No fault rules.")
     for r in rules:
-        times = "every matching call" if r.count is None else f"the next {r.count} call(s)"
-        backoff = "" if r.backoff_ms is None else f", back-off {r.backoff_ms} ms"
-        _say(f"{r.code} on {'any operation' if r.operation == '*' else r.operation} for "
-             f"{r.mailbox or 'every mailbox'}: {times}, fired {r.fired} time(s), probability {r.probability}{backoff}")
+        _say(describe(r))
 
 
 @fault_app.command("clear")

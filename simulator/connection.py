@@ -70,7 +70,7 @@ class WireConnectionProbe:
             token = await source.get_token()
         except TokenError as exc:
             checks.append(ConnectionCheck("access token", False, token_request, str(exc),
-                                          AUTHENTICATION_FAILURE_CODE))
+                                          exc.code))
             checks.append(ConnectionCheck("EWS", None, "EWS FindItem", "not run: no token"))
             return checks
         finally:

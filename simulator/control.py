@@ -4,8 +4,10 @@
 * ``POST /_sim/clock/advance``         ``{"seconds": N}``: run everything due up to now + N (virtual clock)
 * ``GET  /_sim/mailboxes``             statuses of every mailbox
 * ``GET  /_sim/stats``                 engine counters
-* ``GET  /_sim/faults``                the fault rules
-* ``POST /_sim/faults``                add a rule: ``{"code": ..., "operation": ..., "mailbox": ..., "count": ..., "probability": ..., "backoff_ms": ...}``
+* ``GET  /_sim/faults``                the fault rules (every field, with how often each fired)
+* ``POST /_sim/faults``                add a rule: ``{"code": ..., "protocol": ..., "operation": ..., "mailbox": ...,
+                                       "count": ..., "probability": ..., "backoff_ms": ..., "latency_ms": ...,
+                                       "start": ISO, "minutes": ...}`` (see :mod:`simulator.faults`); 201 with the rule
 * ``DELETE /_sim/faults``              remove all rules
 * ``POST /_sim/reset``                 back to the state the sandbox had when it was ready (its baseline:
                                        rows, Exchange, fault rules, clock, generators); 409 without one
@@ -143,7 +145,7 @@ def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteD
 
     async def list_faults(_request: web.Request) -> web.Response:
         sandbox.world.refresh()  # rules another process changed
-        return web.json_response([asdict(r) for r in sandbox.faults.rules])
+        return web.json_response([r.to_json() for r in sandbox.faults.rules])
 
     async def add_fault(request: web.Request) -> web.Response:
         try:
@@ -156,7 +158,7 @@ def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteD
         except Exception as exc:
             return refusal(exc)
         sandbox.add_rule(rule)
-        return web.json_response(asdict(rule), status=201)
+        return web.json_response(rule.to_json(), status=201)
 
     async def clear_faults(_request: web.Request) -> web.Response:
         sandbox.clear_faults()

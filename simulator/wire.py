@@ -278,7 +278,7 @@ class WireSandbox:
         self.server = WebServer(host=host, port=http_port, ssl_context=self.tls.server_context())
         self.ews = EwsService(self.sb.store, clock, authorize=self.authorize, faults=self.sb.faults,
                               refresh=self.sb.world.refresh, commit=self.sb.world.commit)
-        self.smtp = SmtpIngress(self.sb.store, host=host, port=smtp_port)
+        self.smtp = SmtpIngress(self.sb.store, host=host, port=smtp_port, faults=self.sb.faults)
         self._ids = random.Random(f"wire-message-ids-{seed}")
         self.exchange: ProfilePorts | None = None
         self.tokens: CrmTokenSource | None = None
@@ -326,7 +326,9 @@ class WireSandbox:
 
     def _load_identity(self) -> IdentityService:
         with Session(self.sb.db) as session:
-            return s2s.load_identity(session, self.clock, seed=self.sb.seed)
+            identity = s2s.load_identity(session, self.clock, seed=self.sb.seed)
+        identity.faults = self.sb.faults  # the token endpoint answers the sandbox's fault rules
+        return identity
 
     def s2s_changed(self, *, tenant_id: str | None = None) -> None:
         """A setup step changed S2S on the running sandbox (over HTTP): follow it.
@@ -350,7 +352,7 @@ class WireSandbox:
             self.exchange_tenant = _organization(self.sb).s2stenantid
         self.server.add_routes(self.identity.routes(public_base_url=None))
         self.server.add_routes(self.ews.routes())
-        self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url))
+        self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url, faults=self.sb.faults))
         self.server.add_routes(control_routes(self.sb, self.lock))
         self.server.add_routes(self.dataverse.routes())
         await self.server.start()

@@ -134,6 +134,7 @@ class World:
         self._clock_saved: datetime | None = None
         self._faults_version: int | None = None
         self._faults_seen = faults.changes
+        faults.bind(clock)  # timed rules read the sandbox clock
         store.journal = self._finished
 
     # -- the epoch ---------------------------------------------------------------------------

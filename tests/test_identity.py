@@ -207,7 +207,7 @@ def test_expired_certificate(world):
     assert "AADSTS700027" in message and "expired" in message and certs.thumbprint(world.cert) in message
 
 
-def test_identity_service_unreachable(world):
+def test_identity_service_unreachable_is_transient(world):
     import socket
 
     with socket.socket() as sock:  # a port that nothing listens on
@@ -216,7 +216,9 @@ def test_identity_service_unreachable(world):
     source = world.source(f"https://127.0.0.1:{port}")
     with pytest.raises(TokenError) as info:
         asyncio.run(source.get_token())
-    assert info.value.code == "AuthenticationFailure" and "cannot be reached" in str(info.value)
+    # SPEC 4: a network failure is retried, not taken for refused credentials
+    assert info.value.code == "TokenServiceUnavailable" and info.value.transient
+    assert "cannot be reached" in str(info.value)
 
 
 def test_unknown_resource_and_bad_scope(world):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import insert, select
 
-from engine.errors import SyncError
-from engine.ports import ItemOutcome, ItemOutcomeKind, ItemProperties, MailboxWork
+from engine.alerts import level_enabled
+from engine.errors import Nature, kind_of
+from engine.ports import Alert, AlertLevel, ItemOutcome, ItemOutcomeKind, ItemProperties, MailboxWork
 from simulator.crm.correlation import Correlated, conversation_base, duplicate_key, message_key
 from simulator.crm.models import (
     EMAIL_STATE_OF_STATUS,
@@ -38,10 +39,40 @@ class ActivitiesMixin:
         setting = self._track.get(mailbox.regardingobjectid, TrackSetting.ALL)
         now = self.clock.now()
         outcomes: list[ItemOutcome] = []
+        self._refused = []
         for item in items:
             outcomes.append(self._deliver_one(mailbox, item, setting, now, known_dups, by_msgkey, by_token,
                                               by_conv, correlation_on, smart_on))
+        if self._refused:
+            self._alert_refusals(mailbox, self._refused)
         return outcomes
+
+    # -- plug-ins refusing a create (fault rules of protocol crm) ------------------------------
+    def _plugin_refusal(self, mailbox: MailboxWork, item: ItemProperties) -> ItemOutcome | None:
+        """A fault rule on ``crm`` ``create_email`` firing is a plug-in of the organization refusing
+        the new email activity: an item-level failure (``IsvAborted``, or the rule's code) that the
+        engine handles as SPEC 3.4 step 5 says; the mailbox owner gets an alert about it."""
+        fault = self.faults.decide("crm", "create_email", mailbox.emailaddress, now=self.clock.now())
+        if fault is None or fault.code is None:
+            return None
+        self._refused.append((item, fault.code))
+        return ItemOutcome(item.item_id, ItemOutcomeKind.FAILED, fault.code,
+                           f"A plug-in refused to create the activity ({fault.code}).")
+
+    def _alert_refusals(self, mailbox: MailboxWork, refused: list[tuple[ItemProperties, str]]) -> None:
+        org = self.org_settings()
+        alerts = []
+        for item, code in refused:
+            level = AlertLevel.WARNING if kind_of(code).nature is Nature.TRANSIENT else AlertLevel.ERROR
+            if not level_enabled(org, level):
+                continue
+            text = (f"Mailbox {mailbox.emailaddress}: the email {item.subject[:200]!r} from {item.sender} "
+                    f"(received {item.received:%Y-%m-%d %H:%M} UTC) did not become an activity: a plug-in of the "
+                    f"organization refused to create it ({code}). The message stays in Exchange, in the "
+                    f"Undeliverable folder or marked Undeliverable as the email server profile says, and is not "
+                    f"processed again by itself.")
+            alerts.append(Alert(level, mailbox.id, "mailbox", mailbox.ownerid, code, text))
+        self.write_alerts(alerts)
 
     def _deliver_one(self, mailbox, item, setting, now, known_dups, by_msgkey, by_token, by_conv,
                      correlation_on, smart_on) -> ItemOutcome:
@@ -80,11 +111,10 @@ class ActivitiesMixin:
         if setting == TrackSetting.FROM_EMAIL_ENABLED_RECORDS and sender is None:
             return ItemOutcome(item.item_id, skip, "NoSenderMatch",
                                "The sender is not an email-enabled record of the organization.")
-        if self.faults is not None:
-            try:
-                self.faults.check("create_email", mailbox.emailaddress)
-            except SyncError as exc:
-                return ItemOutcome(item.item_id, fail, exc.code, "A plug-in refused to create the activity.")
+        if self.faults is not None and self.faults.rules:
+            refused = self._plugin_refusal(mailbox, item)
+            if refused is not None:
+                return refused
         activityid = self.ids.new()
         mkey = message_key(item.message_id)
         row = dict(

@@ -446,13 +446,18 @@ class RunInput(Input):
 
 
 class FaultInput(Input):
-    """A fault rule as typed; its values are checked by :class:`simulator.faults.FaultRule`, the one
-    place for every way a rule comes in."""
+    """A fault rule as typed: the fields and their types. Their values (which codes and operations
+    each protocol has, the ranges, the window) are checked by :class:`simulator.faults.FaultRule`,
+    the one place for every way a rule comes in (CLI, HTTP, Python, a stored rule)."""
 
     what: ClassVar[str] = "a fault rule"
-    code: Text = field("--code", default=...)
+    code: Text | None = field("--code")  # optional when latency_ms is given (a call that is only slow)
+    protocol: Text | None = field("--protocol")
     operation: Text | None = field("--operation")
     mailbox: Text | None = field("--mailbox")
     count: int | None = field("--count")
     probability: float | None = field("--probability")
     backoff_ms: int | None = field("--backoff-ms")
+    latency_ms: int | None = field("--latency-ms")
+    start: Text | None = field("--start")  # ISO 8601, sandbox time
+    minutes: float | None = field("--minutes")

@@ -5,6 +5,10 @@
 404 with a JSON error body (``{"ErrorCode": "MailboxNotFound", "ErrorMessage": ...}``) for an
 unknown address. Exchange Online also serves the shorter ``/autodiscover/autodiscover.json``
 form with ``?Email=...&Protocol=EWS``; both are routed.
+
+Fault rules of protocol ``autodiscover`` (operation ``autodiscover``, the mailbox being the address
+asked about) apply to every well-formed lookup: a latency in sandbox time, then a 503, a 500, a
+404 or a dropped connection (see :mod:`simulator.faults`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from aiohttp import web
 from simulator.exchange.ews.service import EWS_PATH
 from simulator.exchange.mime import normalize_address
 from simulator.exchange.store import ExchangeStore
+from simulator.faults import AUTODISCOVER_ERRORS, FaultInjector, answer_late
 
 SUPPORTED_PROTOCOLS = {"ews": "EWS"}
 
@@ -24,8 +29,27 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"ErrorCode": code, "ErrorMessage": message}, status=status)
 
 
-def autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str]) -> list[web.RouteDef]:
-    """Routes of the JSON Autodiscover service; ``base_url_getter()`` gives ``https://host:port``."""
+def autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str], *,
+                        faults: FaultInjector | None = None) -> list[web.RouteDef]:
+    """Routes of the JSON Autodiscover service; ``base_url_getter()`` gives ``https://host:port``.
+
+    ``faults``: the sandbox's fault rules (None: no faults)."""
+
+    async def injected(request: web.Request, address: str) -> web.Response | None:
+        if faults is None or not faults.rules:
+            return None
+        fault = faults.decide("autodiscover", "autodiscover", address, now=store.clock.now())
+        if fault is None:
+            return None
+        await answer_late(store.clock, fault.latency_ms)
+        if fault.code is None:
+            return None
+        if fault.drops:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        status, code, message = AUTODISCOVER_ERRORS[fault.code]
+        return _error(status, code, f"{message} ({address})")
 
     async def answer(request: web.Request, email: str | None) -> web.Response:
         protocol = request.query.get("Protocol", "")
@@ -35,6 +59,9 @@ def autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str]
         address = normalize_address(email or "")
         if address is None:
             return _error(400, "InvalidEmailAddress", f"{email!r} is not an email address")
+        refused = await injected(request, address)
+        if refused is not None:
+            return refused
         if address not in store.mailboxes:
             return _error(404, "MailboxNotFound", f"The mailbox {address!r} was not found")
         base = base_url_getter().rstrip("/")

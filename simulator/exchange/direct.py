@@ -8,24 +8,39 @@ from engine.errors import ExchangeError
 from engine.ports import ActOrgClaim, ItemProperties, OutgoingMessage, SendResult
 from simulator.exchange.mime import MessageData
 from simulator.exchange.store import ExchangeStore, StoreError
-from simulator.faults import FaultInjector
+from simulator.faults import Fault, FaultInjector, wait_in_process
 
 
 class DirectExchange:
-    """ExchangePort over :class:`ExchangeStore`, with the fault rules applied to each call."""
+    """ExchangePort over :class:`ExchangeStore`, with the fault rules applied to each call.
+
+    A rule's latency is waited for on the sandbox clock before the call is served (see
+    :func:`simulator.faults.wait_in_process`); its code is then raised as Exchange's answer."""
 
     def __init__(self, store: ExchangeStore, faults: FaultInjector | None = None) -> None:
         self.store = store
         self.faults = faults or FaultInjector()
         self.calls = 0
 
-    def _enter(self, operation: str, mailbox: str) -> None:
+    def _enter(self, operation: str, mailbox: str) -> Fault | None:
+        """The fault rules' decision for this call (None, the common case, costs one test)."""
         self.calls += 1
-        self.faults.check(operation, mailbox)
+        if not self.faults.rules:
+            return None
+        fault = self.faults.decide("ews", operation, mailbox, now=self.store.clock.now())
+        if fault is not None and not fault.latency_ms and fault.code is not None:
+            raise fault.error()
+        return fault
+
+    async def _suffer(self, fault: Fault) -> None:
+        await wait_in_process(self.store.clock, fault.latency_ms)
+        if fault.code is not None:
+            raise fault.error()
 
     async def find_new_items(self, mailbox: str, folder: str, after: datetime | None,
                              max_items: int) -> list[ItemProperties]:
-        self._enter("find_new_items", mailbox)
+        if (fault := self._enter("find_new_items", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             items = self.store.find(mailbox, folder, after, max_items)
         except StoreError as exc:
@@ -33,7 +48,8 @@ class DirectExchange:
         return [item.properties(folder) for item in items]
 
     async def ensure_folder(self, mailbox: str, parent: str, name: str, known_id: str | None) -> str:
-        self._enter("ensure_folder", mailbox)
+        if (fault := self._enter("ensure_folder", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             mbx = self.store.mailbox(mailbox)
             if known_id and known_id in mbx.folders:
@@ -46,14 +62,16 @@ class DirectExchange:
             raise ExchangeError(exc.code, exc.message) from None
 
     async def move_item(self, mailbox: str, item_id: str, folder_id: str) -> str:
-        self._enter("move_item", mailbox)
+        if (fault := self._enter("move_item", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             return self.store.move(mailbox, item_id, folder_id)
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
     async def add_category(self, mailbox: str, item_id: str, category: str) -> None:
-        self._enter("add_category", mailbox)
+        if (fault := self._enter("add_category", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             item = self.store.get(mailbox, item_id)
             self.store.update(mailbox, item_id, categories=[*item.categories, category])
@@ -61,28 +79,32 @@ class DirectExchange:
             raise ExchangeError(exc.code, exc.message) from None
 
     async def delete_item(self, mailbox: str, item_id: str) -> None:
-        self._enter("delete_item", mailbox)
+        if (fault := self._enter("delete_item", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             self.store.delete(mailbox, item_id)
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
     async def get_act_org(self, mailbox: str) -> ActOrgClaim | None:
-        self._enter("get_act_org", mailbox)
+        if (fault := self._enter("get_act_org", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             return self.store.act_org(mailbox)
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
     async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
-        self._enter("set_act_org", mailbox)
+        if (fault := self._enter("set_act_org", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             return self.store.stamp_act_org(mailbox, org_id)
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
     async def find_sent(self, mailbox: str, message_id: str) -> str | None:
-        self._enter("find_sent", mailbox)
+        if (fault := self._enter("find_sent", mailbox)) is not None:
+            await self._suffer(fault)
         try:
             items = self.store.mailbox(mailbox).folder("sentitems").items.values()
         except StoreError as exc:
@@ -95,7 +117,8 @@ class DirectExchange:
         return None
 
     async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult:
-        self._enter("send", mailbox)
+        if (fault := self._enter("send", mailbox)) is not None:
+            await self._suffer(fault)
         data = MessageData(
             subject=message.subject,
             sender=message.sender,

@@ -19,6 +19,11 @@ Behaviour:
   bytes are accepted too (``MessageData.parse_error`` is set and the CRM side refuses the
   item later). A failure inside delivery answers ``451 4.3.0`` and never kills the server.
 * Each delivered item gets the clock's now as its received time (``ExchangeStore.deliver``).
+* Fault rules of protocol ``smtp`` (:mod:`simulator.faults`) apply at each stage of a session:
+  ``connect`` (before the greeting), ``mail`` (the envelope sender), ``rcpt`` (each recipient) and
+  ``data`` (the message, for any of its recipients). A rule's latency is sandbox time before the
+  reply; its code is the reply (a 421 also closes the connection), or ``NetworkError`` drops the
+  connection without one.
 
 Counters are in :attr:`SmtpIngress.stats` (accepted messages, delivered items, rejections by
 reason).
@@ -36,6 +41,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from simulator.exchange.mime import normalize_address, parse_message
 from simulator.exchange.store import MAX_MESSAGE_BYTES, ExchangeStore
+from simulator.faults import Fault, FaultInjector, answer_late, smtp_reply
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ TOO_LARGE = "too_large"
 LINE_TOO_LONG = "line_too_long"
 NO_RECIPIENTS = "no_recipients"
 INTERNAL_ERROR = "internal_error"
+FAULT = "fault"  # a fault rule answered (or dropped the connection)
+DROP_WAIT_S = 5.0  # how long a dropped session's task waits to be cancelled by the lost connection
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,6 +85,11 @@ class _Protocol(SMTP):
         self._ingress._connections.discard(self)
         super().connection_lost(error)
 
+    async def _handle_client(self) -> None:
+        if await self._ingress._refused_at_connect(self):
+            return
+        await super()._handle_client()
+
 
 class SmtpIngress:
     """The SMTP front door of an :class:`ExchangeStore`, served in the running event loop.
@@ -87,7 +100,7 @@ class SmtpIngress:
 
     def __init__(self, store: ExchangeStore, *, host: str = "127.0.0.1", port: int = 0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, hostname: str = DEFAULT_HOSTNAME,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, faults: FaultInjector | None = None) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be a positive number of bytes")
         self.store = store
@@ -96,6 +109,7 @@ class SmtpIngress:
         self.max_message_bytes = max_message_bytes
         self.hostname = hostname
         self.timeout = timeout
+        self.faults = faults  # the sandbox's fault rules (None: no faults)
         self.accepted = 0  # messages accepted (250 after DATA)
         self.delivered = 0  # Inbox items created (one per local envelope recipient)
         self.malformed = 0  # accepted messages whose parse_error is set
@@ -156,9 +170,65 @@ class SmtpIngress:
                          decode_data=False, hostname=self.hostname, ident="Microsoft ESMTP MAIL Service (sandbox)",
                          timeout=self.timeout, loop=asyncio.get_running_loop())
 
+    # -- fault rules ----------------------------------------------------------------------
+    def _decide(self, stage: str, addresses: list[str]) -> Fault | None:
+        if self.faults is None or not self.faults.rules:
+            return None
+        return self.faults.decide("smtp", stage, addresses, now=self.store.clock.now())
+
+    async def _fault_reply(self, server: SMTP, stage: str, addresses: list[str]) -> str | None:
+        """The reply a fault rule gives at this stage (None: go on as usual), after its latency."""
+        fault = self._decide(stage, addresses)
+        if fault is None:
+            return None
+        await answer_late(self.store.clock, fault.latency_ms)
+        if fault.code is None:
+            return None
+        self.rejected[FAULT] += 1
+        transport = server.transport
+        if fault.drops:
+            if transport is not None:
+                transport.abort()  # the lost connection cancels this session's task
+                await asyncio.sleep(DROP_WAIT_S)
+            return "421 4.4.2 Connection dropped"
+        if fault.code == "421" and transport is not None:
+            asyncio.get_running_loop().call_soon(transport.close)  # after the reply is written
+        return smtp_reply(fault.code)
+
+    async def _refused_at_connect(self, proto: _Protocol) -> bool:
+        """A fault rule on ``connect``: answer it instead of the greeting (or drop the connection)."""
+        fault = self._decide("connect", [])
+        if fault is None:
+            return False
+        await answer_late(self.store.clock, fault.latency_ms)
+        if fault.code is None:
+            return False
+        self.rejected[FAULT] += 1
+        if proto.transport is None:
+            return True
+        if fault.drops:
+            proto.transport.abort()
+            return True
+        await proto.push(smtp_reply(fault.code))
+        if proto.transport is not None:
+            proto.transport.close()
+        return True
+
     # -- aiosmtpd handler hooks ------------------------------------------------------------
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        refused = await self._fault_reply(server, "mail", [address.strip().lower()] if address else [])
+        if refused is not None:
+            return refused
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        refused = await self._fault_reply(server, "rcpt", [address.strip().lower()])
+        if refused is not None:
+            return refused
         addr = address.strip().lower()  # aiosmtpd has taken the address out of <...> already
         if addr not in self.store.mailboxes:
             addr = normalize_address(address)  # the slow way, for unusual forms
@@ -179,6 +249,9 @@ class SmtpIngress:
         if not recipients:
             self.rejected[NO_RECIPIENTS] += 1
             return "554 5.1.1 None of the recipients has a mailbox any more"
+        refused = await self._fault_reply(server, "data", recipients)
+        if refused is not None:
+            return refused
         try:
             data = parse_message(raw)  # never raises; problems end up in parse_error
             delivered = self.store.deliver(data, recipients)

@@ -16,6 +16,9 @@ endpoint) is in :mod:`simulator.identity.responses`, mounted with :meth:`Identit
   An application registered with a client secret (:meth:`IdentityService.add_application`, e.g.
   the client of the CRM's Dataverse Web API) may present that secret instead.
 * :meth:`IdentityService.validate_access_token` is what the fake Exchange calls on every request.
+* Fault rules of protocol ``identity`` (operation ``token``, see :mod:`simulator.faults`) apply to
+  each token request: a latency in sandbox time, then an AADSTS error, a 503 or 500, or a dropped
+  connection (``IdentityService.faults``, which the wire sandbox sets to the sandbox's rules).
 
 Randomness comes from one seeded generator (ids, trace ids); keys need real randomness and use
 the operating system's. Time comes only from the clock.
@@ -239,6 +242,7 @@ class IdentityService:
         self._signing_cert = signing_certificate
         self.signing_kid = certs.x5t(signing_certificate)
         self.issued_tokens = 0
+        self.faults = None  # the sandbox's FaultInjector (None: no faults); the wire sandbox sets it
 
     # -- tenants -------------------------------------------------------------------------------
 
@@ -750,10 +754,69 @@ class IdentityService:
     # -- HTTP --------------------------------------------------------------------------------------
 
     def routes(self, *, public_base_url: str | None = None):
-        """The aiohttp route definitions (discovery, JWKS, token endpoint) for the shared WebServer."""
+        """The aiohttp route definitions (discovery, JWKS, token endpoint) for the shared WebServer;
+        the token endpoint goes through the fault rules first (:meth:`_faulty`)."""
+        from aiohttp import web
+
         from .responses import build_routes
 
-        return build_routes(self, public_base_url=public_base_url)
+        routes = []
+        for route in build_routes(self, public_base_url=public_base_url):
+            if route.method == "POST" and "/oauth2/" in route.path:
+                route = web.route(route.method, route.path, self._faulty(route.handler), **route.kwargs)
+            routes.append(route)
+        return routes
+
+    # -- fault rules on the token endpoint ---------------------------------------------------------
+
+    def _faulty(self, handler):
+        """``handler`` behind the fault rules of protocol ``identity``: a rule's latency passes in
+        sandbox time, then its code is answered as Entra ID would (an OAuth2 error body), or the
+        connection is dropped; without a rule that fires the request goes on to ``handler``."""
+        from aiohttp import web
+
+        from simulator.faults import IDENTITY_ERRORS, answer_late
+
+        async def faulty(request):
+            injector = self.faults
+            if injector is None or not injector.rules:
+                return await handler(request)
+            fault = injector.decide("identity", "token", None, now=self.clock.now())
+            if fault is None:
+                return await handler(request)
+            await answer_late(self.clock, fault.latency_ms)
+            if fault.code is None:
+                return await handler(request)
+            if fault.drops:
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=500)
+            status, error, number, description = IDENTITY_ERRORS[fault.code]
+            # msal throttles a client after a 5xx for Retry-After seconds of the machine's clock; the
+            # sandbox's time is its own clock's, so the answer asks for no wait of its own
+            headers = {"Retry-After": "0"} if status >= 500 else None
+            return web.json_response(self._error_body(request, error, number, description), status=status,
+                                     headers=headers)
+
+        return faulty
+
+    def _error_body(self, request, error: str, number: int | None, description: str) -> dict[str, Any]:
+        """An OAuth2 error body in the shape the token endpoint uses for its own refusals."""
+        trace = self.trace_id()
+        stamp = self.clock.now().strftime("%Y-%m-%d %H:%M:%SZ")
+        given = request.headers.get("client-request-id", "")
+        correlation = given if len(given) <= 64 and all(c in "0123456789abcdefABCDEF-" for c in given) and given \
+            else trace
+        prefix = f"AADSTS{number}: " if number is not None else ""
+        body: dict[str, Any] = {
+            "error": error,
+            "error_description": f"{prefix}{description}\r\nTrace ID: {trace}\r\nCorrelation ID: {correlation}"
+                                 f"\r\nTimestamp: {stamp}",
+            "timestamp": stamp, "trace_id": trace, "correlation_id": correlation,
+        }
+        if number is not None:
+            body["error_codes"] = [number]
+        return body
 
     # -- persistence -------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ One request goes through these steps, each with the answer Exchange Online would
    ``ErrorNonExistentMailbox``;
 4. authorization: ``authorize(token, mailbox)`` raising refuses with HTTP 401;
 5. throttling: at most 27 requests in flight per mailbox (``ErrorExceededConnectionCount``),
-   then the fault rules (``ErrorServerBusy`` carries ``BackOffMilliseconds``);
+   then the fault rules (a latency in sandbox time, then an error: ``ErrorServerBusy`` carries
+   ``BackOffMilliseconds``);
 6. the operation, answering one response message per requested id, in order.
 
 An operation the simulator does not implement is answered with a SOAP fault
@@ -34,7 +35,7 @@ from simulator.exchange.ews import convert_id, create_item, find_item, folders, 
 from simulator.exchange.ews.context import Context
 from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
 from simulator.exchange.store import ExchangeStore
-from simulator.faults import FaultInjector
+from simulator.faults import Fault, FaultInjector, answer_late
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ OPERATIONS: dict[str, Handler] = {}
 for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync):
     OPERATIONS.update(_module.OPERATIONS)
 
-# Fault rules name the engine's Exchange calls (simulator.faults.OPERATIONS); an EWS request is
+# Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is
 # checked under the engine call it serves, so the same rules work in direct and wire mode.
 # Other EWS operations are checked under their own name (only "*" rules match them).
 FAULT_OPERATIONS = {
@@ -195,7 +196,11 @@ class EwsService:
             if self.delay is not None:
                 await self.delay(operation, address)
             try:
-                self._check_faults(operation, req, address)
+                fault = self._fault_for(operation, req, address)
+                if fault is not None:
+                    await answer_late(self.clock, fault.latency_ms)
+                    if fault.code is not None:
+                        raise _wire_error(fault.error(), operation)
                 ctx.now = self.clock.now()
                 return self._answer(handler(ctx, req))
             finally:
@@ -210,18 +215,17 @@ class EwsService:
         except Exception as exc:
             raise Unauthorized(str(exc) or exc.__class__.__name__) from None
 
-    def _check_faults(self, operation: str, req: etree._Element, address: str) -> None:
-        if self.faults is None:
-            return
+    def _fault_for(self, operation: str, req: etree._Element, address: str) -> Fault | None:
+        """What the fault rules do to this request (its latency is sandbox time, see
+        :func:`simulator.faults.answer_late`)."""
+        if self.faults is None or not self.faults.rules:
+            return None
         name = FAULT_OPERATIONS.get(operation, operation)
         if operation == "CreateItem" and req.get("MessageDisposition", "SaveOnly") != "SaveOnly":
             name = "send"
         elif operation == "GetFolder" and folders.asks_act_claim(req):
             name = "get_act_org"
-        try:
-            self.faults.check(name, address)
-        except ExchangeError as exc:
-            raise _wire_error(exc, operation) from None
+        return self.faults.decide("ews", name, address, now=self.clock.now())
 
     # -- answers ---------------------------------------------------------------------------
     def _answer(self, response: etree._Element) -> web.Response:
