@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import inspect
 import itertools
 import random
 import sqlite3
@@ -91,7 +92,8 @@ class Sandbox:
 
     # -- scenario helpers --------------------------------------------------------------------
     def at(self, when: datetime, action: Callable[[], Any]) -> None:
-        """Run ``action`` when the clock reaches ``when`` (before the engine's work at that time)."""
+        """Run ``action`` when the clock reaches ``when`` (before the engine's work at that time); an
+        action that returns an awaitable is awaited before the engine runs."""
         heapq.heappush(self._agenda, (as_utc(when), next(self._agenda_seq), action))
 
     def deliver(self, message: MessageData | bytes, recipients: list[str] | None = None,
@@ -205,7 +207,9 @@ class Sandbox:
             self.clock.advance_to(t)
             while self._agenda and self._agenda[0][0] <= t:
                 _, _, action = heapq.heappop(self._agenda)
-                action()
+                result = action()
+                if inspect.isawaitable(result):  # e.g. mail sent over SMTP in wire mode
+                    await result
             try:
                 ran = await self.engine.run_due()
             except BaseException:
