@@ -6,17 +6,22 @@ Fixtures:
   organization of :func:`simulator.testing.build_org`: alice (tracks all email), bob (replies to
   CRM email), the support queue, a contact carl@fabrikam.example, one Exchange Online profile, every
   mailbox approved, tested and enabled. ``@pytest.mark.sss_org(seed=..., profile={...}, org={...},
-  approve=..., test=...)`` changes how it is built.
+  approve=..., test=...)`` changes how it is built; ``sss_org(scenario="file.toml")`` builds the
+  organization of a scenario file instead, its mail, sends and faults arriving as the test moves
+  the clock.
 * ``sss_server``: the same organization on the network (wire mode: HTTPS for EWS, Autodiscover,
   the identity service and the ``/_sim`` control plane; SMTP), the engine on exchangelib and msal.
   One server per test session, put back to its baseline before each test (``POST /_sim/reset``).
+* Files named ``*.sss.toml`` are scenario files (:mod:`simulator.scenario`) collected as tests: one
+  passes when every expectation it states is met, and fails listing those that are not.
 * ``@pytest.mark.sss_fault(code, mailbox=..., operation=..., count=..., probability=...,
   backoff_ms=...)``: a fault rule in place when the test starts (either fixture; repeatable).
 
 Both fixtures answer the same calls (:class:`SandboxDriver`): ``deliver``, ``advance``,
 ``run_until``, ``faults``, ``emails``, ``explain``, ``assert_tracked``, ``mailbox``, ``alerts``;
-``sss_server`` adds ``account(address)`` (an exchangelib Account), ``smtp_send`` and ``control``
-(an HTTP client of the control plane, what a suite in another language would use).
+``sss_server`` adds ``account(address)`` (an exchangelib Account), ``smtp_send``, ``crm`` (the CRM
+over the Dataverse Web API) and ``control`` (an HTTP client of the control plane), what a suite in
+another language would use too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import contextlib
 import json
 import smtplib
 import ssl
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -37,14 +43,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from simulator.testing import ADMIN, ALICE, CARL, Org, build_org
+from simulator.testing import ADMIN, ALICE, CARL, Org, build_org, org_from_scenario
 
 T = TypeVar("T")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sss_org(seed=0, profile=None, org=None, approve=True, test=True): "
-                                       "how the sss_sandbox fixture builds its organization")
+    config.addinivalue_line("markers", "sss_org(seed=0, profile=None, org=None, approve=True, test=True, "
+                                       "scenario=None): how the sss_sandbox fixture builds its organization "
+                                       "(scenario: a scenario file, relative to the test file)")
     config.addinivalue_line("markers", "sss_fault(code, mailbox=None, operation=None, count=None, probability=None,"
                                        " backoff_ms=None): a fault rule in place when the test starts")
 
@@ -194,6 +201,67 @@ class _WireFaults:
         return self._control.faults()
 
 
+class CrmClient:
+    """The CRM over the Dataverse Web API, as a Dynamics client reads it: a bearer token from the
+    identity service (msal, the registered client's secret), then OData JSON over HTTPS."""
+
+    def __init__(self, info) -> None:
+        import requests
+
+        self.info = info
+        self.url = info.dataverse_url.rstrip("/") + "/"
+        self.http = requests.Session()
+        self.http.verify, self.http.trust_env = info.ca_file, False
+        self._token: str | None = None
+
+    def _fresh_token(self) -> str:
+        import msal
+
+        app = msal.ConfidentialClientApplication(  # a new cache: the token's life is in sandbox time
+            self.info.dataverse_client_id, client_credential=self.info.dataverse_client_secret,
+            authority=self.info.authority, http_client=self.http, instance_discovery=False)
+        result = app.acquire_token_for_client(scopes=[self.info.dataverse_scope])
+        if "access_token" not in result:
+            raise AssertionError(f"the identity service gave no token: {result.get('error_description', result)}")
+        return result["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any):
+        url = path if path.startswith("https://") else self.url + path
+        for attempt in (1, 2):
+            if self._token is None:
+                self._token = self._fresh_token()
+            headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json",
+                       **kwargs.pop("headers", {})}
+            response = self.http.request(method, url, headers=headers, timeout=60, **kwargs)
+            if response.status_code == 401 and attempt == 1:  # expired in sandbox time: a new token
+                self._token = None
+                continue
+            return response
+        return response
+
+    def get(self, entity_set: str, *, filter: str | None = None, select: str | list[str] | None = None,
+            orderby: str | None = None, top: int | None = None) -> list[dict]:
+        """The records of ``entity_set`` (``emails``, ``mailboxes``, ...), every page followed."""
+        params = {k: v for k, v in (("$filter", filter), ("$orderby", orderby), ("$top", top),
+                                    ("$select", ",".join(select) if isinstance(select, list) else select))
+                  if v is not None}
+        records: list[dict] = []
+        response = self.request("GET", entity_set, params=params)
+        while True:
+            body = response.json()
+            if response.status_code != 200:
+                raise AssertionError(f"GET {entity_set} answered {response.status_code}: {body}")
+            records += body["value"]
+            if "@odata.nextLink" not in body:
+                return records
+            response = self.request("GET", body["@odata.nextLink"])
+
+    def patch(self, entity_set: str, record_id: str, values: dict) -> None:
+        response = self.request("PATCH", f"{entity_set}({record_id})", json=values)
+        if response.status_code != 204:
+            raise AssertionError(f"PATCH {entity_set}({record_id}) answered {response.status_code}: {response.text}")
+
+
 class _ServerThread:
     """The wire sandbox running in a thread of its own (its event loop), for synchronous tests."""
 
@@ -215,6 +283,7 @@ class _ServerThread:
         org = build_org(seed, sandbox=wire.sb, s2s=lambda _sb: wire.configure_s2s(as_user=ADMIN), test=False)
         await wire.start()
         org.test_results = await wire.sb.admin.test_and_enable(ADMIN, list(org.mailboxes.values()))
+        wire.dataverse.register_client()
         wire.baseline = wire.snapshot()
         return wire, org
 
@@ -243,6 +312,7 @@ class WireServer(SandboxDriver):
         self.control = ControlClient(self.info.control_url.removesuffix("/_sim"), self.info.control_key,
                                      self.info.ca_file)
         self.faults = _WireFaults(self.control)
+        self.crm = CrmClient(self.info)
 
     def reset(self) -> None:
         self.control.reset()
@@ -296,12 +366,58 @@ class WireServer(SandboxDriver):
                                    access_type=exchangelib.IMPERSONATION)
 
 
+# -- scenario files as tests ----------------------------------------------------------------------------
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    """A file named ``*.sss.toml`` (see :mod:`simulator.scenario`) is a test: it passes when every
+    expectation it states is met."""
+    if file_path.name.endswith(".sss.toml"):
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+class ScenarioFile(pytest.File):
+    def collect(self):
+        yield ScenarioItem.from_parent(self, name=self.path.name.removesuffix(".sss.toml"))
+
+
+class ScenarioItem(pytest.Item):
+    def runtest(self) -> None:
+        from simulator.scenario import load_scenario, run_scenario
+
+        scenario = load_scenario(self.path)
+        with tempfile.TemporaryDirectory(prefix="sss-scenario-") as folder:  # wire mode's CA and certificates
+            result = run_scenario(scenario, state_dir=Path(folder))
+        if result.failures:
+            raise ScenarioFailed("\n".join(result.failures))
+
+    def repr_failure(self, excinfo, style=None):
+        from simulator.scenario import ScenarioError
+
+        if isinstance(excinfo.value, (ScenarioFailed, ScenarioError)):
+            return f"{self.path.name}: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"scenario {self.name}"
+
+
 @pytest.fixture
 def sss_sandbox(request: pytest.FixtureRequest):
     """A fresh sandbox in process (direct mode) with a configured organization; see the module doc."""
     marker = request.node.get_closest_marker("sss_org")
     options = dict(marker.kwargs) if marker else {}
-    org = build_org(**options)
+    scenario = options.pop("scenario", None)
+    if scenario is not None:  # a scenario file, relative to the test's own folder
+        if options.keys() - {"seed"}:
+            raise pytest.UsageError(f"sss_org(scenario=...) takes only seed besides; the file describes the "
+                                    f"rest (got {', '.join(sorted(options.keys() - {'seed'}))})")
+        org = org_from_scenario(request.path.parent / scenario, **options)
+    else:
+        org = build_org(**options)
     sandbox = DirectSandbox(org)
     try:
         for mark in request.node.iter_markers("sss_fault"):

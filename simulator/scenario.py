@@ -1188,6 +1188,17 @@ async def run_scenario_async(scenario: Scenario, *, mode: str | None = None, see
             sb.close()
 
 
+async def prepare_scenario(scenario: Scenario, sb: Sandbox, *, seed: int | None = None) -> _Run:
+    """Build ``scenario``'s organization in the direct sandbox ``sb`` and put its mail, sends and fault
+    rules on the sandbox's agenda from now on, without running anything: the caller moves the clock
+    (the pytest plugin's ``sss_org(scenario=...)``). The returned run knows the ids it created
+    (``user_ids``, ``profile_ids``) and gives ``summary()``."""
+    run = _Run(scenario, sb, None, scenario.seed if seed is None else seed)
+    await run.build()
+    run.schedule(sb.clock.now())
+    return run
+
+
 def _smtp_send(host: str, port: int, sender: str, recipients: list[str], raw: bytes) -> None:
     with smtplib.SMTP(host, port, timeout=30) as client:
         client.sendmail(sender, recipients, raw)

@@ -14,13 +14,14 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, select
 
 from engine.clock import as_utc
-from simulator.crm.models import Email, EmailServerProfile, ExchangeSyncIdMapping, Mailbox, TraceLog
+from simulator.crm.models import Email, EmailServerProfile, ExchangeSyncIdMapping, Mailbox, Queue, TraceLog
 from simulator.exchange.mime import MessageData
 from simulator.sandbox import DEFAULT_START, Sandbox
 
@@ -161,6 +162,25 @@ class Org:
 
     def test_and_enable(self, addresses: list[str], **kw: Any):
         return run(self.sb.admin.test_and_enable(ADMIN, [self.mailboxes[a] for a in addresses], **kw))
+
+
+def org_from_scenario(path: str | Path, *, seed: int | None = None) -> Org:
+    """The organization of a scenario file (:mod:`simulator.scenario`) in a new direct sandbox, its
+    mail, sends and fault rules waiting on the sandbox's agenda for the clock to reach them."""
+    from simulator.scenario import load_scenario, prepare_scenario
+
+    scenario = load_scenario(Path(path))
+    sb = Sandbox(seed=scenario.seed if seed is None else seed, start=scenario.start)
+    try:
+        run = asyncio.run(prepare_scenario(scenario, sb, seed=seed))
+    except BaseException:
+        sb.close()
+        raise
+    with Session(sb.db) as s:
+        mailboxes = {m.emailaddress: m.mailboxid for m in s.exec(select(Mailbox)).all()}
+        queues = {q.emailaddress: q.queueid for q in s.exec(select(Queue)).all() if q.emailaddress}
+    default = scenario.settings.defaultemailserverprofileid or scenario.profiles[0].name
+    return Org(sb, run.profile_ids[default], users=dict(run.user_ids), queues=queues, mailboxes=mailboxes)
 
 
 def build_org(seed: int = 0, *, profile: dict[str, Any] | None = None, org: dict[str, Any] | None = None,

@@ -47,6 +47,23 @@ def test_each_wire_test_starts_from_the_baseline(sss_server):
     assert [r["code"] for r in sss_server.faults.rules] == ["ErrorServerBusy"]
 
 
+def test_the_crm_over_the_web_api(sss_server):
+    sss_server.deliver("Via OData")
+    sss_server.advance(minutes=15)
+    rows = sss_server.crm.get("emails", filter="subject eq 'Via OData'", select="subject,statuscode")
+    assert [r["subject"] for r in rows] == ["Via OData"]
+    sss_server.advance(hours=2)  # the first token has expired in sandbox time: a new one is taken
+    assert len(sss_server.crm.get("mailboxes", select=["emailaddress"])) == len(sss_server.mailboxes)
+
+
+@pytest.mark.sss_org(scenario="flow.toml")
+def test_the_organization_of_a_scenario_file(sss_sandbox):
+    assert sss_sandbox.emails() == []  # the file's mail waits for the clock
+    sss_sandbox.advance(minutes=45)
+    sss_sandbox.assert_tracked("Quote for the spring order")
+    assert sss_sandbox.explain("Not a reply to anything").startswith("email 'Not a reply to anything' not tracked")
+
+
 def test_a_miss_is_explained(sss_sandbox):
     sss_sandbox.deliver("Cold call", sender="someone@elsewhere.example", to="bob@contoso.example")
     sss_sandbox.assert_tracked("Cold call", timeout_minutes=20)
@@ -54,12 +71,28 @@ def test_a_miss_is_explained(sss_sandbox):
 
 
 def test_an_outside_suite_uses_the_plugin_in_both_modes(pytester):
+    from simulator.scenario import examples_folder
+
     pytester.makepyfile(test_outside=OUTSIDE)
+    pytester.makefile(".toml", flow=(examples_folder() / "basic-flow.toml").read_text())
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=7, failed=1)
     # the one failure is the miss, explained with the engine's reason
     result.stdout.fnmatch_lines(["*email 'Cold call' not tracked: skipped as NoCorrelationMatch in "
                                  "bob@contoso.example at *"])
+
+
+def test_scenario_files_are_collected_as_tests(pytester):
+    from simulator.scenario import examples_folder
+
+    text = (examples_folder() / "basic-flow.toml").read_text()
+    pytester.makefile(".sss.toml", basic=text)
+    wrong = text.replace("tracked = 2", "tracked = 999")
+    assert wrong != text
+    pytester.makefile(".sss.toml", wrong=wrong)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*wrong.sss.toml: expected tracked 999, got 2*"])
 
 
 def _scenario(org, n: int, faults: int):
