@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from engine.clock import parse_instant
 from engine.errors import KNOWN_ERRORS
 from simulator.crm.db import sqlite_url
-from simulator.crm.models import Email, EmailStatus, ExchangeSyncIdMapping, Mailbox, TraceLog
+from simulator.crm.models import ExchangeSyncIdMapping, Mailbox
+from simulator.crm.outcomes import mail_outcomes
 from simulator.sandbox import DEFAULT_START, Sandbox
 from simulator.traffic import Party, TrafficMix, TrafficPlan
 
@@ -29,7 +30,6 @@ FIRST_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Gus", "Hana", "Ivo
                "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove", "Uma", "Vik", "Wen", "Xavi",
                "Yara", "Zed")
 LAST_NAMES = ("Berg", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Haddad", "Ito", "Jensen", "Khan")
-LEVELS = {1: "information", 2: "warning", 3: "error"}
 
 
 def fresh_database(path: str | Path) -> Path:
@@ -119,17 +119,11 @@ class Demo:
         await self.sb.run_for(self.hours * 3600, progress)
 
     def summary(self, wall_seconds: float) -> dict:
-        E, X, T, M = Email.__table__, ExchangeSyncIdMapping.__table__, TraceLog.__table__, Mailbox.__table__
+        X, M = ExchangeSyncIdMapping.__table__, Mailbox.__table__
         with self.sb.db.connect() as conn:
-            by_status = dict(conn.execute(select(E.c.statuscode, func.count()).group_by(E.c.statuscode)).all())
-            skipped = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(X.c.itemstate == 2)
-                                        .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
-            failed = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(
-                X.c.itemstate == 3, X.c.objecttypecode == "email", X.c.exchangeentryid != "")
-                .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
+            outcomes = mail_outcomes(conn)
             item_details = dict(conn.execute(select(X.c.lastsyncerror, func.min(X.c.lastsyncerrordetail))
                                              .group_by(X.c.lastsyncerror)).all())
-            alerts = dict(conn.execute(select(T.c.level, func.count()).group_by(T.c.level)).all())
             mailboxes = conn.execute(select(
                 M.c.emailaddress, M.c.regardingobjecttypecode, M.c.incomingemailstatus, M.c.outgoingemailstatus,
                 M.c.mailboxstatus, M.c.enabledforincomingemail, M.c.enabledforoutgoingemail,
@@ -139,6 +133,7 @@ class Demo:
         # What each code shown means: the engine's table of known codes; for a code it does not
         # list, the text the CRM recorded with the item or mailbox.
         recorded = {**{m[7]: m[9] for m in mailboxes if m[7]}, **item_details}
+        skipped, failed = outcomes["skipped_reasons"], outcomes["undeliverable_reasons"]
         shown = [*(m[7] for m in mailboxes if m[7]), *skipped, *failed, *self.fault_codes]
         codes = {code: KNOWN_ERRORS[code].summary if code in KNOWN_ERRORS else
                  (recorded.get(code) or "no description recorded").rstrip(".")
@@ -153,15 +148,15 @@ class Demo:
                 for m in mailboxes
             ],
             "mailbox_polls": stats.polls,
-            "emails_tracked": by_status.get(EmailStatus.RECEIVED, 0),
-            "emails_skipped": sum(skipped.values()),
+            "emails_tracked": outcomes["tracked"],
+            "emails_skipped": outcomes["skipped"],
             "skipped_reasons": skipped,
-            "emails_undeliverable": sum(failed.values()),
+            "emails_undeliverable": outcomes["undeliverable"],
             "undeliverable_reasons": failed,
-            "emails_sent": by_status.get(EmailStatus.SENT, 0),
-            "emails_pending_send": by_status.get(EmailStatus.PENDING_SEND, 0),
-            "emails_failed_to_send": by_status.get(EmailStatus.FAILED, 0),
-            "alerts": {name: alerts.get(level, 0) for level, name in LEVELS.items()},
+            "emails_sent": outcomes["sent"],
+            "emails_pending_send": outcomes["pending_send"],
+            "emails_failed_to_send": outcomes["failed_to_send"],
+            "alerts": outcomes["alerts"],
             "faults": self.failing,
             "codes": codes,
             "process_email_from": self.process_from.isoformat() if self.process_from else None,

@@ -69,7 +69,7 @@ from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, Field, PlainValidator, field_validator
 from pydantic import ValidationError as PydanticError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from engine.clock import as_utc, parse_instant
 from engine.ports import ActMethod, IncomingMethod, OutgoingMethod
@@ -97,11 +97,11 @@ from simulator.crm.models import (
     Email,
     EmailServerProfile,
     EmailStatus,
-    ExchangeSyncIdMapping,
     Mailbox,
     TraceLog,
     TrackSetting,
 )
+from simulator.crm.outcomes import ALERT_LEVEL_NAMES, mail_outcomes
 from simulator.exchange.mime import MessageData
 from simulator.faults import FaultRule, FaultRuleError
 from simulator.sandbox import DEFAULT_START, Sandbox
@@ -114,7 +114,6 @@ EXAMPLES_FOLDER = "examples"
 
 STATUS_NAMES = {0: "Not Run", 1: "Success", 2: "Failure"}
 APPROVAL_NAMES = {0: "Empty", 1: "Approved", 2: "Pending Approval", 3: "Rejected"}
-LEVEL_NAMES = {1: "information", 2: "warning", 3: "error"}
 # the words of `sss user add --track`, besides the numbers of SPEC 3.4
 TRACK_NAMES = {"all": TrackSetting.ALL, "replies": TrackSetting.REPLIES_TO_CRM_EMAIL,
                "leads-contacts-accounts": TrackSetting.FROM_LEADS_CONTACTS_ACCOUNTS,
@@ -416,7 +415,7 @@ def _named(names: dict[int, str], what: str, **aliases: int) -> Callable[[Any], 
 
 StatusValue = Annotated[int, PlainValidator(_named(STATUS_NAMES, "a status"))]
 ApprovalValue = Annotated[int, PlainValidator(_named(APPROVAL_NAMES, "an approval state", pending=2))]
-LevelValue = Annotated[int, PlainValidator(_named(LEVEL_NAMES, "an alert level"))]
+LevelValue = Annotated[int, PlainValidator(_named(ALERT_LEVEL_NAMES, "an alert level"))]
 
 
 def _track(value: Any) -> Any:
@@ -995,7 +994,7 @@ class _Reader:
                     raise self.error(path + (key, reason), str(exc)) from None
         if e.alerts is not None:
             levels = self.model(AlertCounts, e.alerts, path + ("alerts",))
-            for level, name in LEVEL_NAMES.items():
+            for level, name in ALERT_LEVEL_NAMES.items():
                 value = getattr(levels, name)
                 if value is not None:
                     out.alert_levels[level] = value
@@ -1489,15 +1488,9 @@ class _Run:
 
     # -- what came of it ----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        E, X, T, M = Email.__table__, ExchangeSyncIdMapping.__table__, TraceLog.__table__, Mailbox.__table__
+        M = Mailbox.__table__
         with self.sb.db.connect() as conn:
-            by_status = dict(conn.execute(select(E.c.statuscode, func.count()).group_by(E.c.statuscode)).all())
-            skipped = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(X.c.itemstate == 2)
-                                        .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
-            failed = dict(conn.execute(select(X.c.lastsyncerror, func.count()).where(
-                X.c.itemstate == 3, X.c.objecttypecode == "email", X.c.exchangeentryid != "")
-                .group_by(X.c.lastsyncerror).order_by(X.c.lastsyncerror)).all())
-            alerts = dict(conn.execute(select(T.c.level, func.count()).group_by(T.c.level)).all())
+            outcomes = mail_outcomes(conn)
             rows = conn.execute(select(M.c.emailaddress, *(M.c[k] for k in MAILBOX_CHECKS))
                                 .order_by(M.c.emailaddress)).all()
         mailboxes = []
@@ -1506,18 +1499,9 @@ class _Run:
             for key, value in zip(MAILBOX_CHECKS, row[1:], strict=True):
                 view[key] = _shown(key, value)
             mailboxes.append(view)
-        stats = self.sb.engine.stats
         return {
-            "tracked": by_status.get(EmailStatus.RECEIVED, 0),
-            "skipped": sum(skipped.values()),
-            "skipped_reasons": skipped,
-            "undeliverable": sum(failed.values()),
-            "undeliverable_reasons": failed,
-            "sent": by_status.get(EmailStatus.SENT, 0),
-            "pending_send": by_status.get(EmailStatus.PENDING_SEND, 0),
-            "failed_to_send": by_status.get(EmailStatus.FAILED, 0),
-            "alerts": {name: alerts.get(level, 0) for level, name in LEVEL_NAMES.items()},
-            "polls": stats.polls,
+            **outcomes,
+            "polls": self.sb.engine.stats.polls,
             "traffic": dict(sorted(self.plan.counts.items())) if self.plan is not None else {},
             "smtp_refused": list(self.smtp_refused),
             "mailboxes": mailboxes,
@@ -1583,7 +1567,7 @@ class _Judge:
         if x.alert_levels:
             alerts = self._alerts()
             for level, count in x.alert_levels.items():
-                name = LEVEL_NAMES[level]
+                name = ALERT_LEVEL_NAMES[level]
                 codes = [a["tracecode"] for a in alerts if a["level"] == level]
                 out.append(self._count(f"{name} alerts", count, self.s["alerts"][name], _tally(codes, "codes")))
         for a in x.alerts:
@@ -1641,7 +1625,7 @@ class _Judge:
         count = a.count or Count(1, None, ">= 1")
         words = []
         if a.level is not None:
-            words.append(LEVEL_NAMES[a.level])
+            words.append(ALERT_LEVEL_NAMES[a.level])
         words.append("alert")
         if a.code is not None:
             words.append(a.code)
@@ -1653,7 +1637,7 @@ class _Judge:
         met = count.holds(len(found))
         message = ""
         if not met:
-            seen = ", ".join(dict.fromkeys(f"{x['tracecode']} ({LEVEL_NAMES.get(x['level'], x['level'])})"
+            seen = ", ".join(dict.fromkeys(f"{x['tracecode']} ({ALERT_LEVEL_NAMES.get(x['level'], x['level'])})"
                                            for x in pool)) or "none"
             where = f" on {about}" if about is not None else ""
             message = f"expected {name} {count} times, found {len(found)} (alerts{where}: {seen})"
