@@ -578,3 +578,29 @@ def test_a_body_that_is_not_a_json_object_is_400(crm):
                          headers={"Content-Type": "application/json"})
     assert "body" in _error(answer, 400)["message"]
     assert _error(crm.request("PATCH", f"emailserverprofiles({crm.profile_id})", json={}), 400)
+
+
+# -- a generic OData v4 client --------------------------------------------------------------------------
+def test_a_generic_odata_client_reads_the_api(crm):
+    """python-odata knows nothing of this sandbox: it reads $metadata, builds its entity classes and
+    writes its own $filter, $orderby and paging requests."""
+    from odata import ODataService
+
+    http = crm.http()
+    http.headers["Authorization"] = f"Bearer {crm.token()}"
+    http.headers["Prefer"] = "odata.maxpagesize=5"  # the twelve emails come in three pages
+    pages: list[str] = []
+    http.hooks["response"].append(lambda r, *a, **k: pages.append(r.url) if "/emails" in r.url else None)
+    service = ODataService(crm.api, session=http, reflect_entities=True)
+    assert {"emails", "mailboxes", "systemusers", "queues", "tracelogs"} <= set(service.entities)
+    Emails = service.entities["emails"]
+
+    every = [e.activityid for e in service.query(Emails).order_by(Emails.createdon.asc())]
+    assert every == [r["activityid"] for r in sorted(EMAILS, key=lambda r: r["createdon"])]
+    assert len(pages) == 3 and "skiptoken" in pages[-1].lower()  # it followed @odata.nextLink
+    received = service.query(Emails).filter(Emails.statuscode == 4).order_by(Emails.deliveryattempts.desc())
+    assert [e.deliveryattempts for e in received] == sorted(
+        (r["deliveryattempts"] for r in EMAILS if r["statuscode"] == 4), reverse=True)
+    Mailboxes = service.entities["mailboxes"]
+    [support] = service.query(Mailboxes).filter(Mailboxes.emailaddress == SUPPORT)
+    assert support.mailboxid == crm.mailbox_id(SUPPORT)
