@@ -290,8 +290,8 @@ def test_update_categories_and_is_read(server, trust_ca):
 
 def test_unknown_operation_and_mailbox(server, trust_ca):
     acc = account(server)
-    with pytest.raises(ErrorInvalidOperation, match="GetUserOofSettings.*not implemented"):
-        _ = acc.oof_settings
+    with pytest.raises(ErrorInvalidOperation, match="Subscribe.*not implemented"):
+        acc.inbox.subscribe_to_pull()
     with pytest.raises(ErrorNonExistentMailbox):
         _ = account(server, "nobody@contoso.example").inbox
 

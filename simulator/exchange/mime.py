@@ -83,6 +83,12 @@ class MessageData:
     parse_error: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
+    # What EWS clients store beside mail: the item's type (Message, CalendarItem, Contact, Task,
+    # DistributionList, PostItem or Item) and its class, and every property the store does not model
+    # itself, kept as the client sent it (key -> the property's XML; see simulator.exchange.ews.fields)
+    item_type: str = "Message"
+    item_class: str | None = None
+    kept: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> bytes:
         """The message as RFC 5322 bytes (the original bytes when it came in as bytes)."""

@@ -140,7 +140,7 @@ def message_from_record(raw: object) -> MessageData:
         elif name == "size":
             if type(value) is not int:
                 raise bad(name, value, "a whole number")
-        elif name == "extra_headers":
+        elif name in ("extra_headers", "kept"):
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise bad(name, value, "an object of strings")
         elif not (isinstance(value, str) or (value is None and name in _OPTIONAL_TEXT)):

@@ -15,6 +15,7 @@ same code whether the change is made now or replayed from the database's journal
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -39,11 +40,26 @@ DISPLAY_NAMES = {
     "contacts": "Contacts",
     "tasks": "Tasks",
 }
+# The class Exchange gives an item of each type when the client names none.
+ITEM_CLASSES = {"Message": "IPM.Note", "Item": "IPM.Note", "CalendarItem": "IPM.Appointment",
+                "Contact": "IPM.Contact", "DistributionList": "IPM.DistList", "Task": "IPM.Task",
+                "PostItem": "IPM.Post"}
 FIND_PAGE_MAX = 1000
 SEND_PER_MINUTE = 30
 RECIPIENTS_PER_DAY = 10_000
 MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 _ONE_US = timedelta(microseconds=1)
+
+
+SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld"})
+
+
+@dataclass(slots=True, eq=False)
+class MailboxSettings:
+    """What a mailbox keeps besides folders and items: its Inbox rules and Out of Office settings."""
+
+    rules: list[dict] = field(default_factory=list)  # by priority
+    oof: dict | None = None  # None: never set
 
 
 class StoreError(Exception):
@@ -98,7 +114,11 @@ class Item:
     seq: int
     categories: list[str] = field(default_factory=list)
     is_read: bool = False
-    item_class: str = "IPM.Note"
+    version: int = 0  # how many times the item was updated: its change key changes with it
+
+    @property
+    def item_class(self) -> str:
+        return self.data.item_class or ITEM_CLASSES.get(self.data.item_type, "IPM.Note")
 
     def properties(self, folder_kind: str = "inbox") -> ItemProperties:
         d = self.data
@@ -185,6 +205,7 @@ class ExchangeMailbox:
     sent_times: deque = field(default_factory=deque)
     recipients_day: list = field(default_factory=lambda: [None, 0])  # [date, count]
     last_inbox_received: datetime | None = None
+    settings: MailboxSettings = field(default_factory=MailboxSettings)  # rules, OOF (events below)
 
     def folder(self, folder_ref: str) -> Folder:
         folder_id = self.distinguished.get(folder_ref, folder_ref)
@@ -264,6 +285,8 @@ class ExchangeStore:
         kind = ev["k"]
         if kind == "put":
             return self._apply_put(ev)
+        if kind in SETTING_EVENTS:  # mailbox settings and folder moves: their own section below
+            return self._apply_setting(ev)
         mbx = self.mailboxes.get(ev["a"]) if kind != "mbx" else None
         if kind == "rm":
             mbx.take_out(mbx.item(ev["i"]))
@@ -273,7 +296,15 @@ class ExchangeStore:
                 item.categories = list(ev["c"])
             if ev.get("r") is not None:
                 item.is_read = ev["r"]
-            mbx.folders[item.folder_id].journal.append(("update", item.item_id))
+            if "s" in ev or "b" in ev or "ks" in ev:
+                # a new MessageData: a copy made by CopyItem shares the old one and keeps it
+                kept = {**item.data.kept, **ev.get("ks", {})}
+                item.data = dataclasses.replace(item.data, subject=ev.get("s", item.data.subject),
+                                                body=ev.get("b", item.data.body), kept=kept)
+            item.version += 1
+            # a change of the read flag alone is its own kind of change (SyncFolderItems: ReadFlagChange)
+            only_read = ev.get("r") is not None and ev.get("c") is None and not {"s", "b", "ks"} & ev.keys()
+            mbx.folders[item.folder_id].journal.append(("read" if only_read else "update", item.item_id))
             return item
         elif kind == "mbx":
             (root_id, _), *rest = ev["f"]
@@ -416,6 +447,91 @@ class ExchangeStore:
                     self.delete_folder(address, child.folder_id)
             self._emit({"k": "rmfld", "a": mbx.address, "id": folder.folder_id})
 
+    # -- mailbox settings (Inbox rules, Out of Office) and folder moves ------------------------
+    # Their events are JSON values only (times as ISO 8601 text), so a replay rebuilds them exactly.
+    def _apply_setting(self, ev: dict) -> Any:
+        kind = ev["k"]
+        mbx = self.mailboxes[ev["a"]]
+        if kind == "rules":
+            mbx.settings.rules = [dict(rule) for rule in ev["r"]]
+        elif kind == "oof":
+            mbx.settings.oof = dict(ev["o"])
+        elif kind == "mvfld":
+            folder = mbx.folders[ev["id"]]
+            folder.parent_id = ev["p"]
+            return folder
+        elif kind == "rnfld":
+            folder = mbx.folders[ev["id"]]
+            folder.name = ev["n"]
+            return folder
+        return None
+
+    def inbox_rules(self, address: str) -> list[dict]:
+        """The mailbox's Inbox rules (records of :mod:`simulator.exchange.ews.settings`), by priority."""
+        return [dict(rule) for rule in self.mailbox(address).settings.rules]
+
+    def set_inbox_rules(self, address: str, rules: list[dict]) -> None:
+        """Replace the mailbox's Inbox rules (one UpdateInboxRules request: all its operations or none)."""
+        mbx = self.mailbox(address)
+        with self.operation():
+            self._emit({"k": "rules", "a": mbx.address, "r": [dict(rule) for rule in rules]})
+
+    def new_rule_id(self) -> str:
+        return self.ids.next("AQAAAA")
+
+    def oof_settings(self, address: str) -> dict | None:
+        """The mailbox's Out of Office settings as last set (None: never set, Exchange's defaults)."""
+        oof = self.mailbox(address).settings.oof
+        return dict(oof) if oof is not None else None
+
+    def set_oof_settings(self, address: str, settings: dict) -> None:
+        mbx = self.mailbox(address)
+        with self.operation():
+            self._emit({"k": "oof", "a": mbx.address, "o": dict(settings)})
+
+    def move_folder(self, address: str, folder_ref: str, dest_ref: str) -> Folder:
+        """Move a folder (with its subtree) under another folder; its id stays the same."""
+        mbx = self.mailbox(address)
+        folder = mbx.folder(folder_ref)
+        dest = mbx.folder(dest_ref)
+        if folder.distinguished:
+            raise StoreError("ErrorMoveDistinguishedFolder", f"{folder.name!r} is a distinguished folder")
+        ancestor: Folder | None = dest
+        while ancestor is not None:
+            if ancestor.folder_id == folder.folder_id:
+                raise StoreError("ErrorMoveCopyFailed", f"{folder.name!r} cannot be moved into itself or its subfolders")
+            ancestor = mbx.folders.get(ancestor.parent_id) if ancestor.parent_id else None
+        if folder.parent_id == dest.folder_id:
+            return folder
+        if self.find_child(address, dest.folder_id, folder.name) is not None:
+            raise StoreError("ErrorFolderExists", f"{dest.name!r} already has a folder named {folder.name!r}")
+        with self.operation():
+            return self._emit({"k": "mvfld", "a": mbx.address, "id": folder.folder_id, "p": dest.folder_id})
+
+    def rename_folder(self, address: str, folder_ref: str, name: str) -> Folder:
+        mbx = self.mailbox(address)
+        folder = mbx.folder(folder_ref)
+        name = name.strip()
+        if not name:
+            raise StoreError("ErrorInvalidFolderName", "a folder needs a name")
+        if folder.parent_id is not None:
+            other = self.find_child(address, folder.parent_id, name)
+            if other is not None and other is not folder:
+                raise StoreError("ErrorFolderExists", f"a folder named {name!r} already exists there")
+        with self.operation():
+            return self._emit({"k": "rnfld", "a": mbx.address, "id": folder.folder_id, "n": name})
+
+    def empty_folder(self, address: str, folder_ref: str, *, sub_folders: bool = False) -> None:
+        """Delete every item of a folder and, with ``sub_folders``, its subfolders (one operation)."""
+        mbx = self.mailbox(address)
+        folder = mbx.folder(folder_ref)
+        with self.operation():
+            for item_id in list(folder.items):
+                self._emit({"k": "rm", "a": mbx.address, "i": item_id})
+            if sub_folders:
+                for child in [f for f in mbx.folders.values() if f.parent_id == folder.folder_id and not f.distinguished]:
+                    self.delete_folder(address, child.folder_id)
+
     # -- the ACT organization claim (SPEC 1.11) ---------------------------------------------
     def act_org(self, address: str) -> ActOrgClaim | None:
         """The organization that syncs the mailbox's ACT and when it last stamped it (None: unclaimed)."""
@@ -523,13 +639,23 @@ class ExchangeStore:
             self._emit({"k": "rm", "a": mbx.address, "i": item_id})
 
     def update(self, address: str, item_id: str, *, categories: list[str] | None = None,
-               is_read: bool | None = None) -> Item:
+               is_read: bool | None = None, subject: str | None = None, body: str | None = None,
+               kept: dict[str, str] | None = None) -> Item:
+        """Change an item: its categories, read flag, subject, body, and kept properties (``kept``, an
+        empty text for a property deleted; see :attr:`MessageData.kept`). Each update is a new version."""
         mbx = self.mailbox(address)
         mbx.item(item_id)
+        event: dict[str, Any] = {"k": "upd", "a": mbx.address, "i": item_id,
+                                 "c": list(dict.fromkeys(categories)) if categories is not None else None,
+                                 "r": is_read}
+        if subject is not None:
+            event["s"] = subject
+        if body is not None:
+            event["b"] = body
+        if kept:
+            event["ks"] = dict(kept)
         with self.operation():
-            return self._emit({"k": "upd", "a": mbx.address, "i": item_id,
-                               "c": list(dict.fromkeys(categories)) if categories is not None else None,
-                               "r": is_read})
+            return self._emit(event)
 
     # -- sending ---------------------------------------------------------------------------
     def counter_state(self) -> tuple[int, int]:

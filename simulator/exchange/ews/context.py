@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,9 +68,13 @@ class Context:
         mbx = self.need_mailbox()
         item_id = ref.get("Id") or ""
         try:
-            return mbx.item(item_id)
+            item = mbx.item(item_id)
         except StoreError as exc:
             raise ResponseError(exc.code, exc.message) from None
+        key = ref.get("ChangeKey")
+        if key is not None and not change_key_of(key, item_id):
+            raise ResponseError("ErrorInvalidChangeKey", f"{key!r} is not a change key of item {item_id!r}")
+        return item
 
     def item_refs(self, container: etree._Element | None) -> list[etree._Element]:
         if container is None:
@@ -122,9 +127,18 @@ def store_call(func, *args, **kwargs):
 
 
 def change_key(obj_id: str, version: int = 0) -> str:
-    import base64
-
+    """The change key of version ``version`` of an item or folder: it changes with every update."""
     return base64.b64encode(f"CK{version}:{obj_id[-8:]}".encode()).decode()
+
+
+def change_key_of(key: str, obj_id: str) -> bool:
+    """Whether ``key`` is a change key this server gave ``obj_id`` (of any version)."""
+    try:
+        text = base64.b64decode(key.encode("ascii"), validate=True).decode("ascii")
+    except (ValueError, UnicodeError):
+        return False
+    version, _, suffix = text.partition(":")
+    return version.startswith("CK") and version[2:].isdigit() and suffix == obj_id[-8:]
 
 
 def mailbox_element(tag: str, address: str | None, name: str | None = None, *, local: bool = False):

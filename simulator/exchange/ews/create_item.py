@@ -12,6 +12,7 @@ import binascii
 from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses, store_call
+from simulator.exchange.ews.fields import ITEM_TYPES, NOT_KEPT, keep, key_of_child, limited_subject, local
 from simulator.exchange.ews.items import item_id_only
 from simulator.exchange.ews.xml import EwsFault, ResponseError, el, m, parse_bool, t
 from simulator.exchange.mime import MessageData, normalize_address, normalize_message_id, parse_message
@@ -36,10 +37,29 @@ def _addresses(msg: etree._Element, tag: str) -> tuple[str, ...]:
 
 
 def message_from_xml(msg: etree._Element) -> tuple[MessageData, list[str] | None, bool | None]:
-    """(message data, categories, is_read) of a ``t:Message`` in a CreateItem request."""
-    if msg.tag != t("Message"):
+    """(item data, categories, is_read) of an item in a CreateItem request: a ``t:Message`` or an item
+    of another type of :data:`~simulator.exchange.ews.fields.ITEM_TYPES`; every property the store does
+    not model is kept as sent (:mod:`simulator.exchange.ews.fields`)."""
+    item_type = etree.QName(msg).localname
+    if msg.tag != t(item_type) or item_type not in ITEM_TYPES:
         raise ResponseError("ErrorInvalidRequest",
-                            f"the simulator only creates t:Message items, not {etree.QName(msg).localname}")
+                            f"the simulator cannot create t:{item_type} items (it creates "
+                            f"{', '.join('t:' + k for k in ITEM_TYPES)})")
+    data, categories, is_read = _modeled(msg)
+    data.item_type = item_type
+    data.item_class = (msg.findtext(t("ItemClass")) or "").strip() or None
+    kept: dict[str, str] = {}
+    for child in msg:
+        if isinstance(child.tag, str) and local(child) not in NOT_KEPT:
+            kept[key_of_child(child)] = keep(child)
+    data.kept = kept
+    if item_type != "Message":
+        is_read = None
+    return data, categories, is_read
+
+
+def _modeled(msg: etree._Element) -> tuple[MessageData, list[str] | None, bool | None]:
+    """What the store models of an item: the message fields, categories and read flag."""
     mime = msg.findtext(t("MimeContent"))
     if mime is not None and mime.strip():
         try:
@@ -51,7 +71,7 @@ def message_from_xml(msg: etree._Element) -> tuple[MessageData, list[str] | None
         data = MessageData()
     subject = msg.findtext(t("Subject"))
     if subject is not None:
-        data.subject = subject
+        data.subject = limited_subject(subject)
     body = msg.findtext(t("Body"))
     if body is not None:
         data.body = body
@@ -76,6 +96,44 @@ def message_from_xml(msg: etree._Element) -> tuple[MessageData, list[str] | None
     categories = [s.text or "" for s in cats.iter(t("String"))] if cats is not None else None
     is_read_text = msg.findtext(t("IsRead"))
     return data, categories, (parse_bool(is_read_text) if is_read_text is not None else None)
+
+
+RESPONSE_OBJECTS = {t("ReplyToItem"): "RE", t("ReplyAllToItem"): "RE", t("ForwardItem"): "FW"}
+
+
+def response_from_xml(ctx: Context, obj: etree._Element) -> tuple[MessageData, None, None]:
+    """The message a reply, reply-all or forward of an existing item makes (``t:ReplyToItem``,
+    ``t:ReplyAllToItem``, ``t:ForwardItem`` with its ``t:ReferenceItemId``): addressed to the sender
+    (and, for reply-all, every other recipient but the mailbox itself) or to the recipients given,
+    answering the original's Message-ID, with the original's text below the new one."""
+    ref = obj.find(t("ReferenceItemId"))
+    if ref is None:
+        raise ResponseError("ErrorInvalidReferenceItem", f"t:{etree.QName(obj).localname} needs a t:ReferenceItemId")
+    original = ctx.item(ref).data
+    me = ctx.need_mailbox().address
+    given, _, _ = _modeled(obj)
+    prefix = RESPONSE_OBJECTS[obj.tag]
+    to: tuple[str, ...] = given.to
+    cc: tuple[str, ...] = given.cc
+    if prefix == "RE" and not to:
+        to = (original.sender,) if original.sender else ()
+        if obj.tag == t("ReplyAllToItem"):
+            to += tuple(a for a in original.to if a != me and a not in to)
+            cc = cc or tuple(a for a in original.cc if a != me and a not in to)
+    if not to and not cc and not given.bcc:
+        raise ResponseError("ErrorInvalidRecipients", "the response has no recipient")
+    subject = obj.findtext(t("Subject"))
+    if subject is None:
+        subject = f"{prefix}: {original.subject}"
+    references = original.references + ((original.message_id,) if original.message_id else ())
+    quoted = f"\n\n-----Original Message-----\nFrom: {original.sender or ''}\nSubject: {original.subject}\n\n" \
+             f"{original.body}"
+    data = MessageData(subject=limited_subject(subject), sender=me, to=to, cc=cc, bcc=given.bcc,
+                       in_reply_to=original.message_id, references=references,
+                       thread_index=original.thread_index,
+                       body=(given.body or obj.findtext(t("NewBodyContent")) or "") + quoted)
+    data.size = len(data.body.encode("utf-8", "replace")) + 200
+    return data, None, None
 
 
 def save(ctx: Context, folder: Folder, data: MessageData, categories: list[str] | None = None,
@@ -109,11 +167,15 @@ def create_item(ctx: Context, req: etree._Element) -> etree._Element:
             continue
 
         def one(msg: etree._Element = msg) -> list[etree._Element]:
-            data, categories, is_read = message_from_xml(msg)
-            if disposition == "SaveOnly":
-                folder = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["drafts"]]
+            if msg.tag in RESPONSE_OBJECTS:
+                data, categories, is_read = response_from_xml(ctx, msg)
+            else:
+                data, categories, is_read = message_from_xml(msg)
+            if disposition == "SaveOnly" or data.item_type != "Message":
+                home = mbx.distinguished[ITEM_TYPES[data.item_type]]
+                folder = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[home]
                 item = save(ctx, folder, data, categories, True if is_read is None else is_read)
-                return [el("m:Items", None, None, item_id_only(item.item_id))]
+                return [el("m:Items", None, None, item_id_only(item.item_id, item.version, data.item_type))]
             save_to = None
             if disposition == "SendAndSaveCopy":
                 save_to = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["sentitems"]]

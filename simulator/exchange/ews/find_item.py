@@ -8,7 +8,7 @@ from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses
 from simulator.exchange.ews.items import item_element, item_fields
-from simulator.exchange.ews.restrictions import ITEM_FIELDS, compile_restriction
+from simulator.exchange.ews.restrictions import ITEM_FIELDS, compile_restriction, kept_getter, typed
 from simulator.exchange.ews.xml import ResponseError, el, m, sub, t, xml_bool
 from simulator.exchange.store import FIND_PAGE_MAX, Folder, Item
 
@@ -26,6 +26,9 @@ def _candidates(folder: Folder, predicate) -> list[Item]:
     return [i for i in items if predicate(i)] if predicate is not None else items
 
 
+_PATHS = (t("FieldURI"), t("IndexedFieldURI"), t("ExtendedFieldURI"))
+
+
 def _sort(items: list[Item], sort_order: etree._Element | None) -> list[Item]:
     if sort_order is None:  # Exchange's default view: newest first
         return list(reversed(items))
@@ -35,11 +38,19 @@ def _sort(items: list[Item], sort_order: etree._Element | None) -> list[Item]:
         if field is not None and field.get("FieldURI") == "item:DateTimeReceived":
             return items  # the candidates come oldest first ((received, seq) order): a stable sort keeps them
     for fo in reversed(orders):
-        field = fo.find(t("FieldURI"))
-        uri = field.get("FieldURI") if field is not None else None
-        if uri not in ITEM_FIELDS:
-            raise ResponseError("ErrorUnsupportedPathForSortGroup", f"the simulator cannot sort on {uri!r}")
-        getter, kind = ITEM_FIELDS[uri]
+        path = next((c for c in fo if c.tag in _PATHS), None)
+        if path is None:
+            raise ResponseError("ErrorUnsupportedPathForSortGroup", "t:FieldOrder names no property")
+        uri = path.get("FieldURI")
+        if path.tag == t("FieldURI") and uri in ITEM_FIELDS:
+            getter, kind = ITEM_FIELDS[uri]
+        else:  # a property kept as the client set it: its first value, read as what it is
+            values = kept_getter(path)
+
+            def getter(i: Item, values=values):
+                found = values(i)
+                return typed(found[0]) if found else None
+            kind = "kept"
 
         def key(i: Item, getter=getter, kind=kind):
             value = getter(i)
@@ -47,7 +58,8 @@ def _sort(items: list[Item], sort_order: etree._Element | None) -> list[Item]:
                 value = ",".join(value)
             if isinstance(value, str):
                 value = value.casefold()
-            return (value is None, value if value is not None else 0)
+            # values of different kinds (a date and a text) never meet: the kind sorts first
+            return (value is None, type(value).__name__ if kind == "kept" else "", value if value is not None else 0)
 
         items = sorted(items, key=key, reverse=fo.get("Order", "Ascending") == "Descending")
     return items

@@ -267,11 +267,30 @@ def _apply_folder_change(ctx: Context, change: etree._Element) -> list[etree._El
             continue
         kind = etree.QName(upd).localname
         path = next((c for c in upd if c.tag in _PATHS), None)
+        if path is not None and path.tag == t("FieldURI") and path.get("FieldURI") == "folder:DisplayName":
+            holder = next((c for c in upd if isinstance(c.tag, str) and c.tag not in _PATHS), None)
+            name = holder.findtext(t("DisplayName")) if holder is not None else None
+            if kind != "SetFolderField" or name is None:
+                raise ResponseError("ErrorInvalidPropertySet" if kind == "SetFolderField" else "ErrorInvalidPropertyDelete",
+                                    "a folder's DisplayName can only be set, to a non-empty name")
+            if folder.distinguished:
+                raise ResponseError("ErrorInvalidPropertySet",
+                                    f"folder:DisplayName of the distinguished folder {folder.name!r} cannot be changed")
+            store_call(ctx.store.rename_folder, address, folder.folder_id, name)
+            continue
+        if path is not None and path.tag == t("FieldURI"):
+            uri = path.get("FieldURI")
+            holder = next((c for c in upd if isinstance(c.tag, str) and c.tag not in _PATHS), None)
+            if uri == "folder:PermissionSet" and kind == "DeleteFolderField":
+                continue  # the simulator keeps no permissions: there is nothing to remove
+            if (uri == "folder:FolderClass" and kind == "SetFolderField" and holder is not None
+                    and (holder.findtext(t("FolderClass")) or "").strip() == folder_class(folder)):
+                continue  # unchanged
         if path is None or path.tag != t("ExtendedFieldURI"):
             name = path.get("FieldURI") if path is not None else "?"
             raise ResponseError("ErrorInvalidPropertySet",
-                                f"the simulator can only set the extended properties {ACT_ORG_ID_NAME} and "
-                                f"{ACT_STAMPED_ON_NAME} with UpdateFolder, not {name}")
+                                f"the simulator can only set the display name and the extended properties "
+                                f"{ACT_ORG_ID_NAME} and {ACT_STAMPED_ON_NAME} with UpdateFolder, not {name}")
         key = extended_key(path)
         if folder.distinguished != ACT_CLAIM_FOLDER:
             raise ResponseError("ErrorInvalidPropertySet",

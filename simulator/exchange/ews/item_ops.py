@@ -5,6 +5,16 @@ from __future__ import annotations
 from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses, store_call
+from simulator.exchange.ews.fields import (
+    MAX_TEXT,
+    NAME_PARTS,
+    keep,
+    key_of_path,
+    limited_subject,
+    local,
+    merge_entries,
+    revive,
+)
 from simulator.exchange.ews.items import item_id_only
 from simulator.exchange.ews.xml import EwsFault, ResponseError, el, m, parse_bool, t
 
@@ -22,7 +32,7 @@ def _move_or_copy(operation: str, copy: bool):
                 dest = ctx.only_folder(to_folder, f"{operation} ToFolderId")
                 item = ctx.item(r)
                 new_id = store_call(ctx.store.move, address, item.item_id, dest.folder_id, copy=copy)
-                return [el("m:Items", None, None, item_id_only(new_id))]
+                return [el("m:Items", None, None, item_id_only(new_id, 0, item.data.item_type))]
             out.run(one)
         return out.root
     return handler
@@ -48,14 +58,81 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
 
 
 def _value_element(change: etree._Element) -> etree._Element | None:
-    holder = next((c for c in change if isinstance(c.tag, str) and c.tag not in (
-        t("FieldURI"), t("IndexedFieldURI"), t("ExtendedFieldURI"))), None)
+    """The property element of a Set/AppendTo change: the child of the item that holds it."""
+    holder = next((c for c in change if isinstance(c.tag, str) and c.tag not in _PATHS), None)
     if holder is None:
         return None
     return next((c for c in holder if isinstance(c.tag, str)), None)
 
 
-UPDATABLE = ("item:Categories", "message:IsRead")
+_PATHS = (t("FieldURI"), t("IndexedFieldURI"), t("ExtendedFieldURI"))
+KINDS = ("SetItemField", "AppendToItemField", "DeleteItemField")
+
+
+class _Changes:
+    """The changes of one ItemChange, gathered before the store is asked to make them at once."""
+
+    def __init__(self, item) -> None:
+        self.item = item
+        self.categories: list[str] | None = None
+        self.is_read: bool | None = None
+        self.subject: str | None = None
+        self.body: str | None = None
+        self.kept: dict[str, str] = {}
+
+    def current(self, key: str) -> str | None:
+        return self.kept.get(key, self.item.data.kept.get(key)) or None
+
+    def put(self, key: str, text: str | None) -> None:
+        """Set a kept property; None deletes it: kept as an empty text, so that what the store models
+        of it (a message's References, say) is not served either."""
+        self.kept[key] = text or ""
+
+
+def _change(changes: _Changes, kind: str, path: etree._Element, value: etree._Element | None) -> None:
+    uri = path.get("FieldURI") if path.tag != t("ExtendedFieldURI") else None
+    if kind != "DeleteItemField" and value is None:
+        raise ResponseError("ErrorInvalidPropertySet", f"{kind} for {uri or 'an extended property'} has no value")
+    if uri == "item:Categories":
+        new = [s.text or "" for s in value.iter(t("String"))] if value is not None else []
+        current = changes.categories if changes.categories is not None else list(changes.item.categories)
+        changes.categories = new if kind == "SetItemField" else current + new if kind == "AppendToItemField" else []
+        return
+    if uri == "message:IsRead":
+        if kind == "DeleteItemField":
+            changes.is_read = False
+        elif value.tag != t("IsRead"):
+            raise ResponseError("ErrorInvalidPropertySet", "SetItemField for message:IsRead needs t:IsRead")
+        else:
+            changes.is_read = parse_bool(value.text or "")
+        return
+    if uri == "item:Subject":
+        changes.subject = limited_subject(value.text or "") if kind != "DeleteItemField" else ""
+        return
+    if value is not None and local(value) in NAME_PARTS and len(value.text or "") > MAX_TEXT:
+        raise ResponseError("ErrorPropertyUpdate", f"{uri} takes at most {MAX_TEXT} characters")
+    key = key_of_path(path)
+    if path.tag == t("IndexedFieldURI"):
+        index = path.get("FieldIndex")
+        changes.put(key, merge_entries(changes.current(key), value, index, remove=kind == "DeleteItemField")
+                    if value is not None or kind == "DeleteItemField" else None)
+        return
+    if uri == "item:Body":
+        text = "" if kind == "DeleteItemField" else (value.text or "")
+        if kind == "AppendToItemField":
+            text = changes.item.data.body + text
+        changes.body = text
+    if kind == "DeleteItemField":
+        changes.put(key, None)
+    elif kind == "AppendToItemField" and changes.current(key) is not None:
+        merged = revive(changes.current(key))
+        if uri == "item:Body":
+            merged.text = (merged.text or "") + (value.text or "")
+        else:
+            merged.extend(list(value))
+        changes.put(key, keep(merged))
+    else:
+        changes.put(key, keep(value))
 
 
 def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Element]:
@@ -63,40 +140,22 @@ def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Ele
     if ref is None:
         raise ResponseError("ErrorInvalidIdMalformed", "ItemChange needs a t:ItemId")
     item = ctx.item(ref)
-    categories: list[str] | None = None
-    is_read: bool | None = None
+    changes = _Changes(item)
     updates = item_change.find(t("Updates"))
     for change in (updates if updates is not None else ()):
         if not isinstance(change.tag, str):
             continue
         kind = etree.QName(change).localname
-        path = next((c for c in change if c.tag in (t("FieldURI"), t("IndexedFieldURI"), t("ExtendedFieldURI"))), None)
-        uri = path.get("FieldURI") if path is not None and path.tag == t("FieldURI") else None
-        if uri not in UPDATABLE:
-            name = uri or (etree.QName(path).localname if path is not None else "?")
-            raise ResponseError("ErrorInvalidPropertySet",
-                                f"the simulator can only update {', '.join(UPDATABLE)} with UpdateItem, not {name}")
-        value = _value_element(change)
-        current = categories if categories is not None else list(item.categories)
-        if uri == "item:Categories":
-            new = [s.text or "" for s in value.iter(t("String"))] if value is not None else []
-            if kind == "SetItemField":
-                categories = new
-            elif kind == "AppendToItemField":
-                categories = current + new
-            elif kind == "DeleteItemField":
-                categories = []
-        else:
-            text = value.text if value is not None and value.tag == t("IsRead") else None
-            if kind in ("SetItemField", "AppendToItemField"):
-                if text is None:
-                    raise ResponseError("ErrorInvalidPropertySet", "SetItemField for message:IsRead needs t:IsRead")
-                is_read = parse_bool(text)
-            elif kind == "DeleteItemField":
-                is_read = False
-    store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=categories, is_read=is_read)
-    return [el("m:Items", None, None, item_id_only(item.item_id)), el("m:ConflictResults", None, None,
-                                                                      el("t:Count", None, "0"))]
+        if kind not in KINDS:
+            raise ResponseError("ErrorInvalidPropertySet", f"t:{kind} is not an item change ({', '.join(KINDS)})")
+        path = next((c for c in change if c.tag in _PATHS), None)
+        if path is None:
+            raise ResponseError("ErrorInvalidPropertySet", f"t:{kind} names no property (t:FieldURI)")
+        _change(changes, kind, path, _value_element(change))
+    updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=changes.categories,
+                        is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept)
+    return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
+            el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
 
 
 def update_item(ctx: Context, req: etree._Element) -> etree._Element:

@@ -9,7 +9,8 @@ from typing import Any
 from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses, change_key, mailbox_element, parse_shape
-from simulator.exchange.ews.xml import el, format_datetime, m, sub, xml_bool
+from simulator.exchange.ews.fields import key_of_path, revive
+from simulator.exchange.ews.xml import el, format_datetime, m, sub, t, xml_bool
 from simulator.exchange.store import ExchangeStore, Item
 
 ID_FIELDS = ("item:ItemId",)
@@ -117,7 +118,8 @@ def _sent(v: ItemView):
 
 RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
     "item:MimeContent": _mime,
-    "item:ItemId": lambda v: el("t:ItemId", {"Id": v.item.item_id, "ChangeKey": change_key(v.item.item_id)}),
+    "item:ItemId": lambda v: el("t:ItemId", {"Id": v.item.item_id,
+                                             "ChangeKey": change_key(v.item.item_id, v.item.version)}),
     "item:ParentFolderId": lambda v: el("t:ParentFolderId", {"Id": v.item.folder_id,
                                                             "ChangeKey": change_key(v.item.folder_id)}),
     "item:ItemClass": _text("t:ItemClass", lambda v: v.item.item_class),
@@ -164,27 +166,83 @@ RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
 }
 
 
-def item_fields(shape: etree._Element | None) -> list[str]:
-    """The field URIs to render, in schema order (unknown URIs are left out, as for an unset property)."""
-    base, extra = parse_shape(shape)
-    fields = set(ID_FIELDS if base == "IdOnly" else ALL_FIELDS if base == "AllProperties" else DEFAULT_FIELDS)
-    fields.update(uri for uri in extra if uri in RENDERERS)
-    fields.add("item:ItemId")
-    return sorted(fields, key=lambda uri: _RANK.get(uri, len(_RANK)))
+class Wanted:
+    """What a shape asks for: field URIs rendered in schema order, whether every kept property is
+    wanted (AllProperties), and the kept properties asked for by name (extended properties, and
+    field URIs the store has no renderer of: ``calendar:Start``)."""
+
+    __slots__ = ("uris", "all_kept", "kept")
+
+    def __init__(self, uris: list[str], all_kept: bool, kept: dict[str, None]) -> None:
+        self.uris, self.all_kept, self.kept = uris, all_kept, kept
 
 
-def item_element(ctx: Context, item: Item, fields: list[str]) -> etree._Element:
+# What Exchange computes for a calendar item the client did not set (an item it organizes).
+CALENDAR_RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
+    "calendar:CalendarItemType": _text("t:CalendarItemType", lambda v: "RecurringMaster"
+                                       if v.item.data.kept.get("Recurrence") else "Single"),
+    "calendar:IsRecurring": _text("t:IsRecurring", lambda v: False),
+    "calendar:IsMeeting": _text("t:IsMeeting", lambda v: bool(v.item.data.kept.get("RequiredAttendees")
+                                                              or v.item.data.kept.get("OptionalAttendees"))),
+    "calendar:IsCancelled": _text("t:IsCancelled", lambda v: False),
+    "calendar:MyResponseType": _text("t:MyResponseType", lambda v: "Organizer"),
+    "calendar:Organizer": _mailbox("t:Organizer", lambda v: v.owner),
+}
+RENDERERS.update(CALENDAR_RENDERERS)
+_OWN_PREFIX = {"message:": "Message", "calendar:": "CalendarItem"}  # renderers of one item type only
+
+
+def _serves(uri: str, item_type: str) -> bool:
+    for prefix, owner in _OWN_PREFIX.items():
+        if uri.startswith(prefix):
+            return item_type == owner
+    return True
+
+
+def item_fields(shape: etree._Element | None) -> Wanted:
+    """What to render of each item for ``shape`` (an ``m:ItemShape``)."""
+    base, _ = parse_shape(shape)
+    uris = set(ID_FIELDS if base == "IdOnly" else ALL_FIELDS if base == "AllProperties" else DEFAULT_FIELDS)
+    kept: dict[str, None] = {}
+    props = shape.find(t("AdditionalProperties")) if shape is not None else None
+    for path in (props if props is not None else ()):
+        if not isinstance(path.tag, str):
+            continue
+        if path.tag == t("FieldURI") and path.get("FieldURI") in RENDERERS:
+            uris.add(path.get("FieldURI"))
+        else:
+            kept[key_of_path(path)] = None
+    uris.add("item:ItemId")
+    return Wanted(sorted(uris, key=lambda uri: _RANK.get(uri, len(_RANK))), base == "AllProperties", kept)
+
+
+def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
+    """The item as ``t:Message`` (or ``t:CalendarItem``, ``t:Contact``, ...) with the wanted properties:
+    a property the client set comes back as it was set; the others as the store models them."""
     view = ItemView(item, ctx.need_mailbox().address, ctx.store)
-    e = el("t:Message")
-    for uri in fields:
-        child = RENDERERS[uri](view)
-        if child is not None:
-            e.append(child)
+    data = item.data
+    kept = data.kept
+    e = el(f"t:{data.item_type}")
+    done: set[str] = set()
+    for uri in fields.uris:
+        name = uri.rsplit(":", 1)[-1]
+        if name in kept:  # as the client set it (an empty text: the client deleted it)
+            if kept[name]:
+                e.append(revive(kept[name]))
+            done.add(name)
+        elif _serves(uri, data.item_type):
+            child = RENDERERS[uri](view)
+            if child is not None:
+                e.append(child)
+    if kept:
+        for key, text in kept.items():
+            if text and key not in done and (fields.all_kept or key in fields.kept):
+                e.append(revive(text))
     return e
 
 
-def item_id_only(item_id: str) -> etree._Element:
-    return el("t:Message", None, None, el("t:ItemId", {"Id": item_id, "ChangeKey": change_key(item_id)}))
+def item_id_only(item_id: str, version: int = 0, item_type: str = "Message") -> etree._Element:
+    return el(f"t:{item_type}", None, None, el("t:ItemId", {"Id": item_id, "ChangeKey": change_key(item_id, version)}))
 
 
 def get_item(ctx: Context, req: etree._Element) -> etree._Element:

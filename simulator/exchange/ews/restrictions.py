@@ -18,6 +18,7 @@ from typing import Any
 
 from lxml import etree
 
+from simulator.exchange.ews.fields import key_of_path, revive
 from simulator.exchange.ews.xml import ResponseError, parse_bool, parse_datetime, t
 from simulator.exchange.store import Folder, Item
 
@@ -72,7 +73,57 @@ class Predicate:
         return self.func(obj)
 
 
+def kept_getter(path: etree._Element) -> Callable[[Item], list[str] | None]:
+    """The values of a property kept as the client sent it (simulator.exchange.ews.fields): the text
+    of the element, of each of its values (a list, an extended property's t:Value), or of the entry
+    an indexed path names; None when the item does not have it."""
+    key = key_of_path(path)
+    index = path.get("FieldIndex") if path.tag == t("IndexedFieldURI") else None
+
+    def get(item: Item) -> list[str] | None:
+        text = item.data.kept.get(key)
+        if not text:  # not set, or deleted
+            return None
+        element = revive(text)
+        if index is not None:
+            element = next((e for e in element if e.get("Key") == index), None)
+            if element is None:
+                return None
+        if element.tag == t("ExtendedProperty"):
+            return [v.text or "" for v in element.iter(t("Value"))]
+        leaves = [e.text or "" for e in element.iter() if isinstance(e.tag, str) and not len(e)]
+        return leaves
+    return get
+
+
+def typed(text: str) -> Any:
+    """A kept value as what it reads as, so that dates, numbers and flags compare as such."""
+    lowered = text.strip().casefold()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return float(lowered)
+    except ValueError:
+        pass
+    if len(lowered) >= 10 and lowered[4:5] == "-" and lowered[7:8] == "-":
+        try:
+            return parse_datetime(text.strip())
+        except (ResponseError, ValueError):
+            pass
+    return lowered
+
+
+def _flag_as_number(value: Any) -> Any:
+    return float(value) if isinstance(value, bool) else value
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    return type(a) is type(b) or (isinstance(a, float) and isinstance(b, float))
+
+
 def _convert(raw: str, kind: str, uri: str) -> Any:
+    if kind == "kept":
+        return typed(raw)
     if kind == "datetime":
         return parse_datetime(raw)
     if kind == "int":
@@ -102,14 +153,16 @@ class _Compiler:
     def field(self, elem: etree._Element | None) -> tuple[str, Callable[[Any], Any], str]:
         if elem is None:
             raise ResponseError("ErrorInvalidRestriction", "a comparison needs a t:FieldURI")
+        uri = elem.get("FieldURI") or ""
+        if elem.tag == t("FieldURI") and uri in self.fields:
+            getter, kind = self.fields[uri]
+            return uri, getter, kind
+        if self.fields is ITEM_FIELDS and elem.tag in (t("FieldURI"), t("ExtendedFieldURI"), t("IndexedFieldURI")):
+            return uri or "an extended property", kept_getter(elem), "kept"
         if elem.tag != t("FieldURI"):
             raise ResponseError("ErrorUnsupportedPathForQuery",
                                 f"{etree.QName(elem).localname} paths are not supported in restrictions by the simulator")
-        uri = elem.get("FieldURI") or ""
-        if uri not in self.fields:
-            raise ResponseError("ErrorUnsupportedPathForQuery", f"the simulator cannot restrict on {uri!r}")
-        getter, kind = self.fields[uri]
-        return uri, getter, kind
+        raise ResponseError("ErrorUnsupportedPathForQuery", f"the simulator cannot restrict on {uri!r}")
 
     def compile(self, elem: etree._Element) -> Callable[[Any], bool]:
         name = etree.QName(elem).localname
@@ -157,6 +210,14 @@ class _Compiler:
 
         def test(o: Any) -> bool:
             value, expected = getter(o), other(o)
+            if kind == "kept":
+                # a flag may come as 1/0 (exchangelib writes booleans so) or as true/false
+                values = [_flag_as_number(typed(v)) for v in value] if value is not None else []
+                expected = _flag_as_number(expected)
+                comparable = [v for v in values if _same_kind(v, expected)]
+                if name == "IsNotEqualTo":
+                    return expected not in comparable
+                return any(cmp(v, expected) for v in comparable)
             if kind == "list":
                 values = [_norm(v, "str") for v in value]
                 if name == "IsNotEqualTo":
@@ -195,7 +256,7 @@ class _Compiler:
             value = getter(o)
             if value is None:
                 return False
-            if kind == "list":
+            if kind in ("list", "kept"):
                 return any(match(str(v)) for v in value)
             return match(str(value))
         return test

@@ -31,7 +31,18 @@ from lxml import etree
 
 from engine.clock import Clock
 from engine.errors import ExchangeError
-from simulator.exchange.ews import convert_id, create_item, find_item, folders, item_ops, items, sync
+from simulator.exchange.ews import (
+    convert_id,
+    create_item,
+    find_item,
+    folder_ops,
+    folders,
+    item_ops,
+    items,
+    mailbox_info,
+    settings,
+    sync,
+)
 from simulator.exchange.ews.context import Context
 from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
 from simulator.exchange.store import ExchangeStore
@@ -49,7 +60,7 @@ EXO_VERSION = "V2018_01_08"
 
 Handler = Callable[[Context, etree._Element], etree._Element]
 OPERATIONS: dict[str, Handler] = {}
-for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync):
+for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops):
     OPERATIONS.update(_module.OPERATIONS)
 
 # Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is

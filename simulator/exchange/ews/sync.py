@@ -15,7 +15,7 @@ import binascii
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, Responses
+from simulator.exchange.ews.context import Context, Responses, change_key
 from simulator.exchange.ews.items import item_element, item_fields
 from simulator.exchange.ews.xml import ResponseError, el, m, t, xml_bool
 from simulator.exchange.store import Folder
@@ -76,7 +76,12 @@ def sync_folder_items(ctx: Context, req: etree._Element) -> etree._Element:
                 if item is None or item_id in created_since or item_id in updated:
                     continue
                 updated.add(item_id)
-                changes.append(el("t:Update", None, None, item_element(ctx, item, fields)))
+                if change == "read" and not any(c == "update" and i == item_id for c, i in journal[pos:]):
+                    changes.append(el("t:ReadFlagChange", None, None, el("t:ItemId", {
+                        "Id": item_id, "ChangeKey": change_key(item_id, item.version)}),
+                        el("t:IsRead", None, xml_bool(item.is_read))))
+                else:
+                    changes.append(el("t:Update", None, None, item_element(ctx, item, fields)))
             emitted += 1
         return [el("m:SyncState", None, encode_state(folder, pos)),
                 el("m:IncludesLastItemInRange", None, xml_bool(pos >= len(journal))), changes]
