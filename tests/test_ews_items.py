@@ -260,3 +260,41 @@ def test_an_unknown_item_type_is_refused_with_a_response_code(acc):
     with pytest.raises(ErrorInvalidRequest, match="cannot create t:AcceptItem"):
         meeting.accept(body="Yes")
     assert [i.subject for i in acc.calendar.all()] == ["Invite"]
+
+
+def test_file_and_item_attachments_are_kept_listed_fetched_and_removed(acc, server):
+    from exchangelib import FileAttachment, ItemAttachment
+
+    msg = Message(account=acc, folder=acc.drafts, subject="With files")
+    msg.attach(FileAttachment(name="quote.pdf", content=b"%PDF-1.7 quote", content_type="application/pdf"))
+    msg.save()  # CreateItem with its attachments: the answer names them
+    assert msg.attachments[0].attachment_id.id and msg.attachments[0].attachment_id.root_id == msg.id
+    key_after_create = msg.changekey
+    inner = Message(account=acc, subject="Forwarded inside", body=Body("inner text"))
+    msg.attach(ItemAttachment(name="inner", item=inner))  # CreateAttachment on the saved item
+    got = acc.drafts.get(id=msg.id)
+    assert got.has_attachments and got.changekey != key_after_create
+    assert sorted(a.name for a in got.attachments) == ["inner", "quote.pdf"]
+    pdf = next(a for a in got.attachments if a.name == "quote.pdf")
+    assert (pdf.size, pdf.content_type, pdf.content) == (14, "application/pdf", b"%PDF-1.7 quote")  # GetAttachment
+    item_attachment = next(a for a in got.attachments if a.name == "inner")
+    assert item_attachment.item.subject == "Forwarded inside"
+    got.detach(pdf)  # DeleteAttachment
+    again = acc.drafts.get(id=msg.id)
+    assert [a.name for a in again.attachments] == ["inner"]
+    # a sent copy carries the attachment to the recipient
+    again.to_recipients = [BOB]
+    again.save(update_fields=["to_recipients"])
+    again.send()
+    [received] = server.store.mailbox(BOB).folder("inbox").items.values()
+    assert "inner" in received.data.kept["Attachments"]
+
+
+def test_an_update_that_sends_sends_the_updated_message(acc, server):
+    draft = Message(account=acc, folder=acc.drafts, subject="Draft", to_recipients=[BOB])
+    draft.save()
+    draft.subject = "Final"
+    draft.send_and_save(update_fields=["subject"])  # UpdateItem with MessageDisposition SendAndSaveCopy
+    assert list(acc.drafts.all()) == []
+    assert [m.subject for m in acc.sent.all()] == ["Final"]
+    assert [i.data.subject for i in server.store.mailbox(BOB).folder("inbox").items.values()] == ["Final"]

@@ -296,11 +296,12 @@ class ExchangeStore:
                 item.categories = list(ev["c"])
             if ev.get("r") is not None:
                 item.is_read = ev["r"]
-            if "s" in ev or "b" in ev or "ks" in ev:
+            if "s" in ev or "b" in ev or "ks" in ev or "n" in ev:
                 # a new MessageData: a copy made by CopyItem shares the old one and keeps it
                 kept = {**item.data.kept, **ev.get("ks", {})}
+                addresses = {k: v if k == "sender" else tuple(v) for k, v in ev.get("n", {}).items()}
                 item.data = dataclasses.replace(item.data, subject=ev.get("s", item.data.subject),
-                                                body=ev.get("b", item.data.body), kept=kept)
+                                                body=ev.get("b", item.data.body), kept=kept, **addresses)
             item.version += 1
             # a change of the read flag alone is its own kind of change (SyncFolderItems: ReadFlagChange)
             only_read = ev.get("r") is not None and ev.get("c") is None and not {"s", "b", "ks"} & ev.keys()
@@ -640,9 +641,10 @@ class ExchangeStore:
 
     def update(self, address: str, item_id: str, *, categories: list[str] | None = None,
                is_read: bool | None = None, subject: str | None = None, body: str | None = None,
-               kept: dict[str, str] | None = None) -> Item:
-        """Change an item: its categories, read flag, subject, body, and kept properties (``kept``, an
-        empty text for a property deleted; see :attr:`MessageData.kept`). Each update is a new version."""
+               kept: dict[str, str] | None = None, addresses: dict | None = None) -> Item:
+        """Change an item: its categories, read flag, subject, body, recipients and sender
+        (``addresses``), and kept properties (``kept``, an empty text for a property deleted; see
+        :attr:`MessageData.kept`). Each update is a new version."""
         mbx = self.mailbox(address)
         mbx.item(item_id)
         event: dict[str, Any] = {"k": "upd", "a": mbx.address, "i": item_id,
@@ -654,6 +656,8 @@ class ExchangeStore:
             event["b"] = body
         if kept:
             event["ks"] = dict(kept)
+        if addresses:  # to, cc, bcc (lists of addresses) and sender (an address or None)
+            event["n"] = {k: v if k == "sender" else list(v) for k, v in addresses.items()}
         with self.operation():
             return self._emit(event)
 

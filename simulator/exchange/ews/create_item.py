@@ -11,6 +11,7 @@ import binascii
 
 from lxml import etree
 
+from simulator.exchange.ews import attachments
 from simulator.exchange.ews.context import Context, Responses, store_call
 from simulator.exchange.ews.fields import ITEM_TYPES, NOT_KEPT, keep, key_of_child, limited_subject, local
 from simulator.exchange.ews.items import item_id_only
@@ -21,7 +22,7 @@ from simulator.exchange.store import Folder, Item
 DISPOSITIONS = ("SaveOnly", "SendOnly", "SendAndSaveCopy")
 
 
-def _addresses(msg: etree._Element, tag: str) -> tuple[str, ...]:
+def addresses_in(msg: etree._Element, tag: str) -> tuple[str, ...]:
     box = msg.find(t(tag))
     if box is None:
         return ()
@@ -76,10 +77,10 @@ def _modeled(msg: etree._Element) -> tuple[MessageData, list[str] | None, bool |
     if body is not None:
         data.body = body
     for tag, attr in (("ToRecipients", "to"), ("CcRecipients", "cc"), ("BccRecipients", "bcc")):
-        found = _addresses(msg, tag)
+        found = addresses_in(msg, tag)
         if found:
             setattr(data, attr, found)
-    sender = _addresses(msg, "From") or _addresses(msg, "Sender")
+    sender = addresses_in(msg, "From") or addresses_in(msg, "Sender")
     if sender:
         data.sender = sender[0]
     for tag, attr in (("InternetMessageId", "message_id"), ("InReplyTo", "in_reply_to")):
@@ -175,7 +176,13 @@ def create_item(ctx: Context, req: etree._Element) -> etree._Element:
                 home = mbx.distinguished[ITEM_TYPES[data.item_type]]
                 folder = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[home]
                 item = save(ctx, folder, data, categories, True if is_read is None else is_read)
-                return [el("m:Items", None, None, item_id_only(item.item_id, item.version, data.item_type))]
+                answer = item_id_only(item.item_id, item.version, data.item_type)
+                given = msg.find(t("Attachments"))
+                if given is not None and len(given):
+                    item, stored = attachments.add(ctx, item, [a for a in given if isinstance(a.tag, str)])
+                    answer = item_id_only(item.item_id, item.version, data.item_type)
+                    answer.append(el("t:Attachments", None, None, *attachments.ids_of(item, stored)))
+                return [el("m:Items", None, None, answer)]
             save_to = None
             if disposition == "SendAndSaveCopy":
                 save_to = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["sentitems"]]
@@ -187,21 +194,26 @@ def create_item(ctx: Context, req: etree._Element) -> etree._Element:
 
 
 def send_item(ctx: Context, req: etree._Element) -> etree._Element:
-    mbx = ctx.need_mailbox()
+    ctx.need_mailbox()  # the mailbox is checked before anything else
     save_copy = parse_bool(req.get("SaveItemToFolder", "true"))
     saved_ref = ctx.folder_refs(req.find(m("SavedItemFolderId")))
     out = Responses("SendItem")
     for ref in ctx.item_refs(req.find(m("ItemIds"))):
         def one(r: etree._Element = ref) -> list:
-            draft = ctx.item(r)
-            save_to = None
-            if save_copy:
-                save_to = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["sentitems"]]
-            _send(ctx, draft.data, save_to, list(draft.categories))
-            store_call(ctx.store.delete, mbx.address, draft.item_id)
+            send_draft(ctx, ctx.item(r), save_copy, saved_ref)
             return []
         out.run(one)
     return out.root
+
+
+def send_draft(ctx: Context, draft: Item, save_copy: bool, saved_ref: list[etree._Element]) -> None:
+    """Send a saved item (SendItem, or UpdateItem with a sending MessageDisposition): the draft goes."""
+    mbx = ctx.need_mailbox()
+    save_to = None
+    if save_copy:
+        save_to = ctx.folder(saved_ref[0]) if saved_ref else mbx.folders[mbx.distinguished["sentitems"]]
+    _send(ctx, draft.data, save_to, list(draft.categories))
+    store_call(ctx.store.delete, mbx.address, draft.item_id)
 
 
 OPERATIONS = {"CreateItem": create_item, "SendItem": send_item}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses, store_call
+from simulator.exchange.ews.create_item import DISPOSITIONS, addresses_in, send_draft
 from simulator.exchange.ews.fields import (
     MAX_TEXT,
     NAME_PARTS,
@@ -66,6 +67,9 @@ def _value_element(change: etree._Element) -> etree._Element | None:
 
 
 _PATHS = (t("FieldURI"), t("IndexedFieldURI"), t("ExtendedFieldURI"))
+# recipients and sender: kept as sent, and modeled too (sending reads them)
+ADDRESS_FIELDS = {"message:ToRecipients": "to", "message:CcRecipients": "cc", "message:BccRecipients": "bcc",
+                  "message:From": "sender", "message:Sender": "sender"}
 KINDS = ("SetItemField", "AppendToItemField", "DeleteItemField")
 
 
@@ -78,6 +82,7 @@ class _Changes:
         self.is_read: bool | None = None
         self.subject: str | None = None
         self.body: str | None = None
+        self.addresses: dict[str, list[str] | str | None] = {}  # recipients and sender the store models
         self.kept: dict[str, str] = {}
 
     def current(self, key: str) -> str | None:
@@ -111,6 +116,13 @@ def _change(changes: _Changes, kind: str, path: etree._Element, value: etree._El
         return
     if value is not None and local(value) in NAME_PARTS and len(value.text or "") > MAX_TEXT:
         raise ResponseError("ErrorPropertyUpdate", f"{uri} takes at most {MAX_TEXT} characters")
+    if uri in ADDRESS_FIELDS:
+        name = ADDRESS_FIELDS[uri]
+        found = list(addresses_in(value.getparent(), local(value))) if value is not None else []
+        if kind == "AppendToItemField":
+            current = changes.addresses.get(name, getattr(changes.item.data, name))
+            found = list(dict.fromkeys([*(current or ()), *found]))
+        changes.addresses[name] = (found[0] if found else None) if name == "sender" else found
     key = key_of_path(path)
     if path.tag == t("IndexedFieldURI"):
         index = path.get("FieldIndex")
@@ -153,17 +165,34 @@ def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Ele
             raise ResponseError("ErrorInvalidPropertySet", f"t:{kind} names no property (t:FieldURI)")
         _change(changes, kind, path, _value_element(change))
     updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=changes.categories,
-                        is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept)
+                        is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept,
+                        addresses=changes.addresses)
     return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
             el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
 
 
 def update_item(ctx: Context, req: etree._Element) -> etree._Element:
+    """UpdateItem; with MessageDisposition SendOnly or SendAndSaveCopy the updated message is then
+    sent, and the answer names no item (as for CreateItem)."""
+    disposition = req.get("MessageDisposition", "SaveOnly")
+    if disposition not in DISPOSITIONS:
+        raise EwsFault("ErrorSchemaValidation",
+                       f"The request failed schema validation: MessageDisposition {disposition!r}")
+    saved_ref = ctx.folder_refs(req.find(m("SavedItemFolderId")))
     out = Responses("UpdateItem")
     changes = req.find(m("ItemChanges"))
     for change in (changes if changes is not None else ()):
-        if isinstance(change.tag, str):
-            out.run(_apply_changes, ctx, change)
+        if not isinstance(change.tag, str):
+            continue
+
+        def one(change: etree._Element = change) -> list[etree._Element]:
+            answer = _apply_changes(ctx, change)
+            if disposition == "SaveOnly":
+                return answer
+            updated = ctx.item(answer[0][0].find(t("ItemId")))
+            send_draft(ctx, updated, disposition == "SendAndSaveCopy", saved_ref)
+            return [el("m:Items"), answer[1]]
+        out.run(one)
     return out.root
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from lxml import etree
 
+from simulator.exchange.ews import attachments
 from simulator.exchange.ews.context import Context, Responses, change_key, mailbox_element, parse_shape
 from simulator.exchange.ews.fields import key_of_path, revive
 from simulator.exchange.ews.xml import el, format_datetime, m, sub, t, xml_bool
@@ -29,7 +30,8 @@ ALL_FIELDS = DEFAULT_FIELDS[:3] + ("item:MimeContent",) + DEFAULT_FIELDS[3:] + (
 # The order of the EWS schema (exchangelib does not care, strict clients do).
 SCHEMA_ORDER = (
     "item:MimeContent", "item:ItemId", "item:ParentFolderId", "item:ItemClass", "item:Subject", "item:Sensitivity",
-    "item:Body", "item:DateTimeReceived", "item:Size", "item:Categories", "item:Importance", "item:InReplyTo",
+    "item:Body", "item:Attachments", "item:DateTimeReceived", "item:Size", "item:Categories", "item:Importance",
+    "item:InReplyTo",
     "item:IsSubmitted", "item:IsDraft", "item:IsFromMe", "item:IsResend", "item:IsUnmodified",
     "item:InternetMessageHeaders", "item:DateTimeSent", "item:DateTimeCreated", "item:DisplayCc", "item:DisplayTo",
     "item:HasAttachments", "item:Culture", "item:LastModifiedTime", "item:IsAssociated", "item:ConversationId",
@@ -144,7 +146,8 @@ RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
     "item:LastModifiedTime": _text("t:LastModifiedTime", lambda v: format_datetime(v.item.received)),
     "item:DisplayCc": _text("t:DisplayCc", lambda v: "; ".join(v.item.data.cc)),
     "item:DisplayTo": _text("t:DisplayTo", lambda v: "; ".join(v.item.data.to)),
-    "item:HasAttachments": _text("t:HasAttachments", lambda v: False),
+    "item:HasAttachments": _text("t:HasAttachments", lambda v: attachments.has_attachments(v.item)),
+    "item:Attachments": lambda v: attachments.listed(v.item),
     "item:IsAssociated": _text("t:IsAssociated", lambda v: False),
     "message:Sender": _mailbox("t:Sender", lambda v: v.item.data.sender),
     "message:From": _mailbox("t:From", lambda v: v.item.data.sender),
@@ -226,7 +229,7 @@ def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
     done: set[str] = set()
     for uri in fields.uris:
         name = uri.rsplit(":", 1)[-1]
-        if name in kept:  # as the client set it (an empty text: the client deleted it)
+        if name in kept and name != attachments.KEY:  # as the client set it (an empty text: deleted)
             if kept[name]:
                 e.append(revive(kept[name]))
             done.add(name)
@@ -236,7 +239,7 @@ def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
                 e.append(child)
     if kept:
         for key, text in kept.items():
-            if text and key not in done and (fields.all_kept or key in fields.kept):
+            if text and key not in done and key != attachments.KEY and (fields.all_kept or key in fields.kept):
                 e.append(revive(text))
     return e
 

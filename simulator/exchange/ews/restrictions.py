@@ -27,6 +27,12 @@ def _mid(value: str | None) -> str | None:
     return value.strip().strip("<>").strip().lower() if value else None
 
 
+def _as_sent(item: Item, name: str) -> str | None:
+    """The text of a simple property as the client set it (a Contains matches what it wrote)."""
+    text = item.data.kept.get(name)
+    return revive(text).text if text else None
+
+
 # field URI -> (getter, kind); kinds: str, datetime, int, bool, list (of str), mid (message id)
 ITEM_FIELDS: dict[str, tuple[Callable[[Item], Any], str]] = {
     "item:Subject": (lambda i: i.data.subject, "str"),
@@ -40,13 +46,13 @@ ITEM_FIELDS: dict[str, tuple[Callable[[Item], Any], str]] = {
     "item:Body": (lambda i: i.data.body, "str"),
     "item:TextBody": (lambda i: i.data.body, "str"),
     "item:HasAttachments": (lambda i: False, "bool"),
-    "item:InReplyTo": (lambda i: i.data.in_reply_to, "mid"),
+    "item:InReplyTo": (lambda i: _as_sent(i, "InReplyTo") or i.data.in_reply_to, "mid"),
     "message:From": (lambda i: i.data.sender, "str"),
     "message:Sender": (lambda i: i.data.sender, "str"),
     "message:ToRecipients": (lambda i: list(i.data.to), "list"),
     "message:CcRecipients": (lambda i: list(i.data.cc), "list"),
     "message:IsRead": (lambda i: i.is_read, "bool"),
-    "message:InternetMessageId": (lambda i: i.data.message_id, "mid"),
+    "message:InternetMessageId": (lambda i: _as_sent(i, "InternetMessageId") or i.data.message_id, "mid"),
 }
 FOLDER_FIELDS: dict[str, tuple[Callable[[Folder], Any], str]] = {
     "folder:DisplayName": (lambda f: f.name, "str"),

@@ -32,6 +32,7 @@ from lxml import etree
 from engine.clock import Clock
 from engine.errors import ExchangeError
 from simulator.exchange.ews import (
+    attachments,
     convert_id,
     create_item,
     find_item,
@@ -60,7 +61,8 @@ EXO_VERSION = "V2018_01_08"
 
 Handler = Callable[[Context, etree._Element], etree._Element]
 OPERATIONS: dict[str, Handler] = {}
-for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops):
+for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops,
+                attachments):
     OPERATIONS.update(_module.OPERATIONS)
 
 # Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is
