@@ -62,6 +62,13 @@ class MailboxSettings:
     oof: dict | None = None  # None: never set
 
 
+def _folder_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise StoreError("ErrorInvalidFolderName", "a folder needs a name")
+    return name
+
+
 class StoreError(Exception):
     """An Exchange error, named by its EWS response code."""
 
@@ -414,9 +421,7 @@ class ExchangeStore:
     def create_folder(self, address: str, parent: str, name: str) -> Folder:
         mbx = self.mailbox(address)
         parent_folder = mbx.folder(parent)
-        name = name.strip()
-        if not name:
-            raise StoreError("ErrorInvalidFolderName", "a folder needs a name")
+        name = _folder_name(name)
         if self.find_child(address, parent, name) is not None:
             raise StoreError("ErrorFolderExists", f"{parent_folder.name!r} already has a folder named {name!r}")
         with self.operation():
@@ -512,9 +517,7 @@ class ExchangeStore:
     def rename_folder(self, address: str, folder_ref: str, name: str) -> Folder:
         mbx = self.mailbox(address)
         folder = mbx.folder(folder_ref)
-        name = name.strip()
-        if not name:
-            raise StoreError("ErrorInvalidFolderName", "a folder needs a name")
+        name = _folder_name(name)
         if folder.parent_id is not None:
             other = self.find_child(address, folder.parent_id, name)
             if other is not None and other is not folder:

@@ -82,6 +82,18 @@ class Context:
         return [c for c in container if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))]
 
 
+def flat_response(operation: str, code: str = "NoError", text: str | None = None) -> etree._Element:
+    """``m:<Op>Response`` of an operation that answers once, without response messages (GetInboxRules,
+    GetServerTimeZones style): its ResponseClass and ResponseCode on the element itself."""
+    root = el(f"m:{operation}Response", {"ResponseClass": "Success" if code == "NoError" else "Error"})
+    if code != "NoError":
+        sub(root, "m:MessageText", text or code)
+    sub(root, "m:ResponseCode", code)
+    if code != "NoError":
+        sub(root, "m:DescriptiveLinkKey", "0")
+    return root
+
+
 class Responses:
     """The ``m:<Op>Response`` element with one response message per requested id, in order."""
 

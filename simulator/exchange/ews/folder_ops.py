@@ -19,6 +19,7 @@ from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses, change_key, store_call
 from simulator.exchange.ews.folders import FOLDER_TAGS, folder_class
+from simulator.exchange.ews.items import item_id_only
 from simulator.exchange.ews.xml import EwsFault, ResponseError, el, m, parse_bool
 
 DELETE_TYPES = ("HardDelete", "SoftDelete", "MoveToDeletedItems")
@@ -92,10 +93,8 @@ def archive_item(ctx: Context, req: etree._Element) -> etree._Element:
         def one(r: etree._Element = ref) -> list[etree._Element]:
             dest = ctx.only_folder(to_folder, "ArchiveItem ArchiveSourceFolderId")
             item = ctx.item(r)
-            tag = "t:Message" if item.item_class.startswith("IPM.Note") else "t:Item"
             new_id = store_call(ctx.store.move, ctx.need_mailbox().address, item.item_id, dest.folder_id)
-            return [el("m:Items", None, None, el(tag, None, None,
-                                                 el("t:ItemId", {"Id": new_id, "ChangeKey": change_key(new_id)})))]
+            return [el("m:Items", None, None, item_id_only(new_id, 0, item.data.item_type))]
 
         out.run(one)
     return out.root

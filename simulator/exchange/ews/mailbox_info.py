@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, Responses
+from simulator.exchange.ews.context import Context, Responses, flat_response
 from simulator.exchange.ews.xml import (
     EwsFault,
     ResponseError,
@@ -37,16 +37,6 @@ from simulator.exchange.store import MAX_MESSAGE_BYTES, ExchangeMailbox
 
 NO_RESULTS = "No results were found."
 _SID = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
-
-
-def _top(operation: str, code: str = "NoError", text: str | None = None) -> etree._Element:
-    root = el(f"m:{operation}Response", {"ResponseClass": "Success" if code == "NoError" else "Error"})
-    if code != "NoError":
-        sub(root, "m:MessageText", text or code)
-    sub(root, "m:ResponseCode", code)
-    if code != "NoError":
-        sub(root, "m:DescriptiveLinkKey", "0")
-    return root
 
 
 def _mailbox_element(mbx: ExchangeMailbox, tag: str = "t:Mailbox") -> etree._Element:
@@ -137,7 +127,7 @@ def expand_dl(ctx: Context, req: etree._Element) -> etree._Element:
 
 
 def get_room_lists(ctx: Context, req: etree._Element) -> etree._Element:
-    out = _top("GetRoomLists")
+    out = flat_response("GetRoomLists")
     sub(out, "m:RoomLists")
     return out
 
@@ -145,11 +135,11 @@ def get_room_lists(ctx: Context, req: etree._Element) -> etree._Element:
 def get_rooms(ctx: Context, req: etree._Element) -> etree._Element:
     if req.find(m("RoomList")) is None:
         raise EwsFault("ErrorSchemaValidation", "The request failed schema validation: GetRooms needs m:RoomList")
-    return _top("GetRooms", "ErrorNameResolutionNoResults", NO_RESULTS)
+    return flat_response("GetRooms", "ErrorNameResolutionNoResults", NO_RESULTS)
 
 
 def get_searchable_mailboxes(ctx: Context, req: etree._Element) -> etree._Element:
-    return _top("GetSearchableMailboxes", "ErrorAccessDenied",
+    return flat_response("GetSearchableMailboxes", "ErrorAccessDenied",
                 "The caller does not have the Discovery Management role needed to search mailboxes.")
 
 
@@ -287,7 +277,7 @@ def get_mail_tips(ctx: Context, req: etree._Element) -> etree._Element:
     if recipients is None or req.find(m("SendingAs")) is None:
         raise EwsFault("ErrorSchemaValidation",
                        "The request failed schema validation: GetMailTips needs m:SendingAs and m:Recipients")
-    out = _top("GetMailTips")
+    out = flat_response("GetMailTips")
     messages = sub(out, "m:ResponseMessages")
     for box in recipients:
         if not isinstance(box.tag, str):
@@ -320,7 +310,7 @@ def get_delegate(ctx: Context, req: etree._Element) -> etree._Element:
     user_ids = req.find(m("UserIds"))
     users = [u for u in user_ids if isinstance(u.tag, str)] if user_ids is not None else []
     if not users:
-        out = _top("GetDelegate")  # the sandbox's mailboxes have no delegates
+        out = flat_response("GetDelegate")  # the sandbox's mailboxes have no delegates
         sub(out, "m:DeliverMeetingRequests", "DelegatesAndMe")
         return out
     errors: list[tuple[str, str]] = []
@@ -334,7 +324,7 @@ def get_delegate(ctx: Context, req: etree._Element) -> etree._Element:
             errors.append(("ErrorDelegateNoUser", "The delegate does not map to a user in the Active Directory."))
         else:
             errors.append(("ErrorNotDelegate", f"The user {address} is not a delegate of {owner.address}."))
-    out = _top("GetDelegate", errors[0][0], errors[0][1])
+    out = flat_response("GetDelegate", errors[0][0], errors[0][1])
     messages = sub(out, "m:ResponseMessages")
     for code, text in errors:
         msg = sub(messages, "m:DelegateUserResponseMessageType", attrib={"ResponseClass": "Error"})

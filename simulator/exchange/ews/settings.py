@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, change_key
+from simulator.exchange.ews.context import Context, change_key, flat_response
 from simulator.exchange.ews.xml import (
     EwsFault,
     ResponseError,
@@ -42,16 +42,6 @@ _UNSUPPORTED_ACTIONS = ("SendSMSAlertToRecipients",)
 _ADDRESS_ACTIONS = ("ForwardAsAttachmentToRecipients", "ForwardToRecipients", "RedirectToRecipients")
 _FOLDER_ACTIONS = ("CopyToFolder", "MoveToFolder")
 _IMPORTANCE = ("Low", "Normal", "High")
-
-
-def _top_response(operation: str, code: str = "NoError", text: str | None = None) -> etree._Element:
-    root = el(f"m:{operation}Response", {"ResponseClass": "Success" if code == "NoError" else "Error"})
-    if code != "NoError":
-        sub(root, "m:MessageText", text or code)
-    sub(root, "m:ResponseCode", code)
-    if code != "NoError":
-        sub(root, "m:DescriptiveLinkKey", "0")
-    return root
 
 
 def _target_mailbox(ctx: Context, address: str | None) -> str:
@@ -101,9 +91,9 @@ def get_inbox_rules(ctx: Context, req: etree._Element) -> etree._Element:
     try:
         address = _target_mailbox(ctx, req.findtext(m("MailboxSmtpAddress")))
     except ResponseError as exc:
-        return _top_response("GetInboxRules", exc.code, exc.message)
+        return flat_response("GetInboxRules", exc.code, exc.message)
     rules = ctx.store.inbox_rules(address)
-    out = _top_response("GetInboxRules")
+    out = flat_response("GetInboxRules")
     sub(out, "m:OutlookRuleBlobExists", "false")
     if rules:
         container = sub(out, "m:InboxRules")
@@ -216,7 +206,7 @@ def update_inbox_rules(ctx: Context, req: etree._Element) -> etree._Element:
     try:
         address = _target_mailbox(ctx, req.findtext(m("MailboxSmtpAddress")))
     except ResponseError as exc:
-        return _top_response("UpdateInboxRules", exc.code, exc.message)
+        return flat_response("UpdateInboxRules", exc.code, exc.message)
     operations = _children(req.find(m("Operations")))
     if not operations:
         raise EwsFault("ErrorSchemaValidation",
@@ -260,7 +250,7 @@ def update_inbox_rules(ctx: Context, req: etree._Element) -> etree._Element:
         except _Invalid as exc:
             failures.append(_rule_error(index, exc))
     if failures:
-        out = _top_response("UpdateInboxRules", "ErrorInboxRulesValidationError",
+        out = flat_response("UpdateInboxRules", "ErrorInboxRulesValidationError",
                             "A validation error occurred while executing the rule operation.")
         container = sub(out, "m:RuleOperationErrors")
         for failure in failures:
@@ -269,7 +259,7 @@ def update_inbox_rules(ctx: Context, req: etree._Element) -> etree._Element:
     for priority, rule in enumerate(rules, start=1):
         rule["priority"] = priority
     ctx.store.set_inbox_rules(address, rules)
-    return _top_response("UpdateInboxRules")
+    return flat_response("UpdateInboxRules")
 
 
 # -- Out of Office ---------------------------------------------------------------------------
