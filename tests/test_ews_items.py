@@ -298,3 +298,31 @@ def test_an_update_that_sends_sends_the_updated_message(acc, server):
     assert list(acc.drafts.all()) == []
     assert [m.subject for m in acc.sent.all()] == ["Final"]
     assert [i.data.subject for i in server.store.mailbox(BOB).folder("inbox").items.values()] == ["Final"]
+
+
+def test_a_pull_subscription_reports_what_happened_since_its_watermark(acc, server):
+    from exchangelib.properties import CreatedEvent, DeletedEvent, ModifiedEvent, NewMailEvent, StatusEvent
+
+    with acc.inbox.pull_subscription() as (subscription_id, watermark):
+        [quiet] = list(acc.inbox.get_events(subscription_id, watermark))
+        assert [type(e) for e in quiet.events] == [StatusEvent]
+        watermark = quiet.events[-1].watermark
+        item_id = server.deliver("News")
+        [notification] = list(acc.inbox.get_events(subscription_id, watermark))
+        assert [(type(e), e.item_id.id) for e in notification.events] == [
+            (CreatedEvent, item_id), (NewMailEvent, item_id)]
+        watermark = notification.events[-1].watermark
+        item = acc.inbox.get(id=item_id)
+        item.is_read = True
+        item.save(update_fields=["is_read"])
+        item.delete()
+        [notification] = list(acc.inbox.get_events(subscription_id, watermark))
+        assert [type(e) for e in notification.events] == [ModifiedEvent, DeletedEvent]
+        # the same watermark gives the same events again: nothing is consumed on the server
+        [again] = list(acc.inbox.get_events(subscription_id, watermark))
+        assert [type(e) for e in again.events] == [ModifiedEvent, DeletedEvent]
+    other = account(server, BOB)
+    from exchangelib.errors import ErrorSubscriptionAccessDenied
+
+    with pytest.raises(ErrorSubscriptionAccessDenied):
+        list(other.inbox.get_events(subscription_id, watermark))
