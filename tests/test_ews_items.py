@@ -321,8 +321,10 @@ def test_a_pull_subscription_reports_what_happened_since_its_watermark(acc, serv
         # the same watermark gives the same events again: nothing is consumed on the server
         [again] = list(acc.inbox.get_events(subscription_id, watermark))
         assert [type(e) for e in again.events] == [ModifiedEvent, DeletedEvent]
-    other = account(server, BOB)
-    from exchangelib.errors import ErrorSubscriptionAccessDenied
+    from exchangelib.errors import ErrorSubscriptionAccessDenied, ErrorSubscriptionNotFound
 
-    with pytest.raises(ErrorSubscriptionAccessDenied):
-        list(other.inbox.get_events(subscription_id, watermark))
+    with pytest.raises(ErrorSubscriptionNotFound):  # the context manager ended it
+        list(acc.inbox.get_events(subscription_id, watermark))
+    assert subscription_id in server.store.mailbox(ALICE).settings.ended_subscriptions
+    with acc.inbox.pull_subscription() as (other_id, other_watermark), pytest.raises(ErrorSubscriptionAccessDenied):
+        list(account(server, BOB).inbox.get_events(other_id, other_watermark))

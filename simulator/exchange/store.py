@@ -51,7 +51,7 @@ MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 _ONE_US = timedelta(microseconds=1)
 
 
-SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld"})
+SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub"})
 
 
 @dataclass(slots=True, eq=False)
@@ -60,6 +60,7 @@ class MailboxSettings:
 
     rules: list[dict] = field(default_factory=list)  # by priority
     oof: dict | None = None  # None: never set
+    ended_subscriptions: set[str] = field(default_factory=set)  # notification subscriptions unsubscribed
 
 
 def _folder_name(name: str) -> str:
@@ -462,6 +463,8 @@ class ExchangeStore:
             mbx.settings.rules = [dict(rule) for rule in ev["r"]]
         elif kind == "oof":
             mbx.settings.oof = dict(ev["o"])
+        elif kind == "unsub":
+            mbx.settings.ended_subscriptions.add(ev["s"])
         elif kind == "mvfld":
             folder = mbx.folders[ev["id"]]
             folder.parent_id = ev["p"]
@@ -489,6 +492,12 @@ class ExchangeStore:
         """The mailbox's Out of Office settings as last set (None: never set, Exchange's defaults)."""
         oof = self.mailbox(address).settings.oof
         return dict(oof) if oof is not None else None
+
+    def end_subscription(self, address: str, subscription_id: str) -> None:
+        """A notification subscription is over (Unsubscribe): it gives no events any more."""
+        mbx = self.mailbox(address)
+        with self.operation():
+            self._emit({"k": "unsub", "a": mbx.address, "s": subscription_id})
 
     def set_oof_settings(self, address: str, settings: dict) -> None:
         mbx = self.mailbox(address)

@@ -1,9 +1,9 @@
 """Pull notifications: Subscribe (PullSubscriptionRequest), GetEvents and Unsubscribe.
 
-The events come from the folders' change journals (the same the SyncFolderItems state reads), so a
-subscription needs no state of its own: its id names the mailbox, the folders (or all of them)
-and the event types, and a watermark is where each folder's journal stood. Both survive a restart
-of the sandbox as the journals do. A journal's ``create`` is a CreatedEvent (and a NewMailEvent in
+The events come from the folders' change journals (the same the SyncFolderItems state reads): a
+subscription's id names the mailbox, the folders (or all of them) and the event types, and a
+watermark is where each folder's journal stood; the only state kept is which subscriptions were
+ended (a store event). All of it survives a restart of the sandbox as the journals do. A journal's ``create`` is a CreatedEvent (and a NewMailEvent in
 the Inbox), ``delete`` a DeletedEvent (a move is a delete in one folder and a create in the other),
 ``update`` and ``read`` a ModifiedEvent. With nothing new, GetEvents answers a StatusEvent.
 
@@ -18,7 +18,7 @@ import json
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, Responses, change_key
+from simulator.exchange.ews.context import Context, Responses, change_key, store_call
 from simulator.exchange.ews.xml import ResponseError, el, format_datetime, m, sub, t, xml_bool
 
 EVENT_TYPES = ("CopiedEvent", "CreatedEvent", "DeletedEvent", "ModifiedEvent", "MovedEvent", "NewMailEvent",
@@ -68,7 +68,7 @@ def subscribe(ctx: Context, req: etree._Element) -> etree._Element:
             if not folders:
                 raise ResponseError("ErrorInvalidSubscriptionRequest", "name t:FolderIds or SubscribeToAllFolders")
         mbx = ctx.need_mailbox()
-        subscription = _encode({"a": mbx.address, "f": folders, "e": types})
+        subscription = _encode({"a": mbx.address, "f": folders, "e": types, "n": ctx.store.ids.next("SUB")})
         given = request.findtext(m("Watermark"))
         watermark = given.strip() if given else _encode(_positions(ctx, folders))
         return [el("m:SubscriptionId", None, subscription), el("m:Watermark", None, watermark)]
@@ -81,8 +81,11 @@ def _subscription(ctx: Context, text: str) -> dict:
     data = _decode(text, "ErrorSubscriptionNotFound", "the subscription")
     if not isinstance(data, dict) or {"a", "f", "e"} - data.keys():
         raise ResponseError("ErrorSubscriptionNotFound", "the subscription was not issued by this server")
-    if data["a"] != ctx.need_mailbox().address:
+    mbx = ctx.need_mailbox()
+    if data["a"] != mbx.address:
         raise ResponseError("ErrorSubscriptionAccessDenied", "the subscription belongs to another mailbox")
+    if text in mbx.settings.ended_subscriptions:
+        raise ResponseError("ErrorSubscriptionNotFound", "the subscription was ended (Unsubscribe)")
     return data
 
 
@@ -144,7 +147,9 @@ def unsubscribe(ctx: Context, req: etree._Element) -> etree._Element:
     out = Responses("Unsubscribe")
 
     def one() -> list[etree._Element]:
-        _subscription(ctx, (req.findtext(m("SubscriptionId")) or "").strip())  # nothing is held: just checked
+        text = (req.findtext(m("SubscriptionId")) or "").strip()
+        _subscription(ctx, text)
+        store_call(ctx.store.end_subscription, ctx.need_mailbox().address, text)
         return []
 
     out.run(one)
