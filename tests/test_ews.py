@@ -290,8 +290,9 @@ def test_update_categories_and_is_read(server, trust_ca):
 
 def test_unknown_operation_and_mailbox(server, trust_ca):
     acc = account(server)
-    with pytest.raises(ErrorInvalidOperation, match="Subscribe.*not implemented"):
-        acc.inbox.subscribe_to_pull()
+    item = acc.inbox.get(id=server.deliver("to export"))
+    with pytest.raises(ErrorInvalidOperation, match="ExportItems.*not implemented"):
+        acc.export([item])
     with pytest.raises(ErrorNonExistentMailbox):
         _ = account(server, "nobody@contoso.example").inbox
 
