@@ -92,10 +92,15 @@ def _prepared(ctx: Context, given: etree._Element) -> etree._Element:
 def add(ctx: Context, item: Item, new: list[etree._Element]) -> tuple[Item, list[etree._Element]]:
     """Attach ``new`` (request elements) to ``item``: the updated item and the stored attachments."""
     prepared = [_prepared(ctx, a) for a in new]
+    return _save(ctx, item, attached(item) + prepared), prepared
+
+
+def _save(ctx: Context, item: Item, attachments: list[etree._Element]) -> Item:
+    """Give ``item`` these attachments (an update of the item: a new change key)."""
     holder = etree.Element(t(KEY), nsmap={"t": TNS})
-    holder.extend(attached(item) + prepared)
-    updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, kept={KEY: keep(holder)})
-    return updated, prepared
+    holder.extend(attachments)
+    return store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id,
+                      kept={KEY: keep(holder) if attachments else ""})
 
 
 def ids_of(item: Item, stored: list[etree._Element]) -> list[etree._Element]:
@@ -163,11 +168,7 @@ def delete_attachment(ctx: Context, req: etree._Element) -> etree._Element:
         def one(ref: etree._Element = ref) -> list[etree._Element]:
             wanted = ref.get("Id", "")
             item, _ = find(ctx, wanted)
-            rest = [a for a in attached(item) if _attachment_id(a) != wanted]
-            holder = etree.Element(t(KEY), nsmap={"t": TNS})
-            holder.extend(rest)
-            updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id,
-                                 kept={KEY: keep(holder) if rest else ""})
+            updated = _save(ctx, item, [a for a in attached(item) if _attachment_id(a) != wanted])
             root = el("m:RootItemId", {"RootItemId": updated.item_id,
                                        "RootItemChangeKey": change_key(updated.item_id, updated.version)})
             return [root]

@@ -82,16 +82,24 @@ class Context:
         return [c for c in container if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))]
 
 
+def response_message(tag: str, code: str = "NoError", text: str | None = None,
+                     parent: etree._Element | None = None) -> etree._Element:
+    """A response message ``tag`` (under ``parent``, if given): its ResponseClass, and for an error
+    its MessageText, ResponseCode and DescriptiveLinkKey, in the schema's order."""
+    attrib = {"ResponseClass": "Success" if code == "NoError" else "Error"}
+    msg = sub(parent, tag, attrib=attrib) if parent is not None else el(tag, attrib)
+    if code != "NoError":
+        sub(msg, "m:MessageText", text or code)
+    sub(msg, "m:ResponseCode", code)
+    if code != "NoError":
+        sub(msg, "m:DescriptiveLinkKey", "0")
+    return msg
+
+
 def flat_response(operation: str, code: str = "NoError", text: str | None = None) -> etree._Element:
     """``m:<Op>Response`` of an operation that answers once, without response messages (GetInboxRules,
     GetServerTimeZones style): its ResponseClass and ResponseCode on the element itself."""
-    root = el(f"m:{operation}Response", {"ResponseClass": "Success" if code == "NoError" else "Error"})
-    if code != "NoError":
-        sub(root, "m:MessageText", text or code)
-    sub(root, "m:ResponseCode", code)
-    if code != "NoError":
-        sub(root, "m:DescriptiveLinkKey", "0")
-    return root
+    return response_message(f"m:{operation}Response", code, text)
 
 
 class Responses:
@@ -103,16 +111,10 @@ class Responses:
         self.messages = sub(self.root, "m:ResponseMessages")
 
     def success(self) -> etree._Element:
-        msg = sub(self.messages, f"m:{self.operation}ResponseMessage", attrib={"ResponseClass": "Success"})
-        sub(msg, "m:ResponseCode", "NoError")
-        return msg
+        return response_message(f"m:{self.operation}ResponseMessage", parent=self.messages)
 
     def error(self, code: str, text: str) -> etree._Element:
-        msg = sub(self.messages, f"m:{self.operation}ResponseMessage", attrib={"ResponseClass": "Error"})
-        sub(msg, "m:MessageText", text)
-        sub(msg, "m:ResponseCode", code)
-        sub(msg, "m:DescriptiveLinkKey", "0")
-        return msg
+        return response_message(f"m:{self.operation}ResponseMessage", code, text, parent=self.messages)
 
     def run(self, func, *args) -> None:
         """Answer one requested id: ``func(*args)`` returns the children of a success message;

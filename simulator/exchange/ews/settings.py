@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, change_key, flat_response
+from simulator.exchange.ews.context import Context, change_key, flat_response, response_message
 from simulator.exchange.ews.xml import (
     EwsFault,
     ResponseError,
@@ -281,12 +281,7 @@ def _request_address(req: etree._Element) -> str | None:
 
 def _oof_response(operation: str, code: str = "NoError", text: str | None = None) -> etree._Element:
     root = el(f"m:{operation}Response")
-    msg = sub(root, "m:ResponseMessage", attrib={"ResponseClass": "Success" if code == "NoError" else "Error"})
-    if code != "NoError":
-        sub(msg, "m:MessageText", text or code)
-    sub(msg, "m:ResponseCode", code)
-    if code != "NoError":
-        sub(msg, "m:DescriptiveLinkKey", "0")
+    response_message("m:ResponseMessage", code, text, parent=root)
     return root
 
 

@@ -56,6 +56,8 @@ def sync_folder_items(ctx: Context, req: etree._Element) -> etree._Element:
         ignore = {i.get("Id") for i in ignore_el.iter(t("ItemId"))} if ignore_el is not None else set()
         journal = folder.journal
         created_since = {item_id for change, item_id in journal[start:] if change == "create"}
+        # an item also updated otherwise since the state is answered with an Update, not a ReadFlagChange
+        updated_since = {item_id for change, item_id in journal[start:] if change == "update"}
         changes = el("m:Changes")
         emitted, pos, updated = 0, start, set()
         while pos < len(journal) and emitted < max_changes:
@@ -76,7 +78,7 @@ def sync_folder_items(ctx: Context, req: etree._Element) -> etree._Element:
                 if item is None or item_id in created_since or item_id in updated:
                     continue
                 updated.add(item_id)
-                if change == "read" and not any(c == "update" and i == item_id for c, i in journal[pos:]):
+                if change == "read" and item_id not in updated_since:
                     changes.append(el("t:ReadFlagChange", None, None, el("t:ItemId", {
                         "Id": item_id, "ChangeKey": change_key(item_id, item.version)}),
                         el("t:IsRead", None, xml_bool(item.is_read))))
