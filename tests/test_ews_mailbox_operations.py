@@ -144,14 +144,19 @@ RAW = """<?xml version="1.0" encoding="utf-8"?>
      "</m:EmptyFolder>", b"ErrorSchemaValidation"),
     ("<m:EmptyFolder DeleteType='HardDelete' DeleteSubFolders='false'><m:FolderIds>"
      "<t:DistinguishedFolderId Id='root'/></m:FolderIds></m:EmptyFolder>", b"ErrorCannotEmptyFolder"),
-    ("<m:MoveFolder><m:ToFolderId><t:FolderId Id='nope'/></m:ToFolderId><m:FolderIds>"
+    ("<m:MoveFolder><m:ToFolderId><t:FolderId Id='AAMkFA00000000000100fffff0'/></m:ToFolderId><m:FolderIds>"
      "<t:DistinguishedFolderId Id='inbox'/></m:FolderIds></m:MoveFolder>", b"ErrorFolderNotFound"),
+    ("<m:MoveFolder><m:ToFolderId><t:FolderId Id='nope'/></m:ToFolderId><m:FolderIds>"
+     "<t:DistinguishedFolderId Id='inbox'/></m:FolderIds></m:MoveFolder>", b"ErrorInvalidIdMalformed"),
     ("<m:MoveFolder><m:ToFolderId><t:DistinguishedFolderId Id='drafts'/></m:ToFolderId><m:FolderIds>"
      "<t:DistinguishedFolderId Id='inbox'/></m:FolderIds></m:MoveFolder>", b"ErrorMoveDistinguishedFolder"),
-    ("<m:MarkAsJunk IsJunk='true' MoveItem='false'><m:ItemIds><t:ItemId Id='nope'/></m:ItemIds></m:MarkAsJunk>",
-     b"ErrorItemNotFound"),
+    ("<m:MarkAsJunk IsJunk='true' MoveItem='false'><m:ItemIds><t:ItemId Id='AAMkA00000000000100fffff0'/>"
+     "</m:ItemIds></m:MarkAsJunk>", b"ErrorItemNotFound"),
+    ("<m:MarkAsJunk IsJunk='true' MoveItem='false'><m:ItemIds><t:ItemId Id='AAAA=='/></m:ItemIds></m:MarkAsJunk>",
+     b"ErrorInvalidIdMalformed"),
 ], ids=["no-operations", "bad-priority", "bad-oof-state", "bad-oof-time", "other-mailbox", "unknown-zone",
-        "bad-delete-type", "empty-root", "missing-folder", "distinguished", "missing-item"])
+        "bad-delete-type", "empty-root", "missing-folder", "malformed-folder-id", "distinguished", "missing-item",
+        "malformed-item-id"])
 def test_bad_input_gets_an_ews_error(server, body, code):
     r = post(server, RAW.format(body).encode())
     assert code in r.content, r.text
@@ -308,6 +313,11 @@ def test_mark_as_junk_and_archive(server, trust_ca):
     qs = acc.inbox.filter(subject="junk?")
     qs.mark_as_junk(is_junk=True, move_item=True)
     assert server.store.get(ALICE, item_id)  # Exchange Online leaves it in place
+    work = Folder(parent=acc.inbox, name="Suspect").save()
+    acc.inbox.filter(subject="junk?").move(work)
+    work.filter(subject="junk?").mark_as_junk(is_junk=False, move_item=True)  # not junk: back to the Inbox
+    assert work.filter(subject="junk?").count() == 0
+    item_id = acc.inbox.get(subject="junk?").id
     qs.archive(to_folder=acc.trash)
     assert acc.inbox.filter(subject="junk?").count() == 0
     assert acc.trash.filter(subject="junk?").count() == 1

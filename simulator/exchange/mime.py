@@ -64,6 +64,9 @@ def _header_text(value) -> str:
         return text
 
 
+ITEM_OVERHEAD = 512  # bytes of the properties every stored item has (ids, times, flags)
+
+
 @dataclass(slots=True)
 class MessageData:
     """The properties of one message, as stored by the fake Exchange."""
@@ -89,6 +92,15 @@ class MessageData:
     item_type: str = "Message"
     item_class: str | None = None
     kept: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stored_size(self) -> int:
+        """The item's size in the mailbox: its bytes when it came in as MIME, otherwise the text of
+        its properties (in UTF-8) plus a fixed overhead for the properties every item has."""
+        if self.size:
+            return self.size
+        text = [self.subject, self.body, self.sender or "", *self.to, *self.cc, *self.bcc, *self.kept.values()]
+        return ITEM_OVERHEAD + sum(len(part.encode()) for part in text)
 
     def render(self) -> bytes:
         """The message as RFC 5322 bytes (the original bytes when it came in as bytes)."""

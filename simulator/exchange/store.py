@@ -29,17 +29,82 @@ from engine.ports import ActOrgClaim, ItemProperties
 from simulator.exchange.mime import MessageData, normalize_address, parse_message
 
 DISTINGUISHED = ("inbox", "sentitems", "drafts", "deleteditems", "outbox", "calendar", "contacts", "tasks")
-DISPLAY_NAMES = {
-    "msgfolderroot": "Top of Information Store",
-    "inbox": "Inbox",
-    "sentitems": "Sent Items",
-    "drafts": "Drafts",
-    "deleteditems": "Deleted Items",
-    "outbox": "Outbox",
-    "calendar": "Calendar",
-    "contacts": "Contacts",
-    "tasks": "Tasks",
-}
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSpec:
+    """A folder every Exchange Online mailbox has: its key (the distinguished folder id, or a name
+    of the simulator's for a folder that has none), display name, parent's key and folder class."""
+
+    key: str
+    name: str
+    parent: str | None
+    folder_class: str | None = None
+    distinguished: bool = True
+
+
+# The folders of a new mailbox. The first ten are made with the mailbox (its "mbx" event names them);
+# the others hold nothing the engine uses and are made in memory when a client first looks at the
+# mailbox's folders (:meth:`ExchangeMailbox.full_tree`), with ids derived from the root's id, so a
+# large simulated organization does not pay for folders nobody opens.
+MAILBOX_TREE: tuple[FolderSpec, ...] = (
+    FolderSpec("root", "root", None),
+    FolderSpec("msgfolderroot", "Top of Information Store", "root"),
+    FolderSpec("inbox", "Inbox", "msgfolderroot", "IPF.Note"),
+    FolderSpec("sentitems", "Sent Items", "msgfolderroot", "IPF.Note"),
+    FolderSpec("drafts", "Drafts", "msgfolderroot", "IPF.Note"),
+    FolderSpec("deleteditems", "Deleted Items", "msgfolderroot", "IPF.Note"),
+    FolderSpec("outbox", "Outbox", "msgfolderroot", "IPF.Note"),
+    FolderSpec("calendar", "Calendar", "msgfolderroot", "IPF.Appointment"),
+    FolderSpec("contacts", "Contacts", "msgfolderroot", "IPF.Contact"),
+    FolderSpec("tasks", "Tasks", "msgfolderroot", "IPF.Task"),
+    # -- made on first look --
+    FolderSpec("junkemail", "Junk Email", "msgfolderroot", "IPF.Note"),
+    FolderSpec("notes", "Notes", "msgfolderroot", "IPF.StickyNote"),
+    FolderSpec("journal", "Journal", "msgfolderroot", "IPF.Journal"),
+    FolderSpec("conversationhistory", "Conversation History", "msgfolderroot"),
+    FolderSpec("syncissues", "Sync Issues", "msgfolderroot", "IPF.Note"),
+    FolderSpec("conflicts", "Conflicts", "syncissues"),
+    FolderSpec("localfailures", "Local Failures", "syncissues"),
+    FolderSpec("serverfailures", "Server Failures", "syncissues"),
+    FolderSpec("rssfeeds", "RSS Feeds", "msgfolderroot", "IPF.Note.OutlookHomepage", False),
+    FolderSpec("conversationactions", "Conversation Action Settings", "msgfolderroot", "IPF.Configuration", False),
+    FolderSpec("quicksteps", "Quick Step Settings", "msgfolderroot", "IPF.Configuration", False),
+    FolderSpec("externalcontacts", "ExternalContacts", "msgfolderroot", "IPF.Contact", False),
+    FolderSpec("personmetadata", "PersonMetadata", "msgfolderroot", "IPF.Contact", False),
+    FolderSpec("galcontacts", "GAL Contacts", "contacts", "IPF.Contact.GalContacts", False),
+    FolderSpec("recipientcache", "Recipient Cache", "contacts", "IPF.Contact.RecipientCache"),
+    FolderSpec("companycontacts", "Companies", "contacts", "IPF.Contact.Company"),
+    FolderSpec("orgcontacts", "Organizational Contacts", "contacts", "IPF.Contact.OrganizationalContacts", False),
+    FolderSpec("peoplecentricconversationbuddies", "PeopleCentricConversation Buddies", "contacts",
+               "IPF.Contact.PeopleCentricConversationBuddies"),
+    FolderSpec("recoverableitemsroot", "Recoverable Items", "root"),
+    FolderSpec("recoverableitemsdeletions", "Deletions", "recoverableitemsroot"),
+    FolderSpec("recoverableitemspurges", "Purges", "recoverableitemsroot"),
+    FolderSpec("recoverableitemsversions", "Versions", "recoverableitemsroot"),
+    FolderSpec("calendarlogging", "Calendar Logging", "recoverableitemsroot", None, False),
+    FolderSpec("searchfolders", "Finder", "root"),
+    FolderSpec("allitems", "AllItems", "root", "IPF"),
+    FolderSpec("allcontacts", "AllContacts", "root", "IPF.Note"),
+    FolderSpec("allpersonmetadata", "AllPersonMetadata", "root", "IPF.Note"),
+    FolderSpec("todosearch", "To-Do Search", "root", "IPF.Task"),
+    FolderSpec("commonviews", "Common Views", "root", None, False),
+    FolderSpec("deferredaction", "Deferred Action", "root", None, False),
+    FolderSpec("exchangesyncdata", "ExchangeSyncData", "root", None, False),
+    FolderSpec("freebusydata", "Freebusy Data", "root", None, False),
+    FolderSpec("location", "Location", "root", None, False),
+    FolderSpec("mailboxassociations", "MailboxAssociations", "root", None, False),
+    FolderSpec("reminders", "Reminders", "root", "Outlook.Reminder", False),
+    FolderSpec("schedule", "Schedule", "root", None, False),
+    FolderSpec("sharing", "Sharing", "root", "IPF.Note", False),
+    FolderSpec("shortcuts", "Shortcuts", "root", None, False),
+    FolderSpec("spoolerqueue", "Spooler Queue", "root", None, False),
+    FolderSpec("system", "System", "root", None, False),
+    FolderSpec("views", "Views", "root", None, False),
+)
+FOLDER_SPECS = {spec.key: spec for spec in MAILBOX_TREE}
+CORE_FOLDERS = tuple(spec.key for spec in MAILBOX_TREE[:10])  # made with the mailbox
+SYSTEM_ID_PREFIX = "AAMkS"  # ids of the folders made on first look: prefix, index (2 hex digits), root id
 # The class Exchange gives an item of each type when the client names none.
 ITEM_CLASSES = {"Message": "IPM.Note", "Item": "IPM.Note", "CalendarItem": "IPM.Appointment",
                 "Contact": "IPM.Contact", "DistributionList": "IPM.DistList", "Task": "IPM.Task",
@@ -51,7 +116,7 @@ MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 _ONE_US = timedelta(microseconds=1)
 
 
-SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub"})
+SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub", "fprops"})
 
 
 @dataclass(slots=True, eq=False)
@@ -156,6 +221,10 @@ class Folder:
     name: str
     parent_id: str | None
     distinguished: str | None = None
+    folder_class: str | None = None  # "IPF.Note", "IPF.Appointment", ...; None: none was given
+    system: bool = False  # one of the mailbox's own folders (MAILBOX_TREE): not deleted, moved or renamed
+    version: int = 0  # how many times it was renamed, moved or given properties: its change key follows
+    kept: dict[str, str] | None = None  # properties kept as the client wrote them (XML text), see ews.fields
     items: dict[str, Item] = field(default_factory=dict)
     order: list[tuple[datetime, int, str]] = field(default_factory=list)  # (received, seq, item id), sorted
     journal: list[tuple[str, str]] = field(default_factory=list)  # (change, item id), append-only
@@ -215,9 +284,40 @@ class ExchangeMailbox:
     last_inbox_received: datetime | None = None
     settings: MailboxSettings = field(default_factory=MailboxSettings)  # rules, OOF (events below)
 
-    def folder(self, folder_ref: str) -> Folder:
-        folder_id = self.distinguished.get(folder_ref, folder_ref)
+    @property
+    def has_tree(self) -> bool:
+        """Whether the mailbox was made with the whole folder tree (a real ``root`` above the Top of
+        Information Store); mailboxes of older journals have the Top of Information Store on top."""
+        return "root" in self.distinguished
+
+    def full_tree(self) -> None:
+        """Make the mailbox's own folders that are made on first look (in memory: they are a function
+        of the root's id, so every process and every replay makes the same ones)."""
+        if not self.has_tree or "searchfolders" in self.distinguished:
+            return
+        suffix = self.root_id[len(SYSTEM_ID_PREFIX):]
+        for index, spec in enumerate(MAILBOX_TREE):
+            if spec.key in CORE_FOLDERS:
+                continue
+            folder_id = f"{SYSTEM_ID_PREFIX}{index:02x}{suffix}"
+            self.folders[folder_id] = Folder(folder_id, spec.name, self.distinguished[spec.parent],
+                                             spec.key if spec.distinguished else None, spec.folder_class, True)
+            if spec.distinguished:  # (every parent in MAILBOX_TREE is a distinguished folder)
+                self.distinguished[spec.key] = folder_id
+
+    def folder_by_id(self, folder_id: str) -> Folder | None:
+        """The folder with this id, making the mailbox's own folders first if the id is one of theirs."""
         folder = self.folders.get(folder_id)
+        if folder is None and folder_id.startswith(SYSTEM_ID_PREFIX):
+            self.full_tree()
+            folder = self.folders.get(folder_id)
+        return folder
+
+    def folder(self, folder_ref: str) -> Folder:
+        if folder_ref in FOLDER_SPECS and folder_ref not in self.distinguished:
+            self.full_tree()  # a distinguished folder made on first look
+        folder_id = self.distinguished.get(folder_ref, folder_ref)
+        folder = self.folder_by_id(folder_id)
         if folder is None:
             raise StoreError("ErrorFolderNotFound", f"folder {folder_ref!r} does not exist in {self.address}")
         return folder
@@ -316,17 +416,19 @@ class ExchangeStore:
             mbx.folders[item.folder_id].journal.append(("read" if only_read else "update", item.item_id))
             return item
         elif kind == "mbx":
-            (root_id, _), *rest = ev["f"]
-            mbx = ExchangeMailbox(ev["a"], ev["n"], root_id)
-            mbx.folders[root_id] = Folder(root_id, DISPLAY_NAMES["msgfolderroot"], None, "msgfolderroot")
-            mbx.distinguished["msgfolderroot"] = root_id
-            for folder_id, name in rest:
-                mbx.folders[folder_id] = Folder(folder_id, DISPLAY_NAMES[name], root_id, name)
-                mbx.distinguished[name] = folder_id
+            # the folders made with the mailbox, top first: [id, key] (journals older than the whole
+            # tree start at the Top of Information Store, whose parent they do not name)
+            mbx = ExchangeMailbox(ev["a"], ev["n"], ev["f"][0][0])
+            for folder_id, key in ev["f"]:
+                spec = FOLDER_SPECS[key]
+                parent = mbx.distinguished.get(spec.parent) if spec.parent else None
+                mbx.folders[folder_id] = Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
+                mbx.distinguished[key] = folder_id
             self.mailboxes[mbx.address] = mbx
             return mbx
         elif kind == "fld":
-            folder = Folder(ev["id"], ev["n"], ev["p"])
+            mbx.folder_by_id(ev["p"])  # (the parent may be one of the folders made on first look)
+            folder = Folder(ev["id"], ev["n"], ev["p"], folder_class=ev.get("c"))
             mbx.folders[folder.folder_id] = folder
             return folder
         elif kind == "rmfld":
@@ -366,7 +468,7 @@ class ExchangeStore:
             mbx = self.mailboxes[address]
             received = _when(received)
             item = Item(item_id, folder_id, received, data, seq, list(categories), is_read)
-            mbx.folders[folder_id].add(item)
+            mbx.folder_by_id(folder_id).add(item)
             mbx.item_folder[item_id] = folder_id
             if arrival and (mbx.last_inbox_received is None or received > mbx.last_inbox_received):
                 mbx.last_inbox_received = received
@@ -409,7 +511,7 @@ class ExchangeStore:
         address = address.strip().lower()
         if address in self.mailboxes:
             return self.mailboxes[address]
-        folders = [[self.ids.next("AAMkF"), "msgfolderroot"]] + [[self.ids.next("AAMkF"), n] for n in DISTINGUISHED]
+        folders = [[self.ids.next("AAMkF"), key] for key in CORE_FOLDERS]
         with self.operation():
             return self._emit({"k": "mbx", "a": address, "n": display_name or address, "f": folders})
 
@@ -419,15 +521,26 @@ class ExchangeStore:
             raise StoreError("ErrorNonExistentMailbox", f"no mailbox has the address {address!r}")
         return mbx
 
-    def create_folder(self, address: str, parent: str, name: str) -> Folder:
+    def create_folder(self, address: str, parent: str, name: str, folder_class: str | None = None) -> Folder:
+        """A new folder under ``parent``; names are unique among siblings whatever their case."""
         mbx = self.mailbox(address)
         parent_folder = mbx.folder(parent)
         name = _folder_name(name)
         if self.find_child(address, parent, name) is not None:
-            raise StoreError("ErrorFolderExists", f"{parent_folder.name!r} already has a folder named {name!r}")
+            raise StoreError("ErrorFolderExists", f"Could not create folder {name!r}: {parent_folder.name!r} "
+                                                  "already has a folder of that name")
+        event = {"k": "fld", "a": mbx.address, "id": self.ids.next("AAMkF"), "n": name, "p": parent_folder.folder_id}
+        if folder_class is not None:
+            event["c"] = folder_class
         with self.operation():
-            return self._emit({"k": "fld", "a": mbx.address, "id": self.ids.next("AAMkF"), "n": name,
-                               "p": parent_folder.folder_id})
+            return self._emit(event)
+
+    def set_folder_properties(self, address: str, folder_ref: str, kept: dict[str, str]) -> Folder:
+        """Keep (or, with "", remove) properties of a folder as the client wrote them."""
+        mbx = self.mailbox(address)
+        folder = mbx.folder(folder_ref)
+        with self.operation():
+            return self._emit({"k": "fprops", "a": mbx.address, "id": folder.folder_id, "ks": dict(kept)})
 
     def find_child(self, address: str, parent: str, name: str) -> Folder | None:
         mbx = self.mailbox(address)
@@ -448,6 +561,8 @@ class ExchangeStore:
         folder = mbx.folder(folder_ref)
         if folder.distinguished:
             raise StoreError("ErrorDeleteDistinguishedFolder", f"{folder.name!r} is a distinguished folder")
+        if folder.system:
+            raise StoreError("ErrorCannotDeleteObject", f"{folder.name!r} is one of the mailbox's own folders")
         with self.operation():
             for child in list(mbx.folders.values()):
                 if child.parent_id == folder.folder_id:
@@ -466,12 +581,26 @@ class ExchangeStore:
         elif kind == "unsub":
             mbx.settings.ended_subscriptions.add(ev["s"])
         elif kind == "mvfld":
+            mbx.folder_by_id(ev["p"])
             folder = mbx.folders[ev["id"]]
             folder.parent_id = ev["p"]
+            folder.version += 1
             return folder
         elif kind == "rnfld":
             folder = mbx.folders[ev["id"]]
             folder.name = ev["n"]
+            folder.version += 1
+            return folder
+        elif kind == "fprops":  # properties kept as written: key -> XML text ("" removes it)
+            folder = mbx.folder_by_id(ev["id"])
+            kept = dict(folder.kept or {})
+            for key, text in ev["ks"].items():
+                if text:
+                    kept[key] = text
+                else:
+                    kept.pop(key, None)
+            folder.kept = kept or None
+            folder.version += 1
             return folder
         return None
 
@@ -509,8 +638,8 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         folder = mbx.folder(folder_ref)
         dest = mbx.folder(dest_ref)
-        if folder.distinguished:
-            raise StoreError("ErrorMoveDistinguishedFolder", f"{folder.name!r} is a distinguished folder")
+        if folder.distinguished or folder.system:
+            raise StoreError("ErrorMoveDistinguishedFolder", f"{folder.name!r} is one of the mailbox's own folders")
         ancestor: Folder | None = dest
         while ancestor is not None:
             if ancestor.folder_id == folder.folder_id:
@@ -527,6 +656,9 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         folder = mbx.folder(folder_ref)
         name = _folder_name(name)
+        if folder.system:
+            raise StoreError("ErrorInvalidPropertySet", f"{folder.name!r} is one of the mailbox's own folders: "
+                                                        "its name cannot be changed")
         if folder.parent_id is not None:
             other = self.find_child(address, folder.parent_id, name)
             if other is not None and other is not folder:
@@ -542,7 +674,7 @@ class ExchangeStore:
             for item_id in list(folder.items):
                 self._emit({"k": "rm", "a": mbx.address, "i": item_id})
             if sub_folders:
-                for child in [f for f in mbx.folders.values() if f.parent_id == folder.folder_id and not f.distinguished]:
+                for child in [f for f in mbx.folders.values() if f.parent_id == folder.folder_id and not f.system]:
                     self.delete_folder(address, child.folder_id)
 
     # -- the ACT organization claim (SPEC 1.11) ---------------------------------------------

@@ -11,7 +11,8 @@ from lxml import etree
 from simulator.exchange.ews.xml import EwsFault, ResponseError, el, sub, t
 from simulator.exchange.store import ExchangeMailbox, ExchangeStore, Folder, Item, StoreError
 
-# exchangelib's Root ("root") is the top of the hierarchy; the store's top is "msgfolderroot".
+# A mailbox of a journal older than the whole folder tree has the Top of Information Store on top:
+# there, "root" names that folder.
 FOLDER_ALIASES = {"root": "msgfolderroot"}
 
 
@@ -40,13 +41,16 @@ class Context:
             if owner and owner.strip().lower() != mbx.address:
                 raise ResponseError("ErrorAccessDenied",
                                     f"the request acts on {mbx.address}; it cannot open folders of {owner.strip()}")
-            folder_id = mbx.distinguished.get(FOLDER_ALIASES.get(name, name))
+            folder_id = mbx.distinguished.get(name) or mbx.distinguished.get(FOLDER_ALIASES.get(name, name))
+            if folder_id is None and name == "publicfoldersroot":
+                raise ResponseError("ErrorNoPublicFolderReplicaAvailable",
+                                    "the organization has no public folders")
             if folder_id is None:
                 raise ResponseError("ErrorFolderNotFound",
                                     f"the distinguished folder {name!r} does not exist in {mbx.address}")
             return mbx.folders[folder_id]
         if ref.tag == t("FolderId"):
-            folder = mbx.folders.get(ref.get("Id") or "")
+            folder = mbx.folder_by_id(well_formed_id(ref.get("Id"), "folder"))
             if folder is None:
                 raise ResponseError("ErrorFolderNotFound", f"folder id {ref.get('Id')!r} does not exist in {mbx.address}")
             return folder
@@ -66,7 +70,7 @@ class Context:
     # -- items -----------------------------------------------------------------------------
     def item(self, ref: etree._Element) -> Item:
         mbx = self.need_mailbox()
-        item_id = ref.get("Id") or ""
+        item_id = well_formed_id(ref.get("Id"), "item")
         try:
             item = mbx.item(item_id)
         except StoreError as exc:
@@ -80,6 +84,19 @@ class Context:
         if container is None:
             return []
         return [c for c in container if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))]
+
+
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
+MIN_ID_LENGTH = 16  # the ids this server (and Exchange) hands out are long base64 strings
+
+
+def well_formed_id(text: str | None, what: str) -> str:
+    """An item or folder id as sent, if it has the shape of an id (ErrorInvalidIdMalformed otherwise:
+    Exchange tells an id it cannot read from one that names nothing, ErrorItemNotFound/ErrorFolderNotFound)."""
+    text = (text or "").strip()
+    if len(text) < MIN_ID_LENGTH or not set(text) <= _ID_CHARS:
+        raise ResponseError("ErrorInvalidIdMalformed", f"{text[:40]!r} is not a well-formed {what} id")
+    return text
 
 
 def response_message(tag: str, code: str = "NoError", text: str | None = None,

@@ -5,20 +5,19 @@ operation; Exchange Online refuses to empty the root of the hierarchy (``ErrorCa
 and distinguished folders under the emptied one stay. ``MoveToDeletedItems`` moves the items to
 Deleted Items instead. MoveFolder keeps the folder's id (as Exchange does) and gives a new change key.
 
-MarkAsJunk: the sandbox has no Junk Email folder, and Exchange Online leaves the item where it is
-even with ``MoveItem="true"`` (exchangelib's own tests record that), so the item keeps its id and the
-answer's ``MovedItemId`` is that id. ArchiveItem moves each item to the folder named by
+MarkAsJunk: an item marked as not junk with ``MoveItem="true"`` goes back to the Inbox (a new id, as
+for MoveItem, answered as ``MovedItemId``); an item marked as junk stays where it is and keeps its id,
+even with ``MoveItem="true"``, as Exchange Online does (exchangelib's own tests record that), and the
+answer then has no ``MovedItemId``. ArchiveItem moves each item to the folder named by
 ``ArchiveSourceFolderId`` with the store's move (a new id, as for MoveItem).
 """
 
 from __future__ import annotations
 
-import zlib
-
 from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses, change_key, store_call
-from simulator.exchange.ews.folders import FOLDER_TAGS, folder_class
+from simulator.exchange.ews.folders import folder_id_element, folder_tag
 from simulator.exchange.ews.items import item_id_only
 from simulator.exchange.ews.xml import EwsFault, ResponseError, el, m, parse_bool
 
@@ -35,7 +34,7 @@ def empty_folder(ctx: Context, req: etree._Element) -> etree._Element:
     for ref in ctx.folder_refs(req.find(m("FolderIds"))):
         def one(r: etree._Element = ref) -> list:
             folder = ctx.folder(r)
-            if folder.distinguished == "msgfolderroot":
+            if folder.distinguished in ("root", "msgfolderroot"):
                 raise ResponseError("ErrorCannotEmptyFolder", "the root of the folder hierarchy cannot be emptied")
             address = ctx.need_mailbox().address
             if delete_type == "MoveToDeletedItems" and folder.distinguished != "deleteditems":
@@ -56,10 +55,7 @@ def move_folder(ctx: Context, req: etree._Element) -> etree._Element:
             dest = ctx.only_folder(to_folder, "MoveFolder ToFolderId")
             folder = ctx.folder(r)
             moved = store_call(ctx.store.move_folder, ctx.need_mailbox().address, folder.folder_id, dest.folder_id)
-            version = zlib.crc32(moved.parent_id.encode()) % 9973 + 1  # a change key that changes with the parent
-            tag = FOLDER_TAGS.get(folder_class(moved), "t:Folder")
-            return [el("m:Folders", None, None, el(tag, None, None, el(
-                "t:FolderId", {"Id": moved.folder_id, "ChangeKey": change_key(moved.folder_id, version)})))]
+            return [el("m:Folders", None, None, el(folder_tag(moved), None, None, folder_id_element(moved)))]
 
         out.run(one)
     return out.root
@@ -76,11 +72,17 @@ def mark_as_junk(ctx: Context, req: etree._Element) -> etree._Element:
     for attr in ("IsJunk", "MoveItem"):
         if req.get(attr) is None:
             raise EwsFault("ErrorSchemaValidation", f"The request failed schema validation: MarkAsJunk needs {attr}")
+    is_junk, move = parse_bool(req.get("IsJunk")), parse_bool(req.get("MoveItem"))
     out = Responses("MarkAsJunk")
     for ref in _item_ids(ctx, req):
         def one(r: etree._Element = ref) -> list[etree._Element]:
             item = ctx.item(r)
-            return [el("m:MovedItemId", {"Id": item.item_id, "ChangeKey": change_key(item.item_id)})]
+            mbx = ctx.need_mailbox()
+            dest = mbx.distinguished["inbox"]
+            if move and not is_junk and item.folder_id != dest:
+                new_id = store_call(ctx.store.move, mbx.address, item.item_id, dest)
+                return [el("m:MovedItemId", {"Id": new_id, "ChangeKey": change_key(new_id)})]
+            return []  # not moved: no MovedItemId
 
         out.run(one)
     return out.root

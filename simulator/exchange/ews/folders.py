@@ -1,12 +1,16 @@
 """Folder operations: GetFolder, FindFolder, CreateFolder, DeleteFolder, UpdateFolder, SyncFolderHierarchy.
 
-Extended properties: the simulator keeps exactly two, the organization claim of SPEC 1.11 on the
-mailbox's ``msgfolderroot`` folder (named properties in the property set
-:data:`engine.act.ACT_PROPERTY_SET_ID`, see :mod:`engine.act`). GetFolder and FindFolder return
-them when ``AdditionalProperties`` asks for them by ``ExtendedFieldURI`` (and the mailbox is
-claimed); UpdateFolder sets them (``SetFolderField``) or removes the claim (``DeleteFolderField``
-of the organization id). Any other extended property, and any other field UpdateFolder is asked
-to change, is refused with an EWS error code naming it rather than silently ignored.
+The folder tree is the store's (:data:`simulator.exchange.store.MAILBOX_TREE`: ``root`` above the Top of
+Information Store, the distinguished folders, Recoverable Items, Junk Email, ...). A folder's change key
+follows its version (rename, move, new properties).
+
+Properties: a folder keeps its ``FolderClass`` (given at creation; it cannot be changed afterwards:
+``ErrorObjectTypeChanged``), its ``PermissionSet`` and any extended property as the client wrote them
+(:mod:`simulator.exchange.ews.fields` keys). Two extended properties are not kept that way: the
+organization claim of SPEC 1.11 on ``msgfolderroot`` (named properties in the property set
+:data:`engine.act.ACT_PROPERTY_SET_ID`, see :mod:`engine.act`), which is the store's ACT claim, and the
+folder's size (``PropertyTag`` 0x0E08, ``Long``), which is computed: the bytes of the items in the folder
+and its subfolders.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from lxml import etree
 
 from engine.act import ACT_CLAIM_FOLDER, ACT_ORG_ID_NAME, ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME
 from simulator.exchange.ews.context import Context, Responses, change_key, parse_shape, store_call
+from simulator.exchange.ews.fields import extended_key as property_key
+from simulator.exchange.ews.fields import keep, revive
 from simulator.exchange.ews.restrictions import compile_restriction
 from simulator.exchange.ews.xml import (
     EwsFault,
@@ -32,56 +38,73 @@ from simulator.exchange.ews.xml import (
 )
 from simulator.exchange.store import Folder
 
-FOLDER_CLASSES = {"calendar": "IPF.Appointment", "contacts": "IPF.Contact", "tasks": "IPF.Task"}
-FOLDER_TAGS = {"IPF.Appointment": "t:CalendarFolder", "IPF.Contact": "t:ContactsFolder", "IPF.Task": "t:TasksFolder"}
+_TAGS = (("IPF.Appointment", "t:CalendarFolder"), ("IPF.Contact", "t:ContactsFolder"), ("IPF.Task", "t:TasksFolder"))
+# the class a folder created as one of these elements gets when the request names none
+CLASS_OF_TAG = {t("Folder"): None, t("CalendarFolder"): "IPF.Appointment", t("ContactsFolder"): "IPF.Contact",
+                t("TasksFolder"): "IPF.Task", t("SearchFolder"): "IPF.Note"}
 DEFAULT_FIELDS = ("folder:FolderId", "folder:DisplayName", "folder:TotalCount", "folder:ChildFolderCount",
                   "folder:UnreadCount")
 ALL_FIELDS = ("folder:FolderId", "folder:ParentFolderId", "folder:FolderClass", "folder:DisplayName",
               "folder:TotalCount", "folder:ChildFolderCount", "folder:EffectiveRights", "folder:UnreadCount")
 _RIGHTS = ("CreateAssociated", "CreateContents", "CreateHierarchy", "Delete", "Modify", "Read", "ViewPrivateItems")
+PERMISSION_SET = "PermissionSet"  # the key a folder's permission set is kept under
+SIZE_KEY = "ext:PropertyTag=3592;PropertyType=Long"  # PR_MESSAGE_SIZE: computed, never kept
 
 
-def folder_class(folder: Folder) -> str:
-    return FOLDER_CLASSES.get(folder.distinguished or "", "IPF.Note")
+def folder_class(folder: Folder) -> str | None:
+    return folder.folder_class
+
+
+def folder_tag(folder: Folder) -> str:
+    """The element a folder is answered as: t:CalendarFolder for IPF.Appointment[.*], ..."""
+    cls = folder.folder_class or ""
+    for prefix, tag in _TAGS:
+        if cls == prefix or cls.startswith(prefix + "."):
+            return tag
+    return "t:Folder"
 
 
 def folder_id_element(folder: Folder, tag: str = "t:FolderId") -> etree._Element:
-    return el(tag, {"Id": folder.folder_id, "ChangeKey": change_key(folder.folder_id)})
+    return el(tag, {"Id": folder.folder_id, "ChangeKey": change_key(folder.folder_id, folder.version)})
 
 
 def _children(ctx: Context, folder: Folder) -> list[Folder]:
     return [f for f in ctx.need_mailbox().folders.values() if f.parent_id == folder.folder_id]
 
 
-# -- the extended properties the simulator keeps: (property set id, name) -> (type, field key) --
+# -- extended properties: the organization claim (the store's), the size (computed), the rest kept --
 ORG_ID_KEY = "x:" + ACT_ORG_ID_NAME
 STAMPED_ON_KEY = "x:" + ACT_STAMPED_ON_NAME
-EXTENDED = {
+CLAIM = {
     (ACT_PROPERTY_SET_ID, ACT_ORG_ID_NAME): ("String", ORG_ID_KEY),
     (ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME): ("SystemTime", STAMPED_ON_KEY),
 }
-_EXTENDED_BY_KEY = {key: (set_id, name, ptype) for (set_id, name), (ptype, key) in EXTENDED.items()}
+_CLAIM_BY_KEY = {key: (set_id, name, ptype) for (set_id, name), (ptype, key) in CLAIM.items()}
+
+
+def extended_key(uri: etree._Element, error=ResponseError) -> str:
+    """The key of the folder property an ``ExtendedFieldURI`` names: one of the claim's two (their type
+    checked), else the generic key under which folders keep extended properties."""
+    set_id = (uri.get("PropertySetId") or "").strip().lower()
+    name = uri.get("PropertyName")
+    claim = CLAIM.get((set_id, name)) if set_id and name and uri.get("PropertyTag") is None else None
+    if claim is None:
+        try:
+            return property_key(uri)
+        except ResponseError as exc:
+            raise error(exc.code, exc.message) from None
+    ptype, key = claim
+    if uri.get("PropertyType") != ptype:
+        raise error("ErrorInvalidPropertyRequest",
+                    f"the extended property {name} has the type {ptype}, not {uri.get('PropertyType')!r}")
+    return key
+
+
 _ATTRS = ("DistinguishedPropertySetId", "PropertySetId", "PropertyTag", "PropertyName", "PropertyId", "PropertyType")
 
 
 def _describe(uri: etree._Element) -> str:
     return "ExtendedFieldURI(" + ", ".join(f"{a}={uri.get(a)!r}" for a in _ATTRS if uri.get(a) is not None) + ")"
-
-
-def extended_key(uri: etree._Element, error=ResponseError) -> str:
-    """The field key of an ``ExtendedFieldURI`` the simulator keeps; ``error`` (a class) otherwise."""
-    set_id = (uri.get("PropertySetId") or "").strip().lower()
-    name = uri.get("PropertyName")
-    known = EXTENDED.get((set_id, name)) if set_id and name and uri.get("PropertyTag") is None else None
-    if known is None:
-        kept = ", ".join(f"{n} in {s}" for s, n in EXTENDED)
-        raise error("ErrorInvalidPropertyRequest",
-                    f"the simulator keeps no extended property {_describe(uri)} on folders; it keeps {kept}")
-    ptype, key = known
-    if uri.get("PropertyType") != ptype:
-        raise error("ErrorInvalidPropertyRequest",
-                    f"the extended property {name} has the type {ptype}, not {uri.get('PropertyType')!r}")
-    return key
 
 
 def asks_act_claim(req: etree._Element) -> bool:
@@ -107,21 +130,28 @@ def folder_fields(shape: etree._Element | None) -> list[str]:
     return fields
 
 
-def _extended_property(key: str, value: str) -> etree._Element:
-    set_id, name, ptype = _EXTENDED_BY_KEY[key]
+def _claim_property(key: str, value: str) -> etree._Element:
+    set_id, name, ptype = _CLAIM_BY_KEY[key]
     return el("t:ExtendedProperty", None, None,
               el("t:ExtendedFieldURI", {"PropertySetId": set_id, "PropertyName": name, "PropertyType": ptype}),
               el("t:Value", None, value))
 
 
+def _size(ctx: Context, folder: Folder) -> int:
+    return sum(item.data.stored_size for f in [folder, *_descendants(ctx, folder)] for item in f.items.values())
+
+
 def folder_element(ctx: Context, folder: Folder, fields: list[str]) -> etree._Element:
-    cls = folder_class(folder)
-    e = el(FOLDER_TAGS.get(cls, "t:Folder"))
+    cls = folder.folder_class
+    e = el(folder_tag(folder))
     wanted = set(fields)
+    kept = folder.kept or {}
     e.append(folder_id_element(folder))
     if "folder:ParentFolderId" in wanted and folder.parent_id:
-        e.append(el("t:ParentFolderId", {"Id": folder.parent_id, "ChangeKey": change_key(folder.parent_id)}))
-    if "folder:FolderClass" in wanted:
+        parent = ctx.need_mailbox().folders.get(folder.parent_id)
+        e.append(el("t:ParentFolderId", {"Id": folder.parent_id,
+                                         "ChangeKey": change_key(folder.parent_id, parent.version if parent else 0)}))
+    if "folder:FolderClass" in wanted and cls:
         sub(e, "t:FolderClass", cls)
     if "folder:DisplayName" in wanted:
         sub(e, "t:DisplayName", folder.name)
@@ -133,18 +163,39 @@ def folder_element(ctx: Context, folder: Folder, fields: list[str]) -> etree._El
         claim = ctx.store.act_org(ctx.need_mailbox().address)
         if claim is not None:  # an unclaimed mailbox has no such properties (none is returned)
             if ORG_ID_KEY in wanted:
-                e.append(_extended_property(ORG_ID_KEY, claim.org_id))
+                e.append(_claim_property(ORG_ID_KEY, claim.org_id))
             if STAMPED_ON_KEY in wanted and claim.stamped_on is not None:
-                e.append(_extended_property(STAMPED_ON_KEY, format_datetime(claim.stamped_on)))
+                e.append(_claim_property(STAMPED_ON_KEY, format_datetime(claim.stamped_on)))
+    for key in fields:
+        if key == SIZE_KEY:
+            e.append(el("t:ExtendedProperty", None, None,
+                        el("t:ExtendedFieldURI", {"PropertyTag": "0xe08", "PropertyType": "Long"}),
+                        el("t:Value", None, str(_size(ctx, folder)))))
+        elif key.startswith("ext:") and key in kept:
+            e.append(revive(kept[key]))
     if "folder:EffectiveRights" in wanted:
         rights = sub(e, "t:EffectiveRights")
         for right in _RIGHTS:
             sub(rights, f"t:{right}", "true")
+    if "folder:PermissionSet" in wanted:
+        e.append(revive(kept[PERMISSION_SET]) if PERMISSION_SET in kept else _default_permissions())
     if "folder:UnreadCount" in wanted:
         sub(e, "t:UnreadCount", str(sum(1 for i in folder.items.values() if not i.is_read)))
     if "folder:DistinguishedFolderId" in wanted and folder.distinguished:
         sub(e, "t:DistinguishedFolderId", folder.distinguished)
     return e
+
+
+def _default_permissions() -> etree._Element:
+    """A new folder's permissions in Exchange Online: the Default and Anonymous users, none."""
+    perms = el("t:PermissionSet")
+    entries = sub(perms, "t:Permissions")
+    for user in ("Default", "Anonymous"):
+        entry = sub(entries, "t:Permission")
+        uid = sub(entry, "t:UserId")
+        sub(uid, "t:DistinguishedUser", user)
+        sub(entry, "t:PermissionLevel", "None")
+    return perms
 
 
 def _folders(*children: etree._Element, tag: str = "m:Folders") -> list[etree._Element]:
@@ -208,6 +259,23 @@ def find_folder(ctx: Context, req: etree._Element) -> etree._Element:
     return out.root
 
 
+def _written_properties(spec: etree._Element) -> dict[str, str]:
+    """The properties a folder element of a request carries that folders keep as written."""
+    kept: dict[str, str] = {}
+    for child in spec:
+        if child.tag == t("PermissionSet"):
+            kept[PERMISSION_SET] = keep(child)
+        elif child.tag == t("ExtendedProperty"):
+            uri = child.find(t("ExtendedFieldURI"))
+            if uri is None:
+                raise ResponseError("ErrorInvalidExtendedProperty", "t:ExtendedProperty needs its t:ExtendedFieldURI")
+            key = extended_key(uri)
+            if not key.startswith("ext:") or key == SIZE_KEY:
+                raise ResponseError("ErrorInvalidPropertySet", f"{_describe(uri)} cannot be written on a new folder")
+            kept[key] = keep(child)
+    return kept
+
+
 def create_folder(ctx: Context, req: etree._Element) -> etree._Element:
     parent = ctx.only_folder(req.find(m("ParentFolderId")), "CreateFolder ParentFolderId")
     out = Responses("CreateFolder")
@@ -215,11 +283,20 @@ def create_folder(ctx: Context, req: etree._Element) -> etree._Element:
     for spec in (container if container is not None else ()):
         if not isinstance(spec.tag, str):
             continue
-        name = spec.findtext(t("DisplayName")) or ""
 
-        def one(name: str = name, tag: str = spec.tag) -> list[etree._Element]:
-            folder = store_call(ctx.store.create_folder, ctx.need_mailbox().address, parent.folder_id, name)
-            return _folders(el(tag, None, None, folder_id_element(folder)))
+        def one(spec: etree._Element = spec) -> list[etree._Element]:
+            if spec.tag not in CLASS_OF_TAG:
+                raise ResponseError("ErrorInvalidFolderTypeForOperation",
+                                    f"{etree.QName(spec).localname} is not a folder type CreateFolder makes")
+            name = spec.findtext(t("DisplayName")) or ""
+            cls = (spec.findtext(t("FolderClass")) or "").strip() or CLASS_OF_TAG[spec.tag]
+            kept = _written_properties(spec)
+            address = ctx.need_mailbox().address
+            with ctx.store.operation():
+                folder = store_call(ctx.store.create_folder, address, parent.folder_id, name, cls)
+                if kept:
+                    folder = store_call(ctx.store.set_folder_properties, address, folder.folder_id, kept)
+            return _folders(el(folder_tag(folder), None, None, folder_id_element(folder)))
 
         out.run(one)
     return out.root
@@ -257,41 +334,73 @@ def _apply_folder_change(ctx: Context, change: etree._Element) -> list[etree._El
     ref = next((c for c in change if c.tag in (t("FolderId"), t("DistinguishedFolderId"))), None)
     if ref is None:
         raise ResponseError("ErrorInvalidIdMalformed", "FolderChange needs a t:FolderId or t:DistinguishedFolderId")
-    folder = ctx.folder(ref)
+    try:
+        folder = ctx.folder(ref)
+    except ResponseError as exc:  # a deleted folder's id: Exchange answers as for an item it cannot find
+        if exc.code == "ErrorFolderNotFound" and ref.tag == t("FolderId"):
+            raise ResponseError("ErrorItemNotFound", exc.message) from None
+        raise
     address = ctx.need_mailbox().address
     org_id: object = _UNSET
     stamped_on: object = _UNSET
+    name: str | None = None
+    kept: dict[str, str] = {}
     updates = change.find(t("Updates"))
     for upd in (updates if updates is not None else ()):
         if not isinstance(upd.tag, str):
             continue
         kind = etree.QName(upd).localname
+        if kind not in ("SetFolderField", "DeleteFolderField"):
+            raise ResponseError("ErrorInvalidPropertySet", f"{kind} is not a folder update (SetFolderField, "
+                                                           "DeleteFolderField)")
         path = next((c for c in upd if c.tag in _PATHS), None)
-        if path is not None and path.tag == t("FieldURI") and path.get("FieldURI") == "folder:DisplayName":
-            holder = next((c for c in upd if isinstance(c.tag, str) and c.tag not in _PATHS), None)
-            name = holder.findtext(t("DisplayName")) if holder is not None else None
-            if kind != "SetFolderField" or name is None:
-                raise ResponseError("ErrorInvalidPropertySet" if kind == "SetFolderField" else "ErrorInvalidPropertyDelete",
-                                    "a folder's DisplayName can only be set, to a non-empty name")
-            if folder.distinguished:
-                raise ResponseError("ErrorInvalidPropertySet",
-                                    f"folder:DisplayName of the distinguished folder {folder.name!r} cannot be changed")
-            store_call(ctx.store.rename_folder, address, folder.folder_id, name)
-            continue
-        if path is not None and path.tag == t("FieldURI"):
+        holder = next((c for c in upd if isinstance(c.tag, str) and c.tag not in _PATHS), None)
+        if path is None:
+            raise ResponseError("ErrorInvalidPropertySet", f"{kind} needs a t:FieldURI or t:ExtendedFieldURI")
+        if path.tag == t("FieldURI"):
             uri = path.get("FieldURI")
-            holder = next((c for c in upd if isinstance(c.tag, str) and c.tag not in _PATHS), None)
-            if uri == "folder:PermissionSet" and kind == "DeleteFolderField":
-                continue  # the simulator keeps no permissions: there is nothing to remove
-            if (uri == "folder:FolderClass" and kind == "SetFolderField" and holder is not None
-                    and (holder.findtext(t("FolderClass")) or "").strip() == folder_class(folder)):
-                continue  # unchanged
-        if path is None or path.tag != t("ExtendedFieldURI"):
-            name = path.get("FieldURI") if path is not None else "?"
-            raise ResponseError("ErrorInvalidPropertySet",
-                                f"the simulator can only set the display name and the extended properties "
-                                f"{ACT_ORG_ID_NAME} and {ACT_STAMPED_ON_NAME} with UpdateFolder, not {name}")
+            if uri == "folder:DisplayName":
+                name = holder.findtext(t("DisplayName")) if holder is not None else None
+                if kind != "SetFolderField" or name is None:
+                    raise ResponseError("ErrorInvalidPropertySet" if kind == "SetFolderField"
+                                        else "ErrorInvalidPropertyDelete",
+                                        "a folder's DisplayName can only be set, to a non-empty name")
+                if folder.distinguished or folder.system:
+                    raise ResponseError("ErrorInvalidPropertySet",
+                                        f"folder:DisplayName of the mailbox's own folder {folder.name!r} cannot be "
+                                        "changed")
+            elif uri == "folder:FolderClass":
+                given = (holder.findtext(t("FolderClass")) or "").strip() if holder is not None else ""
+                if kind != "SetFolderField" or given != (folder.folder_class or ""):
+                    raise ResponseError("ErrorObjectTypeChanged",
+                                        f"the class of folder {folder.name!r} is {folder.folder_class!r}: a folder's "
+                                        "FolderClass cannot be changed")
+            elif uri == "folder:PermissionSet":
+                perms = holder.find(t("PermissionSet")) if holder is not None else None
+                if kind == "SetFolderField" and perms is None:
+                    raise ResponseError("ErrorInvalidPropertySet", "SetFolderField of folder:PermissionSet needs "
+                                                                   "a t:PermissionSet")
+                kept[PERMISSION_SET] = keep(perms) if kind == "SetFolderField" else ""
+            else:
+                raise ResponseError("ErrorInvalidPropertySet",
+                                    f"{uri} cannot be changed with UpdateFolder: DisplayName, PermissionSet and "
+                                    "extended properties can")
+            continue
+        if path.tag != t("ExtendedFieldURI"):
+            raise ResponseError("ErrorInvalidPropertySet", "folders have no indexed properties")
         key = extended_key(path)
+        if key == SIZE_KEY:
+            raise ResponseError("ErrorInvalidPropertySet", "the size of a folder is computed: it cannot be written")
+        if key.startswith("ext:"):
+            if kind == "SetFolderField":
+                prop = holder.find(t("ExtendedProperty")) if holder is not None else None
+                if prop is None:
+                    raise ResponseError("ErrorInvalidPropertySet",
+                                        "SetFolderField of an extended property needs a t:ExtendedProperty")
+                kept[key] = keep(prop)
+            else:
+                kept[key] = ""
+            continue
         if folder.distinguished != ACT_CLAIM_FOLDER:
             raise ResponseError("ErrorInvalidPropertySet",
                                 f"the simulator keeps {key[2:]} on the {ACT_CLAIM_FOLDER} folder only, "
@@ -302,26 +411,28 @@ def _apply_folder_change(ctx: Context, change: etree._Element) -> list[etree._El
                 org_id = text
             else:
                 stamped_on = parse_datetime(text)
-        elif kind == "DeleteFolderField":
+        else:
             if key == STAMPED_ON_KEY:
                 raise ResponseError("ErrorInvalidPropertySet",
                                     f"{ACT_STAMPED_ON_NAME} cannot be removed alone: remove {ACT_ORG_ID_NAME} "
                                     "to remove the claim")
             org_id = None
-        else:
-            raise ResponseError("ErrorInvalidPropertySet", f"{kind} is not an update of an extended property")
-    if org_id is None:
-        store_call(ctx.store.clear_act_org, address)
-    elif org_id is not _UNSET or stamped_on is not _UNSET:
-        if org_id is _UNSET:  # only the time: the claim must exist
-            claim = store_call(ctx.store.act_org, address)
-            if claim is None:
-                raise ResponseError("ErrorInvalidPropertySet",
-                                    f"{ACT_STAMPED_ON_NAME} needs {ACT_ORG_ID_NAME}: the mailbox is not claimed")
-            org_id = claim.org_id
-        store_call(ctx.store.stamp_act_org, address, org_id, None if stamped_on is _UNSET else stamped_on)
-    tag = FOLDER_TAGS.get(folder_class(folder), "t:Folder")
-    return _folders(el(tag, None, None, folder_id_element(folder)))
+    if org_id is _UNSET and stamped_on is not _UNSET:  # only the time: the claim must exist
+        claim = store_call(ctx.store.act_org, address)
+        if claim is None:
+            raise ResponseError("ErrorInvalidPropertySet",
+                                f"{ACT_STAMPED_ON_NAME} needs {ACT_ORG_ID_NAME}: the mailbox is not claimed")
+        org_id = claim.org_id
+    with ctx.store.operation():  # every change of the request, or (a refusal above) none
+        if name is not None:
+            store_call(ctx.store.rename_folder, address, folder.folder_id, name)
+        if kept:
+            store_call(ctx.store.set_folder_properties, address, folder.folder_id, kept)
+        if org_id is None:
+            store_call(ctx.store.clear_act_org, address)
+        elif org_id is not _UNSET:
+            store_call(ctx.store.stamp_act_org, address, org_id, None if stamped_on is _UNSET else stamped_on)
+    return _folders(el(folder_tag(folder), None, None, folder_id_element(folder)))
 
 
 def update_folder(ctx: Context, req: etree._Element) -> etree._Element:
@@ -337,20 +448,24 @@ def update_folder(ctx: Context, req: etree._Element) -> etree._Element:
     return out.root
 
 
-# -- SyncFolderHierarchy: the state is the set of folder ids the client has seen ----------
-def _encode_hierarchy_state(folder_ids: list[str]) -> str:
-    raw = "\n".join(sorted(folder_ids)).encode()
-    return "H1" + base64.b64encode(zlib.compress(raw)).decode()
+# -- SyncFolderHierarchy: the state is the folders the client has seen, each with its version --------
+def _encode_hierarchy_state(seen: dict[str, int]) -> str:
+    raw = "\n".join(f"{folder_id} {version}" for folder_id, version in sorted(seen.items())).encode()
+    return "H2" + base64.b64encode(zlib.compress(raw)).decode()
 
 
-def _decode_hierarchy_state(state: str) -> set[str]:
-    if not state.startswith("H1"):
+def _decode_hierarchy_state(state: str) -> dict[str, int]:
+    if state[:2] not in ("H1", "H2"):
         raise ResponseError("ErrorInvalidSyncStateData", "the SyncState was not issued by SyncFolderHierarchy")
     try:
-        raw = zlib.decompress(base64.b64decode(state[2:], validate=True), bufsize=1 << 16)
-    except (ValueError, zlib.error):
+        raw = zlib.decompress(base64.b64decode(state[2:], validate=True), bufsize=1 << 16).decode()
+        seen: dict[str, int] = {}
+        for line in raw.split("\n") if raw else ():
+            folder_id, _, version = line.partition(" ")
+            seen[folder_id] = int(version) if version else -1  # (H1 states kept no versions)
+    except (ValueError, zlib.error, UnicodeError):
         raise ResponseError("ErrorInvalidSyncStateData", "the SyncState is corrupt") from None
-    return set(raw.decode().split("\n")) if raw else set()
+    return seen
 
 
 def sync_folder_hierarchy(ctx: Context, req: etree._Element) -> etree._Element:
@@ -362,17 +477,20 @@ def sync_folder_hierarchy(ctx: Context, req: etree._Element) -> etree._Element:
         refs = ctx.folder_refs(req.find(m("SyncFolderId")))
         top = ctx.folder(refs[0]) if refs else mbx.folders[mbx.root_id]
         state = (req.findtext(m("SyncState")) or "").strip()
-        seen = _decode_hierarchy_state(state) if state else set()
+        seen = _decode_hierarchy_state(state) if state else {}
         current = _descendants(ctx, top)
-        current_ids = {f.folder_id for f in current}
         changes = el("m:Changes")
         for f in current:
             if f.folder_id not in seen:
                 changes.append(el("t:Create", None, None, folder_element(ctx, f, fields)))
-        for folder_id in sorted(seen - current_ids):
+            elif seen[f.folder_id] not in (f.version, -1):
+                changes.append(el("t:Update", None, None, folder_element(ctx, f, fields)))
+        gone = set(seen) - {f.folder_id for f in current}
+        for folder_id in sorted(gone):
             changes.append(el("t:Delete", None, None, el("t:FolderId", {"Id": folder_id,
                                                                           "ChangeKey": change_key(folder_id)})))
-        return [el("m:SyncState", None, _encode_hierarchy_state(sorted(current_ids))),
+        now = {f.folder_id: f.version for f in current}
+        return [el("m:SyncState", None, _encode_hierarchy_state(now)),
                 el("m:IncludesLastFolderInRange", None, "true"), changes]
 
     out.run(one)

@@ -49,8 +49,11 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
         def one(r: etree._Element = ref) -> list:
             item = ctx.item(r)
             trash = mbx.distinguished["deleteditems"]
+            recoverable = mbx.distinguished.get("recoverableitemsdeletions")
             if delete_type == "MoveToDeletedItems" and item.folder_id != trash:
                 store_call(ctx.store.move, mbx.address, item.item_id, trash)
+            elif delete_type == "SoftDelete" and recoverable is not None and item.folder_id != recoverable:
+                store_call(ctx.store.move, mbx.address, item.item_id, recoverable)  # kept in Recoverable Items
             else:
                 store_call(ctx.store.delete, mbx.address, item.item_id)
             return []

@@ -130,7 +130,7 @@ RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
     "item:Body": lambda v: el("t:Body", {"BodyType": "Text"}, v.item.data.body),
     "item:TextBody": lambda v: el("t:TextBody", {"BodyType": "Text"}, v.item.data.body),
     "item:DateTimeReceived": _text("t:DateTimeReceived", lambda v: format_datetime(v.item.received)),
-    "item:Size": _text("t:Size", lambda v: v.item.data.size),
+    "item:Size": _text("t:Size", lambda v: v.item.data.stored_size),
     "item:Categories": _categories,
     "item:Importance": _text("t:Importance", lambda v: "Normal"),
     "item:InReplyTo": _text("t:InReplyTo", lambda v: bracket(v.item.data.in_reply_to)),

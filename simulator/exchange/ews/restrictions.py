@@ -40,7 +40,7 @@ ITEM_FIELDS: dict[str, tuple[Callable[[Item], Any], str]] = {
     "item:DateTimeReceived": (lambda i: i.received, "datetime"),
     "item:DateTimeCreated": (lambda i: i.received, "datetime"),
     "item:DateTimeSent": (lambda i: i.data.date or i.received, "datetime"),
-    "item:Size": (lambda i: i.data.size, "int"),
+    "item:Size": (lambda i: i.data.stored_size, "int"),
     "item:Categories": (lambda i: i.categories, "list"),
     "item:ItemClass": (lambda i: i.item_class, "str"),
     "item:Body": (lambda i: i.data.body, "str"),
@@ -57,8 +57,8 @@ ITEM_FIELDS: dict[str, tuple[Callable[[Item], Any], str]] = {
 FOLDER_FIELDS: dict[str, tuple[Callable[[Folder], Any], str]] = {
     "folder:DisplayName": (lambda f: f.name, "str"),
     "folder:TotalCount": (lambda f: len(f.items), "int"),
-    "folder:FolderClass": (lambda f: {"calendar": "IPF.Appointment", "contacts": "IPF.Contact",
-                                      "tasks": "IPF.Task"}.get(f.distinguished or "", "IPF.Note"), "str"),
+    "folder:FolderClass": (lambda f: f.folder_class, "str"),
+    "folder:UnreadCount": (lambda f: sum(1 for i in f.items.values() if not i.is_read), "int"),
 }
 _COMPARE = {
     "IsEqualTo": operator.eq, "IsNotEqualTo": operator.ne, "IsGreaterThan": operator.gt,

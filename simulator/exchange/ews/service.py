@@ -198,6 +198,7 @@ class EwsService:
             if mailbox is None:
                 raise EwsFault("ErrorNonExistentMailbox", f"The SMTP address {address!r} has no mailbox associated "
                                                           "with it.")
+            mailbox.full_tree()  # a client sees every folder of the mailbox
         ctx = Context(self.store, address, mailbox, self.clock.now(), operation)
         if address is None:
             return self._answer(handler(ctx, req))
