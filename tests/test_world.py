@@ -271,7 +271,7 @@ def test_the_uninterrupted_scenario_does_what_it_is_for(scenario):
         "Offer CRM:0000002", "Quote CRM:0000001"]
     assert sorted((r[0], r[2]) for r in expected["item rows"]) == [
         (ALICE, "MalformedMessage"), (BOB, "NoCorrelationMatch"), (SUPPORT, "Duplicate")]
-    assert len(expected["exchange"][ALICE]["Top of Information Store/Inbox/Undeliverable"]) == 1
+    assert len(expected["exchange"][ALICE]["root/Top of Information Store/Inbox/Undeliverable"]) == 1
     assert [o[2] for o in expected["outbound"]] == ["Offer CRM:0000002", "Quote CRM:0000001"]
     assert scenario.writes > 50
 

@@ -207,7 +207,7 @@ class Item:
             references=d.references,
             thread_index=d.thread_index,
             body=d.body,
-            size=d.size,
+            size=d.stored_size,
             date=d.date,
             categories=tuple(self.categories),
             parse_error=d.parse_error,
