@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from simulator.exchange.ews import calendar
 from simulator.exchange.ews.context import Context, Responses, store_call
 from simulator.exchange.ews.create_item import DISPOSITIONS, addresses_in, send_draft
 from simulator.exchange.ews.fields import (
@@ -49,7 +50,9 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
         def one(r: etree._Element = ref) -> list:
             item = ctx.item(r)
             trash = mbx.distinguished["deleteditems"]
-            if delete_type == "MoveToDeletedItems" and item.folder_id != trash:
+            if calendar.is_occurrence(item):  # the series keeps it as a deleted occurrence
+                calendar.delete_occurrence(ctx, item)
+            elif delete_type == "MoveToDeletedItems" and item.folder_id != trash:
                 store_call(ctx.store.move, mbx.address, item.item_id, trash)
             else:
                 store_call(ctx.store.delete, mbx.address, item.item_id)
@@ -148,7 +151,8 @@ def _change(changes: _Changes, kind: str, path: etree._Element, value: etree._El
 
 
 def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Element]:
-    ref = next((c for c in item_change if c.tag in (t("ItemId"), t("OccurrenceItemId"))), None)
+    ref = next((c for c in item_change if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))),
+               None)
     if ref is None:
         raise ResponseError("ErrorInvalidIdMalformed", "ItemChange needs a t:ItemId")
     item = ctx.item(ref)
@@ -164,6 +168,11 @@ def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Ele
         if path is None:
             raise ResponseError("ErrorInvalidPropertySet", f"t:{kind} names no property (t:FieldURI)")
         _change(changes, kind, path, _value_element(change))
+    if calendar.is_occurrence(item):  # the occurrence becomes an exception of its series
+        updated = calendar.update_occurrence(ctx, item, changes.kept, changes.subject, changes.body)
+        return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
+                el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
+    changes.kept.update(calendar.normalized(item.data.item_type, changes.kept, item.data.kept))
     updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=changes.categories,
                         is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept,
                         addresses=changes.addresses)
