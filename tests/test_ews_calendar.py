@@ -199,3 +199,47 @@ def test_cancelling_a_meeting_tells_the_attendees_and_removes_it(acc, server):
     bob = server.store.mailbox(BOB)
     notices = [i.data for i in bob.folders[bob.distinguished["inbox"]].items.values()]
     assert [(n.subject, n.item_class) for n in notices] == [("Canceled: Review", "IPM.Schedule.Meeting.Canceled")]
+
+
+def test_a_recurrence_that_ends_before_it_starts_is_refused(acc):
+    from exchangelib.errors import ErrorCalendarInvalidRecurrence
+
+    day = datetime.date(2026, 3, 2)
+    item = CalendarItem(account=acc, folder=acc.calendar, subject="Never", start=_at(2, 9), end=_at(2, 10),
+                        recurrence=Recurrence(pattern=DailyPattern(interval=1), start=day,
+                                              end=day - datetime.timedelta(days=1)))
+    with pytest.raises(ErrorCalendarInvalidRecurrence):
+        item.save()
+    assert list(acc.calendar.all()) == []
+
+
+def test_a_recurring_task_moves_on_when_an_occurrence_is_done(acc, server):
+    from exchangelib import Task
+    from exchangelib.recurrence import DailyRegeneration, TaskRecurrence
+
+    task = Task(account=acc, folder=acc.tasks, subject="Water the plants",
+                recurrence=TaskRecurrence(pattern=DailyPattern(interval=2), start=datetime.date(2026, 3, 2), number=3))
+    task.save()
+    task.refresh()
+    assert (task.is_recurring, task.change_count, task.due_date) == (True, 1, datetime.date(2026, 3, 2))
+    master_id = task.id
+    task.status = "Completed"
+    done = task.save()  # the answer names the occurrence that was done, a one-off task of its own
+    assert done.id != master_id
+    done.refresh()
+    assert (done.is_recurring, done.status) == (False, "Completed")
+    master = acc.tasks.get(id=master_id)
+    assert (master.status, master.due_date, master.change_count) == ("NotStarted", datetime.date(2026, 3, 4), 2)
+    assert master.recurrence.boundary.number == 2
+    assert sorted(t.subject for t in acc.tasks.all()) == ["Water the plants", "Water the plants"]
+    # a regenerating task is next due an interval after the day it was completed (the server's clock)
+    chore = Task(account=acc, folder=acc.tasks, subject="Backup",
+                 recurrence=TaskRecurrence(pattern=DailyRegeneration(interval=3), start=datetime.date(2026, 3, 2),
+                                           number=5))
+    chore.save()
+    chore.recurrence.boundary.start = datetime.date(2026, 3, 3)  # new dates alone: an ordinary update
+    assert chore.save().id == chore.id
+    chore.status = "Completed"
+    chore.save()
+    moved = next(t for t in acc.tasks.filter(subject="Backup") if t.status == "NotStarted")
+    assert moved.due_date == server.clock.now().date() + datetime.timedelta(days=3)

@@ -65,6 +65,9 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December")
 PATTERNS = ("DailyRecurrence", "WeeklyRecurrence", "AbsoluteMonthlyRecurrence", "RelativeMonthlyRecurrence",
             "AbsoluteYearlyRecurrence", "RelativeYearlyRecurrence")
+# A task can also regenerate: its next occurrence is due an interval after the last one was completed.
+REGENERATIONS = {"DailyRegeneration": "days", "WeeklyRegeneration": "weeks", "MonthlyRegeneration": "months",
+                 "YearlyRegeneration": "years"}
 BOUNDARIES = ("NoEndRecurrence", "EndDateRecurrence", "NumberedRecurrence")
 LAST_YEAR = 4500  # a series without an end is not expanded past this year
 _OCCURRENCE_TAG = "OCC:"
@@ -192,13 +195,16 @@ def parse_series(text: str) -> Series:
     """The series a kept ``t:Recurrence`` describes; a malformed one is refused
     (ErrorCalendarInvalidRecurrence)."""
     node = revive(text)
-    pattern = next((c for c in node if isinstance(c.tag, str) and etree.QName(c).localname in PATTERNS), None)
+    pattern = next((c for c in node if isinstance(c.tag, str) and (etree.QName(c).localname in PATTERNS
+                                                                   or etree.QName(c).localname in REGENERATIONS)), None)
     boundary = next((c for c in node if isinstance(c.tag, str) and etree.QName(c).localname in BOUNDARIES), None)
     if pattern is None or boundary is None:
         raise _invalid(f"it needs one pattern ({', '.join(PATTERNS)}) and one boundary ({', '.join(BOUNDARIES)})")
     kind = etree.QName(pattern).localname
     interval, weekdays, day_spec, week_index, day_of_month, month, first_day = 1, (), (), 0, 0, 0, 0
     if kind in ("DailyRecurrence", "WeeklyRecurrence", "AbsoluteMonthlyRecurrence", "RelativeMonthlyRecurrence"):
+        interval = _number(pattern, "Interval", 1, 999)
+    if kind in REGENERATIONS:
         interval = _number(pattern, "Interval", 1, 999)
     if kind == "WeeklyRecurrence":
         names = (_child_text(pattern, "DaysOfWeek") or "").split()
@@ -240,7 +246,12 @@ def _months(start: date, step: int) -> Iterator[tuple[int, int]]:
 
 def _pattern_days(s: Series) -> Iterator[date]:
     """The days of the pattern from the month (week) of its start on, in order (some before it)."""
-    if s.kind == "DailyRecurrence":
+    if s.kind in REGENERATIONS:  # planned from its start; later ones follow completions (regenerate)
+        day = s.start
+        while day.year <= LAST_YEAR:
+            yield day
+            day = _after(day, s)
+    elif s.kind == "DailyRecurrence":
         day, step = s.start, timedelta(days=s.interval)
         while day.year <= LAST_YEAR:
             yield day
@@ -264,6 +275,16 @@ def _pattern_days(s: Series) -> Iterator[date]:
                 yield date(year, s.month, min(s.day_of_month, monthrange(year, s.month)[1]))
             else:
                 yield _nth(year, s.month, s.day_spec, s.week_index)
+
+
+def _after(day: date, s: Series) -> date:
+    """The day a regenerating task is next due when an occurrence is completed on ``day``."""
+    unit = REGENERATIONS[s.kind]
+    if unit in ("days", "weeks"):
+        return day + timedelta(days=s.interval * (7 if unit == "weeks" else 1))
+    months = s.interval * (12 if unit == "years" else 1)
+    year, month = day.year + (day.month - 1 + months) // 12, (day.month - 1 + months) % 12 + 1
+    return date(year, month, min(day.day, monthrange(year, month)[1]))
 
 
 def series_days(s: Series, until: date | None = None) -> Iterator[date]:
@@ -531,6 +552,8 @@ def _dated(text: str, zone: tzinfo) -> str:
 def normalized(item_type: str, changed: dict[str, str], current: dict[str, str] | None = None) -> dict[str, str]:
     """The kept properties Exchange rewrites when a calendar item is created (``changed`` is all of
     them) or updated (``changed`` on top of ``current``): the changed entries to store besides."""
+    if item_type == "Task":
+        return _task_normalized(changed, current or {})
     if item_type != "CalendarItem":
         return {}
     current = current or {}
@@ -547,13 +570,7 @@ def normalized(item_type: str, changed: dict[str, str], current: dict[str, str] 
     if recurrence:
         series = parse_series(recurrence)
         zone = zone_of(merged)
-        node = revive(recurrence)
-        for boundary in node:
-            for name in ("StartDate", "EndDate"):
-                found = boundary.find(t(name)) if isinstance(boundary.tag, str) else None
-                if found is not None and found.text:
-                    found.text = _dated(found.text, zone)
-        out["Recurrence"] = keep(node)
+        out["Recurrence"] = _redated(recurrence, zone)
         first = next(series_days(series), None)
         if first is None:
             raise ResponseError("ErrorRecurrenceHasNoOccurrence", "the recurrence has no occurrence")
@@ -566,6 +583,101 @@ def normalized(item_type: str, changed: dict[str, str], current: dict[str, str] 
     if current.get(KEY) and (pattern_changed or not recurrence):
         out[KEY] = ""  # a new pattern (or none): the exceptions of the old one are gone
     return out
+
+
+def _redated(recurrence: str, zone: tzinfo, count_change: int = 0) -> str:
+    """A recurrence with its boundary dates written as Exchange answers them (and its number of
+    occurrences changed by ``count_change``)."""
+    node = revive(recurrence)
+    for boundary in node:
+        if not isinstance(boundary.tag, str):
+            continue
+        for name in ("StartDate", "EndDate"):
+            found = boundary.find(t(name))
+            if found is not None and found.text:
+                found.text = _dated(found.text, zone)
+        number = boundary.find(t("NumberOfOccurrences"))
+        if number is not None and count_change:
+            number.text = str(int(number.text) + count_change)
+    return keep(node)
+
+
+def _task_normalized(changed: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """A recurring task: its recurrence dates in UTC, and (when it has none yet) a start and due date
+    on its first occurrence."""
+    merged = {**current, **changed}
+    recurrence = merged.get("Recurrence")
+    if not recurrence or "Recurrence" not in changed:
+        return {}
+    series = parse_series(recurrence)
+    out = {"Recurrence": _redated(recurrence, UTC)}
+    first = datetime.combine(series.start, time(), tzinfo=UTC)
+    for key in ("StartDate", "DueDate"):
+        if not merged.get(key):
+            out[key] = _time_prop(key, first)
+    return out
+
+
+def _day_of(kept: dict[str, str], key: str) -> date | None:
+    """The day a task's date property names (the local day as written, whatever its offset)."""
+    value = kept_text(kept, key)
+    try:
+        return date.fromisoformat(value[:10]) if value else None
+    except ValueError:
+        return None
+
+
+def regenerate(ctx, task: Item, kept: dict[str, str], subject: str | None, body: str | None,
+               categories: list[str] | None) -> Item | None:
+    """What Exchange does when a recurring task is updated so that its current occurrence is done:
+    marked Completed, or (a task that does not regenerate) given other recurrence dates. That
+    occurrence goes on as a one-off task of its own (the answer names it), and the recurring task
+    moves on to its next occurrence, one fewer left, not started, its ChangeCount one more. None
+    when the update is an ordinary one (or the series has no next occurrence)."""
+    old = task.data.kept
+    if task.data.item_type != "Task" or not old.get("Recurrence"):
+        return None
+    new = {**old, **kept}
+    if not new.get("Recurrence"):
+        return None
+    try:
+        before, after = parse_series(old["Recurrence"]), parse_series(new["Recurrence"])
+    except ResponseError:
+        return None
+    regenerating = before.kind in REGENERATIONS
+    completed = kept_text(new, "Status") == "Completed" and kept_text(old, "Status") != "Completed"
+    redated = not regenerating and (before.start, before.end) != (after.start, after.end)
+    if not (completed or redated):
+        return None
+    current = _day_of(new, "DueDate") or _day_of(old, "DueDate") or before.start
+    if regenerating:
+        following: date | None = _after(ctx.now.astimezone(UTC).date(), after)
+    else:
+        # the next one as planned before this update (new dates count from the one after it)
+        following = next((d for d in series_days(before) if d > current), None)
+    if following is None or (after.count is not None and after.count <= 1):
+        return None  # the last occurrence: the task itself is what is done
+    address = ctx.need_mailbox().address
+    one_off = {k: v for k, v in new.items() if k not in ("Recurrence", "ChangeCount", KEY)}
+    if not completed:  # it keeps the day it was planned on
+        for key in ("StartDate", "DueDate"):
+            one_off[key] = _time_prop(key, datetime.combine(current, time(), tzinfo=UTC))
+    data = dataclasses.replace(task.data, kept=one_off, subject=task.data.subject if subject is None else subject,
+                               body=task.data.body if body is None else body)
+    done = store_call(ctx.store.save, address, task.folder_id, data,
+                      categories=list(task.categories) if categories is None else categories, is_read=task.is_read)
+    due = datetime.combine(following, time(), tzinfo=UTC)
+    moved_on = {k: v for k, v in kept.items() if k not in ("Status", "PercentComplete", "CompleteDate")}
+    moved_on.update({
+        "Recurrence": _redated(new["Recurrence"], UTC, -1 if after.count is not None else 0),
+        "StartDate": _time_prop("StartDate", due), "DueDate": _time_prop("DueDate", due),
+        "Status": keep(prop("Status", "NotStarted")), "PercentComplete": keep(prop("PercentComplete", "0")),
+        "CompleteDate": "",
+        "ChangeCount": keep(prop("ChangeCount", str(int(kept_text(old, "ChangeCount") or 1) + 1))),
+    })
+    store_call(ctx.store.update, address, task.item_id, subject=subject, body=body, categories=categories,
+               kept=moved_on)
+    return done
 
 
 def _pattern_text(text: str | None) -> str | None:
@@ -647,6 +759,8 @@ RENDERERS = {
     "calendar:MyResponseType": lambda v: el("t:MyResponseType", None, "Organizer"),
     "calendar:Organizer": lambda v: el("t:Organizer", None, None, mailbox_element("t:Mailbox", v.owner, local=True)),
     "calendar:UID": lambda v: el("t:UID", None, uid_of(v.item)),
+    "task:IsRecurring": _flag("t:IsRecurring", lambda v: bool(v.item.data.kept.get("Recurrence"))),
+    "task:ChangeCount": lambda v: el("t:ChangeCount", None, "1"),  # until the task regenerates (kept then)
     "calendar:FirstOccurrence": _first,
     "calendar:LastOccurrence": _last,
     "calendar:ModifiedOccurrences": _modified,

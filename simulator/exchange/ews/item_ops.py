@@ -173,6 +173,10 @@ def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Ele
         return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
                 el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
     changes.kept.update(calendar.normalized(item.data.item_type, changes.kept, item.data.kept))
+    one_off = calendar.regenerate(ctx, item, changes.kept, changes.subject, changes.body, changes.categories)
+    if one_off is not None:  # a recurring task moved on: the answer names the occurrence that was done
+        return [el("m:Items", None, None, item_id_only(one_off.item_id, one_off.version, one_off.data.item_type)),
+                el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
     updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=changes.categories,
                         is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept,
                         addresses=changes.addresses)

@@ -181,7 +181,7 @@ class Wanted:
 
 
 RENDERERS.update(calendar.RENDERERS)  # what Exchange computes for calendar items
-_OWN_PREFIX = {"message:": "Message", "calendar:": "CalendarItem"}  # renderers of one item type only
+_OWN_PREFIX = {"message:": "Message", "calendar:": "CalendarItem", "task:": "Task"}  # renderers of one item type only
 
 
 def _serves(uri: str, item_type: str) -> bool:
