@@ -243,3 +243,19 @@ def test_a_recurring_task_moves_on_when_an_occurrence_is_done(acc, server):
     chore.save()
     moved = next(t for t in acc.tasks.filter(subject="Backup") if t.status == "NotStarted")
     assert moved.due_date == server.clock.now().date() + datetime.timedelta(days=3)
+
+
+def test_one_occurrence_of_a_meeting_is_cancelled_and_an_occurrence_does_not_move_alone(acc, server):
+    from exchangelib.errors import ErrorCalendarCannotMoveOrCopyOccurrence
+
+    master = _series(acc, required_attendees=[Attendee(mailbox=Mailbox(email_address=BOB), response_type="Unknown")])
+    second = master.occurrence(index=2)
+    second.refresh()
+    with pytest.raises(ErrorCalendarCannotMoveOrCopyOccurrence):
+        second.move(acc.drafts)
+    second.cancel()
+    master.refresh()
+    assert [d.start for d in master.deleted_occurrences] == [_at(3, 9)]
+    assert [o.start for o in _view(acc, 1, 31)] == [_at(2, 9), _at(4, 9), _at(5, 9)]
+    bob = server.store.mailbox(BOB)
+    assert [i.data.subject for i in bob.folders[bob.distinguished["inbox"]].items.values()] == ["Canceled: Standup"]

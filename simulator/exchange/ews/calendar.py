@@ -18,8 +18,10 @@ this module adds what Exchange derives from them:
   ``t:RecurringMasterItemId`` (an occurrence's id, answered with its master) are resolved by
   :func:`resolve` for every operation that takes item ids.
 * **CalendarView** (FindItem): singles and occurrences overlapping the window, by start.
+* **Recurring tasks** (:func:`regenerate`): completing an occurrence leaves it as a one-off task.
 * **Meeting responses** (CreateItem): ``t:CancelCalendarItem`` sends a cancellation to the
-  attendees and removes the meeting; accepting, declining or tentatively accepting needs a meeting
+  attendees (never to the organizer: a meeting with no one else is refused) and removes the
+  meeting, or the one occurrence it names; accepting, declining or tentatively accepting needs a meeting
   request, which the mailbox's own appointments are not.
 """
 
@@ -841,8 +843,6 @@ def respond(ctx, obj: etree._Element, save_copy: bool) -> list[etree._Element]:
     if kind != "Cancel":  # the mailbox's own appointments: it is their organizer
         raise ResponseError(f"ErrorCalendarIsOrganizerFor{'Accept' if kind == 'Accept' else kind}",
                             f"the mailbox organizes {item.data.subject!r}: there is no meeting request to answer")
-    if is_occurrence(item):
-        raise ResponseError("ErrorCalendarIsOrganizerForRemove", "cancel the series or delete the occurrence instead")
     me = ctx.need_mailbox()
     attendees = [a for a in _addresses(item.data.kept) if a != me.address]  # the organizer gets no notice
     if not attendees:
@@ -852,7 +852,10 @@ def respond(ctx, obj: etree._Element, save_copy: bool) -> list[etree._Element]:
                          item_class="IPM.Schedule.Meeting.Canceled")
     notice.size = len(body.encode("utf-8", "replace")) + 200
     _, copy_id = store_call(ctx.store.send, me.address, notice, save_copy=save_copy)
-    store_call(ctx.store.move, me.address, item.item_id, me.distinguished["deleteditems"])
+    if is_occurrence(item):  # one occurrence of a series cancelled: the series keeps it as deleted
+        delete_occurrence(ctx, item)
+    else:
+        store_call(ctx.store.move, me.address, item.item_id, me.distinguished["deleteditems"])
     if copy_id is None:
         return [el("m:Items")]
     return [el("m:Items", None, None, el("t:MeetingCancellation", None, None,

@@ -33,6 +33,9 @@ def _move_or_copy(operation: str, copy: bool):
                 # a missing destination is answered per item (ErrorFolderNotFound), as Exchange does
                 dest = ctx.only_folder(to_folder, f"{operation} ToFolderId")
                 item = ctx.item(r)
+                if calendar.is_occurrence(item):
+                    raise ResponseError("ErrorCalendarCannotMoveOrCopyOccurrence",
+                                        "an occurrence moves with its series: move the recurring master")
                 new_id = store_call(ctx.store.move, address, item.item_id, dest.folder_id, copy=copy)
                 return [el("m:Items", None, None, item_id_only(new_id, 0, item.data.item_type))]
             out.run(one)
