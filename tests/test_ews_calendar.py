@@ -259,3 +259,43 @@ def test_one_occurrence_of_a_meeting_is_cancelled_and_an_occurrence_does_not_mov
     assert [o.start for o in _view(acc, 1, 31)] == [_at(2, 9), _at(4, 9), _at(5, 9)]
     bob = server.store.mailbox(BOB)
     assert [i.data.subject for i in bob.folders[bob.distinguished["inbox"]].items.values()] == ["Canceled: Standup"]
+
+
+def _soap(operation: str) -> bytes:
+    return (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+            b'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+            b'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body>' + operation
+            + b"</s:Body></s:Envelope>")
+
+
+@pytest.mark.parametrize("operation, code", [
+    (b'<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>'
+     b'<m:CalendarView StartDate="2026-03-02T00:00:00Z" EndDate="9999-12-31T23:59:59Z"/>'
+     b'<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>',
+     b"ErrorCalendarViewRangeTooBig"),
+    (b'<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>'
+     b'<m:CalendarView StartDate="2026-03-09T00:00:00Z" EndDate="2026-03-02T00:00:00Z"/>'
+     b'<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>',
+     b"ErrorCalendarEndDateIsEarlierThanStartDate"),
+    (b'<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>'
+     b'<m:CalendarView StartDate="soon" EndDate="later"/>'
+     b'<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>',
+     b"ErrorSchemaValidation"),
+    (b'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds>'
+     b'<t:OccurrenceItemId RecurringMasterId="{master}" InstanceIndex="x"/></m:ItemIds></m:GetItem>',
+     b"ErrorInvalidIdMalformed"),
+    (b'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds>'
+     b'<t:RecurringMasterItemId OccurrenceId="T0NDOnRoaXMgaXMgbm90IGFuIGlk"/></m:ItemIds></m:GetItem>',
+     b"ErrorItemNotFound"),
+    (b'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds>'
+     b'<t:ItemId Id="{occurrence}" ChangeKey="bm90IGEga2V5"/></m:ItemIds></m:GetItem>', b"ErrorInvalidChangeKey"),
+], ids=["far-end", "ends-before-start", "not-times", "index-not-a-number", "unknown-occurrence", "wrong-change-key"])
+def test_malformed_calendar_requests_get_a_response_code_not_a_traceback(acc, server, operation, code, caplog):
+    from test_ews import post
+
+    master = _series(acc)
+    occurrence = _view(acc, 1, 31)[0]
+    body = operation.replace(b"{master}", master.id.encode()).replace(b"{occurrence}", occurrence.id.encode())
+    answer = post(server, _soap(body))
+    assert code in answer.content and b"ErrorInternalServerError" not in answer.content
+    assert "Traceback" not in caplog.text

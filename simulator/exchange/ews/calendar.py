@@ -331,9 +331,7 @@ class Master:
                 if etree.QName(record).localname == "Deleted":
                     self.deleted.add(day)
                 else:
-                    self.modified[day] = {(p.get("Name") if etree.QName(p).localname == "Removed"
-                                           else etree.QName(p).localname): "" if etree.QName(p).localname == "Removed"
-                                          else keep(p) for p in record}
+                    self.modified[day] = dict(_record_entry(p) for p in record)
 
     def original_start(self, day: date) -> datetime:
         return datetime.combine(day, self.local_start.time(), tzinfo=self.zone).astimezone(UTC)
@@ -381,6 +379,12 @@ class Master:
         return keep(holder)
 
 
+def _record_entry(node: etree._Element) -> tuple[str, str]:
+    """(key, kept text) of one property of an exception; ``t:Removed Name=...``: one it had removed."""
+    name = etree.QName(node).localname
+    return (node.get("Name"), "") if name == "Removed" else (name, keep(node))
+
+
 @lru_cache(maxsize=256)
 def _master(recurrence: str, start: str | None, end: str | None, zone: str | None, records: str | None) -> Master:
     kept = {"Recurrence": recurrence}
@@ -412,6 +416,8 @@ def parse_occurrence_id(text: str | None) -> tuple[str, date] | None:
         return None
     try:
         plain = base64.b64decode(text.encode("ascii"), validate=True).decode("ascii")
+        if not plain.startswith(_OCCURRENCE_TAG):
+            return None
         master_id, day = plain[len(_OCCURRENCE_TAG):].rsplit(":", 1)
         return master_id, datetime.strptime(day, "%Y%m%d").date()
     except (binascii.Error, UnicodeError, ValueError):
@@ -533,11 +539,15 @@ def _copy(series: Master) -> Master:
 
 # -- normalisation when an item is saved -----------------------------------------------------
 def _midnight(when: datetime, zone: tzinfo, up: bool) -> datetime:
-    local = when.astimezone(zone)
-    floor = datetime.combine(local.date(), time(), tzinfo=zone)
-    if up and local != floor:
-        floor = datetime.combine(local.date() + timedelta(days=1), time(), tzinfo=zone)
-    return floor.astimezone(UTC)
+    try:
+        local = when.astimezone(zone)
+        floor = datetime.combine(local.date(), time(), tzinfo=zone)
+        if up and local != floor:
+            floor = datetime.combine(local.date() + timedelta(days=1), time(), tzinfo=zone)
+        return floor.astimezone(UTC)
+    except OverflowError:
+        raise ResponseError("ErrorCalendarOutOfRange", f"{format_datetime(when)} is out of the calendar's range") \
+            from None
 
 
 def _dated(text: str, zone: tzinfo) -> str:
@@ -620,6 +630,11 @@ def _task_normalized(changed: dict[str, str], current: dict[str, str]) -> dict[s
     return out
 
 
+def _change_count(kept: dict[str, str]) -> int:
+    value = kept_text(kept, "ChangeCount") or ""
+    return int(value) if value.isdigit() else 1
+
+
 def _day_of(kept: dict[str, str], key: str) -> date | None:
     """The day a task's date property names (the local day as written, whatever its offset)."""
     value = kept_text(kept, key)
@@ -675,7 +690,7 @@ def regenerate(ctx, task: Item, kept: dict[str, str], subject: str | None, body:
         "StartDate": _time_prop("StartDate", due), "DueDate": _time_prop("DueDate", due),
         "Status": keep(prop("Status", "NotStarted")), "PercentComplete": keep(prop("PercentComplete", "0")),
         "CompleteDate": "",
-        "ChangeCount": keep(prop("ChangeCount", str(int(kept_text(old, "ChangeCount") or 1) + 1))),
+        "ChangeCount": keep(prop("ChangeCount", str(_change_count(old) + 1))),
     })
     store_call(ctx.store.update, address, task.item_id, subject=subject, body=body, categories=categories,
                kept=moved_on)
@@ -771,9 +786,15 @@ RENDERERS = {
 
 
 # -- CalendarView --------------------------------------------------------------------------
+def _two_years_after(when: datetime) -> datetime:
+    day = min(when.day, monthrange(when.year + 2, when.month)[1])
+    return when.replace(year=when.year + 2, day=day)
+
+
 def in_view(items: list[Item], view: etree._Element) -> tuple[list[Item], bool]:
     """The single items and occurrences of ``items`` a ``m:CalendarView`` shows, by start, and
-    whether that is all of them (MaxEntriesReturned). An item shows when it starts before the
+    whether that is all of them (MaxEntriesReturned); a window longer than two years is refused,
+    as Exchange does. An item shows when it starts before the
     window ends and ends at or after the window starts (Exchange shows an item that ends exactly
     where the window starts)."""
     try:
@@ -783,6 +804,9 @@ def in_view(items: list[Item], view: etree._Element) -> tuple[list[Item], bool]:
                        "StartDate and EndDate (xs:dateTime)") from None
     if high < low:
         raise ResponseError("ErrorCalendarEndDateIsEarlierThanStartDate", "the view ends before it starts")
+    if low.year > LAST_YEAR or high > _two_years_after(low):
+        raise ResponseError("ErrorCalendarViewRangeTooBig", "The specified view range exceeds the maximum range of "
+                            "two years.")
     limit = view.get("MaxEntriesReturned")
     if limit is not None and (not limit.strip().isdigit() or int(limit) < 1):
         raise EwsFault("ErrorSchemaValidation", f"The request failed schema validation: MaxEntriesReturned {limit!r}")
@@ -795,8 +819,8 @@ def in_view(items: list[Item], view: etree._Element) -> tuple[list[Item], bool]:
             series = master_of(item)
             if series is None:
                 continue
-            until = (high - series.duration).astimezone(series.zone).date() + timedelta(days=1)
-            for n, day in enumerate(series.days(min(until, (high + timedelta(days=2)).date()))):
+            until = high.astimezone(series.zone).date() + timedelta(days=1)
+            for n, day in enumerate(series.days(until)):
                 occ = series.occurrence(day)
                 if occ.start < high and occ.end >= low:
                     shown.append((occ.start, n, occurrence_item(item, series, day)))
