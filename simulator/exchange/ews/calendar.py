@@ -614,6 +614,7 @@ def _redated(recurrence: str, zone: tzinfo, count_change: int = 0) -> str:
     return keep(node)
 
 
+# -- recurring tasks -----------------------------------------------------------------------
 def _task_normalized(changed: dict[str, str], current: dict[str, str]) -> dict[str, str]:
     """A recurring task: its recurrence dates in UTC, and (when it has none yet) a start and due date
     on its first occurrence."""

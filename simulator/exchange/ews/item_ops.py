@@ -172,18 +172,20 @@ def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Ele
             raise ResponseError("ErrorInvalidPropertySet", f"t:{kind} names no property (t:FieldURI)")
         _change(changes, kind, path, _value_element(change))
     if calendar.is_occurrence(item):  # the occurrence becomes an exception of its series
-        updated = calendar.update_occurrence(ctx, item, changes.kept, changes.subject, changes.body)
-        return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
-                el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
+        return _updated(calendar.update_occurrence(ctx, item, changes.kept, changes.subject, changes.body))
     changes.kept.update(calendar.normalized(item.data.item_type, changes.kept, item.data.kept))
     one_off = calendar.regenerate(ctx, item, changes.kept, changes.subject, changes.body, changes.categories)
     if one_off is not None:  # a recurring task moved on: the answer names the occurrence that was done
-        return [el("m:Items", None, None, item_id_only(one_off.item_id, one_off.version, one_off.data.item_type)),
-                el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
+        return _updated(one_off)
     updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=changes.categories,
                         is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept,
                         addresses=changes.addresses)
-    return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
+    return _updated(updated)
+
+
+def _updated(item) -> list[etree._Element]:
+    """The answer to one ItemChange: the item it made (its new change key), and no conflicts."""
+    return [el("m:Items", None, None, item_id_only(item.item_id, item.version, item.data.item_type)),
             el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
 
 
