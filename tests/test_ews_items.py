@@ -254,11 +254,13 @@ def test_reply_reply_all_and_forward_answer_the_original(acc, server):
 
 def test_an_unknown_item_type_is_refused_with_a_response_code(acc):
     from exchangelib.errors import ErrorInvalidRequest
+    from exchangelib.items import PostReplyItem
 
     meeting = CalendarItem(account=acc, folder=acc.calendar, subject="Invite", start=_at(3), end=_at(4))
     meeting.save()
-    with pytest.raises(ErrorInvalidRequest, match="cannot create t:AcceptItem"):
-        meeting.accept(body="Yes")
+    reply = PostReplyItem(account=acc, folder=acc.calendar, subject="Re: Invite", new_body="Yes")
+    with pytest.raises(ErrorInvalidRequest, match="cannot create t:PostReplyItem"):
+        reply.save()
     assert [i.subject for i in acc.calendar.all()] == ["Invite"]
 
 

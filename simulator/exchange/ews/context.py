@@ -69,13 +69,21 @@ class Context:
 
     # -- items -----------------------------------------------------------------------------
     def item(self, ref: etree._Element) -> Item:
+        """The item an ``t:ItemId`` names, or the occurrence (master) an ``t:OccurrenceItemId``
+        (``t:RecurringMasterItemId``) or an occurrence's id names (simulator.exchange.ews.calendar)."""
+        from simulator.exchange.ews import calendar  # it builds on this module
+
+        if calendar.needs_resolving(ref):
+            return calendar.resolve(ref, self.stored_item)
+        return self.stored_item(ref.get("Id") or "", ref.get("ChangeKey"))
+
+    def stored_item(self, item_id: str, key: str | None) -> Item:
         mbx = self.need_mailbox()
-        item_id = well_formed_id(ref.get("Id"), "item")
+        item_id = well_formed_id(item_id, "item")
         try:
             item = mbx.item(item_id)
         except StoreError as exc:
             raise ResponseError(exc.code, exc.message) from None
-        key = ref.get("ChangeKey")
         if key is not None and not change_key_of(key, item_id):
             raise ResponseError("ErrorInvalidChangeKey", f"{key!r} is not a change key of item {item_id!r}")
         return item

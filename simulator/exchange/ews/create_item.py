@@ -11,7 +11,7 @@ import binascii
 
 from lxml import etree
 
-from simulator.exchange.ews import attachments
+from simulator.exchange.ews import attachments, calendar
 from simulator.exchange.ews.context import Context, Responses, store_call
 from simulator.exchange.ews.fields import ITEM_TYPES, NOT_KEPT, keep, key_of_child, limited_subject, local
 from simulator.exchange.ews.items import item_id_only
@@ -53,6 +53,7 @@ def message_from_xml(msg: etree._Element) -> tuple[MessageData, list[str] | None
     for child in msg:
         if isinstance(child.tag, str) and local(child) not in NOT_KEPT:
             kept[key_of_child(child)] = keep(child)
+    kept.update(calendar.normalized(item_type, kept))
     data.kept = kept
     if item_type != "Message":
         is_read = None
@@ -168,6 +169,8 @@ def create_item(ctx: Context, req: etree._Element) -> etree._Element:
             continue
 
         def one(msg: etree._Element = msg) -> list[etree._Element]:
+            if msg.tag in calendar.MEETING_RESPONSES:
+                return calendar.respond(ctx, msg, save_copy=disposition != "SendOnly")
             if msg.tag in RESPONSE_OBJECTS:
                 data, categories, is_read = response_from_xml(ctx, msg)
             else:

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from lxml import etree
 
+from simulator.exchange.ews import calendar
 from simulator.exchange.ews.context import Context, Responses
 from simulator.exchange.ews.items import item_element, item_fields
 from simulator.exchange.ews.restrictions import ITEM_FIELDS, compile_restriction, kept_getter, typed
@@ -91,6 +92,16 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
         folder = ctx.folder(ref)
         if req.find(m("QueryString")) is not None:
             raise ResponseError("ErrorUnsupportedQueryFilter", "the simulator does not support AQS QueryString")
+        view = req.find(m("CalendarView"))
+        if view is not None:  # occurrences of recurring items unfolded, by start; no paging
+            if restriction is not None or req.find(m("SortOrder")) is not None:
+                raise ResponseError("ErrorInvalidOperation",
+                                    "Restrictions and sort order may not be specified for a CalendarView.")
+            page, complete = calendar.in_view(list(folder.items.values()) if traversal == "Shallow" else [], view)
+            root = el("m:RootFolder", {"TotalItemsInView": str(len(page)),
+                                       "IncludesLastItemInRange": xml_bool(complete)})
+            sub(root, "t:Items").extend([item_element(ctx, item, fields) for item in page])
+            return [root]
         predicate = compile_restriction(restriction) if restriction is not None else None
         matches = _candidates(folder, predicate) if traversal == "Shallow" else []
         matches = _sort(matches, req.find(m("SortOrder")))

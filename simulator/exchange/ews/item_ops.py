@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from simulator.exchange.ews import calendar
 from simulator.exchange.ews.context import Context, Responses, store_call
 from simulator.exchange.ews.create_item import DISPOSITIONS, addresses_in, send_draft
 from simulator.exchange.ews.fields import (
@@ -32,6 +33,9 @@ def _move_or_copy(operation: str, copy: bool):
                 # a missing destination is answered per item (ErrorFolderNotFound), as Exchange does
                 dest = ctx.only_folder(to_folder, f"{operation} ToFolderId")
                 item = ctx.item(r)
+                if calendar.is_occurrence(item):
+                    raise ResponseError("ErrorCalendarCannotMoveOrCopyOccurrence",
+                                        "an occurrence moves with its series: move the recurring master")
                 new_id = store_call(ctx.store.move, address, item.item_id, dest.folder_id, copy=copy)
                 return [el("m:Items", None, None, item_id_only(new_id, 0, item.data.item_type))]
             out.run(one)
@@ -50,7 +54,9 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
             item = ctx.item(r)
             trash = mbx.distinguished["deleteditems"]
             recoverable = mbx.distinguished.get("recoverableitemsdeletions")
-            if delete_type == "MoveToDeletedItems" and item.folder_id != trash:
+            if calendar.is_occurrence(item):  # the series keeps it as a deleted occurrence
+                calendar.delete_occurrence(ctx, item)
+            elif delete_type == "MoveToDeletedItems" and item.folder_id != trash:
                 store_call(ctx.store.move, mbx.address, item.item_id, trash)
             elif delete_type == "SoftDelete" and recoverable is not None and item.folder_id != recoverable:
                 store_call(ctx.store.move, mbx.address, item.item_id, recoverable)  # kept in Recoverable Items
@@ -151,7 +157,8 @@ def _change(changes: _Changes, kind: str, path: etree._Element, value: etree._El
 
 
 def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Element]:
-    ref = next((c for c in item_change if c.tag in (t("ItemId"), t("OccurrenceItemId"))), None)
+    ref = next((c for c in item_change if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))),
+               None)
     if ref is None:
         raise ResponseError("ErrorInvalidIdMalformed", "ItemChange needs a t:ItemId")
     item = ctx.item(ref)
@@ -167,10 +174,21 @@ def _apply_changes(ctx: Context, item_change: etree._Element) -> list[etree._Ele
         if path is None:
             raise ResponseError("ErrorInvalidPropertySet", f"t:{kind} names no property (t:FieldURI)")
         _change(changes, kind, path, _value_element(change))
+    if calendar.is_occurrence(item):  # the occurrence becomes an exception of its series
+        return _updated(calendar.update_occurrence(ctx, item, changes.kept, changes.subject, changes.body))
+    changes.kept.update(calendar.normalized(item.data.item_type, changes.kept, item.data.kept))
+    one_off = calendar.regenerate(ctx, item, changes.kept, changes.subject, changes.body, changes.categories)
+    if one_off is not None:  # a recurring task moved on: the answer names the occurrence that was done
+        return _updated(one_off)
     updated = store_call(ctx.store.update, ctx.need_mailbox().address, item.item_id, categories=changes.categories,
                         is_read=changes.is_read, subject=changes.subject, body=changes.body, kept=changes.kept,
                         addresses=changes.addresses)
-    return [el("m:Items", None, None, item_id_only(updated.item_id, updated.version, updated.data.item_type)),
+    return _updated(updated)
+
+
+def _updated(item) -> list[etree._Element]:
+    """The answer to one ItemChange: the item it made (its new change key), and no conflicts."""
+    return [el("m:Items", None, None, item_id_only(item.item_id, item.version, item.data.item_type)),
             el("m:ConflictResults", None, None, el("t:Count", None, "0"))]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from lxml import etree
 
-from simulator.exchange.ews import attachments
+from simulator.exchange.ews import attachments, calendar
 from simulator.exchange.ews.context import Context, Responses, change_key, mailbox_element, parse_shape
 from simulator.exchange.ews.fields import key_of_path, revive
 from simulator.exchange.ews.xml import el, format_datetime, m, sub, t, xml_bool
@@ -180,19 +180,8 @@ class Wanted:
         self.uris, self.all_kept, self.kept = uris, all_kept, kept
 
 
-# What Exchange computes for a calendar item the client did not set (an item it organizes).
-CALENDAR_RENDERERS: dict[str, Callable[[ItemView], etree._Element | None]] = {
-    "calendar:CalendarItemType": _text("t:CalendarItemType", lambda v: "RecurringMaster"
-                                       if v.item.data.kept.get("Recurrence") else "Single"),
-    "calendar:IsRecurring": _text("t:IsRecurring", lambda v: False),
-    "calendar:IsMeeting": _text("t:IsMeeting", lambda v: bool(v.item.data.kept.get("RequiredAttendees")
-                                                              or v.item.data.kept.get("OptionalAttendees"))),
-    "calendar:IsCancelled": _text("t:IsCancelled", lambda v: False),
-    "calendar:MyResponseType": _text("t:MyResponseType", lambda v: "Organizer"),
-    "calendar:Organizer": _mailbox("t:Organizer", lambda v: v.owner),
-}
-RENDERERS.update(CALENDAR_RENDERERS)
-_OWN_PREFIX = {"message:": "Message", "calendar:": "CalendarItem"}  # renderers of one item type only
+RENDERERS.update(calendar.RENDERERS)  # what Exchange computes for calendar items
+_OWN_PREFIX = {"message:": "Message", "calendar:": "CalendarItem", "task:": "Task"}  # renderers of one item type only
 
 
 def _serves(uri: str, item_type: str) -> bool:
@@ -239,7 +228,8 @@ def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
                 e.append(child)
     if kept:
         for key, text in kept.items():
-            if text and key not in done and key != attachments.KEY and (fields.all_kept or key in fields.kept):
+            if text and key not in done and key not in (attachments.KEY, calendar.KEY) and \
+                    (fields.all_kept or key in fields.kept):
                 e.append(revive(text))
     return e
 
