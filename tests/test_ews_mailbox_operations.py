@@ -148,7 +148,7 @@ RAW = """<?xml version="1.0" encoding="utf-8"?>
      "<t:DistinguishedFolderId Id='inbox'/></m:FolderIds></m:MoveFolder>", b"ErrorFolderNotFound"),
     ("<m:MoveFolder><m:ToFolderId><t:DistinguishedFolderId Id='drafts'/></m:ToFolderId><m:FolderIds>"
      "<t:DistinguishedFolderId Id='inbox'/></m:FolderIds></m:MoveFolder>", b"ErrorMoveDistinguishedFolder"),
-    ("<m:MarkAsJunk IsJunk='true' MoveItem='false'><m:ItemIds><t:ItemId Id='nope'/></m:ItemIds></m:MarkAsJunk>",
+    ("<m:MarkAsJunk IsJunk='true' MoveItem='false'><m:ItemIds><t:ItemId Id='AAMkA00000000000000000000'/></m:ItemIds></m:MarkAsJunk>",
      b"ErrorItemNotFound"),
 ], ids=["no-operations", "bad-priority", "bad-oof-state", "bad-oof-time", "other-mailbox", "unknown-zone",
         "bad-delete-type", "empty-root", "missing-folder", "distinguished", "missing-item"])

@@ -15,7 +15,7 @@ from copy import deepcopy
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, Responses, change_key, store_call
+from simulator.exchange.ews.context import Context, Responses, change_key, need_well_formed, store_call
 from simulator.exchange.ews.fields import keep, revive
 from simulator.exchange.ews.xml import TNS, ResponseError, el, format_datetime, m, t
 from simulator.exchange.store import Item
@@ -117,6 +117,7 @@ def ids_of(item: Item, stored: list[etree._Element]) -> list[etree._Element]:
 def find(ctx: Context, attachment_id: str) -> tuple[Item, etree._Element]:
     """The item holding an attachment of this mailbox, and the attachment."""
     mbx = ctx.need_mailbox()
+    need_well_formed(attachment_id, "attachment id")
     for folder in mbx.folders.values():
         for item in folder.items.values():
             text = item.data.kept.get(KEY)

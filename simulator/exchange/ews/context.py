@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,6 +14,22 @@ from simulator.exchange.store import ExchangeMailbox, ExchangeStore, Folder, Ite
 
 # exchangelib's Root ("root") is the top of the hierarchy; the store's top is "msgfolderroot".
 FOLDER_ALIASES = {"root": "msgfolderroot"}
+
+# The shape of every id the store hands out (IdSource.next): a kind, "A", then hex digits. Exchange
+# answers an id that cannot be one of its own with ErrorInvalidIdMalformed, before looking anything up.
+_ISSUED_ID = re.compile(r"[A-Za-z]+A[0-9a-f]{20,}")
+
+
+def well_formed_id(value: str) -> bool:
+    """Whether ``value`` could be an id this server issued (known or not)."""
+    return _ISSUED_ID.fullmatch(value) is not None
+
+
+def need_well_formed(value: str, what: str = "id") -> str:
+    """``value``, or ErrorInvalidIdMalformed when it cannot be an id of this server."""
+    if not well_formed_id(value):
+        raise ResponseError("ErrorInvalidIdMalformed", f"{value!r} is not a valid {what}")
+    return value
 
 
 @dataclass(slots=True)
@@ -66,7 +83,7 @@ class Context:
     # -- items -----------------------------------------------------------------------------
     def item(self, ref: etree._Element) -> Item:
         mbx = self.need_mailbox()
-        item_id = ref.get("Id") or ""
+        item_id = need_well_formed(ref.get("Id") or "", "item id")
         try:
             item = mbx.item(item_id)
         except StoreError as exc:
