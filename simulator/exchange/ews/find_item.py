@@ -8,6 +8,7 @@ from lxml import etree
 
 from simulator.exchange.ews.context import Context, Responses
 from simulator.exchange.ews.items import item_element, item_fields
+from simulator.exchange.ews.querystring import compile_item_query
 from simulator.exchange.ews.restrictions import ITEM_FIELDS, compile_restriction, kept_getter, typed
 from simulator.exchange.ews.xml import ResponseError, el, m, sub, t, xml_bool
 from simulator.exchange.store import FIND_PAGE_MAX, Folder, Item
@@ -89,10 +90,12 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
 
     def one(ref: etree._Element) -> list[etree._Element]:
         folder = ctx.folder(ref)
-        if req.find(m("QueryString")) is not None:
-            raise ResponseError("ErrorUnsupportedQueryFilter", "the simulator does not support AQS QueryString")
         predicate = compile_restriction(restriction) if restriction is not None else None
         matches = _candidates(folder, predicate) if traversal == "Shallow" else []
+        query = req.find(m("QueryString"))
+        if query is not None:
+            searched = compile_item_query(query.text or "", ctx.store)
+            matches = [i for i in matches if searched(i)]
         matches = _sort(matches, req.find(m("SortOrder")))
         offset, limit = _page(len(matches), req)
         page = matches[offset:offset + limit]
