@@ -16,7 +16,14 @@ from copy import deepcopy
 from lxml import etree
 
 from simulator.exchange.ews import bodies
-from simulator.exchange.ews.context import Context, Responses, change_key, need_well_formed, parse_shape, store_call
+from simulator.exchange.ews.context import (
+    Context,
+    Responses,
+    change_key,
+    need_well_formed,
+    parse_shape,
+    store_call,
+)
 from simulator.exchange.ews.fields import keep, revive
 from simulator.exchange.ews.xml import TNS, EwsFault, ResponseError, el, format_datetime, m, parse_bool, t
 from simulator.exchange.store import Item

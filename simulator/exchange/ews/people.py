@@ -18,7 +18,13 @@ from collections.abc import Callable
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, change_key, need_well_formed, parse_shape, response_message
+from simulator.exchange.ews.context import (
+    Context,
+    change_key,
+    need_well_formed,
+    parse_shape,
+    response_message,
+)
 from simulator.exchange.ews.fields import revive
 from simulator.exchange.ews.querystring import compile_query
 from simulator.exchange.ews.restrictions import compile_restriction
