@@ -35,6 +35,7 @@ ALICE = "alice@contoso.example"
 BOB = "bob@contoso.example"
 CARL = "carl@fabrikam.example"
 START = datetime.fromisoformat("2026-01-05T08:00:00+00:00")
+MISSING_ITEM = "AAMkA" + "0" * 20  # shaped like the server's item ids (a malformed one is ErrorInvalidIdMalformed)
 
 
 @pytest.fixture(scope="module")
@@ -421,8 +422,8 @@ def test_unknown_mailbox_and_missing_item_without_faults(tls):
             await port.find_new_items("nobody@contoso.example", "inbox", None, 1)
         assert nobody.value.code == "ErrorNonExistentMailbox" and not nobody.value.transient
         folder = env.store.mailbox(ALICE).distinguished["deleteditems"]
-        for call in (port.delete_item(ALICE, "AAMkA0000000000010000fff0"), port.move_item(ALICE, "AAMkA0000000000010000fff0", folder),
-                     port.add_category(ALICE, "AAMkA0000000000010000fff0", "x")):
+        for call in (port.delete_item(ALICE, MISSING_ITEM), port.move_item(ALICE, MISSING_ITEM, folder),
+                     port.add_category(ALICE, MISSING_ITEM, "x")):
             with pytest.raises(ExchangeError) as missing:
                 await call
             assert missing.value.code == "ErrorItemNotFound"
@@ -437,7 +438,7 @@ def test_move_to_a_missing_folder_is_folder_not_found(tls):
     async def scenario(env: Env):
         item = env.store.deliver(MessageData(subject="x", sender=CARL, to=(ALICE,)))[ALICE]
         with pytest.raises(ExchangeError) as caught:
-            await env.port().move_item(ALICE, item, "AAMkFA000000000001000fff0")
+            await env.port().move_item(ALICE, item, "AAMkFA0000000000010000fff0")
         assert caught.value.code == "ErrorFolderNotFound"
 
     run_env(tls, scenario)

@@ -289,10 +289,18 @@ def test_update_categories_and_is_read(server, trust_ca):
 
 
 def test_unknown_operation_and_mailbox(server, trust_ca):
+    from exchangelib.services.common import EWSAccountService
+    from exchangelib.util import create_element
+
+    class Frobnicate(EWSAccountService):  # an operation no Exchange serves, sent the way exchangelib sends any
+        SERVICE_NAME = "FrobnicateItems"
+
+        def call(self):
+            return self._get_elements(payload=create_element(f"m:{self.SERVICE_NAME}"))
+
     acc = account(server)
-    item = acc.inbox.get(id=server.deliver("to export"))
-    with pytest.raises(ErrorInvalidOperation, match="ExportItems.*not implemented"):
-        acc.export([item])
+    with pytest.raises(ErrorInvalidOperation, match="FrobnicateItems.*not implemented"):
+        list(Frobnicate(account=acc).call())
     with pytest.raises(ErrorNonExistentMailbox):
         _ = account(server, "nobody@contoso.example").inbox
 

@@ -703,13 +703,14 @@ class ExchangeStore:
 
     # -- items -----------------------------------------------------------------------------
     def save(self, address: str, folder_ref: str, data: MessageData, *, categories: list[str] | None = None,
-             is_read: bool = True) -> Item:
-        """Store a message in a folder without sending it (a draft), received now."""
+             is_read: bool = True, received: datetime | None = None) -> Item:
+        """Store a message in a folder without sending it (a draft), received now (or at ``received``:
+        an item brought back from an export keeps its time)."""
         mbx = self.mailbox(address)
         folder = mbx.folder(folder_ref)
         with self.operation():
             return self._emit(_put(data, [
-                self._placement(mbx, folder.folder_id, self.clock.now(), categories or (), is_read)]))[0]
+                self._placement(mbx, folder.folder_id, received or self.clock.now(), categories or (), is_read)]))[0]
 
     def _arrival_time(self, mbx: ExchangeMailbox, received: datetime | None) -> datetime:
         """Received time of a new Inbox item: the clock's now, kept unique per mailbox (applying

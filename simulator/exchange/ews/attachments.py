@@ -15,9 +15,17 @@ from copy import deepcopy
 
 from lxml import etree
 
-from simulator.exchange.ews.context import Context, Responses, change_key, store_call
+from simulator.exchange.ews import bodies
+from simulator.exchange.ews.context import (
+    Context,
+    Responses,
+    change_key,
+    need_well_formed,
+    parse_shape,
+    store_call,
+)
 from simulator.exchange.ews.fields import keep, revive
-from simulator.exchange.ews.xml import TNS, ResponseError, el, format_datetime, m, t
+from simulator.exchange.ews.xml import TNS, EwsFault, ResponseError, el, format_datetime, m, parse_bool, t
 from simulator.exchange.store import Item
 
 KEY = "Attachments"
@@ -117,6 +125,7 @@ def ids_of(item: Item, stored: list[etree._Element]) -> list[etree._Element]:
 def find(ctx: Context, attachment_id: str) -> tuple[Item, etree._Element]:
     """The item holding an attachment of this mailbox, and the attachment."""
     mbx = ctx.need_mailbox()
+    need_well_formed(attachment_id, "attachment id")
     for folder in mbx.folders.values():
         for item in folder.items.values():
             text = item.data.kept.get(KEY)
@@ -143,8 +152,42 @@ def create_attachment(ctx: Context, req: etree._Element) -> etree._Element:
     return out.root
 
 
+_BODY_TYPES = ("Best", "HTML", "Text")
+
+
+def _shaped(attachment: etree._Element, shape: etree._Element | None) -> None:
+    """Serve an attached item in the form ``m:AttachmentShape`` asks: its body converted to
+    ``t:BodyType`` (filtered when ``t:FilterHtmlContent``), and a ``t:TextBody`` when one is asked for."""
+    if shape is None or attachment.tag != t("ItemAttachment"):
+        return
+    body_type = (shape.findtext(t("BodyType")) or "Best").strip()
+    if body_type not in _BODY_TYPES:
+        raise EwsFault("ErrorSchemaValidation", f"The request failed schema validation: BodyType {body_type!r} is "
+                                                f"not one of {', '.join(_BODY_TYPES)}")
+    filtered = parse_bool(shape.findtext(t("FilterHtmlContent")))
+    _, uris = parse_shape(shape)
+    for attached_item in attachment:
+        if attached_item.tag not in _HEAVY or attached_item.tag == t("Content"):
+            continue
+        body = attached_item.find(t("Body"))
+        text = body.text or "" if body is not None else ""
+        is_html = body is not None and body.get("BodyType", "Text") == "HTML"
+        if "item:TextBody" in uris and attached_item.find(t("TextBody")) is None and body is not None:
+            text_body = etree.SubElement(attached_item, t("TextBody"), BodyType="Text")
+            text_body.text = bodies.html_to_text(text) if is_html else text
+        if body is None:
+            continue
+        if body_type == "Text" and is_html:
+            body.text, body.attrib["BodyType"] = bodies.html_to_text(text), "Text"
+        elif body_type == "HTML" and not is_html:
+            body.text, body.attrib["BodyType"] = bodies.text_to_html(text), "HTML"
+        if filtered and body.get("BodyType") == "HTML":
+            body.text = bodies.filtered_html(body.text or "")
+
+
 def get_attachment(ctx: Context, req: etree._Element) -> etree._Element:
     out = Responses("GetAttachment")
+    shape = req.find(m("AttachmentShape"))
     ids = req.find(m("AttachmentIds"))
     for ref in (ids if ids is not None else ()):
         if not isinstance(ref.tag, str):
@@ -153,6 +196,7 @@ def get_attachment(ctx: Context, req: etree._Element) -> etree._Element:
         def one(ref: etree._Element = ref) -> list[etree._Element]:
             item, attachment = find(ctx, ref.get("Id", ""))
             _root_ids(attachment, item)
+            _shaped(attachment, shape)
             return [el("m:Attachments", None, None, attachment)]
         out.run(one)
     return out.root

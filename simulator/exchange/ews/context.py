@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,22 @@ from simulator.exchange.store import ExchangeMailbox, ExchangeStore, Folder, Ite
 # A mailbox of a journal older than the whole folder tree has the Top of Information Store on top:
 # there, "root" names that folder.
 FOLDER_ALIASES = {"root": "msgfolderroot"}
+
+# The shape of every id the store hands out (IdSource.next): a kind, "A", then hex digits. Exchange
+# answers an id that cannot be one of its own with ErrorInvalidIdMalformed, before looking anything up.
+_ISSUED_ID = re.compile(r"[A-Za-z0-9]+A[0-9a-f]{20,}")  # (the kind of a folder made on first look has digits)
+
+
+def well_formed_id(value: str) -> bool:
+    """Whether ``value`` could be an id this server issued (known or not)."""
+    return _ISSUED_ID.fullmatch(value) is not None
+
+
+def need_well_formed(value: str, what: str = "id") -> str:
+    """``value``, or ErrorInvalidIdMalformed when it cannot be an id of this server."""
+    if not well_formed_id(value):
+        raise ResponseError("ErrorInvalidIdMalformed", f"{value!r} is not a valid {what}")
+    return value
 
 
 @dataclass(slots=True)
@@ -50,7 +67,7 @@ class Context:
                                     f"the distinguished folder {name!r} does not exist in {mbx.address}")
             return mbx.folders[folder_id]
         if ref.tag == t("FolderId"):
-            folder = mbx.folder_by_id(well_formed_id(ref.get("Id"), "folder"))
+            folder = mbx.folder_by_id(need_well_formed((ref.get("Id") or "").strip(), "folder id"))
             if folder is None:
                 raise ResponseError("ErrorFolderNotFound", f"folder id {ref.get('Id')!r} does not exist in {mbx.address}")
             return folder
@@ -79,7 +96,7 @@ class Context:
 
     def stored_item(self, item_id: str, key: str | None) -> Item:
         mbx = self.need_mailbox()
-        item_id = well_formed_id(item_id, "item")
+        item_id = need_well_formed(item_id, "item id")
         try:
             item = mbx.item(item_id)
         except StoreError as exc:
@@ -92,19 +109,6 @@ class Context:
         if container is None:
             return []
         return [c for c in container if c.tag in (t("ItemId"), t("OccurrenceItemId"), t("RecurringMasterItemId"))]
-
-
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
-MIN_ID_LENGTH = 16  # the ids this server (and Exchange) hands out are long base64 strings
-
-
-def well_formed_id(text: str | None, what: str) -> str:
-    """An item or folder id as sent, if it has the shape of an id (ErrorInvalidIdMalformed otherwise:
-    Exchange tells an id it cannot read from one that names nothing, ErrorItemNotFound/ErrorFolderNotFound)."""
-    text = (text or "").strip()
-    if len(text) < MIN_ID_LENGTH or not set(text) <= _ID_CHARS:
-        raise ResponseError("ErrorInvalidIdMalformed", f"{text[:40]!r} is not a well-formed {what} id")
-    return text
 
 
 def response_message(tag: str, code: str = "NoError", text: str | None = None,

@@ -127,18 +127,22 @@ def revive(text: str) -> etree._Element:
 
 
 def merge_entries(current: str | None, given: etree._Element | None, index: str | None = None,
-                  remove: bool = False) -> str | None:
+                  remove: bool = False, part: str | None = None) -> str | None:
     """An indexed property after setting (or removing) the entries of ``given`` in ``current``.
 
     Entries are matched by their ``Key``; the entries of a physical address merge field by field.
-    With ``remove``, the entry ``index`` (``EmailAddress1``; ``Business`` for an address part) goes."""
+    With ``remove``, the entry ``index`` (``EmailAddress1``) goes; with a ``part`` too (``Street`` of
+    the ``Business`` address), only that part goes, and the entry with its last part."""
     if current is None and (remove or given is None):
         return None
     holder = revive(current) if current is not None else etree.Element(given.tag, nsmap={"t": TNS})
     by_key = {entry.get("Key"): entry for entry in holder}
     if remove:
         entry = by_key.get(index)
-        if entry is not None:
+        if entry is not None and part is not None:
+            for stale in entry.findall(t(part)):
+                entry.remove(stale)
+        if entry is not None and (part is None or not any(isinstance(c.tag, str) for c in entry)):
             holder.remove(entry)
         return keep(holder) if len(holder) else None
     for entry in given:

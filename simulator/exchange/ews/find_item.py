@@ -9,6 +9,7 @@ from lxml import etree
 from simulator.exchange.ews import calendar
 from simulator.exchange.ews.context import Context, Responses
 from simulator.exchange.ews.items import item_element, item_fields
+from simulator.exchange.ews.querystring import compile_item_query
 from simulator.exchange.ews.restrictions import ITEM_FIELDS, compile_restriction, kept_getter, typed
 from simulator.exchange.ews.xml import ResponseError, el, m, sub, t, xml_bool
 from simulator.exchange.store import FIND_PAGE_MAX, Folder, Item
@@ -90,8 +91,6 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
 
     def one(ref: etree._Element) -> list[etree._Element]:
         folder = ctx.folder(ref)
-        if req.find(m("QueryString")) is not None:
-            raise ResponseError("ErrorUnsupportedQueryFilter", "the simulator does not support AQS QueryString")
         view = req.find(m("CalendarView"))
         if view is not None:  # occurrences of recurring items unfolded, by start; no paging
             if restriction is not None or req.find(m("SortOrder")) is not None:
@@ -104,6 +103,10 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
             return [root]
         predicate = compile_restriction(restriction) if restriction is not None else None
         matches = _candidates(folder, predicate) if traversal == "Shallow" else []
+        query = req.find(m("QueryString"))
+        if query is not None:
+            searched = compile_item_query(query.text or "", ctx.store)
+            matches = [i for i in matches if searched(i)]
         matches = _sort(matches, req.find(m("SortOrder")))
         offset, limit = _page(len(matches), req)
         page = matches[offset:offset + limit]

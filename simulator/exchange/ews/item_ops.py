@@ -135,7 +135,9 @@ def _change(changes: _Changes, kind: str, path: etree._Element, value: etree._El
     key = key_of_path(path)
     if path.tag == t("IndexedFieldURI"):
         index = path.get("FieldIndex")
-        changes.put(key, merge_entries(changes.current(key), value, index, remove=kind == "DeleteItemField")
+        part = uri.split(":")[2] if uri and uri.count(":") == 2 else None  # contacts:PhysicalAddress:Street
+        changes.put(key, merge_entries(changes.current(key), value, index, remove=kind == "DeleteItemField",
+                                       part=part)
                     if value is not None or kind == "DeleteItemField" else None)
         return
     if uri == "item:Body":

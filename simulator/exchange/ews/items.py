@@ -208,6 +208,25 @@ def item_fields(shape: etree._Element | None) -> Wanted:
     return Wanted(sorted(uris, key=lambda uri: _RANK.get(uri, len(_RANK))), base == "AllProperties", kept)
 
 
+# Kept properties holding mailboxes: a mailbox the client sent without a name is served with one,
+# as Exchange resolves it (the user's display name, else the address).
+RECIPIENT_KEYS = frozenset({"ToRecipients", "CcRecipients", "BccRecipients", "From", "Sender", "ReplyTo"})
+
+
+def _revived(key: str, text: str, store: ExchangeStore) -> etree._Element:
+    element = revive(text)
+    if key in RECIPIENT_KEYS:
+        for box in element.iter(t("Mailbox")):
+            address = (box.findtext(t("EmailAddress")) or "").strip()
+            if address and not (box.findtext(t("Name")) or "").strip():
+                stale = box.find(t("Name"))
+                if stale is not None:
+                    box.remove(stale)
+                local = store.mailboxes.get(address.lower())
+                box.insert(0, el("t:Name", None, local.display_name if local is not None else address))
+    return element
+
+
 def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
     """The item as ``t:Message`` (or ``t:CalendarItem``, ``t:Contact``, ...) with the wanted properties:
     a property the client set comes back as it was set; the others as the store models them."""
@@ -220,7 +239,7 @@ def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
         name = uri.rsplit(":", 1)[-1]
         if name in kept and name != attachments.KEY:  # as the client set it (an empty text: deleted)
             if kept[name]:
-                e.append(revive(kept[name]))
+                e.append(_revived(name, kept[name], ctx.store))
             done.add(name)
         elif _serves(uri, data.item_type):
             child = RENDERERS[uri](view)
@@ -230,7 +249,7 @@ def item_element(ctx: Context, item: Item, fields: Wanted) -> etree._Element:
         for key, text in kept.items():
             if text and key not in done and key not in (attachments.KEY, calendar.KEY) and \
                     (fields.all_kept or key in fields.kept):
-                e.append(revive(text))
+                e.append(_revived(key, text, ctx.store))
     return e
 
 

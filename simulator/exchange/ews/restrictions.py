@@ -153,8 +153,8 @@ def _norm(value: Any, kind: str) -> Any:
 
 
 class _Compiler:
-    def __init__(self, kind: str) -> None:
-        self.fields = ITEM_FIELDS if kind == "item" else FOLDER_FIELDS
+    def __init__(self, kind: str, fields: dict[str, tuple[Callable[[Any], Any], str]] | None = None) -> None:
+        self.fields = fields if fields is not None else ITEM_FIELDS if kind == "item" else FOLDER_FIELDS
 
     def field(self, elem: etree._Element | None) -> tuple[str, Callable[[Any], Any], str]:
         if elem is None:
@@ -284,12 +284,15 @@ def _received_bound(elem: etree._Element) -> tuple[datetime, bool] | None:
     return None
 
 
-def compile_restriction(restriction: etree._Element, kind: str = "item") -> Predicate:
+def compile_restriction(restriction: etree._Element, kind: str = "item",
+                        fields: dict[str, tuple[Callable[[Any], Any], str]] | None = None) -> Predicate:
+    """``fields`` replaces the properties of ``kind`` (field URI -> (getter, kind of value)): FindPeople
+    restricts on ``persona:`` properties."""
     kids = [c for c in restriction if isinstance(c.tag, str)]
     if len(kids) != 1:
         raise ResponseError("ErrorInvalidRestriction", "m:Restriction takes exactly one search expression")
-    func = _Compiler(kind).compile(kids[0])
-    bound = _received_bound(kids[0]) if kind == "item" else None
+    func = _Compiler(kind, fields).compile(kids[0])
+    bound = _received_bound(kids[0]) if kind == "item" and fields is None else None
     # outside an And, a bound is found only on a lone IsGreaterThan(OrEqualTo) DateTimeReceived vs a constant
     bound_only = bound is not None and etree.QName(kids[0]).localname in ("IsGreaterThan", "IsGreaterThanOrEqualTo")
     return Predicate(func, bound, bound_only)

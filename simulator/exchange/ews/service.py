@@ -35,6 +35,7 @@ from simulator.exchange.ews import (
     attachments,
     convert_id,
     create_item,
+    export,
     find_item,
     folder_ops,
     folders,
@@ -42,6 +43,7 @@ from simulator.exchange.ews import (
     items,
     mailbox_info,
     notifications,
+    people,
     settings,
     sync,
 )
@@ -63,7 +65,7 @@ EXO_VERSION = "V2018_01_08"
 Handler = Callable[[Context, etree._Element], etree._Element]
 OPERATIONS: dict[str, Handler] = {}
 for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops,
-                attachments, notifications):
+                attachments, notifications, export, people):
     OPERATIONS.update(_module.OPERATIONS)
 
 # Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is
