@@ -176,9 +176,9 @@ class EwsService:
         req = ops[0]
         qname = etree.QName(req)
         if qname.namespace != MNS:
-            raise EwsFault("ErrorSchemaValidation",
-                           f"The request failed schema validation: {qname.localname!r} is not an EWS operation "
-                           f"(namespace {qname.namespace!r}).")
+            # Exchange does not get as far as schema validation here: a body element outside the
+            # messages namespace is no request at all, and the answer is ErrorInvalidRequest.
+            raise EwsFault("ErrorInvalidRequest", "The request is invalid.")
         operation = qname.localname
         handler = OPERATIONS.get(operation)
         if handler is None:
