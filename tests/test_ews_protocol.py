@@ -5,15 +5,30 @@ no EWS operation; and the SOAP and POX Autodiscover services beside the JSON one
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
+import threading
+from datetime import UTC, datetime
 
 import pytest
-from exchangelib.errors import ErrorInvalidIdMalformed, ErrorNonExistentMailbox
+from exchangelib import Folder
+from exchangelib.errors import (
+    ErrorInvalidIdMalformed,
+    ErrorInvalidRequest,
+    ErrorItemNotFound,
+    ErrorItemSave,
+    ErrorNonExistentMailbox,
+)
 from exchangelib.properties import ENTRY_ID, EWS_ID, HEX_ENTRY_ID, ID_FORMATS, AlternateId
-from test_ews import ALICE, BOB, GET_INBOX, Server, account, post, trust
+from test_ews import ALICE, BOB, GET_INBOX, START, Server, account, post, trust
 
+from simulator.crm.db import sqlite_url
+from simulator.exchange.ews import EwsService
 from simulator.exchange.ews.convert_id import mailbox_guid
+from simulator.sandbox import Sandbox
+from simulator.tls import ensure_tls
+from simulator.web import WebServer
 
 
 @pytest.fixture
@@ -91,3 +106,102 @@ def test_body_element_outside_the_messages_namespace_is_an_invalid_request(serve
     assert r.status_code == 500
     assert b"<e:ResponseCode" in r.content and b"ErrorInvalidRequest" in r.content
     assert post(server, GET_INBOX).status_code == 200
+
+
+# -- user configurations -------------------------------------------------------------------------
+def test_user_configuration_created_read_updated_and_deleted(server, trust_ca):
+    acc = ready(server)
+    folder = Folder(parent=acc.inbox, name="Settings").save()
+    stamp = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    dictionary = {"colour": "blue", 7: True, b"k": 300, ("a", "b"): stamp, False: b"\x00\x01"}
+    folder.create_user_configuration(name="App.Prefs", dictionary=dictionary, xml_data=b"<p>1</p>",
+                                     binary_data=b"\x00blob")
+    got = folder.get_user_configuration(name="app.prefs")  # names are compared without case
+    assert got.dictionary == dictionary
+    assert (got.xml_data, got.binary_data) == (b"<p>1</p>", b"\x00blob")
+    assert got.user_configuration_name.name == "App.Prefs" and got.id
+    only_xml = folder.get_user_configuration(name="App.Prefs", properties="XmlData")
+    assert (only_xml.dictionary, only_xml.xml_data, only_xml.binary_data) == (None, b"<p>1</p>", None)
+    folder.update_user_configuration(name="App.Prefs", dictionary={"n": 1})  # the parts left out stay
+    got = folder.get_user_configuration(name="App.Prefs")
+    assert (got.dictionary, got.xml_data, got.binary_data) == ({"n": 1}, b"<p>1</p>", b"\x00blob")
+    folder.delete_user_configuration(name="App.Prefs")
+    with pytest.raises(ErrorItemNotFound):
+        folder.get_user_configuration(name="App.Prefs")
+
+
+def test_user_configuration_refusals(server, trust_ca):
+    acc = ready(server)
+    acc.inbox.create_user_configuration(name="Once", xml_data=b"<a/>")
+    with pytest.raises(ErrorItemSave):
+        acc.inbox.create_user_configuration(name="ONCE")
+    with pytest.raises(ErrorItemNotFound):  # a configuration belongs to its folder
+        acc.drafts.get_user_configuration(name="Once")
+    for bad in ("has space", "IPM.Configuration.Mine", "x" * 237):
+        with pytest.raises(ErrorInvalidRequest):
+            acc.inbox.create_user_configuration(name=bad)
+    with pytest.raises(ErrorItemNotFound):
+        acc.inbox.update_user_configuration(name="Never", xml_data=b"<a/>")
+    with pytest.raises(ErrorItemNotFound):
+        acc.inbox.delete_user_configuration(name="Never")
+    bad_value = USER_CONFIG.replace(b"<t:Value>1</t:Value>", b"<t:Value>maybe</t:Value>")
+    r = post(server, bad_value)
+    assert b"ErrorInvalidRequest" in r.content and b"Boolean" in r.content
+    assert post(server, USER_CONFIG).status_code == 200 and b"NoError" in post(
+        server, USER_CONFIG.replace(b"CreateUserConfiguration", b"UpdateUserConfiguration")).content
+    assert acc.inbox.get_user_configuration(name="Raw").dictionary == {True: 5}
+
+
+USER_CONFIG = b"""<?xml version="1.0" encoding="utf-8"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"
+  xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"
+  xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">
+  <s:Body><m:CreateUserConfiguration><m:UserConfiguration>
+    <t:UserConfigurationName Name="Raw"><t:DistinguishedFolderId Id="inbox"/></t:UserConfigurationName>
+    <t:Dictionary><t:DictionaryEntry>
+      <t:DictionaryKey><t:Type>Boolean</t:Type><t:Value>1</t:Value></t:DictionaryKey>
+      <t:DictionaryValue><t:Type>Integer32</t:Type><t:Value>5</t:Value></t:DictionaryValue>
+    </t:DictionaryEntry></t:Dictionary>
+  </m:UserConfiguration></m:CreateUserConfiguration></s:Body>
+</s:Envelope>"""
+
+
+def test_user_configuration_survives_a_replay(tmp_path, monkeypatch):
+    db = tmp_path / "world.db"
+    sb = Sandbox(db_url=sqlite_url(db), seed=3, start=START, record_events=False)
+    sb.store.add_mailbox(ALICE, "Alice")
+    srv = sandbox_server(sb, tmp_path, monkeypatch)
+    try:
+        acc = ready(srv)
+        acc.inbox.create_user_configuration(name="Kept", dictionary={"a": 1}, binary_data=b"xyz")
+        acc.inbox.create_user_configuration(name="Gone", xml_data=b"<a/>")
+        acc.inbox.update_user_configuration(name="Kept", xml_data=b"<b/>")
+        acc.inbox.delete_user_configuration(name="Gone")
+    finally:
+        srv.stop()
+    reopened = Sandbox(db_url=sqlite_url(db), seed=3, start=START, record_events=False)
+    try:
+        inbox = reopened.store.mailbox(ALICE).distinguished["inbox"]
+        configs = reopened.store.mailbox(ALICE).settings.user_configs[inbox]
+        assert list(configs) == ["kept"]
+        assert configs == sb.store.mailbox(ALICE).settings.user_configs[inbox]
+        assert base64.b64decode(configs["kept"]["x"]) == b"<b/>" and configs["kept"]["v"] == 1
+    finally:
+        reopened.close()
+        sb.close()
+
+
+def sandbox_server(sb, tmp_path, monkeypatch) -> Server:
+    """The test server's loop thread on a sandbox's store and world (its events go to the journal)."""
+    srv = Server.__new__(Server)
+    srv.clock, srv.store, srv.tls = sb.clock, sb.store, ensure_tls(tmp_path)
+    srv.service = EwsService(sb.store, sb.clock, refresh=sb.world.refresh, commit=sb.world.commit)
+    srv.web = WebServer(ssl_context=srv.tls.server_context())
+    srv.web.add_routes(srv.service.routes())
+    srv.loop = asyncio.new_event_loop()
+    srv.thread = threading.Thread(target=srv.loop.run_forever, daemon=True)
+    srv.thread.start()
+    srv.base_url = srv.call(srv.web.start())
+    srv.url = srv.base_url + "/EWS/Exchange.asmx"
+    trust(monkeypatch, srv)
+    return srv

@@ -44,6 +44,7 @@ from simulator.exchange.ews import (
     notifications,
     settings,
     sync,
+    user_config,
 )
 from simulator.exchange.ews.context import Context
 from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
@@ -63,7 +64,7 @@ EXO_VERSION = "V2018_01_08"
 Handler = Callable[[Context, etree._Element], etree._Element]
 OPERATIONS: dict[str, Handler] = {}
 for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops,
-                attachments, notifications):
+                attachments, notifications, user_config):
     OPERATIONS.update(_module.OPERATIONS)
 
 # Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is
