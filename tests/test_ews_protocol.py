@@ -9,12 +9,14 @@ import asyncio
 import base64
 import struct
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from exchangelib import Folder
+from exchangelib import CalendarItem, EWSTimeZone, Folder
 from exchangelib.errors import (
     ErrorInvalidIdMalformed,
+    ErrorMailRecipientNotFound,
+    ErrorTimeIntervalTooBig,
     ErrorInvalidRequest,
     ErrorItemNotFound,
     ErrorItemSave,
@@ -205,3 +207,67 @@ def sandbox_server(sb, tmp_path, monkeypatch) -> Server:
     srv.url = srv.base_url + "/EWS/Exchange.asmx"
     trust(monkeypatch, srv)
     return srv
+
+
+# -- GetUserAvailability -------------------------------------------------------------------------
+def test_free_busy_from_the_calendar(server, trust_ca):
+    acc = ready(server)
+    tz = EWSTimeZone("Europe/Copenhagen")  # UTC+2 in June: the answer's times are local times of the request
+    day = datetime(2026, 6, 15, tzinfo=UTC)
+    CalendarItem(account=acc, folder=acc.calendar, subject="Standup", location="Room 1", reminder_is_set=True,
+                 start=day + timedelta(hours=8), end=day + timedelta(hours=9)).save()
+    CalendarItem(account=acc, folder=acc.calendar, subject="Maybe", legacy_free_busy_status="Tentative",
+                 start=day + timedelta(hours=8, minutes=30), end=day + timedelta(hours=10)).save()
+    CalendarItem(account=acc, folder=acc.calendar, subject="Lunch", legacy_free_busy_status="Free",
+                 start=day + timedelta(hours=11), end=day + timedelta(hours=12)).save()
+    CalendarItem(account=acc, folder=acc.calendar, subject="Tomorrow",
+                 start=day + timedelta(days=1, hours=8), end=day + timedelta(days=1, hours=9)).save()
+    start = (day + timedelta(hours=7)).astimezone(tz)
+    (view,) = acc.protocol.get_free_busy_info([(ALICE, "Organizer", False)], start=start,
+                                              end=start + timedelta(hours=4), merged_free_busy_interval=60)
+    assert view.view_type == "DetailedMerged"
+    assert view.merged == "0210"  # 07-08 free, 08-09 busy (beats tentative), 09-10 tentative, 10-11 free
+    events = view.calendar_events
+    assert [(e.details.subject, e.busy_type) for e in events] == [("Standup", "Busy"), ("Maybe", "Tentative")]
+    assert events[0].start == day + timedelta(hours=8) and events[0].start.astimezone(tz).hour == 10
+    assert events[0].details.location == "Room 1" and events[0].details.is_reminder_set is True
+    assert [p.weekdays for p in view.working_hours] == [[1, 2, 3, 4, 5]]
+    assert view.working_hours_timezone.bias == 0
+
+
+def test_free_busy_refusals(server, trust_ca):
+    acc = ready(server)
+    start = datetime(2026, 6, 15, 8, tzinfo=EWSTimeZone("UTC"))
+    views = list(acc.protocol.get_free_busy_info([("nobody@contoso.example", "Required", False),
+                                                  (BOB, "Required", False)], start=start,
+                                                 end=start + timedelta(hours=1)))
+    assert isinstance(views[0], ErrorMailRecipientNotFound)
+    assert views[1].merged == "00"
+    with pytest.raises(ErrorTimeIntervalTooBig):
+        list(acc.protocol.get_free_busy_info([(BOB, "Required", False)], start=start,
+                                             end=start + timedelta(days=43)))
+    backwards = AVAILABILITY.replace(b"2026-06-15T09:00:00Z", b"2026-06-15T07:00:00Z")
+    r = post(server, backwards)
+    assert r.status_code == 500 and b"ErrorInvalidTimeInterval" in r.content
+    r = post(server, AVAILABILITY)
+    assert r.status_code == 200 and b">00</t:MergedFreeBusy>" in r.content
+
+
+AVAILABILITY = b"""<?xml version="1.0" encoding="utf-8"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"
+  xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"
+  xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">
+  <s:Body><m:GetUserAvailabilityRequest>
+    <t:TimeZone><t:Bias>0</t:Bias>
+      <t:StandardTime><t:Bias>0</t:Bias><t:Time>00:00:00</t:Time><t:DayOrder>0</t:DayOrder><t:Month>0</t:Month>
+        <t:DayOfWeek>Sunday</t:DayOfWeek></t:StandardTime>
+      <t:DaylightTime><t:Bias>0</t:Bias><t:Time>00:00:00</t:Time><t:DayOrder>0</t:DayOrder><t:Month>0</t:Month>
+        <t:DayOfWeek>Sunday</t:DayOfWeek></t:DaylightTime></t:TimeZone>
+    <m:MailboxDataArray><t:MailboxData><t:Email><t:Address>bob@contoso.example</t:Address></t:Email>
+      <t:AttendeeType>Required</t:AttendeeType></t:MailboxData></m:MailboxDataArray>
+    <t:FreeBusyViewOptions><t:TimeWindow><t:StartTime>2026-06-15T08:00:00Z</t:StartTime>
+      <t:EndTime>2026-06-15T09:00:00Z</t:EndTime></t:TimeWindow>
+      <t:MergedFreeBusyIntervalInMinutes>30</t:MergedFreeBusyIntervalInMinutes>
+      <t:RequestedView>MergedOnly</t:RequestedView></t:FreeBusyViewOptions>
+  </m:GetUserAvailabilityRequest></s:Body>
+</s:Envelope>"""

@@ -33,6 +33,7 @@ from engine.clock import Clock
 from engine.errors import ExchangeError
 from simulator.exchange.ews import (
     attachments,
+    availability,
     convert_id,
     create_item,
     find_item,
@@ -64,7 +65,7 @@ EXO_VERSION = "V2018_01_08"
 Handler = Callable[[Context, etree._Element], etree._Element]
 OPERATIONS: dict[str, Handler] = {}
 for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops,
-                attachments, notifications, user_config):
+                attachments, notifications, user_config, availability):
     OPERATIONS.update(_module.OPERATIONS)
 
 # Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is
