@@ -12,7 +12,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from exchangelib import CalendarItem, EWSTimeZone, Folder
+import requests
+from exchangelib import OAUTH2, CalendarItem, Configuration, EWSTimeZone, Folder
+from exchangelib.autodiscover import clear_cache
+from exchangelib.autodiscover.cache import autodiscover_cache
+from exchangelib.autodiscover.discovery import Autodiscovery
+from exchangelib.autodiscover.protocol import AutodiscoverProtocol
 from exchangelib.errors import (
     ErrorInvalidIdMalformed,
     ErrorMailRecipientNotFound,
@@ -23,11 +28,16 @@ from exchangelib.errors import (
     ErrorNonExistentMailbox,
 )
 from exchangelib.properties import ENTRY_ID, EWS_ID, HEX_ENTRY_ID, ID_FORMATS, AlternateId
-from test_ews import ALICE, BOB, GET_INBOX, START, Server, account, post, trust
+from lxml import etree
+from test_ews import ALICE, BOB, GET_INBOX, START, Server, account, credentials, post, trust
 
+from engine.clock import VirtualClock
 from simulator.crm.db import sqlite_url
+from simulator.exchange.autodiscover import autodiscover_routes
+from simulator.exchange.autodiscover_soap import ANS, OUTLOOK_SCHEMA
 from simulator.exchange.ews import EwsService
 from simulator.exchange.ews.convert_id import mailbox_guid
+from simulator.exchange.store import ExchangeStore
 from simulator.sandbox import Sandbox
 from simulator.tls import ensure_tls
 from simulator.web import WebServer
@@ -200,13 +210,18 @@ def sandbox_server(sb, tmp_path, monkeypatch) -> Server:
     srv.service = EwsService(sb.store, sb.clock, refresh=sb.world.refresh, commit=sb.world.commit)
     srv.web = WebServer(ssl_context=srv.tls.server_context())
     srv.web.add_routes(srv.service.routes())
+    start_loop(srv)
+    trust(monkeypatch, srv)
+    return srv
+
+
+def start_loop(srv: Server) -> None:
+    """Start a hand-built test server: its event loop in a thread, then its web server."""
     srv.loop = asyncio.new_event_loop()
     srv.thread = threading.Thread(target=srv.loop.run_forever, daemon=True)
     srv.thread.start()
     srv.base_url = srv.call(srv.web.start())
     srv.url = srv.base_url + "/EWS/Exchange.asmx"
-    trust(monkeypatch, srv)
-    return srv
 
 
 # -- GetUserAvailability -------------------------------------------------------------------------
@@ -271,3 +286,121 @@ AVAILABILITY = b"""<?xml version="1.0" encoding="utf-8"?>
       <t:RequestedView>MergedOnly</t:RequestedView></t:FreeBusyViewOptions>
   </m:GetUserAvailabilityRequest></s:Body>
 </s:Envelope>"""
+
+
+# -- SOAP and POX Autodiscover -------------------------------------------------------------------
+def soap_user_settings(*users: str, settings=("AutoDiscoverSMTPAddress", "ExternalEwsUrl")) -> bytes:
+    mailboxes = "".join(f"<a:User><a:Mailbox>{u}</a:Mailbox></a:User>" for u in users)
+    wanted = "".join(f"<a:Setting>{s}</a:Setting>" for s in settings)
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"
+  xmlns:a="http://schemas.microsoft.com/exchange/2010/Autodiscover"
+  xmlns:wsa="http://www.w3.org/2005/08/addressing">
+  <s:Header><a:RequestedServerVersion>Exchange2013</a:RequestedServerVersion>
+    <wsa:Action>http://schemas.microsoft.com/exchange/2010/Autodiscover/Autodiscover/GetUserSettings</wsa:Action>
+  </s:Header>
+  <s:Body><a:GetUserSettingsRequestMessage><a:Request><a:Users>{mailboxes}</a:Users>
+    <a:RequestedSettings>{wanted}</a:RequestedSettings></a:Request></a:GetUserSettingsRequestMessage></s:Body>
+</s:Envelope>""".encode()
+
+
+def pox_request(address: str, schema: str = OUTLOOK_SCHEMA) -> bytes:
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006">
+  <Request><EMailAddress>{address}</EMailAddress><AcceptableResponseSchema>{schema}</AcceptableResponseSchema>
+  </Request></Autodiscover>""".encode()
+
+
+def ad_post(server, path: str, body: bytes, token: str | None = None) -> requests.Response:
+    with requests.Session() as session:
+        session.trust_env = False
+        headers = {"Content-Type": "text/xml; charset=utf-8"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return session.post(server.base_url + path, data=body, headers=headers, verify=str(server.tls.ca_file),
+                            timeout=30)
+
+
+def test_soap_autodiscover_get_user_settings_over_plain_http(server):
+    r = ad_post(server, "/autodiscover/autodiscover.svc",
+                soap_user_settings(ALICE.upper(), "nobody@fabrikam.example",
+                                   settings=("AutoDiscoverSMTPAddress", "ExternalEwsUrl", "UserDN", "Bogus")))
+    assert r.status_code == 200
+    root = etree.fromstring(r.content)
+    ns = {"a": ANS}
+    assert root.findtext(".//a:Response/a:ErrorCode", namespaces=ns) == "NoError"
+    alice, nobody = root.findall(".//a:UserResponse", namespaces=ns)
+    settings = {s.findtext("a:Name", namespaces=ns): s.findtext("a:Value", namespaces=ns)
+                for s in alice.findall(".//a:UserSetting", namespaces=ns)}
+    assert settings == {"AutoDiscoverSMTPAddress": ALICE, "ExternalEwsUrl": server.url}
+    errors = {e.findtext("a:SettingName", namespaces=ns): e.findtext("a:ErrorCode", namespaces=ns)
+              for e in alice.findall(".//a:UserSettingError", namespaces=ns)}
+    assert errors == {"UserDN": "SettingIsNotAvailable", "Bogus": "InvalidSetting"}
+    assert nobody.findtext("a:ErrorCode", namespaces=ns) == "InvalidUser"
+    assert "Invalid user 'nobody@fabrikam.example'" in nobody.findtext("a:ErrorMessage", namespaces=ns)
+    empty = ad_post(server, "/autodiscover/autodiscover.svc", soap_user_settings(ALICE, settings=()))
+    assert b"<ErrorCode>InvalidRequest</ErrorCode>" in empty.content
+    other = ad_post(server, "/autodiscover/autodiscover.svc", GET_INBOX)
+    assert other.status_code == 500 and b"faultstring" in other.content
+
+
+def test_pox_autodiscover(server):
+    ok = ad_post(server, "/autodiscover/autodiscover.xml", pox_request(ALICE))
+    assert ok.status_code == 200
+    ns = {"o": OUTLOOK_SCHEMA}
+    root = etree.fromstring(ok.content)
+    assert root.findtext(".//o:EwsUrl", namespaces=ns) == server.url
+    assert root.findtext(".//o:AutoDiscoverSMTPAddress", namespaces=ns) == ALICE
+    missing = etree.fromstring(ad_post(server, "/autodiscover/autodiscover.xml", pox_request("x@contoso.example"))
+                               .content)
+    assert missing.findtext(".//{*}ErrorCode") == "500"
+    assert missing.findtext(".//{*}Message") == "The email address can't be found."
+    schema = etree.fromstring(ad_post(server, "/autodiscover/autodiscover.xml", pox_request(ALICE, "urn:x")).content)
+    assert schema.findtext(".//{*}ErrorCode") == "601"
+    for bad in (b"<nope/>", b"not xml"):
+        assert etree.fromstring(ad_post(server, "/autodiscover/autodiscover.xml", bad).content) \
+            .findtext(".//{*}ErrorCode") == "600"
+
+
+def test_autodiscover_needs_a_token_when_tokens_are_checked(tmp_path):
+    def authorize(token, mailbox):
+        if token != "good":
+            raise PermissionError("bad token")
+
+    srv = Server.__new__(Server)  # the test server's loop thread, with Autodiscover checking tokens
+    srv.clock = VirtualClock(START)
+    srv.store = ExchangeStore(srv.clock)
+    srv.store.add_mailbox(ALICE, "Alice")
+    srv.tls = ensure_tls(tmp_path)
+    srv.web = WebServer(ssl_context=srv.tls.server_context())
+    srv.web.add_routes(autodiscover_routes(srv.store, lambda: srv.web.base_url, authorize=authorize))
+    start_loop(srv)
+    try:
+        body = soap_user_settings(ALICE)
+        assert ad_post(srv, "/Autodiscover/Autodiscover.svc", body).status_code == 401
+        assert ad_post(srv, "/Autodiscover/Autodiscover.svc", body, token="bad").status_code == 401
+        assert ad_post(srv, "/Autodiscover/Autodiscover.svc", body, token="good").status_code == 200
+        assert ad_post(srv, "/autodiscover/autodiscover.xml", pox_request(ALICE)).status_code == 401
+    finally:
+        srv.stop()
+
+
+def test_exchangelib_autodiscovers_through_the_soap_service(server, trust_ca):
+    ad_url = server.base_url + "/autodiscover/autodiscover.svc"
+    protocol = AutodiscoverProtocol(config=Configuration(service_endpoint=ad_url, credentials=credentials(),
+                                                         auth_type=OAUTH2))
+    response = protocol.get_user_settings(user=ALICE)
+    assert (response.autodiscover_smtp_address, response.ews_url) == (ALICE, server.url)
+    assert response.version.api_version == "Exchange2016"
+    unknown = protocol.get_user_settings(user="ghost@contoso.example")
+    assert unknown.error_code == "InvalidUser"
+    # Autodiscovery with the domain's endpoint known (the cache exchangelib fills after its DNS steps)
+    clear_cache()
+    try:
+        autodiscover_cache[("contoso.example", protocol.credentials)] = protocol
+        ad, ews = Autodiscovery(email=ALICE, credentials=protocol.credentials).discover()
+        assert ews.service_endpoint == server.url and ad.autodiscover_smtp_address == ALICE
+        with pytest.raises(ErrorNonExistentMailbox):
+            Autodiscovery(email="ghost@contoso.example", credentials=protocol.credentials).discover()
+    finally:
+        clear_cache()
