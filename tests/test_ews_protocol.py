@@ -20,14 +20,16 @@ from exchangelib.autodiscover.discovery import Autodiscovery
 from exchangelib.autodiscover.protocol import AutodiscoverProtocol
 from exchangelib.errors import (
     ErrorInvalidIdMalformed,
-    ErrorMailRecipientNotFound,
-    ErrorTimeIntervalTooBig,
     ErrorInvalidRequest,
     ErrorItemNotFound,
     ErrorItemSave,
+    ErrorMailRecipientNotFound,
     ErrorNonExistentMailbox,
+    ErrorTimeIntervalTooBig,
 )
 from exchangelib.properties import ENTRY_ID, EWS_ID, HEX_ENTRY_ID, ID_FORMATS, AlternateId
+from exchangelib.protocol import Protocol
+from exchangelib.transport import get_auth_method_from_response
 from lxml import etree
 from test_ews import ALICE, BOB, GET_INBOX, START, Server, account, credentials, post, trust
 
@@ -404,3 +406,21 @@ def test_exchangelib_autodiscovers_through_the_soap_service(server, trust_ca):
             Autodiscovery(email="ghost@contoso.example", credentials=protocol.credentials).discover()
     finally:
         clear_cache()
+
+
+def test_anonymous_probe_learns_that_only_oauth_is_accepted(tmp_path, monkeypatch):
+    def authorize(token, mailbox):
+        if token != "good":
+            raise PermissionError("no valid token")
+
+    srv = Server(tmp_path, authorize=authorize)
+    trust(monkeypatch, srv)
+    try:
+        r = post(srv, GET_INBOX, mailbox=None, token=None)
+        assert r.status_code == 401
+        assert get_auth_method_from_response(r) == OAUTH2  # what exchangelib concludes from the answer
+        probe = Protocol(config=Configuration(service_endpoint=srv.url, credentials=credentials("good")))
+        probe.config.auth_type = None  # as Account(autodiscover=True, credentials=...) leaves it
+        assert probe.auth_type == OAUTH2
+    finally:
+        srv.stop()

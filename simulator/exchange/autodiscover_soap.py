@@ -226,7 +226,7 @@ def soap_autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[],
         except Exception as exc:  # noqa: BLE001 - any refusal is a 401, its reason in the body
             return web.Response(status=401, text=f"401 Unauthorized: {exc or exc.__class__.__name__}",
                                 headers={"WWW-Authenticate": 'Bearer authorization_uri="", error="invalid_token"',
-                                         "ms-diagnostics-public": "Modern Auth: the bearer token was refused"})
+                                         "ms-diagnostics-public": "Modern Auth: only OAuth bearer tokens are accepted"})
         return None
 
     async def fault_for(request: web.Request, address: str) -> str | None:

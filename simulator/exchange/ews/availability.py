@@ -37,7 +37,16 @@ from lxml import etree
 from simulator.exchange.ews.context import response_message
 from simulator.exchange.ews.convert_id import ParsedId, render
 from simulator.exchange.ews.fields import revive
-from simulator.exchange.ews.xml import EwsFault, ResponseError, el, parse_bool, parse_datetime, sub, t, xml_bool
+from simulator.exchange.ews.xml import (
+    EwsFault,
+    ResponseError,
+    el,
+    parse_bool,
+    parse_datetime,
+    sub,
+    t,
+    xml_bool,
+)
 from simulator.exchange.store import ExchangeMailbox, Item
 
 MAX_MAILBOXES = 100

@@ -263,6 +263,9 @@ class EwsService:
             "WWW-Authenticate": 'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
                                 'trusted_issuers="00000001-0000-0000-c000-000000000000@*"',
             "x-ms-diagnostics": f'2000001;reason="{_header_safe(reason)}";error_category="invalid_token"',
+            # Exchange Online's public diagnostic says that only modern authentication (OAuth) is
+            # accepted: a client that probes the auth type with an anonymous request learns it here.
+            "ms-diagnostics-public": "Modern Auth: only OAuth bearer tokens are accepted",
         })
 
 
