@@ -249,7 +249,10 @@ def test_free_busy_from_the_calendar(server, trust_ca):
     assert events[0].start == day + timedelta(hours=8) and events[0].start.astimezone(tz).hour == 10
     assert events[0].details.location == "Room 1" and events[0].details.is_reminder_set is True
     assert [p.weekdays for p in view.working_hours] == [[1, 2, 3, 4, 5]]
-    assert view.working_hours_timezone.bias == 0
+    zones = list(acc.protocol.get_timezones(return_full_timezone_data=True))
+    assert view.working_hours_timezone.bias == 480  # Exchange Online's default: Pacific Standard Time
+    assert view.working_hours_timezone.to_server_timezone(zones, 2026) in ("Pacific Standard Time",
+                                                                           "Pacific Standard Time (Mexico)")
 
 
 def test_free_busy_refusals(server, trust_ca):

@@ -11,9 +11,9 @@ window or ends after it is given whole, as Exchange does):
 * ``CalendarEventArray`` (every view but ``MergedOnly``): start, end and busy type of each item,
   and for the ``Detailed`` views its details (id as a HexEntryId, subject, location, meeting,
   recurring, reminder and private flags). Items marked free or cancelled are left out;
-* ``WorkingHours``: the mailbox's working hours. The sandbox's mailboxes have no regional settings,
-  so every one works Monday to Friday 08:00-17:00 UTC, as a new Exchange Online mailbox does
-  before its owner picks a time zone.
+* ``WorkingHours``: the mailbox's working hours. The sandbox's mailboxes have no calendar settings,
+  so every one has Exchange Online's defaults: Monday to Friday 08:00-17:00, Pacific Standard Time
+  (its rules described as GetServerTimeZones describes them).
 
 Times in the answer are local times of the time zone the request gives (``t:TimeZone``: a bias and
 the standard/daylight rules), written without an offset as Exchange writes them; times of the
@@ -37,6 +37,7 @@ from lxml import etree
 from simulator.exchange.ews.context import response_message
 from simulator.exchange.ews.convert_id import ParsedId, render
 from simulator.exchange.ews.fields import revive
+from simulator.exchange.ews.mailbox_info import _zone_rules
 from simulator.exchange.ews.xml import (
     EwsFault,
     ResponseError,
@@ -56,6 +57,7 @@ STATUSES = ("Free", "Tentative", "Busy", "OOF", "WorkingElsewhere")
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 WORK_DAYS = _DAYS[:5]
 WORK_START, WORK_END = 8 * 60, 17 * 60  # minutes after midnight
+WORK_ZONE = "Pacific Standard Time"  # Exchange Online's working-hours zone until the owner picks one
 
 
 def _schema(message: str) -> EwsFault:
@@ -234,17 +236,33 @@ def _details(mbx: ExchangeMailbox, event: Event) -> etree._Element:
     return details
 
 
-def _working_hours() -> etree._Element:
+def _zone_rule(tag: str, bias: int, transition: tuple | None) -> etree._Element:
+    rule = el(tag)
+    sub(rule, "t:Bias", str(bias))
+    if transition is None:  # a zone without daylight time: no switch (month 0)
+        for name, value in (("t:Time", "00:00:00"), ("t:DayOrder", "0"), ("t:Month", "0"),
+                            ("t:DayOfWeek", "Sunday")):
+            sub(rule, name, value)
+        return rule
+    _, local, month, weekday, occurrence = transition
+    sub(rule, "t:Time", local.strftime("%H:%M:%S"))
+    sub(rule, "t:DayOrder", str(5 if occurrence == -1 else occurrence))
+    sub(rule, "t:Month", str(month))
+    sub(rule, "t:DayOfWeek", _DAYS[weekday - 1])
+    return rule
+
+
+def _working_hours(year: int) -> etree._Element:
+    """The mailbox's working hours, with their time zone described the way GetServerTimeZones
+    describes it (the rules of ``year``)."""
     hours = el("t:WorkingHours")
+    _, _, std, dst, transitions = next(z for z in _zone_rules(year) if z[0] == WORK_ZONE)
     zone = sub(hours, "t:TimeZone")
-    sub(zone, "t:Bias", "0")
-    for tag in ("t:StandardTime", "t:DaylightTime"):  # UTC: no switches (month 0), as Exchange writes it
-        rule = sub(zone, tag)
-        sub(rule, "t:Bias", "0")
-        sub(rule, "t:Time", "00:00:00")
-        sub(rule, "t:DayOrder", "0")
-        sub(rule, "t:Month", "0")
-        sub(rule, "t:DayOfWeek", "Sunday")
+    sub(zone, "t:Bias", str(-int(std.total_seconds()) // 60))
+    to_std = next((tr for tr in transitions if not tr[0]), None)
+    to_dst = next((tr for tr in transitions if tr[0]), None)
+    zone.append(_zone_rule("t:StandardTime", 0, to_std))
+    zone.append(_zone_rule("t:DaylightTime", -int((dst - std).total_seconds()) // 60, to_dst))
     periods = sub(hours, "t:WorkingPeriodArray")
     period = sub(periods, "t:WorkingPeriod")
     sub(period, "t:DayOfWeek", " ".join(WORK_DAYS))
@@ -269,7 +287,7 @@ def _view(mbx: ExchangeMailbox, zone: Zone, start: datetime, end: datetime, inte
             sub(one, "t:BusyType", event.status)
             if view.startswith("Detailed"):
                 one.append(_details(mbx, event))
-    out.append(_working_hours())
+    out.append(_working_hours(start.year))
     return out
 
 
