@@ -38,6 +38,7 @@ from simulator.crm.db import sqlite_url
 from simulator.exchange.autodiscover import autodiscover_routes
 from simulator.exchange.autodiscover_soap import ANS, OUTLOOK_SCHEMA
 from simulator.exchange.ews import EwsService
+from simulator.exchange.ews.availability import Rule, Zone
 from simulator.exchange.ews.convert_id import mailbox_guid
 from simulator.exchange.store import ExchangeStore
 from simulator.sandbox import Sandbox
@@ -427,3 +428,18 @@ def test_anonymous_probe_learns_that_only_oauth_is_accepted(tmp_path, monkeypatc
         assert probe.auth_type == OAUTH2
     finally:
         srv.stop()
+
+
+def test_request_time_zones_north_and_south():
+    """The request's time zone (bias and yearly rules) read as Exchange means it: daylight time between
+    the two switches in the north, around the turn of the year in the south."""
+    berlin = Zone(-60, Rule(0, timedelta(hours=3), 5, 10, 6), Rule(-60, timedelta(hours=2), 5, 3, 6))
+    sydney = Zone(-600, Rule(0, timedelta(hours=3), 1, 4, 6), Rule(-60, timedelta(hours=2), 1, 10, 6))
+    july, january = datetime(2026, 7, 1, 12, tzinfo=UTC), datetime(2026, 1, 15, 12, tzinfo=UTC)
+    assert berlin.to_local(july) == datetime(2026, 7, 1, 14) and berlin.to_local(january) == datetime(2026, 1, 15, 13)
+    assert sydney.to_local(july) == datetime(2026, 7, 1, 22) and sydney.to_local(january) == datetime(2026, 1, 15, 23)
+    # the switch itself: Berlin's clocks go to 03:00 at 01:00 UTC on the last Sunday of March 2026 (the 29th)
+    assert berlin.to_local(datetime(2026, 3, 29, 0, 59, tzinfo=UTC)) == datetime(2026, 3, 29, 1, 59)
+    assert berlin.to_local(datetime(2026, 3, 29, 1, 0, tzinfo=UTC)) == datetime(2026, 3, 29, 3, 0)
+    assert sydney.to_utc(datetime(2026, 1, 15, 23)) == january
+    assert Zone(0).to_local(july) == datetime(2026, 7, 1, 12)

@@ -98,7 +98,7 @@ class Zone:
         begins = datetime.combine(dst.day(year), datetime.min.time()) + dst.at \
             + timedelta(minutes=self.bias + std.bias)
         ends = datetime.combine(std.day(year), datetime.min.time()) + std.at + timedelta(minutes=self.bias + dst.bias)
-        return begins, ends
+        return (begins, ends) if begins != ends else None
 
     def offset(self, utc: datetime) -> timedelta:
         """Local time minus UTC at the instant ``utc`` (naive UTC)."""
