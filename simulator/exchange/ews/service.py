@@ -16,7 +16,9 @@ One request goes through these steps, each with the answer Exchange Online would
 
 An operation the simulator does not implement is answered with a SOAP fault
 ``ErrorInvalidOperation`` naming it (not ``ErrorInvalidRequest``: exchangelib takes that code for
-"wrong API version", retries every version and then hides the message).
+"wrong API version", retries every version and then hides the message). A body element outside
+the messages namespace is no EWS request at all: Exchange answers ``ErrorInvalidRequest`` ("The
+request is invalid.") and so does the simulator.
 """
 
 from __future__ import annotations
