@@ -15,6 +15,9 @@ window or ends after it is given whole, as Exchange does):
   so every one has Exchange Online's defaults: Monday to Friday 08:00-17:00, Pacific Standard Time
   (its rules described as GetServerTimeZones describes them).
 
+Recurring items are not expanded (the simulator serves no recurrence expansion): a recurring item
+counts once, at its own start and end.
+
 Times in the answer are local times of the time zone the request gives (``t:TimeZone``: a bias and
 the standard/daylight rules), written without an offset as Exchange writes them; times of the
 request's window without an offset are read in that zone too.
