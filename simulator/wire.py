@@ -352,7 +352,8 @@ class WireSandbox:
             self.exchange_tenant = _organization(self.sb).s2stenantid
         self.server.add_routes(self.identity.routes(public_base_url=None))
         self.server.add_routes(self.ews.routes())
-        self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url, faults=self.sb.faults))
+        self.server.add_routes(autodiscover_routes(self.sb.store, lambda: self.base_url, faults=self.sb.faults,
+                                                   authorize=self.authorize))
         self.server.add_routes(control_routes(self.sb, self.lock))
         self.server.add_routes(self.dataverse.routes())
         await self.server.start()

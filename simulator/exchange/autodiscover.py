@@ -6,6 +6,10 @@
 unknown address. Exchange Online also serves the shorter ``/autodiscover/autodiscover.json``
 form with ``?Email=...&Protocol=EWS``; both are routed.
 
+The SOAP (``autodiscover.svc``) and POX (``autodiscover.xml``) services are served beside it, from
+:mod:`simulator.exchange.autodiscover_soap`; unlike the JSON one they need a bearer token when
+``authorize`` is given.
+
 Fault rules of protocol ``autodiscover`` (operation ``autodiscover``, the mailbox being the address
 asked about) apply to every well-formed lookup: a latency in sandbox time, then a 503, a 500, a
 404 or a dropped connection (see :mod:`simulator.faults`).
@@ -17,6 +21,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from simulator.exchange.autodiscover_soap import soap_autodiscover_routes
 from simulator.exchange.ews.service import EWS_PATH
 from simulator.exchange.mime import normalize_address
 from simulator.exchange.store import ExchangeStore
@@ -30,10 +35,12 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 def autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str], *,
-                        faults: FaultInjector | None = None) -> list[web.RouteDef]:
-    """Routes of the JSON Autodiscover service; ``base_url_getter()`` gives ``https://host:port``.
+                        faults: FaultInjector | None = None, authorize=None) -> list[web.RouteDef]:
+    """Routes of the Autodiscover services (JSON, SOAP, POX); ``base_url_getter()`` gives
+    ``https://host:port``.
 
-    ``faults``: the sandbox's fault rules (None: no faults)."""
+    ``faults``: the sandbox's fault rules (None: no faults). ``authorize(token, address)``: the
+    bearer token check of the SOAP and POX services (None: they accept every request)."""
 
     async def injected(request: web.Request, address: str) -> web.Response | None:
         if faults is None or not faults.rules:
@@ -76,4 +83,5 @@ def autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str]
     return [
         web.get("/autodiscover/autodiscover.json/v1.0/{email}", by_path),
         web.get("/autodiscover/autodiscover.json", by_query),
+        *soap_autodiscover_routes(store, base_url_getter, authorize=authorize, faults=faults),
     ]

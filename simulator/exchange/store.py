@@ -116,7 +116,7 @@ MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 _ONE_US = timedelta(microseconds=1)
 
 
-SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub", "fprops"})
+SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub", "ucfg", "fprops"})
 
 
 @dataclass(slots=True, eq=False)
@@ -126,6 +126,8 @@ class MailboxSettings:
     rules: list[dict] = field(default_factory=list)  # by priority
     oof: dict | None = None  # None: never set
     ended_subscriptions: set[str] = field(default_factory=set)  # notification subscriptions unsubscribed
+    # user configurations (simulator.exchange.ews.user_config): folder id -> lower-case name -> record
+    user_configs: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 def _folder_name(name: str) -> str:
@@ -580,6 +582,12 @@ class ExchangeStore:
             mbx.settings.oof = dict(ev["o"])
         elif kind == "unsub":
             mbx.settings.ended_subscriptions.add(ev["s"])
+        elif kind == "ucfg":  # a user configuration created or replaced ("c"), or deleted ("c" is None)
+            in_folder = mbx.settings.user_configs.setdefault(ev["f"], {})
+            if ev["c"] is None:
+                in_folder.pop(ev["n"].lower(), None)
+            else:
+                in_folder[ev["n"].lower()] = dict(ev["c"])
         elif kind == "mvfld":
             mbx.folder_by_id(ev["p"])
             folder = mbx.folders[ev["id"]]
@@ -627,6 +635,14 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         with self.operation():
             self._emit({"k": "unsub", "a": mbx.address, "s": subscription_id})
+
+    def set_user_configuration(self, address: str, folder_id: str, name: str, record: dict | None) -> None:
+        """Store (or, with ``record`` None, delete) the user configuration ``name`` of a folder; the
+        record is JSON (see :mod:`simulator.exchange.ews.user_config`)."""
+        mbx = self.mailbox(address)
+        with self.operation():
+            self._emit({"k": "ucfg", "a": mbx.address, "f": folder_id, "n": name,
+                        "c": dict(record) if record is not None else None})
 
     def set_oof_settings(self, address: str, settings: dict) -> None:
         mbx = self.mailbox(address)

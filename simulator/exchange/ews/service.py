@@ -16,7 +16,9 @@ One request goes through these steps, each with the answer Exchange Online would
 
 An operation the simulator does not implement is answered with a SOAP fault
 ``ErrorInvalidOperation`` naming it (not ``ErrorInvalidRequest``: exchangelib takes that code for
-"wrong API version", retries every version and then hides the message).
+"wrong API version", retries every version and then hides the message). A body element outside
+the messages namespace is no EWS request at all: Exchange answers ``ErrorInvalidRequest`` ("The
+request is invalid.") and so does the simulator.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from engine.clock import Clock
 from engine.errors import ExchangeError
 from simulator.exchange.ews import (
     attachments,
+    availability,
     convert_id,
     create_item,
     export,
@@ -46,6 +49,7 @@ from simulator.exchange.ews import (
     people,
     settings,
     sync,
+    user_config,
 )
 from simulator.exchange.ews.context import Context
 from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
@@ -65,7 +69,7 @@ EXO_VERSION = "V2018_01_08"
 Handler = Callable[[Context, etree._Element], etree._Element]
 OPERATIONS: dict[str, Handler] = {}
 for _module in (convert_id, folders, items, find_item, item_ops, create_item, sync, settings, mailbox_info, folder_ops,
-                attachments, notifications, export, people):
+                attachments, notifications, export, people, user_config, availability):
     OPERATIONS.update(_module.OPERATIONS)
 
 # Fault rules name the engine's Exchange calls (simulator.faults.EWS_OPERATIONS); an EWS request is
@@ -178,9 +182,9 @@ class EwsService:
         req = ops[0]
         qname = etree.QName(req)
         if qname.namespace != MNS:
-            raise EwsFault("ErrorSchemaValidation",
-                           f"The request failed schema validation: {qname.localname!r} is not an EWS operation "
-                           f"(namespace {qname.namespace!r}).")
+            # Exchange does not get as far as schema validation here: a body element outside the
+            # messages namespace is no request at all, and the answer is ErrorInvalidRequest.
+            raise EwsFault("ErrorInvalidRequest", "The request is invalid.")
         operation = qname.localname
         handler = OPERATIONS.get(operation)
         if handler is None:
@@ -264,6 +268,9 @@ class EwsService:
             "WWW-Authenticate": 'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
                                 'trusted_issuers="00000001-0000-0000-c000-000000000000@*"',
             "x-ms-diagnostics": f'2000001;reason="{_header_safe(reason)}";error_category="invalid_token"',
+            # Exchange Online's public diagnostic says that only modern authentication (OAuth) is
+            # accepted: a client that probes the auth type with an anonymous request learns it here.
+            "ms-diagnostics-public": "Modern Auth: only OAuth bearer tokens are accepted",
         })
 
 

@@ -70,8 +70,9 @@ def _parser() -> etree.XMLParser:
     return etree.XMLParser(**_PARSER_OPTIONS)
 
 
-def parse_request(body: bytes) -> etree._Element:
-    """Parse a SOAP request safely; raise :class:`EwsFault` on anything hostile or malformed."""
+def parse_xml(body: bytes) -> etree._Element:
+    """Parse an XML request body safely, whatever its root; raise :class:`EwsFault` on anything
+    hostile or malformed (also used by the Autodiscover services)."""
     head = body[:4096].lower()
     if b"<!doctype" in head or b"<!entity" in body.lower():
         raise EwsFault("ErrorSchemaValidation",
@@ -90,6 +91,12 @@ def parse_request(body: bytes) -> etree._Element:
     for _ in root.iter(etree.Entity):
         raise EwsFault("ErrorSchemaValidation",
                        "The request failed schema validation: entity references are not allowed.")
+    return root
+
+
+def parse_request(body: bytes) -> etree._Element:
+    """Parse a SOAP request safely; raise :class:`EwsFault` on anything hostile or malformed."""
+    root = parse_xml(body)
     if root.tag != f"{{{SOAPNS}}}Envelope":
         raise EwsFault("ErrorSchemaValidation",
                        "The request failed schema validation: the root element is not a SOAP 1.1 Envelope.")
