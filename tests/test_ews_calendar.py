@@ -285,7 +285,7 @@ def _soap(operation: str) -> bytes:
      b'<t:OccurrenceItemId RecurringMasterId="{master}" InstanceIndex="x"/></m:ItemIds></m:GetItem>',
      b"ErrorInvalidIdMalformed"),
     (b'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds>'
-     b'<t:RecurringMasterItemId OccurrenceId="T0NDOnRoaXMgaXMgbm90IGFuIGlk"/></m:ItemIds></m:GetItem>',
+     b'<t:RecurringMasterItemId OccurrenceId="T0NDOkFBTWtBMDAwMDAwMDAwMDAxMDBmZmZmZjA6MjAyNjAzMDI="/></m:ItemIds></m:GetItem>',
      b"ErrorItemNotFound"),
     (b'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds>'
      b'<t:ItemId Id="{occurrence}" ChangeKey="bm90IGEga2V5"/></m:ItemIds></m:GetItem>', b"ErrorInvalidChangeKey"),
