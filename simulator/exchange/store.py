@@ -51,7 +51,7 @@ MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 _ONE_US = timedelta(microseconds=1)
 
 
-SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub"})
+SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub", "subpos"})
 
 
 @dataclass(slots=True, eq=False)
@@ -61,6 +61,8 @@ class MailboxSettings:
     rules: list[dict] = field(default_factory=list)  # by priority
     oof: dict | None = None  # None: never set
     ended_subscriptions: set[str] = field(default_factory=set)  # notification subscriptions unsubscribed
+    # streaming subscriptions: folder id -> how far into its change journal the events were delivered
+    delivered: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _folder_name(name: str) -> str:
@@ -465,6 +467,9 @@ class ExchangeStore:
             mbx.settings.oof = dict(ev["o"])
         elif kind == "unsub":
             mbx.settings.ended_subscriptions.add(ev["s"])
+            mbx.settings.delivered.pop(ev["s"], None)
+        elif kind == "subpos":
+            mbx.settings.delivered[ev["s"]] = dict(ev["w"])
         elif kind == "mvfld":
             folder = mbx.folders[ev["id"]]
             folder.parent_id = ev["p"]
@@ -498,6 +503,13 @@ class ExchangeStore:
         mbx = self.mailbox(address)
         with self.operation():
             self._emit({"k": "unsub", "a": mbx.address, "s": subscription_id})
+
+    def mark_delivered(self, address: str, subscription_id: str, positions: dict[str, int]) -> None:
+        """A streaming subscription's events are delivered up to ``positions`` (folder id -> journal
+        length); its first call, at Subscribe, names where it starts."""
+        mbx = self.mailbox(address)
+        with self.operation():
+            self._emit({"k": "subpos", "a": mbx.address, "s": subscription_id, "w": dict(positions)})
 
     def set_oof_settings(self, address: str, settings: dict) -> None:
         mbx = self.mailbox(address)

@@ -21,7 +21,9 @@ An operation the simulator does not implement is answered with a SOAP fault
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,7 +47,7 @@ from simulator.exchange.ews import (
     settings,
     sync,
 )
-from simulator.exchange.ews.context import Context
+from simulator.exchange.ews.context import Context, StreamedAnswer
 from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
 from simulator.exchange.store import ExchangeStore
 from simulator.faults import Fault, FaultInjector, answer_late
@@ -201,6 +203,7 @@ class EwsService:
         ctx = Context(self.store, address, mailbox, self.clock.now(), operation)
         if address is None:
             return self._answer(handler(ctx, req))
+        headers = _affinity(request, address)
         if self.in_flight[address] >= self.max_concurrent:
             raise EwsFault("ErrorExceededConnectionCount",
                            f"You have exceeded the available concurrent connections for your account "
@@ -216,7 +219,10 @@ class EwsService:
                     if fault.code is not None:
                         raise _wire_error(fault.error(), operation)
                 ctx.now = self.clock.now()
-                return self._answer(handler(ctx, req))
+                answer = handler(ctx, req)
+                if isinstance(answer, StreamedAnswer):
+                    return await self._stream(request, answer, headers)
+                return self._answer(answer, headers)
             finally:
                 if self.commit is not None:
                     self.commit()
@@ -242,10 +248,39 @@ class EwsService:
         return self.faults.decide("ews", name, address, now=self.clock.now())
 
     # -- answers ---------------------------------------------------------------------------
-    def _answer(self, response: etree._Element) -> web.Response:
+    def _answer(self, response: etree._Element, headers: dict[str, str] | None = None) -> web.Response:
         self.calls[etree.QName(response).localname.removesuffix("Response")] += 1
         return web.Response(body=envelope(response, self.server_version), status=200,
-                            content_type="text/xml", charset="utf-8")
+                            content_type="text/xml", charset="utf-8", headers=headers)
+
+    async def _stream(self, request: web.Request, answer: StreamedAnswer,
+                      headers: dict[str, str] | None) -> web.StreamResponse:
+        """Send ``answer``'s parts as SOAP envelopes, one after the other, over one chunked HTTP
+        response; a client that goes away ends it quietly."""
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "text/xml"
+        response.charset = "utf-8"
+        response.enable_chunked_encoding()
+
+        def gone() -> bool:
+            return request.transport is None or request.transport.is_closing()
+
+        parts = answer.parts(self.refresh or (lambda: None), gone)
+        try:
+            await response.prepare(request)
+            async for part in parts:
+                self.calls[etree.QName(part).localname.removesuffix("Response")] += 1
+                await response.write(envelope(part, self.server_version))
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError) as exc:  # the client closed the connection
+            log.debug("streaming answer ended by the client: %r", exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        except Exception:  # the headers are out: no fault answer any more, the connection just ends
+            log.exception("EWS streaming answer failed")
+        finally:
+            await parts.aclose()
+        return response
 
     def _fault(self, exc: EwsFault) -> web.Response:
         if exc.code == "HttpServiceUnavailable":
@@ -280,6 +315,16 @@ def _wire_error(exc: ExchangeError, operation: str) -> Exception:
     if code in ("HttpServiceUnavailable", "HttpInternalServerError"):
         return EwsFault(code, message)
     return EwsFault(code, f"{operation}: {message}")
+
+
+def _affinity(request: web.Request, address: str) -> dict[str, str] | None:
+    """A client that asks for server affinity (``X-PreferServerAffinity: true``, as exchangelib does
+    for subscriptions) gets the ``X-BackEndOverrideCookie`` naming the mailbox's backend server,
+    which it sends back on later requests; the name is derived from the address, so it is stable."""
+    if (request.headers.get("X-PreferServerAffinity") or "").strip().lower() != "true":
+        return None
+    server = f"SSSPR01MB{zlib.crc32(address.encode()) % 10000:04d}.prod.sss-sim.example"
+    return {"Set-Cookie": f"X-BackEndOverrideCookie={server}~{zlib.adler32(address.encode())}; path=/; secure; HttpOnly"}
 
 
 def _bearer(value: str | None) -> str | None:
