@@ -44,6 +44,7 @@ MAX_EVENTS = 50  # events in one GetEvents answer (MoreEvents says when more wai
 MAX_CONNECTION_MINUTES = 30  # GetStreamingEvents' ConnectionTimeout is from 1 to 30 minutes
 POLL_SECONDS = 0.25  # real time between two looks at the journals while a streaming connection is open
 QUIET_SECONDS = 30.0  # real time without events after which an open connection says "OK" again
+REAL_SECONDS_PER_MINUTE = 60.0  # the real-time bound of a streaming connection: ConnectionTimeout times this
 INVALID_SUBSCRIPTION = "Subscription is invalid."
 _KINDS = {"PullSubscriptionRequest": "pull", "PushSubscriptionRequest": "push",
           "StreamingSubscriptionRequest": "stream"}
@@ -261,7 +262,7 @@ async def _stream(ctx: Context, subscriptions: dict[str, dict], minutes: int, re
     loop = asyncio.get_running_loop()
     clock = ctx.store.clock
     ends = clock.now() + timedelta(minutes=minutes)
-    real_end = loop.time() + minutes * 60
+    real_end = loop.time() + minutes * REAL_SECONDS_PER_MINUTE
     said_ok = None  # real time of the last envelope sent
     address = ctx.need_mailbox().address
     while not gone():
