@@ -145,3 +145,21 @@ def test_a_push_subscription_is_answered_and_cannot_be_unsubscribed(acc, server)
         acc.inbox.unsubscribe(subscription_id)
     with pytest.raises(ErrorInvalidPushSubscriptionUrl):
         acc.inbox.subscribe_to_push("ftp://crm.contoso.example/notify")
+
+
+def test_an_open_connection_ends_with_the_server(tmp_path, monkeypatch):
+    server = Server(tmp_path)
+    trust(monkeypatch, server)
+    acc = account(server)
+    subscription_id = acc.inbox.subscribe_to_streaming()
+    service = GetStreamingEvents(account=acc)
+    outcome: list = []
+    client = threading.Thread(target=lambda: outcome.append(
+        list(service.call(subscription_ids=[subscription_id], connection_timeout=30))))
+    client.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    server.stop()  # does not wait for the 30 minutes the connection asked for
+    client.join(10)
+    assert time.monotonic() - started < 10
+    assert outcome == [[]] and service.connection_status == service.CLOSED

@@ -139,7 +139,8 @@ class StreamedAnswer:
     ``parts(refresh, gone)`` is an async generator of ``m:<Op>Response`` elements; the service
     sends each as a SOAP envelope of its own as soon as it is yielded, and the answer ends with the
     generator. ``refresh()`` shows what other processes wrote to the store; ``gone()`` tells that
-    the client closed the connection. A part counts as sent once the generator resumes after it
+    the client closed the connection or the server is shutting down: the generator should then
+    yield its last part and end. A part counts as sent once the generator resumes after it
     (a failed write closes the generator at its ``yield`` instead).
     """
 

@@ -297,8 +297,7 @@ async def _stream(ctx: Context, subscriptions: dict[str, dict], minutes: int, re
             break
         if not moved:
             await asyncio.sleep(POLL_SECONDS)
-    if not gone():
-        yield _streaming_part("Closed")
+    yield _streaming_part("Closed")  # written unless the client is gone already
 
 
 def unsubscribe(ctx: Context, req: etree._Element) -> etree._Element:

@@ -129,9 +129,16 @@ class EwsService:
         }
         self.in_flight: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)  # operation -> requests answered
+        self._streams: set[asyncio.Event] = set()  # one per open streaming answer: set, it ends
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(EWS_PATH, self.handle), web.post(EWS_PATH.lower(), self.handle)]
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """For the application's ``on_shutdown`` signal: open streaming answers send their last
+        envelope and end, instead of holding the server's shutdown for their ConnectionTimeout."""
+        for stop in self._streams:
+            stop.set()
 
     # -- HTTP ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -262,8 +269,11 @@ class EwsService:
         response.charset = "utf-8"
         response.enable_chunked_encoding()
 
+        stop = asyncio.Event()
+        self._streams.add(stop)
+
         def gone() -> bool:
-            return request.transport is None or request.transport.is_closing()
+            return stop.is_set() or request.transport is None or request.transport.is_closing()
 
         parts = answer.parts(self.refresh or (lambda: None), gone)
         try:
@@ -279,6 +289,7 @@ class EwsService:
         except Exception:  # the headers are out: no fault answer any more, the connection just ends
             log.exception("EWS streaming answer failed")
         finally:
+            self._streams.discard(stop)
             await parts.aclose()
         return response
 
