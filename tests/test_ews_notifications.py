@@ -126,12 +126,12 @@ def test_bad_subscription_ids_are_refused_as_exchange_does(acc, server):
     with pytest.raises(ErrorInvalidSubscription) as caught:
         list(acc.inbox.get_streaming_events("AAA-", connection_timeout=1))
     assert caught.value.value == "Subscription is invalid. (subscription IDs: ['AAA-'])"
-    with acc.inbox.pull_subscription() as (pull_id, watermark):
-        with pytest.raises(ErrorInvalidSubscription):  # a pull subscription does not stream
-            list(acc.inbox.get_streaming_events(pull_id, connection_timeout=1))
-    with acc.inbox.streaming_subscription() as streaming_id:
-        with pytest.raises(ErrorInvalidPullSubscriptionId):  # nor is a streaming one pulled
-            list(acc.inbox.get_events(streaming_id, watermark))
+    # a pull subscription does not stream
+    with acc.inbox.pull_subscription() as (pull_id, watermark), pytest.raises(ErrorInvalidSubscription):
+        list(acc.inbox.get_streaming_events(pull_id, connection_timeout=1))
+    # nor is a streaming one pulled
+    with acc.inbox.streaming_subscription() as streaming_id, pytest.raises(ErrorInvalidPullSubscriptionId):
+        list(acc.inbox.get_events(streaming_id, watermark))
     with pytest.raises(ErrorSubscriptionNotFound):  # ended by the context manager
         list(acc.inbox.get_streaming_events(streaming_id, connection_timeout=1))
     with pytest.raises(ErrorSubscriptionNotFound):

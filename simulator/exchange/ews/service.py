@@ -12,7 +12,11 @@ One request goes through these steps, each with the answer Exchange Online would
 5. throttling: at most 27 requests in flight per mailbox (``ErrorExceededConnectionCount``),
    then the fault rules (a latency in sandbox time, then an error: ``ErrorServerBusy`` carries
    ``BackOffMilliseconds``);
-6. the operation, answering one response message per requested id, in order.
+6. the operation, answering one response message per requested id, in order; GetStreamingEvents
+   answers in parts instead (a :class:`StreamedAnswer`: one SOAP envelope per part over a chunked
+   response that stays open while the connection lasts).
+
+A request with ``X-PreferServerAffinity: true`` gets the ``X-BackEndOverrideCookie`` back.
 
 An operation the simulator does not implement is answered with a SOAP fault
 ``ErrorInvalidOperation`` naming it (not ``ErrorInvalidRequest``: exchangelib takes that code for
@@ -278,14 +282,15 @@ class EwsService:
         parts = answer.parts(self.refresh or (lambda: None), gone)
         try:
             await response.prepare(request)
+            counted = False
             async for part in parts:
-                self.calls[etree.QName(part).localname.removesuffix("Response")] += 1
+                if not counted:  # one answer, however many envelopes
+                    self.calls[etree.QName(part).localname.removesuffix("Response")] += 1
+                    counted = True
                 await response.write(envelope(part, self.server_version))
             await response.write_eof()
-        except (ConnectionError, asyncio.CancelledError) as exc:  # the client closed the connection
+        except ConnectionError as exc:  # the client closed the connection
             log.debug("streaming answer ended by the client: %r", exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
         except Exception:  # the headers are out: no fault answer any more, the connection just ends
             log.exception("EWS streaming answer failed")
         finally:
@@ -335,7 +340,8 @@ def _affinity(request: web.Request, address: str) -> dict[str, str] | None:
     if (request.headers.get("X-PreferServerAffinity") or "").strip().lower() != "true":
         return None
     server = f"SSSPR01MB{zlib.crc32(address.encode()) % 10000:04d}.prod.sss-sim.example"
-    return {"Set-Cookie": f"X-BackEndOverrideCookie={server}~{zlib.adler32(address.encode())}; path=/; secure; HttpOnly"}
+    value = f"{server}~{zlib.adler32(address.encode())}"
+    return {"Set-Cookie": f"X-BackEndOverrideCookie={value}; path=/; secure; HttpOnly"}
 
 
 def _bearer(value: str | None) -> str | None:
