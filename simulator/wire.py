@@ -278,6 +278,7 @@ class WireSandbox:
         self.server = WebServer(host=host, port=http_port, ssl_context=self.tls.server_context())
         self.ews = EwsService(self.sb.store, clock, authorize=self.authorize, faults=self.sb.faults,
                               refresh=self.sb.world.refresh, commit=self.sb.world.commit)
+        self.server.app.on_shutdown.append(self.ews.on_shutdown)  # open streaming answers end with the server
         self.smtp = SmtpIngress(self.sb.store, host=host, port=smtp_port, faults=self.sb.faults)
         self._ids = random.Random(f"wire-message-ids-{seed}")
         self.exchange: ProfilePorts | None = None

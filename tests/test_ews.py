@@ -66,6 +66,7 @@ class Server:
         self.service = EwsService(self.store, self.clock, **service_kw)
         self.web = WebServer(ssl_context=self.tls.server_context())
         self.web.add_routes(self.service.routes())
+        self.web.app.on_shutdown.append(self.service.on_shutdown)
         self.web.add_routes(autodiscover_routes(self.store, lambda: self.web.base_url))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -116,7 +116,7 @@ MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 _ONE_US = timedelta(microseconds=1)
 
 
-SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub", "ucfg", "fprops"})
+SETTING_EVENTS = frozenset({"rules", "oof", "mvfld", "rnfld", "unsub", "subpos", "ucfg", "fprops"})
 
 
 @dataclass(slots=True, eq=False)
@@ -128,6 +128,8 @@ class MailboxSettings:
     ended_subscriptions: set[str] = field(default_factory=set)  # notification subscriptions unsubscribed
     # user configurations (simulator.exchange.ews.user_config): folder id -> lower-case name -> record
     user_configs: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # streaming subscriptions: folder id -> how far into its change journal the events were delivered
+    delivered: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _folder_name(name: str) -> str:
@@ -582,6 +584,9 @@ class ExchangeStore:
             mbx.settings.oof = dict(ev["o"])
         elif kind == "unsub":
             mbx.settings.ended_subscriptions.add(ev["s"])
+            mbx.settings.delivered.pop(ev["s"], None)
+        elif kind == "subpos":
+            mbx.settings.delivered[ev["s"]] = dict(ev["w"])
         elif kind == "ucfg":  # a user configuration created or replaced ("c"), or deleted ("c" is None)
             in_folder = mbx.settings.user_configs.setdefault(ev["f"], {})
             if ev["c"] is None:
@@ -643,6 +648,13 @@ class ExchangeStore:
         with self.operation():
             self._emit({"k": "ucfg", "a": mbx.address, "f": folder_id, "n": name,
                         "c": dict(record) if record is not None else None})
+
+    def mark_delivered(self, address: str, subscription_id: str, positions: dict[str, int]) -> None:
+        """A streaming subscription's events are delivered up to ``positions`` (folder id -> journal
+        length); its first call, at Subscribe, names where it starts."""
+        mbx = self.mailbox(address)
+        with self.operation():
+            self._emit({"k": "subpos", "a": mbx.address, "s": subscription_id, "w": dict(positions)})
 
     def set_oof_settings(self, address: str, settings: dict) -> None:
         mbx = self.mailbox(address)

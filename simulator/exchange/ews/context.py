@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -159,6 +160,21 @@ class Responses:
         msg = self.success()
         for child in result or ():
             msg.append(child)
+
+
+class StreamedAnswer:
+    """An answer written in parts over one HTTP response, as Exchange sends GetStreamingEvents.
+
+    ``parts(refresh, gone)`` is an async generator of ``m:<Op>Response`` elements; the service
+    sends each as a SOAP envelope of its own as soon as it is yielded, and the answer ends with the
+    generator. ``refresh()`` shows what other processes wrote to the store; ``gone()`` tells that
+    the client closed the connection or the server is shutting down: the generator should then
+    yield its last part and end. A part counts as sent once the generator resumes after it
+    (a failed write closes the generator at its ``yield`` instead).
+    """
+
+    def __init__(self, parts: Callable[[Callable[[], None], Callable[[], bool]], AsyncIterator[etree._Element]]):
+        self.parts = parts
 
 
 def store_call(func, *args, **kwargs):

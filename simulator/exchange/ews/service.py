@@ -12,7 +12,11 @@ One request goes through these steps, each with the answer Exchange Online would
 5. throttling: at most 27 requests in flight per mailbox (``ErrorExceededConnectionCount``),
    then the fault rules (a latency in sandbox time, then an error: ``ErrorServerBusy`` carries
    ``BackOffMilliseconds``);
-6. the operation, answering one response message per requested id, in order.
+6. the operation, answering one response message per requested id, in order; GetStreamingEvents
+   answers in parts instead (a :class:`StreamedAnswer`: one SOAP envelope per part over a chunked
+   response that stays open while the connection lasts).
+
+A request with ``X-PreferServerAffinity: true`` gets the ``X-BackEndOverrideCookie`` back.
 
 An operation the simulator does not implement is answered with a SOAP fault
 ``ErrorInvalidOperation`` naming it (not ``ErrorInvalidRequest``: exchangelib takes that code for
@@ -23,7 +27,9 @@ request is invalid.") and so does the simulator.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,7 +58,7 @@ from simulator.exchange.ews import (
     sync,
     user_config,
 )
-from simulator.exchange.ews.context import Context
+from simulator.exchange.ews.context import Context, StreamedAnswer
 from simulator.exchange.ews.xml import MNS, SOAPNS, EwsFault, envelope, fault, parse_request, t
 from simulator.exchange.store import ExchangeStore
 from simulator.faults import Fault, FaultInjector, answer_late
@@ -134,9 +140,16 @@ class EwsService:
         }
         self.in_flight: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)  # operation -> requests answered
+        self._streams: set[asyncio.Event] = set()  # one per open streaming answer: set, it ends
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(EWS_PATH, self.handle), web.post(EWS_PATH.lower(), self.handle)]
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """For the application's ``on_shutdown`` signal: open streaming answers send their last
+        envelope and end, instead of holding the server's shutdown for their ConnectionTimeout."""
+        for stop in self._streams:
+            stop.set()
 
     # -- HTTP ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -209,6 +222,7 @@ class EwsService:
         ctx = Context(self.store, address, mailbox, self.clock.now(), operation)
         if address is None:
             return self._answer(handler(ctx, req))
+        headers = _affinity(request, address)
         if self.in_flight[address] >= self.max_concurrent:
             raise EwsFault("ErrorExceededConnectionCount",
                            f"You have exceeded the available concurrent connections for your account "
@@ -224,7 +238,10 @@ class EwsService:
                     if fault.code is not None:
                         raise _wire_error(fault.error(), operation)
                 ctx.now = self.clock.now()
-                return self._answer(handler(ctx, req))
+                answer = handler(ctx, req)
+                if isinstance(answer, StreamedAnswer):
+                    return await self._stream(request, answer, headers)
+                return self._answer(answer, headers)
             finally:
                 if self.commit is not None:
                     self.commit()
@@ -250,10 +267,44 @@ class EwsService:
         return self.faults.decide("ews", name, address, now=self.clock.now())
 
     # -- answers ---------------------------------------------------------------------------
-    def _answer(self, response: etree._Element) -> web.Response:
+    def _answer(self, response: etree._Element, headers: dict[str, str] | None = None) -> web.Response:
         self.calls[etree.QName(response).localname.removesuffix("Response")] += 1
         return web.Response(body=envelope(response, self.server_version), status=200,
-                            content_type="text/xml", charset="utf-8")
+                            content_type="text/xml", charset="utf-8", headers=headers)
+
+    async def _stream(self, request: web.Request, answer: StreamedAnswer,
+                      headers: dict[str, str] | None) -> web.StreamResponse:
+        """Send ``answer``'s parts as SOAP envelopes, one after the other, over one chunked HTTP
+        response; a client that goes away ends it quietly."""
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "text/xml"
+        response.charset = "utf-8"
+        response.enable_chunked_encoding()
+
+        stop = asyncio.Event()
+        self._streams.add(stop)
+
+        def gone() -> bool:
+            return stop.is_set() or request.transport is None or request.transport.is_closing()
+
+        parts = answer.parts(self.refresh or (lambda: None), gone)
+        try:
+            await response.prepare(request)
+            counted = False
+            async for part in parts:
+                if not counted:  # one answer, however many envelopes
+                    self.calls[etree.QName(part).localname.removesuffix("Response")] += 1
+                    counted = True
+                await response.write(envelope(part, self.server_version))
+            await response.write_eof()
+        except ConnectionError as exc:  # the client closed the connection
+            log.debug("streaming answer ended by the client: %r", exc)
+        except Exception:  # the headers are out: no fault answer any more, the connection just ends
+            log.exception("EWS streaming answer failed")
+        finally:
+            self._streams.discard(stop)
+            await parts.aclose()
+        return response
 
     def _fault(self, exc: EwsFault) -> web.Response:
         if exc.code == "HttpServiceUnavailable":
@@ -294,6 +345,17 @@ def _wire_error(exc: ExchangeError, operation: str) -> Exception:
     if code in ("HttpServiceUnavailable", "HttpInternalServerError"):
         return EwsFault(code, message)
     return EwsFault(code, f"{operation}: {message}")
+
+
+def _affinity(request: web.Request, address: str) -> dict[str, str] | None:
+    """A client that asks for server affinity (``X-PreferServerAffinity: true``, as exchangelib does
+    for subscriptions) gets the ``X-BackEndOverrideCookie`` naming the mailbox's backend server,
+    which it sends back on later requests; the name is derived from the address, so it is stable."""
+    if (request.headers.get("X-PreferServerAffinity") or "").strip().lower() != "true":
+        return None
+    server = f"SSSPR01MB{zlib.crc32(address.encode()) % 10000:04d}.prod.sss-sim.example"
+    value = f"{server}~{zlib.adler32(address.encode())}"
+    return {"Set-Cookie": f"X-BackEndOverrideCookie={value}; path=/; secure; HttpOnly"}
 
 
 def _bearer(value: str | None) -> str | None:
