@@ -19,7 +19,6 @@ from exchangelib import (
     OAUTH2,
     Account,
     Configuration,
-    Credentials,
     Folder,
     Mailbox,
     Message,
@@ -419,12 +418,6 @@ def test_authorization_refused_gets_401(tmp_path, monkeypatch):
             account(server, token="forged", version=version).inbox.all().count()
         assert account(server, token="good-token", version=version).inbox.all().count() == 0
         assert ("good-token", ALICE) in seen
-        # a user name and password: the challenge names Basic, which is then refused like a bad token
-        basic = Account(ALICE, access_type=DELEGATE, autodiscover=False, config=Configuration(
-            service_endpoint=server.url, credentials=Credentials("alice", "secret"), version=version))
-        with pytest.raises(UnauthorizedError):
-            basic.inbox.all().count()
-        assert basic.protocol.auth_type == "basic"
     finally:
         server.stop()
 

@@ -36,7 +36,6 @@ from typing import Any
 
 from aiohttp import web
 from lxml import etree
-from multidict import CIMultiDict
 
 from engine.clock import Clock
 from engine.errors import ExchangeError
@@ -316,17 +315,14 @@ class EwsService:
 
     def _unauthorized(self, reason: str) -> web.Response:
         text = f"401 Unauthorized: the bearer token was refused ({reason})."
-        headers = CIMultiDict()
-        headers.add("WWW-Authenticate", 'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
-                                        'trusted_issuers="00000001-0000-0000-c000-000000000000@*"')
-        # Exchange Online still names Basic in its challenge, though it refuses Basic credentials
-        # (with this same 401): a client configured with a user name and password learns so here.
-        headers.add("WWW-Authenticate", 'Basic Realm=""')
-        headers.add("x-ms-diagnostics", f'2000001;reason="{_header_safe(reason)}";error_category="invalid_token"')
-        # Exchange Online's public diagnostic says that only modern authentication (OAuth) is
-        # accepted: a client that probes the auth type with an anonymous request learns it here.
-        headers.add("ms-diagnostics-public", "Modern Auth: only OAuth bearer tokens are accepted")
-        return web.Response(status=401, text=text, headers=headers)
+        return web.Response(status=401, text=text, headers={
+            "WWW-Authenticate": 'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
+                                'trusted_issuers="00000001-0000-0000-c000-000000000000@*"',
+            "x-ms-diagnostics": f'2000001;reason="{_header_safe(reason)}";error_category="invalid_token"',
+            # Exchange Online's public diagnostic says that only modern authentication (OAuth) is
+            # accepted: a client that probes the auth type with an anonymous request learns it here.
+            "ms-diagnostics-public": "Modern Auth: only OAuth bearer tokens are accepted",
+        })
 
 
 def _wire_error(exc: ExchangeError, operation: str) -> Exception:
