@@ -58,3 +58,33 @@ def configured(installed) -> Trial:
     result = installed.configure()
     assert result.exit_code == 0, result.output + result.stderr
     return installed
+
+
+# -- the fake Exchange over HTTPS, for the tests that drive it with exchangelib (test_ews*.py) --
+@pytest.fixture
+def server(tmp_path):
+    """The EWS endpoint on loopback (``test_ews.Server``); ``server.journal`` collects the events of
+    every finished store operation, as the durable world would get them."""
+    from test_ews import Server
+
+    s = Server(tmp_path)
+    s.journal = []
+    s.store.journal = s.journal.extend
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def trust_ca(server, monkeypatch):
+    """exchangelib trusts the sandbox CA for this test."""
+    from test_ews import trust
+
+    trust(monkeypatch, server)
+
+
+@pytest.fixture
+def acc(server, trust_ca):
+    """An exchangelib account of alice on the server (OAuth token, Exchange Online's version)."""
+    from test_ews import account
+
+    return account(server)

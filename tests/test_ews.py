@@ -95,13 +95,6 @@ class Server:
         return self.run(self.store.deliver, data)[to[0]]
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.stop()
-
-
 def trust(monkeypatch, server: Server) -> None:
     """Make exchangelib trust the sandbox CA: its documented hook is BaseProtocol.HTTP_ADAPTER_CLS."""
     ca = str(server.tls.ca_file)
@@ -111,11 +104,6 @@ def trust(monkeypatch, server: Server) -> None:
             super().cert_verify(conn=conn, url=url, verify=ca, cert=cert)
 
     monkeypatch.setattr(BaseProtocol, "HTTP_ADAPTER_CLS", RootCAAdapter)
-
-
-@pytest.fixture
-def trust_ca(server, monkeypatch):
-    trust(monkeypatch, server)
 
 
 def credentials(token: str = "sandbox-token") -> OAuth2AuthorizationCodeCredentials:

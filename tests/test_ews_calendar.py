@@ -30,28 +30,13 @@ from exchangelib.recurrence import (
     RelativeMonthlyPattern,
     WeeklyPattern,
 )
-from test_ews import ALICE, BOB, Server, account, trust
+from test_ews import ALICE, BOB
 
 from simulator.exchange.persist import message_from_record, message_record
 from simulator.exchange.store import ExchangeStore
 
 CPH = EWSTimeZone("Europe/Copenhagen")
 UTC = EWSTimeZone("UTC")
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    s.journal: list[dict] = []
-    s.store.journal = s.journal.extend
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def acc(server, monkeypatch):
-    trust(monkeypatch, server)
-    return account(server)
 
 
 def _at(day: int, hour: int) -> EWSDateTime:

@@ -28,23 +28,11 @@ from exchangelib.folders import (
     Root,
 )
 from exchangelib.properties import Permission, PermissionSet, UserId
-from test_ews import ALICE, Server, account, trust
+from test_ews import ALICE, account
 
 from engine.clock import VirtualClock
 from simulator.exchange.mime import MessageData
 from simulator.exchange.store import MAILBOX_TREE, ExchangeStore
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def trust_ca(server, monkeypatch):
-    trust(monkeypatch, server)
 
 
 class Tag(ExtendedProperty):

@@ -16,22 +16,9 @@ from exchangelib.errors import (
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from exchangelib.items import Persona
 from exchangelib.services import GetAttachment, GetPersona
-from test_ews import ALICE, BOB, Server, account, post, trust
+from test_ews import ALICE, BOB, post
 
 UNKNOWN_ITEM = "AAMkA" + "0" * 20  # the shape of this server's ids, naming nothing
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def acc(server, monkeypatch):
-    trust(monkeypatch, server)
-    return account(server)
 
 
 def test_an_id_that_cannot_be_the_servers_is_malformed_not_missing(acc, server):

@@ -26,26 +26,11 @@ from exchangelib import (
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
 from exchangelib.items import Item
 from exchangelib.properties import Attendee, Mailbox
-from test_ews import ALICE, BOB, START, Server, account, trust
+from test_ews import ALICE, BOB, START, account
 
 from simulator.exchange.store import ExchangeStore
 
 UTC = EWSTimeZone("UTC")
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    s.journal: list[dict] = []
-    s.store.journal = s.journal.extend  # every finished operation's events, as the world would get them
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def acc(server, monkeypatch):
-    trust(monkeypatch, server)
-    return account(server)
 
 
 def _at(hours: float) -> EWSDateTime:

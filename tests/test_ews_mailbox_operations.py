@@ -44,18 +44,6 @@ from simulator.tls import ensure_tls
 from simulator.web import WebServer
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def trust_ca(server, monkeypatch):
-    trust(monkeypatch, server)
-
-
 # -- Inbox rules -------------------------------------------------------------------------------
 def test_rule_created_read_renamed_and_deleted(server, trust_ca):
     acc = account(server)

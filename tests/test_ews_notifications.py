@@ -26,21 +26,6 @@ from simulator.exchange.ews import notifications
 from simulator.exchange.store import ExchangeStore
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    s.journal: list[dict] = []
-    s.store.journal = s.journal.extend  # every finished operation's events, as the world would get them
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def acc(server, monkeypatch):
-    trust(monkeypatch, server)
-    return account(server)
-
-
 def _events(notifications_):
     return [(type(e), e.item_id.id) for n in notifications_ for e in n.events]
 

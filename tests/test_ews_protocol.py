@@ -46,18 +46,6 @@ from simulator.tls import ensure_tls
 from simulator.web import WebServer
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def trust_ca(server, monkeypatch):
-    trust(monkeypatch, server)
-
-
 def ready(server):
     """An exchangelib account whose protocol has found the server's version (Protocol.convert_ids and
     get_free_busy_info need it)."""

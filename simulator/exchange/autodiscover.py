@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from simulator.exchange.autodiscover_soap import soap_autodiscover_routes
+from simulator.exchange.autodiscover_soap import autodiscover_fault, soap_autodiscover_routes
 from simulator.exchange.ews.service import EWS_PATH
 from simulator.exchange.mime import normalize_address
 from simulator.exchange.store import ExchangeStore
-from simulator.faults import AUTODISCOVER_ERRORS, FaultInjector, answer_late
+from simulator.faults import AUTODISCOVER_ERRORS, FaultInjector
 
 SUPPORTED_PROTOCOLS = {"ews": "EWS"}
 
@@ -43,19 +43,12 @@ def autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str]
     bearer token check of the SOAP and POX services (None: they accept every request)."""
 
     async def injected(request: web.Request, address: str) -> web.Response | None:
-        if faults is None or not faults.rules:
+        verdict = await autodiscover_fault(faults, store, request, address)
+        if verdict is None:
             return None
-        fault = faults.decide("autodiscover", "autodiscover", address, now=store.clock.now())
-        if fault is None:
-            return None
-        await answer_late(store.clock, fault.latency_ms)
-        if fault.code is None:
-            return None
-        if fault.drops:
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=500)
-        status, code, message = AUTODISCOVER_ERRORS[fault.code]
+        if verdict == "drop":
+            return web.Response(status=500)  # (the connection is already closed)
+        status, code, message = AUTODISCOVER_ERRORS[verdict]
         return _error(status, code, f"{message} ({address})")
 
     async def answer(request: web.Request, email: str | None) -> web.Response:

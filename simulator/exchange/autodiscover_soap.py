@@ -210,6 +210,26 @@ def _pox_settings(known: dict[str, str], host: str) -> web.Response:
 
 
 # -- routes -----------------------------------------------------------------------------------
+async def autodiscover_fault(faults: FaultInjector | None, store: ExchangeStore, request: web.Request,
+                             address: str) -> str | None:
+    """The fault rules' verdict on an Autodiscover lookup of ``address`` (every service of it): None
+    (answer it), "drop" (the connection was aborted), or the rule's error code; a rule's latency is
+    waited for in sandbox time first."""
+    if faults is None or not faults.rules:
+        return None
+    fault = faults.decide("autodiscover", "autodiscover", address, now=store.clock.now())
+    if fault is None:
+        return None
+    await answer_late(store.clock, fault.latency_ms)
+    if fault.code is None:
+        return None
+    if fault.drops:
+        if request.transport is not None:
+            request.transport.abort()
+        return "drop"
+    return fault.code
+
+
 def soap_autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[], str], *,
                              authorize: Authorize | None = None,
                              faults: FaultInjector | None = None) -> list[web.RouteDef]:
@@ -230,21 +250,7 @@ def soap_autodiscover_routes(store: ExchangeStore, base_url_getter: Callable[[],
         return None
 
     async def fault_for(request: web.Request, address: str) -> str | None:
-        """The fault rules' verdict on looking up ``address``: None (answer), or an error code
-        (an HTTP status answered by the caller, or ErrorNonExistentMailbox)."""
-        if faults is None or not faults.rules:
-            return None
-        fault = faults.decide("autodiscover", "autodiscover", address, now=store.clock.now())
-        if fault is None:
-            return None
-        await answer_late(store.clock, fault.latency_ms)
-        if fault.code is None:
-            return None
-        if fault.drops:
-            if request.transport is not None:
-                request.transport.abort()
-            return "drop"
-        return fault.code
+        return await autodiscover_fault(faults, store, request, address)
 
     def http_error(code: str) -> web.Response:
         if code == "drop":
