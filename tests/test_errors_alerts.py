@@ -18,13 +18,14 @@ def _rows(o, level=None, code=None):
 
 # -- taxonomy -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("code", ["8005E272", "8005E274", "8005E259", "8005E273", "8005E276",
-                                  "ErrorNonExistentMailbox", "MailboxNotApproved", "AuthenticationFailure"])
+                                  "ErrorNonExistentMailbox", "MailboxNotApproved", "AuthenticationFailure",
+                                  "ErrorQuotaExceeded"])
 def test_permanent_codes(code):
     assert kind_of(code).nature is Nature.PERMANENT
     assert not SyncError(code).transient
 
 
-@pytest.mark.parametrize("code", ["ErrorExceededConnectionCount", "ErrorServerBusy", "ErrorQuotaExceeded",
+@pytest.mark.parametrize("code", ["ErrorExceededConnectionCount", "ErrorServerBusy",
                                   "ErrorSubmissionQuotaExceeded", "ErrorMailboxStoreUnavailable",
                                   "ErrorTimeoutExpired", "HttpServiceUnavailable", "NetworkError"])
 def test_transient_codes(code):
