@@ -4,17 +4,20 @@ matching). Lookups also see the rows of the current batch that are not written y
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, func, or_, select
 
 from engine.ports import ItemProperties
 from simulator.crm.models import CorrelationMethod
 from simulator.crm.platform_sql import E
 from simulator.exchange.mime import normalize_message_id
 
+CONVERSATION_HEADER = 22  # bytes of a Thread-Index that name the conversation; each reply adds 5
 SUBJECT_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*:\s*)+", re.IGNORECASE)
 
 
@@ -49,10 +52,19 @@ def message_key(message_id: str | None) -> int | None:
 
 
 def conversation_base(thread_index: str | None) -> str | None:
-    """The conversation part of a Thread-Index: its first 22 bytes (30 base64 characters)."""
-    if not thread_index or len(thread_index) < 30:
+    """The conversation part of a Thread-Index (base64): its first 22 bytes, as 30 base64 characters.
+
+    The bytes are decoded and encoded again: the 30th character of a reply's Thread-Index also
+    carries 4 bits of the reply block, so comparing the text itself would miss most replies."""
+    if not thread_index:
         return None
-    return thread_index[:30]
+    try:
+        raw = base64.b64decode(thread_index.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) < CONVERSATION_HEADER:
+        return None
+    return base64.b64encode(raw[:CONVERSATION_HEADER]).decode("ascii")[:30]
 
 
 def normalized_subject(subject: str) -> str:
@@ -127,17 +139,28 @@ class CorrelationMixin:
         if hasattr(self, "_prefix_cache"):
             del self._prefix_cache
 
+    def _smart_subject(self, subject: str) -> str:
+        """The subject smart matching compares: without reply prefixes and tracking tokens."""
+        for token in self._tokens_in(subject):
+            subject = subject.replace(token, " ")
+        return normalized_subject(" ".join(subject.split()))
+
     def _smart_match(self, item: ItemProperties) -> Correlated | None:
-        subject = normalized_subject(item.subject)
-        if not subject or not item.sender:
+        """The latest tracked email with the same subject (see ``_smart_subject``) of which the
+        item's sender was the sender or a recipient (whole addresses, in any case)."""
+        subject = self._smart_subject(item.subject)
+        sender = (item.sender or "").strip().lower()
+        if not subject or not sender:
             return None
         with self.db.connect() as conn:
             rows = conn.execute(select(E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode,
                                        E.c.subject, E.c.sender, E.c.torecipients)
-                                .where(or_(E.c.torecipients.contains(item.sender), E.c.sender == item.sender))
+                                .where(or_(func.lower(E.c.torecipients).contains(sender, autoescape=True),
+                                           func.lower(E.c.sender) == sender))
                                 .order_by(E.c.createdon.desc()).limit(50)).all()
-        for aid, reg, regtype, subj, _sender, _to in rows:
-            if normalized_subject(subj or "") == subject:
+        for aid, reg, regtype, subj, from_, to in rows:
+            participants = {a.strip().lower() for a in (to or "").split(";")} | {(from_ or "").strip().lower()}
+            if sender in participants and self._smart_subject(subj or "") == subject:
                 return Correlated(aid, reg, regtype)
         return None
 
