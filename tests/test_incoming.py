@@ -305,6 +305,17 @@ def test_correlation_by_conversation_index_alone(org, child):
     assert reply.correlatedactivityid == first.activityid
 
 
+def test_conversation_index_correlates_with_a_message_tracked_in_the_same_cycle(org):
+    """Like In-Reply-To, the conversation lookup sees what the current batch tracked before it."""
+    org.deliver(msg("Order 17", to=(SUPPORT,), thread_index=_thread_index(CONVERSATION)))
+    org.sb.clock.advance(1)
+    org.deliver(msg("Delivery date?", to=(BOB,), thread_index=_thread_index(CONVERSATION, b"\x01\x00\x00\x00\x01")))
+    org.run_for(60)
+    by_subject = {e.subject: e for e in org.received()}
+    assert by_subject["Delivery date?"].correlationmethod == 5
+    assert by_subject["Delivery date?"].correlatedactivityid == by_subject["Order 17"].activityid
+
+
 @given(header=st.binary(min_size=22, max_size=22), other=st.binary(min_size=22, max_size=22),
        children=st.lists(st.binary(min_size=5, max_size=5), max_size=4))
 def test_every_reply_of_a_conversation_has_the_conversation_of_its_first_message(header, other, children):

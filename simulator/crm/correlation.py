@@ -82,7 +82,7 @@ class CorrelationMixin:
     """Duplicate and correlation lookups, the tracking token and smart matching.
 
     Uses ``self.db``, ``self._org_row``, ``self._prepared``, ``self._reading`` and the pending
-    ``self._dupkeys``, ``self._by_msgkey``, ``self._by_token``; caches the organization's tracking
+    ``self._dupkeys``, ``self._by_msgkey``, ``self._by_token``, ``self._by_conv``; caches the organization's tracking
     settings in ``self._prefix_cache`` until ``invalidate_settings``."""
 
     def _lookup_correlations(self, items: list[ItemProperties]) -> tuple[set[int], dict[int, Correlated],
@@ -93,7 +93,7 @@ class CorrelationMixin:
         convs = {c for i in items if (c := conversation_base(i.thread_index))}
         known_dups: set[int] = set(k for k in dupkeys if k in self._dupkeys)
         # the pending maps grow through a batch: look the (few) keys up rather than scan the maps
-        pending_msg, pending_tok = self._by_msgkey, self._by_token
+        pending_msg, pending_tok, pending_conv = self._by_msgkey, self._by_token, self._by_conv
         by_msgkey = {k: pending_msg[k] for k in msgkeys if k in pending_msg}
         by_token = {k: pending_tok[k] for k in tokens if k in pending_tok}
         by_conv: dict[str, Correlated] = {}
@@ -109,7 +109,10 @@ class CorrelationMixin:
             if convs:
                 for conv, aid, reg, regtype in self._select_in(conn, "conversationindex", _select_correlation,
                                                                convs):
-                    by_conv.setdefault(conv, Correlated(aid, reg, regtype))
+                    by_conv.setdefault(conv, Correlated(aid, reg, regtype))  # the conversation's first
+        for conv in convs:  # a conversation first tracked in this batch
+            if conv in pending_conv:
+                by_conv.setdefault(conv, pending_conv[conv])
         return known_dups, by_msgkey, by_token, by_conv
 
     def _select_in(self, conn, column: str, build, values) -> list[tuple]:
