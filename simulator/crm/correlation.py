@@ -59,7 +59,7 @@ def conversation_base(thread_index: str | None) -> str | None:
     if not thread_index:
         return None
     try:
-        raw = base64.b64decode(thread_index.strip(), validate=True)
+        raw = base64.b64decode("".join(thread_index.split()), validate=True)
     except (binascii.Error, ValueError):
         return None
     if len(raw) < CONVERSATION_HEADER:
