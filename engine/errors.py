@@ -49,8 +49,13 @@ KNOWN_ERRORS: dict[str, ErrorKind] = dict(
         # EWS response codes.
         _k("ErrorExceededConnectionCount", T, Scope.MAILBOX, "Too many concurrent connections to the mailbox"),
         _k("ErrorServerBusy", T, Scope.MAILBOX, "Exchange is busy and asked to back off"),
-        _k("ErrorQuotaExceeded", T, Scope.MAILBOX, "The mailbox is over its storage quota (403)"),
-        _k("ErrorSubmissionQuotaExceeded", T, Scope.MAILBOX, "The mailbox exceeded its sending quota"),
+        # Over the storage quota, nothing changes until the owner frees space: permanent (SPEC 3.5
+        # groups it with the credential errors). Over the sending rate, the next minute or day lets
+        # mail through again: transient.
+        _k("ErrorQuotaExceeded", P, Scope.MAILBOX,
+           "The mailbox is over its Exchange storage quota (403); its owner must free space in it"),
+        _k("ErrorSubmissionQuotaExceeded", T, Scope.MAILBOX,
+           "The mailbox sent more messages than Exchange allows per minute or per day"),
         _k("ErrorMailboxStoreUnavailable", T, Scope.MAILBOX, "The mailbox store is unavailable"),
         _k("ErrorNonExistentMailbox", P, Scope.MAILBOX, "The mailbox does not exist in Exchange"),
         _k("ErrorAccessDenied", P, Scope.MAILBOX, "Exchange denied access to the mailbox"),

@@ -5,9 +5,12 @@ to Sent Items) and set to Sent, with the tracking token appended to the subject.
 submit the email is set to Sending with its Message-ID, committed: an email a cycle left in
 Sending (the process stopped between Exchange's answer and the CRM's record of it) is looked up
 in Sent Items by that Message-ID and recorded as sent when it is there, so it is never sent twice. A transient
-failure leaves the email in Pending Send for a later cycle and counts an attempt; after the tenth
-failed attempt the email is set to Failed. Any Exchange error ends the cycle: the workload's own
-error handling (retry or disable) then applies.
+failure (the submission quota among them) leaves the email in Pending Send for a later cycle and
+counts an attempt; after the tenth failed attempt the email is set to Failed. A permanent error (the
+storage quota, ErrorQuotaExceeded, as well as the credential errors) leaves the email in Pending
+Send without counting an attempt: the error alert asks the owner to act, and the email goes once the
+mailbox is tested and enabled again. Any Exchange error ends the cycle: the workload's own error
+handling (retry or disable) then applies.
 """
 
 from __future__ import annotations

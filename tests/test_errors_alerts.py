@@ -5,11 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from support import ADMIN_ADDR, ALICE, BOB, SUPPORT, msg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import insert
+from support import ADMIN_ADDR, ALICE, BOB, SUPPORT, build_org, msg
 
 from engine import alerts as alert_rules
 from engine.errors import KNOWN_ERRORS, Nature, Scope, SyncError, kind_of
 from engine.ports import AlertLevel, MailboxWork, OrgSettings, ProfileSettings, Workload
+from simulator.crm.alerts import ITEM_ROW_RETENTION
+from simulator.crm.platform_sql import X
 
 
 def _rows(o, level=None, code=None):
@@ -18,13 +23,14 @@ def _rows(o, level=None, code=None):
 
 # -- taxonomy -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("code", ["8005E272", "8005E274", "8005E259", "8005E273", "8005E276",
-                                  "ErrorNonExistentMailbox", "MailboxNotApproved", "AuthenticationFailure"])
+                                  "ErrorNonExistentMailbox", "MailboxNotApproved", "AuthenticationFailure",
+                                  "ErrorQuotaExceeded"])
 def test_permanent_codes(code):
     assert kind_of(code).nature is Nature.PERMANENT
     assert not SyncError(code).transient
 
 
-@pytest.mark.parametrize("code", ["ErrorExceededConnectionCount", "ErrorServerBusy", "ErrorQuotaExceeded",
+@pytest.mark.parametrize("code", ["ErrorExceededConnectionCount", "ErrorServerBusy",
                                   "ErrorSubmissionQuotaExceeded", "ErrorMailboxStoreUnavailable",
                                   "ErrorTimeoutExpired", "HttpServiceUnavailable", "NetworkError"])
 def test_transient_codes(code):
@@ -233,3 +239,65 @@ def test_unexpected_exception_is_a_transient_error_not_a_crash(org):
     assert err[4] == "UnexpectedError" and err[5] is False
     assert org.mailbox(ALICE).enabledforincomingemail
     assert [e.subject for e in org.received()] == ["after the bug"]
+
+
+# -- item-level rows: kept three days (SPEC 2.5) -------------------------------------------------------------------------
+def _skipped_row(o, subject: str):
+    """An uncorrelated email to bob (he tracks replies only): an item-level row NoCorrelationMatch."""
+    item = o.deliver(msg(subject, to=(BOB,)))[BOB]
+    o.run_for(900)
+    [row] = [r for r in o.item_rows() if r.exchangeentryid == item]
+    assert row.lastsyncerror == "NoCorrelationMatch"
+    return row.exchangesyncidmappingid, row.lastsyncerroroccurredon
+
+
+def _row_ids(o) -> set[int]:
+    return {r.exchangesyncidmappingid for r in o.item_rows()}
+
+
+def test_item_rows_older_than_three_days_are_removed_and_younger_ones_kept(org):
+    first, first_at = _skipped_row(org, "first")
+    org.sb.clock.advance(timedelta(days=2).total_seconds())
+    second, second_at = _skipped_row(org, "second")
+    # the cycles go on; at exactly three days the first row is still there
+    org.sb.clock.advance_to(first_at + ITEM_ROW_RETENTION)
+    org.run_for(60)
+    assert {first, second} <= _row_ids(org)
+    # an hour later (the purge runs at most hourly, after a cycle) it is gone; the second is kept
+    org.sb.clock.advance(3600)
+    org.run_for(60)
+    assert first not in _row_ids(org) and second in _row_ids(org)
+    org.sb.clock.advance_to(second_at + ITEM_ROW_RETENTION + timedelta(hours=1))
+    org.run_for(60)
+    assert second not in _row_ids(org)
+    assert org.received() == []  # removing the record of a skipped item does not track it
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ages=st.lists(st.integers(0, 5 * 24 * 3600), min_size=1, max_size=8),
+       jumps=st.lists(st.integers(0, 2 * 24 * 3600), max_size=4))
+def test_retention_never_removes_a_row_younger_than_three_days(ages, jumps):
+    """Rows of any age, then cycles at random later times: a row is never removed before it is three
+    days old, and once an hour has passed, the next cycle removes every row older than that."""
+    o = build_org()
+    try:
+        now = o.sb.clock.now()
+        with o.sb.db.begin() as conn:
+            for i, age in enumerate(ages):
+                conn.execute(insert(X).values(mailboxid=o.mailboxes[BOB], exchangeentryid=f"item-{i}",
+                                              itemstate=2, lastsyncerror="NoCorrelationMatch",
+                                              lastsyncerroroccurredon=now - timedelta(seconds=age)))
+        written = {r.exchangesyncidmappingid: r.lastsyncerroroccurredon for r in o.item_rows()}
+        for jump in [*jumps, 3600]:
+            o.sb.clock.advance(jump)
+            o.run_for(60)
+            now = o.sb.clock.now()
+            kept = _row_ids(o)
+            for rowid, at in written.items():
+                if now - at <= ITEM_ROW_RETENTION:
+                    assert rowid in kept, (now - at)
+        # after the last jump of an hour: nothing older than three days (give or take the minute run)
+        assert all(now - at <= ITEM_ROW_RETENTION + timedelta(seconds=60) for rowid, at in written.items()
+                   if rowid in kept)
+    finally:
+        o.sb.close()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import ALICE, BOB, CARL, FABRIKAM, LENA, START, STRANGER, SUPPORT, msg
 
 from engine.incoming import effective_after
 from engine.ports import MailboxWork, ProfileSettings
+from simulator.crm.correlation import conversation_base
 
 D1 = datetime(2026, 1, 1, tzinfo=UTC)
 D2 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -272,6 +276,119 @@ def test_correlation_off_makes_replies_only_users_skip_replies(make_org):
     o = make_org(org={"emailcorrelationenabled": False})
     _, token, message_id = _sent_quote(o)
     o.deliver(msg(f"RE: Quote {token}", to=(BOB,), in_reply_to=message_id))
+    o.run_for(600)
+    assert o.received() == []
+    assert _outcomes(o, BOB)[-1] == ("SKIPPED", "NoCorrelationMatch")
+
+
+def _thread_index(header: bytes, *children: bytes) -> str:
+    """A Thread-Index header value: the 22-byte conversation header, then one 5-byte block per reply."""
+    assert len(header) == 22 and all(len(c) == 5 for c in children)
+    return base64.b64encode(header + b"".join(children)).decode("ascii")
+
+
+CONVERSATION = bytes(range(1, 23))
+OTHER_CONVERSATION = bytes(range(101, 123))
+
+
+@pytest.mark.parametrize("child", [b"\x00\x00\x00\x00\x01", b"\xf3\x9a\x10\x42\x07"])
+def test_correlation_by_conversation_index_alone(org, child):
+    """SPEC 3.4: a reply with no In-Reply-To, References or token, a new subject, and the Thread-Index
+    of a tracked email's conversation (its 22-byte header and a reply block of any value) correlates."""
+    org.deliver(msg("Order 17", to=(SUPPORT,), thread_index=_thread_index(CONVERSATION)))
+    org.run_for(600)
+    [first] = org.received()
+    org.deliver(msg("Delivery date?", to=(BOB,), thread_index=_thread_index(CONVERSATION, child)))
+    org.run_for(600)
+    [reply] = [e for e in org.received() if e.subject == "Delivery date?"]
+    assert reply.correlationmethod == 5
+    assert reply.correlatedactivityid == first.activityid
+
+
+def test_conversation_index_correlates_with_a_message_tracked_in_the_same_cycle(org):
+    """Like In-Reply-To, the conversation lookup sees what the current batch tracked before it."""
+    org.deliver(msg("Order 17", to=(SUPPORT,), thread_index=_thread_index(CONVERSATION)))
+    org.sb.clock.advance(1)
+    org.deliver(msg("Delivery date?", to=(BOB,), thread_index=_thread_index(CONVERSATION, b"\x01\x00\x00\x00\x01")))
+    org.run_for(60)
+    by_subject = {e.subject: e for e in org.received()}
+    assert by_subject["Delivery date?"].correlationmethod == 5
+    assert by_subject["Delivery date?"].correlatedactivityid == by_subject["Order 17"].activityid
+
+
+@given(header=st.binary(min_size=22, max_size=22), other=st.binary(min_size=22, max_size=22),
+       children=st.lists(st.binary(min_size=5, max_size=5), max_size=4))
+def test_every_reply_of_a_conversation_has_the_conversation_of_its_first_message(header, other, children):
+    first = conversation_base(_thread_index(header))
+    assert first is not None
+    assert conversation_base(_thread_index(header, *children)) == first
+    assert (conversation_base(_thread_index(other, *children)) == first) == (other == header)
+
+
+@pytest.mark.parametrize("value", [None, "", "not base64 at all!", base64.b64encode(b"short").decode()])
+def test_a_thread_index_without_a_conversation_header_has_no_conversation(value):
+    assert conversation_base(value) is None
+
+
+def test_conversation_index_of_another_conversation_does_not_correlate(org):
+    org.deliver(msg("Order 17", to=(SUPPORT,), thread_index=_thread_index(CONVERSATION)))
+    org.run_for(600)
+    org.deliver(msg("Delivery date?", to=(BOB,),
+                    thread_index=_thread_index(OTHER_CONVERSATION, b"\x00\x00\x00\x00\x01")))
+    org.run_for(600)
+    assert _outcomes(org, BOB) == [("SKIPPED", "NoCorrelationMatch")]
+
+
+def test_in_reply_to_is_tried_before_the_conversation_index(org):
+    aid, _, message_id = _sent_quote(org)
+    org.deliver(msg("Order 17", to=(SUPPORT,), thread_index=_thread_index(CONVERSATION)))
+    org.run_for(600)
+    org.deliver(msg("RE: Quote", to=(BOB,), in_reply_to=message_id,
+                    thread_index=_thread_index(CONVERSATION, b"\x00\x00\x00\x00\x01")))
+    org.run_for(600)
+    [reply] = [e for e in org.received() if e.subject == "RE: Quote"]
+    assert (reply.correlationmethod, reply.correlatedactivityid) == (3, aid)
+
+
+# smart matching (org setting enablesmartmatching, off by default): the subject without its reply
+# prefixes and tracking token, and the reply's sender among the tracked email's sender and recipients
+@pytest.mark.parametrize("token_on", [True, False])
+def test_smart_matching_correlates_on_subject_and_recipients(make_org, token_on):
+    o = make_org(org={"enablesmartmatching": True, "trackingtokenenabled": token_on})
+    aid, _, _ = _sent_quote(o)
+    o.deliver(msg("RE: Quote", sender=CARL, to=(BOB,)))  # no In-Reply-To, the token removed
+    o.run_for(600)
+    [reply] = o.received()
+    assert reply.correlationmethod == 6
+    assert reply.correlatedactivityid == aid
+    assert reply.regardingobjectid == o.records[FABRIKAM]
+
+
+def test_smart_matching_is_off_by_default(org):
+    _sent_quote(org)
+    org.deliver(msg("RE: Quote", sender=CARL, to=(BOB,)))
+    org.run_for(600)
+    assert org.received() == []
+    assert _outcomes(org, BOB)[-1] == ("SKIPPED", "NoCorrelationMatch")
+
+
+def test_smart_matching_is_off_when_correlation_is_off(make_org):
+    o = make_org(org={"enablesmartmatching": True, "emailcorrelationenabled": False})
+    _sent_quote(o)
+    o.deliver(msg("RE: Quote", sender=CARL, to=(BOB,)))
+    o.run_for(600)
+    assert _outcomes(o, BOB)[-1] == ("SKIPPED", "NoCorrelationMatch")
+
+
+@pytest.mark.parametrize("subject, sender", [
+    ("RE: Quotes", CARL),  # another subject
+    ("RE: Quote", STRANGER),  # the sender took no part in the tracked email
+    ("RE: Quote", "arl@fabrikam.example"),  # a part of a participant's address is not the participant
+])
+def test_smart_matching_needs_the_same_subject_and_a_participant(make_org, subject, sender):
+    o = make_org(org={"enablesmartmatching": True})
+    _sent_quote(o)
+    o.deliver(msg(subject, sender=sender, to=(BOB,)))
     o.run_for(600)
     assert o.received() == []
     assert _outcomes(o, BOB)[-1] == ("SKIPPED", "NoCorrelationMatch")

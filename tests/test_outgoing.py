@@ -139,12 +139,59 @@ def test_submission_quota_is_transient_and_the_rest_goes_later(org):
     assert len(org.sb.store.outbound) == 35
 
 
-def test_quota_exceeded_from_exchange_keeps_pending_and_retries(org):
+def test_submission_quota_from_exchange_is_retried_without_an_alert(org):
+    """SPEC 3.5: submission quota exceeded is transient: retried later; with warnings off (the
+    default) no alert is written."""
     org.sb.add_fault(code="ErrorSubmissionQuotaExceeded", operation="send", mailbox=ALICE, count=2)
     aid, _ = _send(org)
+    org.run_for(60)
+    assert org.email(aid).statuscode == 6 and org.email(aid).deliveryattempts == 1
     org.run_for(3600)
     assert org.email(aid).statuscode == 3
     assert org.email(aid).deliveryattempts == 3
+    assert [a for a in org.alerts() if a.tracecode == "ErrorSubmissionQuotaExceeded"] == []
+    assert org.mailbox(ALICE).enabledforoutgoingemail
+
+
+def test_submission_quota_every_time_fails_the_email_after_ten_attempts(org):
+    org.sb.add_fault(code="ErrorSubmissionQuotaExceeded", operation="send", mailbox=ALICE)
+    aid, _ = _send(org)
+    org.run_for(6 * 3600)
+    email = org.email(aid)
+    assert (email.statuscode, email.deliveryattempts) == (8, MAX_SEND_ATTEMPTS)
+
+
+def test_storage_quota_alerts_and_keeps_the_email_pending_send(org):
+    """SPEC 3.5: 403 ErrorQuotaExceeded raises an alert (an Error, written with warnings off) and the
+    email stays Pending Send: no attempt is counted, so it never becomes Failed."""
+    assert not org.sb.crm.org_settings().generatealertsforwarnings
+    org.sb.add_fault(code="ErrorQuotaExceeded", operation="send", mailbox=ALICE)
+    aid, _ = _send(org)
+    org.run_for(6 * 3600)
+    email = org.email(aid)
+    assert (email.statuscode, email.statecode, email.deliveryattempts) == (6, 1, 0)
+    assert org.sb.store.outbound == []
+    alerts = [a for a in org.alerts() if a.tracecode == "ErrorQuotaExceeded"]
+    assert alerts and {a.level for a in alerts} == {3}
+    assert {a.regardingobjectid for a in alerts} == {org.mailboxes[ALICE]}
+    assert "storage quota" in alerts[0].text
+    mb = org.mailbox(ALICE)
+    assert mb.enabledforoutgoingemail is False and mb.outgoingemailstatus == 2
+    assert mb.lastsyncerrorcode == "ErrorQuotaExceeded"
+    assert mb.enabledforincomingemail is True
+    assert len(org.starts(ALICE, "OUTGOING")) == 1  # not retried: the owner must free space first
+    assert [r for r in org.item_rows() if r.objectid == aid] == []
+
+
+def test_storage_quota_email_goes_once_space_is_freed_and_the_mailbox_tested_again(org):
+    org.sb.add_fault(code="ErrorQuotaExceeded", operation="send", mailbox=ALICE, count=1)
+    aid, _ = _send(org)
+    org.run_for(3600)
+    assert org.email(aid).statuscode == 6
+    org.test_and_enable([ALICE])
+    org.run_for(600)
+    assert org.email(aid).statuscode == 3 and org.email(aid).deliveryattempts == 1
+    assert len(org.sb.store.outbound) == 1
 
 
 def test_failed_after_ten_transient_attempts(org):

@@ -303,6 +303,36 @@ def test_ews_latency_through_exchangelib_moves_the_sandbox_clock(tmp_path):
     asyncio.run(go())
 
 
+def test_the_two_quota_codes_over_ews_are_handled_as_in_direct_mode(tmp_path):
+    """SPEC 3.5 over exchangelib: the storage quota (403 ErrorQuotaExceeded) raises an Error alert and
+    keeps the email Pending Send without counting an attempt; the submission quota is retried later
+    without an alert (warnings off) and the email is sent."""
+    async def go():
+        wire, o = await _wire(tmp_path)
+        try:
+            sb = wire.sb
+            sb.add_fault(code="ErrorQuotaExceeded", operation="send", mailbox=ALICE)
+            sb.add_fault(code="ErrorSubmissionQuotaExceeded", operation="send", mailbox=BOB, count=2)
+            full = sb.crm.create_email(sender_userid=o.users[ALICE], to=[CARL], subject="Full mailbox")
+            busy = sb.crm.create_email(sender_userid=o.users[BOB], to=[CARL], subject="Too many sends")
+            sb.crm.send_email(full)
+            sb.crm.send_email(busy)
+            await sb.run_for(3600)
+            stuck, sent = o.email(full), o.email(busy)
+            assert (stuck.statuscode, stuck.deliveryattempts) == (6, 0)
+            assert (sent.statuscode, sent.deliveryattempts) == (3, 3)
+            quota = [a for a in o.alerts() if a.tracecode == "ErrorQuotaExceeded"]
+            assert quota and {a.level for a in quota} == {3}
+            assert [a for a in o.alerts() if a.tracecode == "ErrorSubmissionQuotaExceeded"] == []
+            assert o.mailbox(ALICE).enabledforoutgoingemail is False
+            assert o.mailbox(BOB).enabledforoutgoingemail is True
+            assert [data.subject for _, _, data in sb.store.outbound] == [sent.subject]
+        finally:
+            await wire.stop()
+
+    asyncio.run(go())
+
+
 # -- the CRM: a plug-in refuses the create --------------------------------------------------------------
 @pytest.mark.parametrize("move", [True, False])
 def test_a_plugin_refusal_is_an_item_level_failure_with_its_alert_and_nothing_is_lost(make_org, move):

@@ -27,7 +27,7 @@ class ActivitiesMixin:
 
     Uses ``self.db``, ``self.clock``, ``self.ids``, ``self.faults``, the directory (``resolve``,
     ``_load_directory``, ``_track``, ``_entity_owner``), the correlation lookups, ``self._begin`` and the
-    pending ``self._emails``, ``self._parties``, ``self._dupkeys``, ``self._by_msgkey``."""
+    pending ``self._emails``, ``self._parties``, ``self._dupkeys``, ``self._by_msgkey``, ``self._by_conv``."""
 
     def deliver_incoming(self, mailbox: MailboxWork, items: list[ItemProperties]) -> list[ItemOutcome]:
         if not items:
@@ -137,6 +137,8 @@ class ActivitiesMixin:
         corr = Correlated(activityid, row["regardingobjectid"], row["regardingobjecttypecode"])
         if mkey is not None:
             self._by_msgkey.setdefault(mkey, corr)
+        if row["conversationindex"] is not None:
+            self._by_conv.setdefault(row["conversationindex"], corr)
         self._parties.append(dict(activityid=activityid, participationtypemask=ParticipationType.SENDER,
                                   partyid=sender.id if sender else None,
                                   partyobjecttypecode=sender.typecode if sender else None, addressused=item.sender))

@@ -4,17 +4,20 @@ matching). Lookups also see the rows of the current batch that are not written y
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, func, or_, select
 
 from engine.ports import ItemProperties
 from simulator.crm.models import CorrelationMethod
 from simulator.crm.platform_sql import E
 from simulator.exchange.mime import normalize_message_id
 
+CONVERSATION_HEADER = 22  # bytes of a Thread-Index that name the conversation; each reply adds 5
 SUBJECT_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*:\s*)+", re.IGNORECASE)
 
 
@@ -49,10 +52,19 @@ def message_key(message_id: str | None) -> int | None:
 
 
 def conversation_base(thread_index: str | None) -> str | None:
-    """The conversation part of a Thread-Index: its first 22 bytes (30 base64 characters)."""
-    if not thread_index or len(thread_index) < 30:
+    """The conversation part of a Thread-Index (base64): its first 22 bytes, as 30 base64 characters.
+
+    The bytes are decoded and encoded again: the 30th character of a reply's Thread-Index also
+    carries 4 bits of the reply block, so comparing the text itself would miss most replies."""
+    if not thread_index:
         return None
-    return thread_index[:30]
+    try:
+        raw = base64.b64decode("".join(thread_index.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) < CONVERSATION_HEADER:
+        return None
+    return base64.b64encode(raw[:CONVERSATION_HEADER]).decode("ascii")[:30]
 
 
 def normalized_subject(subject: str) -> str:
@@ -70,7 +82,7 @@ class CorrelationMixin:
     """Duplicate and correlation lookups, the tracking token and smart matching.
 
     Uses ``self.db``, ``self._org_row``, ``self._prepared``, ``self._reading`` and the pending
-    ``self._dupkeys``, ``self._by_msgkey``, ``self._by_token``; caches the organization's tracking
+    ``self._dupkeys``, ``self._by_msgkey``, ``self._by_token``, ``self._by_conv``; caches the organization's tracking
     settings in ``self._prefix_cache`` until ``invalidate_settings``."""
 
     def _lookup_correlations(self, items: list[ItemProperties]) -> tuple[set[int], dict[int, Correlated],
@@ -81,7 +93,7 @@ class CorrelationMixin:
         convs = {c for i in items if (c := conversation_base(i.thread_index))}
         known_dups: set[int] = set(k for k in dupkeys if k in self._dupkeys)
         # the pending maps grow through a batch: look the (few) keys up rather than scan the maps
-        pending_msg, pending_tok = self._by_msgkey, self._by_token
+        pending_msg, pending_tok, pending_conv = self._by_msgkey, self._by_token, self._by_conv
         by_msgkey = {k: pending_msg[k] for k in msgkeys if k in pending_msg}
         by_token = {k: pending_tok[k] for k in tokens if k in pending_tok}
         by_conv: dict[str, Correlated] = {}
@@ -97,7 +109,10 @@ class CorrelationMixin:
             if convs:
                 for conv, aid, reg, regtype in self._select_in(conn, "conversationindex", _select_correlation,
                                                                convs):
-                    by_conv.setdefault(conv, Correlated(aid, reg, regtype))
+                    by_conv.setdefault(conv, Correlated(aid, reg, regtype))  # the conversation's first
+        for conv in convs:  # a conversation first tracked in this batch
+            if conv in pending_conv:
+                by_conv.setdefault(conv, pending_conv[conv])
         return known_dups, by_msgkey, by_token, by_conv
 
     def _select_in(self, conn, column: str, build, values) -> list[tuple]:
@@ -127,17 +142,28 @@ class CorrelationMixin:
         if hasattr(self, "_prefix_cache"):
             del self._prefix_cache
 
+    def _smart_subject(self, subject: str) -> str:
+        """The subject smart matching compares: without reply prefixes and tracking tokens."""
+        for token in self._tokens_in(subject):
+            subject = subject.replace(token, " ")
+        return normalized_subject(" ".join(subject.split()))
+
     def _smart_match(self, item: ItemProperties) -> Correlated | None:
-        subject = normalized_subject(item.subject)
-        if not subject or not item.sender:
+        """The latest tracked email with the same subject (see ``_smart_subject``) of which the
+        item's sender was the sender or a recipient (whole addresses, in any case)."""
+        subject = self._smart_subject(item.subject)
+        sender = (item.sender or "").strip().lower()
+        if not subject or not sender:
             return None
         with self.db.connect() as conn:
             rows = conn.execute(select(E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode,
                                        E.c.subject, E.c.sender, E.c.torecipients)
-                                .where(or_(E.c.torecipients.contains(item.sender), E.c.sender == item.sender))
+                                .where(or_(func.lower(E.c.torecipients).contains(sender, autoescape=True),
+                                           func.lower(E.c.sender) == sender))
                                 .order_by(E.c.createdon.desc()).limit(50)).all()
-        for aid, reg, regtype, subj, _sender, _to in rows:
-            if normalized_subject(subj or "") == subject:
+        for aid, reg, regtype, subj, from_, to in rows:
+            participants = {a.strip().lower() for a in (to or "").split(";")} | {(from_ or "").strip().lower()}
+            if sender in participants and self._smart_subject(subj or "") == subject:
                 return Correlated(aid, reg, regtype)
         return None
 

@@ -142,7 +142,7 @@ class StorageMixin:
 
     Uses ``self.db``, ``self.world``, ``self._statements``, ``self._reader``; owns the pending rows
     (``_emails``, ``_parties``, ``_item_rows``, ``_send_updates``, ``_attempt_updates``, ``_dupkeys``,
-    ``_by_msgkey``, ``_by_token``)."""
+    ``_by_msgkey``, ``_by_token``, ``_by_conv``)."""
 
     def _reset_pending(self) -> None:
         self._emails: list[dict] = []
@@ -153,6 +153,7 @@ class StorageMixin:
         self._dupkeys: set[int] = set()
         self._by_msgkey: dict[int, Correlated] = {}
         self._by_token: dict[str, Correlated] = {}
+        self._by_conv: dict[str, Correlated] = {}
 
     def _begin(self):
         """A write transaction. The world's epoch is taken first, outside it: the raw statements of
