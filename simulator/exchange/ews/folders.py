@@ -51,10 +51,6 @@ PERMISSION_SET = "PermissionSet"  # the key a folder's permission set is kept un
 SIZE_KEY = "ext:PropertyTag=3592;PropertyType=Long"  # PR_MESSAGE_SIZE: computed, never kept
 
 
-def folder_class(folder: Folder) -> str | None:
-    return folder.folder_class
-
-
 def folder_tag(folder: Folder) -> str:
     """The element a folder is answered as: t:CalendarFolder for IPF.Appointment[.*], ..."""
     cls = folder.folder_class or ""

@@ -93,6 +93,14 @@ def _not_found(name: str) -> ResponseError:
     return ResponseError("ErrorItemNotFound", f"The user configuration {name!r} was not found in this folder.")
 
 
+def _stored(ctx: Context, folder: Folder, name: str) -> dict:
+    """The user configuration ``name`` of ``folder``; ErrorItemNotFound when it has none."""
+    record = _existing(ctx, folder, name)
+    if record is None:
+        raise _not_found(name)
+    return record
+
+
 # -- typed values -----------------------------------------------------------------------------
 def _canonical(kind: str, text: str) -> str:
     """``text`` as Exchange writes a value of ``kind``; ErrorInvalidRequest if it cannot be one."""
@@ -216,9 +224,7 @@ def get_user_configuration(ctx: Context, req: etree._Element) -> etree._Element:
 
     def one() -> list[etree._Element]:
         name, folder = _name_and_folder(ctx, req.find(m("UserConfigurationName")))
-        record = _existing(ctx, folder, name)
-        if record is None:
-            raise _not_found(name)
+        record = _stored(ctx, folder, name)
         return [_configuration_element(folder, record, properties)]
 
     out.run(one)
@@ -259,9 +265,7 @@ def update_user_configuration(ctx: Context, req: etree._Element) -> etree._Eleme
     def one() -> list[etree._Element]:
         name, folder = _name_and_folder(ctx, spec.find(t("UserConfigurationName")))
         parts = _parts(spec)
-        record = _existing(ctx, folder, name)
-        if record is None:
-            raise _not_found(name)
+        record = _stored(ctx, folder, name)
         record.update(parts)
         record["v"] += 1
         ctx.store.set_user_configuration(ctx.need_mailbox().address, folder.folder_id, record["name"], record)
@@ -276,9 +280,7 @@ def delete_user_configuration(ctx: Context, req: etree._Element) -> etree._Eleme
 
     def one() -> list[etree._Element]:
         name, folder = _name_and_folder(ctx, req.find(m("UserConfigurationName")))
-        record = _existing(ctx, folder, name)
-        if record is None:
-            raise _not_found(name)
+        record = _stored(ctx, folder, name)
         ctx.store.set_user_configuration(ctx.need_mailbox().address, folder.folder_id, record["name"], None)
         return []
 
