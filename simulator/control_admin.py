@@ -118,6 +118,14 @@ class Refused(Exception):
 # -- the one mapping from errors to responses ---------------------------------------------------
 def refusal(exc: Exception) -> web.Response:
     """The JSON response for a refused request (see the module docstring for the status codes)."""
+    status, field, message = refusal_parts(exc)
+    return web.json_response({"error": f"{field}: {message}" if field else message, "field": field},
+                             status=status)
+
+
+def refusal_parts(exc: Exception) -> tuple[int, str | None, str]:
+    """The HTTP status, the field (as a request names it) and the message of a refused request:
+    shared by the JSON routes and the web console's pages."""
     if isinstance(exc, Refused):
         status, field, message = exc.status, exc.field, exc.message
     elif isinstance(exc, AdminError):
@@ -144,8 +152,7 @@ def refusal(exc: Exception) -> web.Response:
     else:
         log.exception("control plane: unexpected error", exc_info=exc)
         status, field, message = 500, None, f"the sandbox failed on this request ({type(exc).__name__}); see its log"
-    return web.json_response({"error": f"{field}: {message}" if field else message, "field": field},
-                             status=status)
+    return status, field, message
 
 
 def _s2s_status(code: str, field: str | None) -> int:
@@ -407,11 +414,16 @@ class AdminApi:
                 "checks": [asdict(c) for c in test.checks]}
 
     def test_enable_profile(self, call: Call) -> web.Response:
-        jobid = self.admin.start_profile_test_and_enable(call.user, call.ref)
+        jobid = self.start_profile_job(call.user, call.ref)
+        return _reply(self.admin.job(jobid), status=202, headers={"Location": f"/_sim/jobs/{jobid}"})
+
+    def start_profile_job(self, user: str, profileid: str) -> str:
+        """Test & Enable the profile's mailboxes as a background job (SPEC 1.10); returns its id."""
+        jobid = self.admin.start_profile_test_and_enable(user, profileid)
         task = asyncio.get_running_loop().create_task(self.run_job(jobid), name=f"sss-job-{jobid}")
         self.jobs_running.add(task)
         task.add_done_callback(self.jobs_running.discard)
-        return _reply(self.admin.job(jobid), status=202, headers={"Location": f"/_sim/jobs/{jobid}"})
+        return jobid
 
     async def run_job(self, jobid: str) -> None:
         """The asynchronous service's part; the job's row says how it went (a failure is logged too)."""

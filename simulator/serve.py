@@ -104,6 +104,7 @@ def describe(info: ServeInfo) -> str:
         f"SMTP           {info.smtp_host}:{info.smtp_port}",
         f"Identity       {info.authority}  (client id {info.client_id}, scope {info.scope})",
         f"Control plane  {info.control_url}  (Authorization: Bearer {info.control_key})",
+        f"Web console    {info.console_url}",
         f"CA file        {info.ca_file}",
         f"Dataverse      {info.dataverse_url}  (scope {info.dataverse_scope}, client id "
         f"{info.dataverse_client_id or '-'}, secret {info.dataverse_client_secret or '-'})",

@@ -37,6 +37,8 @@ from engine.ews import EwsExchange
 from engine.timeouts import call_timeout_s
 from engine.tokens import MsalTokenSource
 from simulator.connection import WireConnectionProbe
+from simulator.console import PREFIX as CONSOLE
+from simulator.console import Console
 from simulator.control import control_guard, control_routes
 from simulator.crm import s2s
 from simulator.crm.db import MEMORY_URL
@@ -258,6 +260,7 @@ class ServeInfo:
     dataverse_scope: str = ""
     dataverse_client_id: str = ""
     dataverse_client_secret: str = ""
+    console_url: str = ""  # the web console, opened with the control key (simulator.console)
 
 
 class WireSandbox:
@@ -294,6 +297,7 @@ class WireSandbox:
         self.server.app.middlewares.append(control_guard(self.control_key))
         self.lock = asyncio.Lock()  # held by a clock advance and by every change over HTTP (/_sim, Dataverse)
         self.dataverse = DataverseApi(self)
+        self.console = Console(self.sb, self.lock, self.control_key)
 
     # -- the parts ------------------------------------------------------------------------------
     @property
@@ -357,6 +361,7 @@ class WireSandbox:
                                                    authorize=self.authorize))
         self.server.add_routes(control_routes(self.sb, self.lock))
         self.server.add_routes(self.dataverse.routes())
+        self.server.add_routes(self.console.routes())
         await self.server.start()
         await self.smtp.start()
         self.tokens = CrmTokenSource(self.sb, self.base_url, self.tls.ca_file)
@@ -454,6 +459,7 @@ class WireSandbox:
             dataverse_url=self.dataverse.url, dataverse_scope=self.dataverse.scope,
             dataverse_client_id=client.client_id if client else "",
             dataverse_client_secret=client.client_secret if client else "",
+            console_url=f"{self.base_url}{CONSOLE}/?key={self.control_key}",
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from simulator.crm.admin_org import _require
 from simulator.crm.models import (
@@ -35,6 +35,7 @@ class MailboxView:
     emailserverprofile: str | None = None
     # the last error still stands: no success (a sync or a passed test) came after it
     lasterrorcurrent: bool = False
+    name: str = ""  # the user's or queue's name
 
 
 def _error_current(m: Mailbox) -> bool:
@@ -54,13 +55,29 @@ class ViewsMixin:
     """
 
     def mailboxes(self) -> list[MailboxView]:
+        return self.mailbox_page()[1]
+
+    def mailbox_page(self, offset: int = 0, limit: int | None = None, search: str | None = None,
+                     active_only: bool = False) -> tuple[int, list[MailboxView]]:
+        """How many mailboxes match, and the ``limit`` of them from ``offset`` by address (a view's
+        page); ``search`` keeps those whose address or name contains it."""
         with Session(self.db) as session:
-            rows = session.exec(select(Mailbox).order_by(Mailbox.emailaddress)).all()
-            return [MailboxView(m.mailboxid, m.emailaddress, m.regardingobjecttypecode, m.incomingemailstatus,
-                                m.outgoingemailstatus, m.mailboxstatus, m.emailrouteraccessapproval,
-                                m.enabledforincomingemail, m.enabledforoutgoingemail, m.lastsyncerrorcode,
-                                m.actstatus, m.enabledforact, m.emailserverprofile, _error_current(m))
-                    for m in rows]
+            q = select(Mailbox)
+            if active_only:
+                q = q.where(Mailbox.statecode == 0)
+            if search:
+                pattern = f"%{search.strip().lower()}%"
+                q = q.where(func.lower(Mailbox.emailaddress).like(pattern) | func.lower(Mailbox.name).like(pattern))
+            total = session.exec(select(func.count()).select_from(q.subquery())).one()
+            q = q.order_by(Mailbox.emailaddress).offset(offset)
+            if limit is not None:
+                q = q.limit(limit)
+            rows = session.exec(q).all()
+            return total, [MailboxView(m.mailboxid, m.emailaddress, m.regardingobjecttypecode, m.incomingemailstatus,
+                                       m.outgoingemailstatus, m.mailboxstatus, m.emailrouteraccessapproval,
+                                       m.enabledforincomingemail, m.enabledforoutgoingemail, m.lastsyncerrorcode,
+                                       m.actstatus, m.enabledforact, m.emailserverprofile, _error_current(m), m.name)
+                           for m in rows]
 
     def users(self) -> list[dict[str, Any]]:
         """Every user: logon name, full name, address, security roles, whether disabled (by logon name)."""
