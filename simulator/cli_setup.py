@@ -803,18 +803,12 @@ def email_list(
     db: str = _db_option(),
 ) -> None:
     """Email activities, newest first."""
-    from sqlmodel import Session, select
-
-    from simulator.crm.models import Email, EmailStatus
+    from simulator.crm.models import EmailStatus
 
     with _Refused("email list"):
         count = _typed("email list", {"limit": limit})["limit"]
 
-        def action(ws):
-            with Session(ws.sb.db) as s:
-                rows = s.exec(select(Email).order_by(Email.createdon.desc(), Email.activityid).limit(count)).all()
-                return [r.model_dump() for r in rows]
-        rows = _in_sandbox(db, action)
+        rows = _in_sandbox(db, lambda ws: ws.admin.emails(count))
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return

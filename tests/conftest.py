@@ -88,3 +88,8 @@ def acc(server, trust_ca):
     from test_ews import account
 
     return account(server)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--screenshots", metavar="DIR", default=None,
+                     help="Where the browser tests save their screenshots (default: each test's temporary folder).")

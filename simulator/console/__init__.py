@@ -58,6 +58,10 @@ ACT = {0: "Outlook", 1: "Server-Side Synchronization", 2: "None"}
 TEST_STATUS = {0: "Failure", 1: "Success", 2: "Warning"}
 LEVEL = {1: "Information", 2: "Warning", 3: "Error"}
 ITEM_STATE = {2: "Skipped", 3: "Failed"}
+EMAIL_STATUS = {1: "Draft", 2: "Completed", 3: "Sent", 4: "Received", 5: "Canceled", 6: "Pending Send", 7: "Sending",
+                8: "Failed"}
+CORRELATION = {0: "None", 1: "Skipped", 2: "X-Header", 3: "In-Reply-To", 4: "Tracking Token", 5: "Conversation Index",
+               6: "Smart Matching", 7: "Custom"}
 
 # The profile form (SPEC 2.1): section, column, label, kind. Kinds: text, area, yesno, number, datetime.
 PROFILE_FORM: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
@@ -160,6 +164,11 @@ def _input_when(value: Any) -> str:
     return as_utc(value).strftime("%Y-%m-%dT%H:%M")
 
 
+def see_other(location: str) -> web.Response:
+    """A redirect after a form (303), which may carry cookies."""
+    return web.Response(status=303, headers={"Location": location})
+
+
 class Console:
     """The console's pages over one sandbox (which must outlive the server)."""
 
@@ -177,7 +186,8 @@ class Console:
         self.env.filters["when"] = _when
         self.env.filters["input_when"] = _input_when
         self.env.globals.update(STATUS=STATUS, APPROVAL=APPROVAL, INCOMING=INCOMING, OUTGOING=OUTGOING, ACT=ACT,
-                                TEST_STATUS=TEST_STATUS, LEVEL=LEVEL, ITEM_STATE=ITEM_STATE, P=PREFIX,
+                                TEST_STATUS=TEST_STATUS, LEVEL=LEVEL, ITEM_STATE=ITEM_STATE,
+                                EMAIL_STATUS=EMAIL_STATUS, CORRELATION=CORRELATION, P=PREFIX,
                                 PROFILE_FORM=PROFILE_FORM, SETTINGS_FORM=SETTINGS_FORM, label=_label,
                                 PROFILE_LABELS=PROFILE_LABELS, SETTINGS_LABELS=SETTINGS_LABELS)
         self.extra_nav: list[tuple[str, str]] = []  # pages other modules add (path, title)
@@ -217,7 +227,7 @@ class Console:
         return response
 
     def redirect(self, location: str, flash: str | None = None) -> web.Response:
-        response = web.HTTPSeeOther(location)
+        response = see_other(location)
         if flash:
             self._cookie(response, FLASH_COOKIE, quote(flash[:900]))
         return response
@@ -230,7 +240,7 @@ class Console:
                 return self.locked_out(request)
             user = self.user_of(request)
             if user is None:
-                return web.HTTPSeeOther(f"{PREFIX}/signin?next={quote(request.path_qs)}")
+                raise web.HTTPSeeOther(f"{PREFIX}/signin?next={quote(request.path_qs)}")
             return await handler(request, user)
 
         return guarded
@@ -255,19 +265,22 @@ class Console:
             return result
 
     # -- sign-in ---------------------------------------------------------------------------------
+    async def root(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther(PREFIX + "/" + (f"?{request.query_string}" if request.query_string else ""))
+
     async def index(self, request: web.Request) -> web.StreamResponse:
         given = request.query.get("key")
         if given is not None:
             if not hmac.compare_digest(given.encode(), self._key.encode()):
                 return self.locked_out(request)
-            response = web.HTTPSeeOther(f"{PREFIX}/signin")
+            response = see_other(f"{PREFIX}/signin")
             self._cookie(response, KEY_COOKIE, self._sign("key"))
             return response
         if not self.has_key(request):
             return self.locked_out(request)
         if self.user_of(request) is None:
-            return web.HTTPSeeOther(f"{PREFIX}/signin")
-        return web.HTTPSeeOther(f"{PREFIX}/email-configuration")
+            raise web.HTTPSeeOther(f"{PREFIX}/signin")
+        raise web.HTTPSeeOther(f"{PREFIX}/email-configuration")
 
     async def signin_page(self, request: web.Request) -> web.StreamResponse:
         if not self.has_key(request):
@@ -291,12 +304,12 @@ class Console:
         target = values.get("next") or ""
         if not target.startswith(PREFIX + "/") or target.startswith(PREFIX + "/signin"):
             target = f"{PREFIX}/email-configuration"
-        response = web.HTTPSeeOther(target)
+        response = see_other(target)
         self._cookie(response, USER_COOKIE, quote(f"{who}|{self._sign('user:' + who)}"))
         return response
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
-        response = web.HTTPSeeOther(f"{PREFIX}/signin")
+        response = see_other(f"{PREFIX}/signin")
         response.del_cookie(USER_COOKIE, path=PREFIX)
         return response
 
@@ -642,11 +655,14 @@ class Console:
             total = session.exec(select(func.count()).select_from(ExchangeSyncIdMapping)).one()
         return self.render(request, "monitoring.html", user=user, rows=self.item_rows(None, 500), total=total)
 
+    async def emails(self, request: web.Request, user: str) -> web.StreamResponse:
+        return self.render(request, "emails.html", user=user, rows=self.admin.emails(200))
+
     # -- the table ------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         p, page = PREFIX, self.page
         return [
-            web.get(p, lambda r: web.HTTPSeeOther(p + "/")),
+            web.get(p, self.root),
             web.get(p + "/", self.index),
             web.get(p + "/signin", self.signin_page),
             web.post(p + "/signin", self.signin),
@@ -673,6 +689,7 @@ class Console:
             web.get(p + "/jobs/{id}", page(self.job)),
             web.get(p + "/jobs/{id}/progress", page(self.job_progress)),
             web.get(p + "/monitoring", page(self.monitoring)),
+            web.get(p + "/emails", page(self.emails)),
         ]
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from simulator.crm.admin_org import _require
 from simulator.crm.errors import AdminError, ConflictError, ValidationError
@@ -188,8 +188,8 @@ class ProfilesMixin:
         with Session(self.db) as session:
             profile = self._profile(session, ref)
             view = profile.model_dump()
-            view["mailboxes"] = len(session.exec(select(Mailbox.mailboxid).where(
-                Mailbox.emailserverprofile == profile.emailserverprofileid)).all())
+            view["mailboxes"] = session.exec(select(func.count()).select_from(Mailbox).where(
+                Mailbox.emailserverprofile == profile.emailserverprofileid)).one()
             owner = session.get(SystemUser, profile.ownerid)
             view["owner"] = owner.domainname if owner else profile.ownerid
             return view

@@ -9,6 +9,7 @@ from sqlmodel import Session, func, select
 
 from simulator.crm.admin_org import _require
 from simulator.crm.models import (
+    Email,
     EmailServerProfile,
     Mailbox,
     SecurityRole,
@@ -98,6 +99,12 @@ class ViewsMixin:
             profile = session.get(EmailServerProfile, mb.emailserverprofile or "")
             view["emailserverprofilename"] = profile.name if profile else None
             return view
+
+    def emails(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Email activities, newest first, every column."""
+        with Session(self.db) as session:
+            rows = session.exec(select(Email).order_by(Email.createdon.desc(), Email.activityid).limit(limit)).all()
+            return [r.model_dump() for r in rows]
 
     def mailbox_id(self, address: str) -> str:
         with Session(self.db) as session:
