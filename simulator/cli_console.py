@@ -26,8 +26,15 @@ def console(
     from pathlib import Path
 
     from simulator.console import PREFIX, Console
+    from simulator.crm.admin import OutOfOrderError
+    from simulator.procedure import status_summary
     from simulator.web import WebServer
     from simulator.workspace import open_workspace
+
+    with _Refused():
+        if status_summary(db).organization is None:  # read-only: an empty or missing file stays as it was
+            raise OutOfOrderError(f"no organization in {db} yet: create one (sss org init --db {db} ...) or build "
+                                  f"a training scenario (sss walkthrough --scenario NAME --db {db})", "db")
 
     async def go() -> None:
         stop = asyncio.Event()
