@@ -272,6 +272,16 @@ def test_refusals_are_shown_on_the_page_and_change_nothing(browser, served):
     expect(page.locator("#problem")).to_contain_text("Tracking token prefix (trackingprefix)")
     assert served.wire.sb.admin.settings()["trackingprefix"] != "CRM-!"
 
+    # Test Connection on a profile saved with a mistyped tenant id: the dialog says what failed
+    served.wire.sb.admin.create_profile(ADMIN, name="Typed tenant", usedefaulttenantid=False,
+                                        exchangeonlinetenantid="3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    nav(page, "Email Server Profiles")
+    page.click("#profiles a:has-text('Typed tenant')")
+    page.click("#test-connection")
+    dialog = page.locator("#test-connection-result")
+    expect(dialog.locator(".outcome")).to_have_text("Authentication failure")
+    expect(dialog).to_contain_text("Failed")
+
     # a command of the Active Mailboxes view with nothing selected
     nav(page, "Mailboxes")
     page.click("#approve")
