@@ -74,6 +74,19 @@ def _addresses(ws) -> dict[str, str]:
     return {m.mailboxid: m.emailaddress for m in ws.admin.mailboxes()}
 
 
+def _trainer_only(db: str, command: str) -> None:
+    """Refuse a trainer's command - one that shows or changes the fault a training scenario planted -
+    while a training session without hints is open on ``db`` (call it inside ``_Refused``)."""
+    from simulator.cli_walkthrough import _use
+    from simulator.training import TrainingError, hidden_session
+
+    training = hidden_session(db)
+    if training is not None:
+        raise TrainingError(f"{command} is for the trainer while a training session without hints "
+                            f"({training.scenario}) is open in {db}: check your fix with sss training "
+                            f"check{_use(db)} (--give-up shows the answer)")
+
+
 def _mailbox_option():
     return typer.Option([], "--mailbox", "-m", metavar="ADDRESS", help="A mailbox's email address (repeatable).")
 
@@ -879,6 +892,7 @@ def fault_add(
     from simulator.faults import FaultRule, FaultRuleError, describe
 
     with _Refused("fault add"):
+        _trainer_only(db, "sss fault add")
         values = _typed("fault add", {"code": code, "protocol": protocol, "operation": operation, "mailbox": mailbox,
                                       "count": count, "probability": probability, "backoff_ms": backoff_ms,
                                       "latency_ms": latency_ms, "start": start, "minutes": minutes})
@@ -898,6 +912,7 @@ def fault_list(as_json: bool = typer.Option(False, "--json", help="Print JSON (e
     from simulator.faults import describe
 
     with _Refused():
+        _trainer_only(db, "sss fault list")
         rules = _in_sandbox(db, lambda ws: list(ws.sb.faults.rules))
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in rules], indent=2))
@@ -912,6 +927,7 @@ def fault_list(as_json: bool = typer.Option(False, "--json", help="Print JSON (e
 def fault_clear(db: str = _db_option()) -> None:
     """Remove every fault rule."""
     with _Refused():
+        _trainer_only(db, "sss fault clear")
         _in_sandbox(db, lambda ws: ws.sb.clear_faults())
     _say("Fault rules removed.")
 

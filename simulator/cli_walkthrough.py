@@ -7,11 +7,14 @@ in a new database instead (see :mod:`simulator.scenarios`).
 
 ``sss status`` is the one-screen overview: the procedure in one line, the mailboxes by state,
 the mailboxes that are retrying after transient errors, and the recent alerts.
+
+With ``--no-hints`` the scenario opens a training session without hints (:mod:`simulator.training`):
+until ``sss training check`` finds the fault fixed (or ``--give-up``), ``sss walkthrough`` refuses
+and ``sss status`` shows only the counts the product shows.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from dataclasses import asdict
@@ -79,14 +82,28 @@ def _print_current(step) -> None:
         _say("  [dim]Replace <pfx password> with the certificate's password.[/dim]")
 
 
+def _hidden(db: str):
+    """The open training session without hints of ``db``, or None (a stored record that cannot be read
+    is refused in one line)."""
+    from simulator.training import hidden_session
+
+    with _Refused():
+        return hidden_session(db)
+
+
+def _use(db: str) -> str:
+    return f" --db {db}" if _db_flag(db) else ""
+
+
 @app.command("walkthrough")
 def walkthrough(
     db: str = _db_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the steps as a JSON list."),
     scenario: str | None = typer.Option(None, "--scenario", metavar="NAME",
-                                        help="Build a training scenario in a new database (--db) instead: "
-                                             "expired-certificate, unapproved-mailbox, wrong-tenant-id or "
-                                             "throttled-mailbox."),
+                                        help="Build a training scenario in a new database (--db) instead "
+                                             "(--list-scenarios names them)."),
+    no_hints: bool = typer.Option(False, "--no-hints", help="With --scenario: a training session without hints; "
+                                  "status and walkthrough hold back the diagnosis until sss training check."),
     force: bool = typer.Option(False, "--force", help="With --scenario: replace an existing database file."),
     list_scenarios: bool = typer.Option(False, "--list-scenarios", help="List the training scenarios."),
 ) -> None:
@@ -100,8 +117,17 @@ def walkthrough(
             _say(f"    {escape(s.story)}")
         return
     if scenario is not None:
-        _seed(scenario, db, force, as_json)
+        _seed(scenario, db, force, as_json, hints=not no_hints)
         return
+    if no_hints:
+        typer.echo("Error: --no-hints goes with --scenario NAME (a new training session without hints)", err=True)
+        raise typer.Exit(2)
+    training = _hidden(db)
+    if training is not None:
+        typer.echo(f"Error: a training session without hints ({training.scenario}) is open in {db}, so the "
+                   f"walkthrough stays closed: check your fix with sss training check{_use(db)} (--give-up shows "
+                   "the answer)", err=True)
+        raise typer.Exit(1)
     with _Refused():
         steps = procedure_state(db, db_option=_db_flag(db))
     if as_json:
@@ -113,7 +139,7 @@ def walkthrough(
     step = current_step(steps)
     if step is None:
         _say("")
-        use = escape(f" --db {db}") if _db_flag(db) else ""
+        use = escape(_use(db))
         _say(f"[green]Every step holds.[/green] Send some mail through it (sss mail deliver ...{use}), run the "
              f"engine (sss run --minutes 15{use}) and look at sss status{use}.")
         with _Refused():
@@ -128,27 +154,31 @@ def walkthrough(
     _print_current(step)
 
 
-def _seed(name: str, db: str, force: bool, as_json: bool) -> None:
-    from simulator.scenarios import SCENARIOS, check_target, seed_scenario
+def _seed(name: str, db: str, force: bool, as_json: bool, *, hints: bool = True) -> None:
+    from simulator.scenarios import SCENARIOS, check_target
+    from simulator.training import start
 
     with _Refused():
         scenario, _path, _certs = check_target(name, db, force)
-        say = (lambda _text: None) if as_json else (lambda text: _say(f"  {escape(text)}"))
+        say = (lambda _text: None) if as_json or not hints else (lambda text: _say(f"  {escape(text)}"))
         if not as_json:
-            _say(f"Building the training scenario [bold]{scenario.name}[/bold] in {escape(db)} ...")
-        seeded = asyncio.run(seed_scenario(name, db, force=force, say=say))
-    if as_json:
-        out = {k: str(v) if not isinstance(v, list) else v for k, v in asdict(seeded).items()}
+            _say(f"Building the training scenario [bold]{scenario.name}[/bold] in {escape(db)}"
+                 f"{'' if hints else ' (no hints)'} ...")
+        seeded = start(name, db, hints=hints, force=force, say=say)
+    if as_json:  # what was planted stays out: it is the answer
+        out = {k: str(v) if not isinstance(v, list) else v for k, v in asdict(seeded).items() if k != "planted"}
+        out["hints"] = hints
         typer.echo(json.dumps(out, indent=2))
         return
     scenario = SCENARIOS[seeded.scenario]
     flag = _db_flag(db)
-    use = f" --db {db}" if flag else ""
+    use = _use(db)
     _say("")
     _say(f"[bold]{escape(scenario.title)}[/bold]")
     _say(escape(scenario.story))
-    _say("")
-    _say(f"[bold]Where to start:[/bold] {escape(scenario.hint)}")
+    if hints:
+        _say("")
+        _say(f"[bold]Where to start:[/bold] {escape(scenario.hint)}")
     _say("")
     _say(f"System Administrator: [bold]admin[/bold] (--as {seeded.admin}); Office 365 administrator: "
          f"{seeded.tenant_admin}.")
@@ -156,7 +186,12 @@ def _seed(name: str, db: str, force: bool, as_json: bool) -> None:
          f"(password {seeded.certificate_password}).")
     if flag:
         _say(f"Give every command --db {escape(db)}, or once: export SSS_DB={escape(db)}")
-    _say(f"Then: sss status{escape(use)}   and   sss walkthrough{escape(use)}")
+    if hints:
+        _say(f"Then: sss status{escape(use)}   and   sss walkthrough{escape(use)}")
+        _say(f"When you think it is fixed: sss training check{escape(use)}")
+    else:
+        _say(f"No hints: read what the product shows (sss status{escape(use)}, sss alerts, sss mailbox list, "
+             f"sss profile show, ...). When you think it is fixed: sss training check{escape(use)}")
 
 
 @app.command("status")
@@ -167,8 +202,12 @@ def status(
     """Overview: where the setup procedure stands, the mailboxes by state and the recent alerts."""
     from simulator.procedure import status_summary
 
+    training = _hidden(db)
     with _Refused():
         summary = status_summary(db, db_option=_db_flag(db))
+    if training is not None:
+        _hidden_status(summary, training, db, as_json)
+        return
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return
@@ -187,19 +226,86 @@ def status(
         word = "blocked at" if step.status == BLOCKED else "next"
         _say(f"Setup: {summary.done} of {total} steps done; [{colour}]{word} {step.section} {escape(step.title)}"
              f"[/{colour}]: {escape(step.reason or '')} (details: sss walkthrough)")
-    c = summary.mailboxes
-    _say(f"Mailboxes: {c.total} ({_n(c.users, 'user')}, {_n(c.queues, 'queue')}): {c.approved} approved, "
-         f"{c.pending_approval} pending approval, {c.rejected} rejected; {c.enabled} enabled, "
-         f"{c.failed} failed, {c.not_tested} not tested, {c.test_scheduled} waiting for a retest, "
-         f"{c.no_profile} without a profile, {c.retrying} retrying.")
+    _say_counts(summary)
     for address, code in summary.failed_mailboxes:
         _say(f"  [red]failed[/red]   {escape(address)}: {escape(code)}")
     for r in summary.retrying_mailboxes:
         when = f", next try {r.next_try:%H:%M} UTC" if r.next_try else ""
         _say(f"  [yellow]retrying[/yellow] {escape(r.emailaddress)}: {escape(r.code)}, {r.count} transient "
              f"failure{'s' if r.count != 1 else ''} in a row{when}")
-    use = escape(f" --db {db}") if _db_flag(db) else ""
-    _say(f"Alerts in the last 24 hours (sandbox time): {_n(summary.errors_recent, 'error')}, "
-         f"{_n(summary.warnings_recent, 'warning')}."
+    use = escape(_use(db))
+    _say(_alert_counts(summary)
          + (f" Read them: sss alerts --level error{use}" if summary.errors_recent else
             f" Read them: sss alerts --level warning{use}" if summary.warnings_recent else ""))
+
+
+def _say_counts(summary) -> None:
+    c = summary.mailboxes
+    _say(f"Mailboxes: {c.total} ({_n(c.users, 'user')}, {_n(c.queues, 'queue')}): {c.approved} approved, "
+         f"{c.pending_approval} pending approval, {c.rejected} rejected; {c.enabled} enabled, "
+         f"{c.failed} failed, {c.not_tested} not tested, {c.test_scheduled} waiting for a retest, "
+         f"{c.no_profile} without a profile, {c.retrying} retrying.")
+
+
+def _alert_counts(summary) -> str:
+    return (f"Alerts in the last 24 hours (sandbox time): {_n(summary.errors_recent, 'error')}, "
+            f"{_n(summary.warnings_recent, 'warning')}.")
+
+
+def _hidden_status(summary, training, db: str, as_json: bool) -> None:
+    """``sss status`` during a training session without hints: the counts the product shows, no
+    diagnosis (no setup step, no mailbox named with its error) and no suggested command."""
+    if as_json:
+        full = summary.to_dict()
+        out = {k: full[k] for k in ("database", "organization", "now", "mailboxes", "errors_recent",
+                                    "warnings_recent", "recent_since")}
+        out["training"] = {"scenario": training.scenario, "hints": False,
+                           "started_at": training.started_at.isoformat()}
+        typer.echo(json.dumps(out, indent=2))
+        return
+    when = f"; sandbox time {summary.now:%Y-%m-%d %H:%M} UTC" if summary.now else ""
+    _say(f"[bold]{escape(summary.organization or '?')}[/bold] in {escape(db)}{when}.")
+    _say(f"Training session without hints ({escape(training.scenario)}) since "
+         f"{training.started_at:%Y-%m-%d %H:%M} UTC: the setup diagnosis is hidden; sss training check says "
+         "whether the fault is fixed.")
+    _say_counts(summary)
+    _say(_alert_counts(summary))
+
+
+# ------------------------------------------------------------------------------ sss training
+
+training_app = typer.Typer(no_args_is_help=True, help="Training sessions: is the scenario's fault fixed?")
+app.add_typer(training_app, name="training")
+
+
+@training_app.command("check")
+def training_check(
+    db: str = _db_option(),
+    give_up: bool = typer.Option(False, "--give-up", help="Show the answer even when it is not fixed, and end "
+                                 "the session (the walkthrough shows its hints again)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict as one JSON object."),
+) -> None:
+    """Whether the training scenario's fault is fixed, judged from what the product shows; exits 0 when fixed.
+
+    When fixed (or with --give-up) it explains what was wrong, where it showed and what fixes it, and
+    ends the training session."""
+    from simulator.training import check
+
+    with _Refused():
+        verdict = check(db, give_up=give_up)
+    if as_json:
+        typer.echo(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        if verdict.fixed:
+            _say(f"[green]Fixed[/green]: {escape(verdict.scenario)}.")
+        else:
+            _say(f"[red]Not fixed yet[/red]: {escape(verdict.scenario)}. What does not hold yet:")
+            for line in verdict.remaining:
+                _say(f"  - {escape(line)}")
+        for line in verdict.explanation.splitlines():
+            label, sep, text = line.partition(": ")
+            _say(f"[bold]{escape(label)}:[/bold] {escape(text)}" if sep else escape(line))
+        if verdict.ended:
+            _say(f"The training session has ended; sss walkthrough{escape(_use(db))} works again.")
+    if not verdict.fixed:
+        raise typer.Exit(1)

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from trial import all_rows, runner
 
-from simulator import cli_walkthrough  # noqa: F401  (registers `sss walkthrough` and `sss status`)
+from simulator import (
+    cli_walkthrough,  # noqa: F401  (registers `sss walkthrough` and `sss status`)
+    training,
+)
 from simulator.cli import app
 from simulator.crm.db import sqlite_url
 from simulator.procedure import (
@@ -240,17 +243,25 @@ def test_walkthrough_text_marks_and_command(tmp_path):
 
 # ------------------------------------------------------------------------------ training scenarios
 
+class _Built(dict):
+    """Scenario databases built on first use (once per module): only the scenarios this module reads."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, name: str) -> Path:
+        import asyncio
+
+        seeded = asyncio.run(seed_scenario(name, self.folder / f"{name}.db"))
+        assert seeded.pfx_path.is_file() and seeded.cer_path.is_file()
+        self[name] = seeded.database
+        return seeded.database
+
+
 @pytest.fixture(scope="module")
 def scenario_dbs(tmp_path_factory) -> dict[str, Path]:
-    import asyncio
-
-    folder = tmp_path_factory.mktemp("scenarios")
-    built = {}
-    for name in SCENARIOS:
-        seeded = asyncio.run(seed_scenario(name, folder / f"{name}.db"))
-        assert seeded.pfx_path.is_file() and seeded.cer_path.is_file()
-        built[name] = seeded.database
-    return built
+    return _Built(tmp_path_factory.mktemp("scenarios"))
 
 
 @pytest.fixture
@@ -372,5 +383,10 @@ def test_seeding_from_the_cli_prints_the_story_and_hint(tmp_path, monkeypatch):
     assert SCENARIOS["unapproved-mailbox"].hint.split(".")[0] in " ".join(out.split())
     assert CERT_PASSWORD in out and "sss walkthrough --db training.db" in out
     assert current(tmp_path / "training.db") == ("approve", BLOCKED)
+    # a training session with hints: recorded for sss training check, and nothing is held back
+    assert "sss training check --db training.db" in out
+    session = training.session(tmp_path / "training.db")
+    assert (session.scenario, session.hints) == ("unapproved-mailbox", True)
+    assert "blocked at 1.8" in runner.invoke(app, ["status", "--db", "training.db"]).stdout
     listed = runner.invoke(app, ["walkthrough", "--list-scenarios"]).stdout
     assert all(name in listed for name in SCENARIOS)
