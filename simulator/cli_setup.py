@@ -882,17 +882,14 @@ def fault_add(
     db: str = _db_option(),
 ) -> None:
     """Make calls of any protocol fail or slow down: the rule is kept with the sandbox until `sss fault clear`."""
-    from simulator.faults import FaultRule, FaultRuleError, describe
+    from simulator.crm.inputs import fault_rule
+    from simulator.faults import describe
 
     with _Refused("fault add"):
-        values = _typed("fault add", {"code": code, "protocol": protocol, "operation": operation, "mailbox": mailbox,
-                                      "count": count, "probability": probability, "backoff_ms": backoff_ms,
-                                      "latency_ms": latency_ms, "start": start, "minutes": minutes})
-        try:  # checked before the sandbox is opened: a refused rule writes nothing
-            rule = FaultRule(**{k: v for k, v in values.items() if v is not None})
-        except FaultRuleError as exc:
-            field, _, text = str(exc).partition(": ")
-            raise ValidationError(text or field, field if text else None) from None
+        # checked before the sandbox is opened: a refused rule writes nothing
+        rule = fault_rule({"code": code, "protocol": protocol, "operation": operation, "mailbox": mailbox,
+                           "count": count, "probability": probability, "backoff_ms": backoff_ms,
+                           "latency_ms": latency_ms, "start": start, "minutes": minutes}, strict=False)
         _in_sandbox(db, lambda ws: ws.sb.add_rule(rule))
     _say(f"Fault rule added: {describe(rule)}.")
 

@@ -51,9 +51,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from simulator.control_admin import admin_routes, read_body, refusal
-from simulator.crm.errors import ValidationError
-from simulator.crm.inputs import AdvanceInput, FaultInput
-from simulator.faults import FaultRule, FaultRuleError
+from simulator.crm.inputs import AdvanceInput, FaultInput, fault_rule
 
 ADVANCE_SLICE = timedelta(hours=1)  # an advance runs in slices of this much simulated time
 
@@ -149,12 +147,7 @@ def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteD
 
     async def add_fault(request: web.Request) -> web.Response:
         try:
-            body = await read_body(request, FaultInput)
-            try:
-                rule = FaultRule(**{k: v for k, v in body.given().items() if v is not None})
-            except FaultRuleError as exc:  # the rule's own checks, the same for every way in
-                field, _, text = str(exc).partition(": ")
-                raise ValidationError(text, field) from None
+            rule = fault_rule(await read_body(request, FaultInput))
         except Exception as exc:
             return refusal(exc)
         sandbox.add_rule(rule)

@@ -25,6 +25,7 @@ from pydantic import ValidationError as PydanticError
 
 from engine.clock import as_utc, parse_instant
 from simulator.crm.errors import ValidationError
+from simulator.faults import FaultRule, FaultRuleError
 
 EARLIEST = datetime(1753, 1, 1, tzinfo=UTC)  # the range of a Dataverse date and time column
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
@@ -461,3 +462,16 @@ class FaultInput(Input):
     latency_ms: int | None = field("--latency-ms")
     start: Text | None = field("--start")  # ISO 8601, sandbox time
     minutes: float | None = field("--minutes")
+
+
+def fault_rule(values: Mapping[str, Any] | FaultInput, *, strict: bool = True) -> FaultRule:
+    """The :class:`~simulator.faults.FaultRule` that ``values`` describe (the fields of
+    :class:`FaultInput`; ``None``: not given), for every way a rule is added (``sss fault add``,
+    ``POST /_sim/faults``, the console). A wrong value is refused as a :class:`ValidationError`
+    naming its field, before anything is written."""
+    body = parse(FaultInput, values, strict=strict)
+    try:
+        return FaultRule(**{k: v for k, v in body.given().items() if v is not None})
+    except FaultRuleError as exc:  # the rule's own checks ("field: text")
+        field_name, _, text = str(exc).partition(": ")
+        raise ValidationError(text or field_name, field_name if text else None) from None
