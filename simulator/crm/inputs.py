@@ -17,7 +17,7 @@ import json
 import math
 import typing
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
@@ -438,12 +438,22 @@ class ClockAdvanceInput(Input):
     what: ClassVar[str] = "a move of the sandbox clock"
     days: Annotated[float, Field(ge=0, le=MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field("--days")
     hours: Annotated[float, Field(ge=0, le=24 * MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field("--hours")
+    minutes: Annotated[float, Field(ge=0, le=24 * 60 * MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field(
+        "--minutes")
+
+    def span(self) -> timedelta:
+        """How far the clock moves: the days, hours and minutes given, added up."""
+        return timedelta(days=self.days or 0, hours=self.hours or 0, minutes=self.minutes or 0)
 
 
 class RunInput(Input):
     what: ClassVar[str] = "a run of the engine"
     minutes: Annotated[int, Field(ge=0, le=60 * 24 * 31)] | None = field("--minutes")
     hours: Annotated[int, Field(ge=0, le=24 * 31)] | None = field("--hours")
+
+    def span(self) -> timedelta:
+        """How long the engine runs, in sandbox time."""
+        return timedelta(minutes=self.minutes or 0, hours=self.hours or 0)
 
 
 class FaultInput(Input):
