@@ -11,7 +11,6 @@ exchangelib. A refused operation prints one line on stderr, exits 1 and writes n
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from rich.table import Table
 
 from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, _say_next, app
 from simulator.crm.errors import AdminError, ValidationError
-from simulator.crm.inputs import parse
+from simulator.crm.inputs import RunInput, parse
 from simulator.crm.operations import OPERATIONS
 
 profile_app = typer.Typer(no_args_is_help=True, help="Email server profiles (setup step 1.5, 1.10).")
@@ -742,24 +741,19 @@ def mail_deliver(
     db: str = _db_option(),
 ) -> None:
     """Deliver a message into the Exchange Online mailboxes of its recipients (now, sandbox time)."""
-    from simulator.exchange.mime import normalize_address
+    from simulator.sandbox import mail_addresses
 
     with _Refused():
-        for field, value in [("from", sender), *(("to", t) for t in to)]:
-            if normalize_address(value) is None:
-                raise ValidationError(f"{value!r} is not an email address", field)
+        mail_addresses(sender, to)  # checked before the sandbox is opened: a refusal writes nothing
 
         def action(ws):
-            known = [a for a in (normalize_address(t) for t in to) if a in ws.sb.store.mailboxes]
-            if not known:
-                raise ValidationError("no recipient has a mailbox in this Exchange Online", "to")
+            raw = None
             if file is not None:
                 try:
                     raw = file.read_bytes()
                 except OSError as exc:
                     raise ValidationError(f"cannot read {file}: {exc.strerror}", "file") from None
-                return ws.sb.deliver(raw, known)
-            return ws.sb.deliver_text(normalize_address(sender), known, subject, body, in_reply_to=in_reply_to)
+            return ws.sb.deliver_mail(sender, to, subject=subject, body=body, in_reply_to=in_reply_to, raw=raw)
         delivered = _in_sandbox(db, action)
     for address, item in delivered.items():
         _say(f"Delivered to {address} (item {item}).")
@@ -836,8 +830,7 @@ def run_engine(
 ) -> None:
     """Run the sync engine (and waiting jobs) over EWS on the sandbox clock, then summarize."""
     with _Refused("run"):
-        span = _typed("run", {"minutes": minutes, "hours": hours})
-        total = timedelta(minutes=span["minutes"], hours=span["hours"])
+        total = parse(RunInput, {"minutes": minutes, "hours": hours}, strict=False).span()
         if not total:
             raise ValidationError("give how long to run: --minutes N or --hours N", None)
 
@@ -845,10 +838,7 @@ def run_engine(
             from simulator.cli import stop_on_signals
 
             with stop_on_signals(lambda: setattr(ws.sb, "stopping", True)) as signals:
-                for jobid in ws.admin.waiting_jobs():
-                    await ws.admin.run_job(jobid)
-                before = ws.clock.now()
-                await ws.sb.run_until(before + total)
+                before = await ws.sb.run_engine(total)
             return before, ws.clock.now(), ws.sb.engine.stats, bool(signals)
         start, end, stats, stopped = _in_sandbox(db, action, wire=True)
     if stopped:

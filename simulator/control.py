@@ -53,8 +53,6 @@ from aiohttp import web
 from simulator.control_admin import admin_routes, read_body, refusal
 from simulator.crm.inputs import AdvanceInput, FaultInput, fault_rule
 
-ADVANCE_SLICE = timedelta(hours=1)  # an advance runs in slices of this much simulated time
-
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "field": None}, status=status)
@@ -62,6 +60,11 @@ def _error(status: int, message: str) -> web.Response:
 
 log = logging.getLogger(__name__)
 KEY_HEADER = "Authorization"
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client of ``request`` went away (a long run then stops where it got to)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def control_guard(key: str):
@@ -118,16 +121,8 @@ def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteD
         target = sandbox.clock.now() + timedelta(seconds=seconds)
         # In slices of simulated time: between two, other requests (an admin step, a fault rule, EWS,
         # SMTP) get their turn, and a client that went away stops the advance where it got to.
-        while True:
-            async with lock:
-                if sandbox.clock.now() >= target:
-                    break
-                await sandbox.run_until(min(target, sandbox.clock.now() + ADVANCE_SLICE))
-                sandbox.world.commit()  # the clock where this slice left it
-            if request.transport is None or request.transport.is_closing():
-                log.info("clock advance stopped at %s: the client went away", sandbox.clock.now().isoformat())
-                break
-            await asyncio.sleep(0)
+        if not await sandbox.run_until_in_slices(target, lock, gone=lambda: client_gone(request)):
+            log.info("clock advance stopped at %s: the client went away", sandbox.clock.now().isoformat())
         return web.json_response({"now": sandbox.clock.now().isoformat(),
                                   "polls": sandbox.engine.stats.polls - polls})
 
