@@ -180,7 +180,11 @@ class Console:
                                 TEST_STATUS=TEST_STATUS, LEVEL=LEVEL, ITEM_STATE=ITEM_STATE, P=PREFIX,
                                 PROFILE_FORM=PROFILE_FORM, SETTINGS_FORM=SETTINGS_FORM, label=_label,
                                 PROFILE_LABELS=PROFILE_LABELS, SETTINGS_LABELS=SETTINGS_LABELS)
-        self.extra_nav: list[tuple[str, str]] = []  # pages other modules add (path, title)
+        # pages other modules add: their routes, and their links in the site map (section, path, title)
+        from simulator.console.exchange_pages import ExchangePages
+
+        self.sections = (ExchangePages(self),)
+        self.extra_nav: list[tuple[str, str, str]] = [link for section in self.sections for link in section.nav]
 
     # -- access: the key, then a CRM user ----------------------------------------------------
     def _sign(self, value: str) -> str:
@@ -673,6 +677,7 @@ class Console:
             web.get(p + "/jobs/{id}", page(self.job)),
             web.get(p + "/jobs/{id}/progress", page(self.job_progress)),
             web.get(p + "/monitoring", page(self.monitoring)),
+            *(route for section in self.sections for route in section.routes()),
         ]
 
 
