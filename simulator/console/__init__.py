@@ -182,8 +182,9 @@ class Console:
                                 PROFILE_LABELS=PROFILE_LABELS, SETTINGS_LABELS=SETTINGS_LABELS)
         # pages other modules add: their routes, and their links in the site map (section, path, title)
         from simulator.console.exchange_pages import ExchangePages
+        from simulator.console.sandbox_pages import SandboxPages
 
-        self.sections = (ExchangePages(self),)
+        self.sections = (ExchangePages(self), SandboxPages(self))
         self.extra_nav: list[tuple[str, str, str]] = [link for section in self.sections for link in section.nav]
 
     # -- access: the key, then a CRM user ----------------------------------------------------
