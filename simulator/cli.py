@@ -517,6 +517,7 @@ def clock_show(db: str = _db_option()) -> None:
 def clock_advance(
     days: str = typer.Option("0", "--days", metavar="N", help="Days to move forward."),
     hours: str = typer.Option("0", "--hours", metavar="N", help="Hours to move forward."),
+    minutes: str = typer.Option("0", "--minutes", metavar="N", help="Minutes to move forward."),
     db: str = _db_option(),
 ) -> None:
     """Fast-forward the sandbox clock (it never goes back)."""
@@ -524,8 +525,8 @@ def clock_advance(
     from simulator.crm.s2s import advance_clock
 
     with _Refused("clock advance"):
-        span = parse(ClockAdvanceInput, {"days": days, "hours": hours}, strict=False)
-        now = advance_clock(_engine(db), days=span.days or 0, hours=span.hours or 0)
+        span = parse(ClockAdvanceInput, {"days": days, "hours": hours, "minutes": minutes}, strict=False)
+        now = advance_clock(_engine(db), days=span.days or 0, hours=span.hours or 0, minutes=span.minutes or 0)
     _say(f"The sandbox clock is now {now:%Y-%m-%d %H:%M:%S} UTC.")
 
 

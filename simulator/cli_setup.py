@@ -11,7 +11,6 @@ exchangelib. A refused operation prints one line on stderr, exits 1 and writes n
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from rich.table import Table
 
 from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, _say_next, app
 from simulator.crm.errors import AdminError, ValidationError
-from simulator.crm.inputs import parse
+from simulator.crm.inputs import RunInput, parse
 from simulator.crm.operations import OPERATIONS
 
 profile_app = typer.Typer(no_args_is_help=True, help="Email server profiles (setup step 1.5, 1.10).")
@@ -755,24 +754,19 @@ def mail_deliver(
     db: str = _db_option(),
 ) -> None:
     """Deliver a message into the Exchange Online mailboxes of its recipients (now, sandbox time)."""
-    from simulator.exchange.mime import normalize_address
+    from simulator.sandbox import mail_addresses
 
     with _Refused():
-        for field, value in [("from", sender), *(("to", t) for t in to)]:
-            if normalize_address(value) is None:
-                raise ValidationError(f"{value!r} is not an email address", field)
+        mail_addresses(sender, to)  # checked before the sandbox is opened: a refusal writes nothing
 
         def action(ws):
-            known = [a for a in (normalize_address(t) for t in to) if a in ws.sb.store.mailboxes]
-            if not known:
-                raise ValidationError("no recipient has a mailbox in this Exchange Online", "to")
+            raw = None
             if file is not None:
                 try:
                     raw = file.read_bytes()
                 except OSError as exc:
                     raise ValidationError(f"cannot read {file}: {exc.strerror}", "file") from None
-                return ws.sb.deliver(raw, known)
-            return ws.sb.deliver_text(normalize_address(sender), known, subject, body, in_reply_to=in_reply_to)
+            return ws.sb.deliver_mail(sender, to, subject=subject, body=body, in_reply_to=in_reply_to, raw=raw)
         delivered = _in_sandbox(db, action)
     for address, item in delivered.items():
         _say(f"Delivered to {address} (item {item}).")
@@ -843,8 +837,7 @@ def run_engine(
 ) -> None:
     """Run the sync engine (and waiting jobs) over EWS on the sandbox clock, then summarize."""
     with _Refused("run"):
-        span = _typed("run", {"minutes": minutes, "hours": hours})
-        total = timedelta(minutes=span["minutes"], hours=span["hours"])
+        total = parse(RunInput, {"minutes": minutes, "hours": hours}, strict=False).span()
         if not total:
             raise ValidationError("give how long to run: --minutes N or --hours N", None)
 
@@ -852,10 +845,7 @@ def run_engine(
             from simulator.cli import stop_on_signals
 
             with stop_on_signals(lambda: setattr(ws.sb, "stopping", True)) as signals:
-                for jobid in ws.admin.waiting_jobs():
-                    await ws.admin.run_job(jobid)
-                before = ws.clock.now()
-                await ws.sb.run_until(before + total)
+                before = await ws.sb.run_engine(total)
             return before, ws.clock.now(), ws.sb.engine.stats, bool(signals)
         start, end, stats, stopped = _in_sandbox(db, action, wire=True)
     if stopped:
@@ -889,18 +879,15 @@ def fault_add(
     db: str = _db_option(),
 ) -> None:
     """Make calls of any protocol fail or slow down: the rule is kept with the sandbox until `sss fault clear`."""
-    from simulator.faults import FaultRule, FaultRuleError, describe
+    from simulator.crm.inputs import fault_rule
+    from simulator.faults import describe
 
     with _Refused("fault add"):
         _trainer_only(db, "sss fault add")
-        values = _typed("fault add", {"code": code, "protocol": protocol, "operation": operation, "mailbox": mailbox,
-                                      "count": count, "probability": probability, "backoff_ms": backoff_ms,
-                                      "latency_ms": latency_ms, "start": start, "minutes": minutes})
-        try:  # checked before the sandbox is opened: a refused rule writes nothing
-            rule = FaultRule(**{k: v for k, v in values.items() if v is not None})
-        except FaultRuleError as exc:
-            field, _, text = str(exc).partition(": ")
-            raise ValidationError(text or field, field if text else None) from None
+        # checked before the sandbox is opened: a refused rule writes nothing
+        rule = fault_rule({"code": code, "protocol": protocol, "operation": operation, "mailbox": mailbox,
+                           "count": count, "probability": probability, "backoff_ms": backoff_ms,
+                           "latency_ms": latency_ms, "start": start, "minutes": minutes}, strict=False)
         _in_sandbox(db, lambda ws: ws.sb.add_rule(rule))
     _say(f"Fault rule added: {describe(rule)}.")
 

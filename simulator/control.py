@@ -51,11 +51,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from simulator.control_admin import admin_routes, read_body, refusal
-from simulator.crm.errors import ValidationError
-from simulator.crm.inputs import AdvanceInput, FaultInput
-from simulator.faults import FaultRule, FaultRuleError
-
-ADVANCE_SLICE = timedelta(hours=1)  # an advance runs in slices of this much simulated time
+from simulator.crm.inputs import AdvanceInput, FaultInput, fault_rule
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -64,6 +60,11 @@ def _error(status: int, message: str) -> web.Response:
 
 log = logging.getLogger(__name__)
 KEY_HEADER = "Authorization"
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client of ``request`` went away (a long run then stops where it got to)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def control_guard(key: str):
@@ -120,16 +121,8 @@ def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteD
         target = sandbox.clock.now() + timedelta(seconds=seconds)
         # In slices of simulated time: between two, other requests (an admin step, a fault rule, EWS,
         # SMTP) get their turn, and a client that went away stops the advance where it got to.
-        while True:
-            async with lock:
-                if sandbox.clock.now() >= target:
-                    break
-                await sandbox.run_until(min(target, sandbox.clock.now() + ADVANCE_SLICE))
-                sandbox.world.commit()  # the clock where this slice left it
-            if request.transport is None or request.transport.is_closing():
-                log.info("clock advance stopped at %s: the client went away", sandbox.clock.now().isoformat())
-                break
-            await asyncio.sleep(0)
+        if not await sandbox.run_until_in_slices(target, lock, gone=lambda: client_gone(request)):
+            log.info("clock advance stopped at %s: the client went away", sandbox.clock.now().isoformat())
         return web.json_response({"now": sandbox.clock.now().isoformat(),
                                   "polls": sandbox.engine.stats.polls - polls})
 
@@ -149,12 +142,7 @@ def control_routes(sandbox, lock: asyncio.Lock | None = None) -> list[web.RouteD
 
     async def add_fault(request: web.Request) -> web.Response:
         try:
-            body = await read_body(request, FaultInput)
-            try:
-                rule = FaultRule(**{k: v for k, v in body.given().items() if v is not None})
-            except FaultRuleError as exc:  # the rule's own checks, the same for every way in
-                field, _, text = str(exc).partition(": ")
-                raise ValidationError(text, field) from None
+            rule = fault_rule(await read_body(request, FaultInput))
         except Exception as exc:
             return refusal(exc)
         sandbox.add_rule(rule)

@@ -429,7 +429,8 @@ class AdminApi:
         """The asynchronous service's part; the job's row says how it went (a failure is logged too)."""
         try:
             async with self.lock:
-                await self.admin.run_job(jobid)
+                if jobid in self.admin.waiting_jobs():  # (not run meanwhile by a run of the engine)
+                    await self.admin.run_job(jobid)
         except Exception:
             log.exception("control plane: the background job %s failed", jobid)
 

@@ -22,9 +22,10 @@ from engine.clock import Clock, RealClock, VirtualClock, as_utc
 from engine.service import SyncService
 from simulator.crm.admin import Admin
 from simulator.crm.db import MEMORY_URL, make_engine
+from simulator.crm.errors import OutOfOrderError, ValidationError
 from simulator.crm.platform import LEASE_TIMEOUT, IdFactory, Platform
 from simulator.exchange.direct import DirectExchange
-from simulator.exchange.mime import MessageData
+from simulator.exchange.mime import MessageData, normalize_address
 from simulator.exchange.store import ExchangeStore, IdSource
 from simulator.faults import FaultInjector, FaultRule
 from simulator.world import World, stored_time
@@ -39,8 +40,25 @@ class Snapshot:
     db: sqlite3.Connection  # an in-memory copy of the database
     now: datetime
     generators: dict[str, Any]
+RUN_SLICE = timedelta(hours=1)  # a run on a served sandbox takes its lock for this much sandbox time at a time
 DEAD_HOST_GRACE_S = 5.0  # real seconds a lease of another host may stay put before that host is presumed dead
 NOTIFICATION_SENDER = "crm-notifications@sandbox.invalid"
+
+
+def mail_addresses(sender: str, to: list[str] | tuple[str, ...], cc: list[str] | tuple[str, ...] = ()
+                   ) -> tuple[str, list[str], list[str]]:
+    """The sender and recipients of mail to deliver, each checked and normalized (lower case, no
+    display name); a malformed one is refused naming its field (``from``, ``to``, ``cc``)."""
+    checked: dict[str, list[str]] = {"from": [], "to": [], "cc": []}
+    for field, values in (("from", [sender]), ("to", list(to)), ("cc", list(cc))):
+        for value in values:
+            address = normalize_address(value)
+            if address is None:
+                raise ValidationError(f"{value!r} is not an email address", field)
+            checked[field].append(address)
+    if not checked["to"]:
+        raise ValidationError("is required: at least one recipient's address", "to")
+    return checked["from"][0], checked["to"], checked["cc"]
 
 
 class Sandbox:
@@ -102,11 +120,81 @@ class Sandbox:
         return self.store.deliver(message, recipients, received)
 
     def deliver_text(self, sender: str, to: list[str], subject: str, body: str = "", *,
-                     in_reply_to: str | None = None) -> dict[str, str]:
-        """Deliver a plain message written now (its own Message-ID) to the mailboxes ``to``."""
-        message = MessageData(subject=subject, sender=sender, to=tuple(to), body=body, in_reply_to=in_reply_to,
-                              message_id=self.store.new_message_id(sender), date=self.clock.now())
-        return self.store.deliver(message, list(to))
+                     in_reply_to: str | None = None, cc: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+        """Deliver a plain message written now (its own Message-ID) to the mailboxes ``to`` and ``cc``."""
+        message = MessageData(subject=subject, sender=sender, to=tuple(to), cc=tuple(cc), body=body,
+                              in_reply_to=in_reply_to, message_id=self.store.new_message_id(sender),
+                              date=self.clock.now())
+        return self.store.deliver(message, [*to, *cc])
+
+    def deliver_mail(self, sender: str, to: list[str], *, cc: list[str] | tuple[str, ...] = (), subject: str = "",
+                     body: str = "", in_reply_to: str | None = None, raw: bytes | None = None) -> dict[str, str]:
+        """Mail from outside arriving now in the Exchange mailboxes of its recipients (``sss mail
+        deliver``, the console's New message): a plain message written from the fields, or the RFC
+        5322 message ``raw``. Recipients without a mailbox here are left out; refused (with the field
+        named, nothing delivered) when an address is malformed or no recipient has a mailbox.
+        Returns ``{address: item id}``."""
+        sender, to, cc = mail_addresses(sender, to, cc)
+        known_to = [a for a in to if a in self.store.mailboxes]
+        known_cc = [a for a in cc if a in self.store.mailboxes and a not in known_to]
+        if not known_to and not known_cc:
+            raise ValidationError("no recipient has a mailbox in this Exchange Online", "to")
+        if raw is not None:
+            return self.deliver(raw, known_to + known_cc)
+        return self.deliver_text(sender, known_to, subject, body, in_reply_to=in_reply_to, cc=known_cc)
+
+    def advance_clock(self, span: timedelta) -> datetime:
+        """Move the sandbox clock forward by ``span`` without running anything (``sss clock advance``
+        on a running sandbox; its input model says how far it may go); written at once. Work that
+        fell due meanwhile runs at the next run of the engine. Returns the new time."""
+        if not self.clock.is_virtual:
+            raise OutOfOrderError("the sandbox runs on the real clock, which cannot be moved; start it with "
+                                  "--virtual to move time")
+        try:
+            target = self.clock.now() + span
+        except OverflowError:
+            raise ValidationError("moves the clock past the last date it can hold", "days") from None
+        self.clock.advance_to(target)
+        self.world.commit()
+        return self.clock.now()
+
+    async def run_engine(self, span: timedelta, *, lock: asyncio.Lock | None = None,
+                         gone: Callable[[], bool] | None = None) -> datetime:
+        """``sss run``: the Test & Enable jobs left waiting, then the engine (and what else falls due)
+        for ``span`` of sandbox time from when they are done, which is returned.
+
+        A served sandbox passes its ``lock``: each job runs under it, and the engine in slices of
+        sandbox time each under it (see :meth:`run_until_in_slices`, with ``gone``)."""
+        if not self.clock.is_virtual:
+            raise OutOfOrderError("the engine of a sandbox on the real clock polls by itself; start it with "
+                                  "--virtual to run it for a span of sandbox time")
+        for jobid in self.admin.waiting_jobs():
+            async with lock or contextlib.nullcontext():
+                if jobid in self.admin.waiting_jobs():  # not taken meanwhile by the job's own task
+                    await self.admin.run_job(jobid)
+        start = self.clock.now()
+        if lock is None:
+            await self.run_until(start + span)
+        else:
+            await self.run_until_in_slices(start + span, lock, gone=gone)
+        return start
+
+    async def run_until_in_slices(self, end: datetime, lock: asyncio.Lock, *, slice_: timedelta = RUN_SLICE,
+                                  gone: Callable[[], bool] | None = None) -> bool:
+        """:meth:`run_until` ``end`` in slices of sandbox time, each under ``lock`` and written to the
+        database when done: between two, other requests to a served sandbox (an admin step, a fault
+        rule, EWS, SMTP) get their turn. ``gone()`` true (the client went away) ends it where it got
+        to. Returns whether it got to ``end``."""
+        end = as_utc(end)
+        while True:
+            async with lock:
+                if self.clock.now() >= end or self.stopping:
+                    return not self.stopping
+                await self.run_until(min(end, self.clock.now() + slice_))
+                self.world.commit()  # the clock where this slice left it
+            if gone is not None and gone():
+                return False
+            await asyncio.sleep(0)
 
     def add_fault(self, **rule: Any) -> FaultRule:
         return self.add_rule(FaultRule(**rule))

@@ -217,7 +217,8 @@ class World:
 
     def dirty(self) -> bool:
         return bool(self.pending) or self.faults.changes != self._faults_seen or (
-            self.keeps_clock and self._clock_saved is not None and as_utc(self.clock.now()) > self._clock_saved)
+            # (after a reload, e.g. a restore, the clock is written again at the next commit)
+            self.keeps_clock and (self._clock_saved is None or as_utc(self.clock.now()) > self._clock_saved))
 
     def commit(self) -> None:
         """Write what changed in a transaction of its own."""

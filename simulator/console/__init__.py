@@ -190,7 +190,12 @@ class Console:
                                 EMAIL_STATUS=EMAIL_STATUS, CORRELATION=CORRELATION, P=PREFIX,
                                 PROFILE_FORM=PROFILE_FORM, SETTINGS_FORM=SETTINGS_FORM, label=_label,
                                 PROFILE_LABELS=PROFILE_LABELS, SETTINGS_LABELS=SETTINGS_LABELS)
-        self.extra_nav: list[tuple[str, str]] = []  # pages other modules add (path, title)
+        # pages other modules add: their routes, and their links in the site map (section, path, title)
+        from simulator.console.exchange_pages import ExchangePages
+        from simulator.console.sandbox_pages import SandboxPages
+
+        self.sections = (ExchangePages(self), SandboxPages(self))
+        self.extra_nav: list[tuple[str, str, str]] = [link for section in self.sections for link in section.nav]
 
     # -- access: the key, then a CRM user ----------------------------------------------------
     def _sign(self, value: str) -> str:
@@ -690,6 +695,7 @@ class Console:
             web.get(p + "/jobs/{id}/progress", page(self.job_progress)),
             web.get(p + "/monitoring", page(self.monitoring)),
             web.get(p + "/emails", page(self.emails)),
+            *(route for section in self.sections for route in section.routes()),
         ]
 
 

@@ -17,7 +17,7 @@ import json
 import math
 import typing
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
@@ -25,6 +25,7 @@ from pydantic import ValidationError as PydanticError
 
 from engine.clock import as_utc, parse_instant
 from simulator.crm.errors import ValidationError
+from simulator.faults import FaultRule, FaultRuleError
 
 EARLIEST = datetime(1753, 1, 1, tzinfo=UTC)  # the range of a Dataverse date and time column
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
@@ -437,12 +438,22 @@ class ClockAdvanceInput(Input):
     what: ClassVar[str] = "a move of the sandbox clock"
     days: Annotated[float, Field(ge=0, le=MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field("--days")
     hours: Annotated[float, Field(ge=0, le=24 * MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field("--hours")
+    minutes: Annotated[float, Field(ge=0, le=24 * 60 * MAX_CLOCK_DAYS, allow_inf_nan=False)] | None = field(
+        "--minutes")
+
+    def span(self) -> timedelta:
+        """How far the clock moves: the days, hours and minutes given, added up."""
+        return timedelta(days=self.days or 0, hours=self.hours or 0, minutes=self.minutes or 0)
 
 
 class RunInput(Input):
     what: ClassVar[str] = "a run of the engine"
     minutes: Annotated[int, Field(ge=0, le=60 * 24 * 31)] | None = field("--minutes")
     hours: Annotated[int, Field(ge=0, le=24 * 31)] | None = field("--hours")
+
+    def span(self) -> timedelta:
+        """How long the engine runs, in sandbox time."""
+        return timedelta(minutes=self.minutes or 0, hours=self.hours or 0)
 
 
 class FaultInput(Input):
@@ -461,3 +472,16 @@ class FaultInput(Input):
     latency_ms: int | None = field("--latency-ms")
     start: Text | None = field("--start")  # ISO 8601, sandbox time
     minutes: float | None = field("--minutes")
+
+
+def fault_rule(values: Mapping[str, Any] | FaultInput, *, strict: bool = True) -> FaultRule:
+    """The :class:`~simulator.faults.FaultRule` that ``values`` describe (the fields of
+    :class:`FaultInput`; ``None``: not given), for every way a rule is added (``sss fault add``,
+    ``POST /_sim/faults``, the console). A wrong value is refused as a :class:`ValidationError`
+    naming its field, before anything is written."""
+    body = parse(FaultInput, values, strict=strict)
+    try:
+        return FaultRule(**{k: v for k, v in body.given().items() if v is not None})
+    except FaultRuleError as exc:  # the rule's own checks ("field: text")
+        field_name, _, text = str(exc).partition(": ")
+        raise ValidationError(text or field_name, field_name if text else None) from None

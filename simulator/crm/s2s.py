@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -145,11 +145,11 @@ def save_clock(session: Session, clock: Clock) -> None:
     write_state(session, CLOCK_KEY, clock_text(clock), clock)
 
 
-def advance_clock(db: Engine, *, days: float = 0, hours: float = 0) -> datetime:
+def advance_clock(db: Engine, *, days: float = 0, hours: float = 0, minutes: float = 0) -> datetime:
     """Move the persisted clock forward (never back); returns the new time. The amounts are checked
-    by the input model of ``clock advance``."""
-    span = parse(ClockAdvanceInput, {"days": days, "hours": hours})
-    delta = timedelta(days=span.days or 0, hours=span.hours or 0)
+    by the input model of ``clock advance`` (a running sandbox moves its own clock:
+    :meth:`simulator.sandbox.Sandbox.advance_clock`)."""
+    delta = parse(ClockAdvanceInput, {"days": days, "hours": hours, "minutes": minutes}).span()
     with Session(db) as session:
         clock = load_clock(session)
         clock.advance(delta.total_seconds())
