@@ -21,9 +21,24 @@ def console(
     db: str = _db_option(),
     port: int = typer.Option(0, min=0, max=65535, help="HTTP port of the console on 127.0.0.1 (0: a free one)."),
     state_dir: str | None = typer.Option(None, help="Where the CA and certificates live (default $SSS_HOME)."),
+    scenario: str | None = typer.Option(None, "--scenario", metavar="NAME",
+                                        help="First build this training scenario in a new database (--db), as "
+                                             "sss walkthrough --scenario does (sss walkthrough --list-scenarios)."),
+    no_hints: bool = typer.Option(False, "--no-hints", help="With --scenario: a training session without hints."),
+    force: bool = typer.Option(False, "--force", help="With --scenario: replace an existing database file."),
 ) -> None:
     """Serve the web console (the email configuration pages) for the sandbox in --db."""
     from pathlib import Path
+
+    from simulator.cli_walkthrough import _seed
+
+    if scenario is None and (no_hints or force):
+        typer.echo(f"Error: {'--no-hints' if no_hints else '--force'} goes with --scenario NAME "
+                   "(a training scenario built before the console starts)", err=True)
+        raise typer.Exit(2)
+    if scenario is not None:
+        _seed(scenario, db, force, False, hints=not no_hints)
+        _say("")
 
     from simulator.console import PREFIX, Console
     from simulator.crm.admin import OutOfOrderError

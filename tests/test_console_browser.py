@@ -311,3 +311,58 @@ def test_the_console_is_locked_without_the_key(browser, served):
     answer = page.goto(f"{served.base}/console/?key=not-the-key")
     assert answer.status == 401
     context.close()
+
+
+def test_a_training_session_without_hints_in_the_browser(browser, tmp_path, shots):
+    """`sss console --scenario unapproved-mailbox --no-hints`: the trainee diagnoses from the pages,
+    the trainer's fault rules stay hidden, and "Check my fix" judges the fix, then explains."""
+    from test_console_cli import URL
+    from test_processes import SSS, _env, _Process, _wait_until
+
+    if SSS is None:
+        pytest.skip("the sss entry point is not installed next to this Python")
+    env = _env(tmp_path / "home")
+    console = _Process([SSS, "console", "--scenario", "unapproved-mailbox", "--no-hints", "--db",
+                        str(tmp_path / "training.db")], env=env, cwd=tmp_path, name="console")
+    try:
+        _wait_until(lambda: URL.search(console.stdout), "the console's address", proc=console)
+        assert "Where to start" not in console.stdout  # no hint printed either
+        base, key = URL.search(console.stdout).groups()
+        context = browser.new_context(viewport={"width": 1360, "height": 900})
+        page = context.new_page()
+        page.goto(f"{base}/console/?key={key}")
+        page.select_option("#user", ADMIN)
+        page.click("button:has-text('Sign in')")
+
+        nav(page, "Training session")
+        expect(page.locator("#story")).to_contain_text("Bob's mailbox does not")
+        expect(page.locator("#hint")).to_have_count(0)
+        page.screenshot(path=shots / "console-training.png", full_page=True)
+        nav(page, "Fault rules")
+        expect(page.locator("main")).to_contain_text("the trainer's while a training session without hints")
+
+        nav(page, "Training session")
+        page.click("#check-fix")
+        expect(page.locator("#verdict")).to_have_attribute("data-fixed", "false")
+        expect(page.locator("#remaining li").first).to_be_visible()
+
+        # the diagnosis, from what the product shows: Bob's address is pending approval
+        nav(page, "Mailboxes")
+        expect(row(page, "bob@contoso.example").locator(".approval")).to_have_text("Pending Approval")
+        row(page, "bob@contoso.example").locator("input[type=checkbox]").check()
+        page.click("#approve")
+        row(page, "bob@contoso.example").locator("input[type=checkbox]").check()
+        page.click("#test-enable")
+        page.click("#dialog-ok")
+        expect(page.locator("#results tr[data-address='bob@contoso.example']")).to_have_class("ok")
+
+        nav(page, "Training session")
+        page.click("#check-fix")
+        expect(page.locator("#verdict")).to_have_attribute("data-fixed", "true")
+        expect(page.locator("#explanation")).to_contain_text("What was wrong")
+        page.screenshot(path=shots / "console-training-fixed.png", full_page=True)
+        nav(page, "Fault rules")  # the session has ended: the trainer's page shows again
+        expect(page.locator("h1")).to_contain_text("Fault rules")
+        context.close()
+    finally:
+        console.stop()

@@ -193,8 +193,9 @@ class Console:
         # pages other modules add: their routes, and their links in the site map (section, path, title)
         from simulator.console.exchange_pages import ExchangePages
         from simulator.console.sandbox_pages import SandboxPages
+        from simulator.console.training_pages import TrainingPages
 
-        self.sections = (ExchangePages(self), SandboxPages(self))
+        self.sections = (ExchangePages(self), SandboxPages(self), TrainingPages(self))
         self.extra_nav: list[tuple[str, str, str]] = [link for section in self.sections for link in section.nav]
 
     # -- access: the key, then a CRM user ----------------------------------------------------

@@ -135,10 +135,27 @@ class SandboxPages:
             values=values if values is not None else {"operation": "*", "probability": "1"},
             FAULT_LABELS=FAULT_LABELS, labels=FAULT_LABELS)
 
+    def _hidden(self, request: web.Request, user: str) -> web.Response | None:
+        """The refusal of the fault rules while a training session without hints is open: they name
+        the planted fault (``sss fault list`` refuses likewise)."""
+        from simulator.console.training_pages import hidden_session
+
+        session = hidden_session(self.sb)
+        if session is None:
+            return None
+        return self.console.render(
+            request, "message.html", status=403, user=user, title="Fault rules",
+            text=f"The fault rules are the trainer's while a training session without hints ({session.scenario}) "
+                 "is open: check your fix on the Training session page (Give up shows the answer).")
+
     async def faults(self, request: web.Request, user: str) -> web.StreamResponse:
+        if (refused := self._hidden(request, user)) is not None:
+            return refused
         return self._faults_page(request, user)
 
     async def add_fault(self, request: web.Request, user: str) -> web.StreamResponse:
+        if (refused := self._hidden(request, user)) is not None:
+            return refused
         form = await self.console.form(request)
         try:
             rule = inputs.fault_rule(_given(form, FAULT_LABELS), strict=False)
@@ -149,6 +166,8 @@ class SandboxPages:
         return self.console.redirect(f"{PREFIX}/sandbox/faults", f"Fault rule added: {describe(rule)}.")
 
     async def clear_faults(self, request: web.Request, user: str) -> web.StreamResponse:
+        if (refused := self._hidden(request, user)) is not None:
+            return refused
         await self.console.locked(self.sb.clear_faults)
         return self.console.redirect(f"{PREFIX}/sandbox/faults", "Fault rules removed.")
 
