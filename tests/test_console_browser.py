@@ -283,6 +283,18 @@ def test_refusals_are_shown_on_the_page_and_change_nothing(browser, served):
     nav(page, "Mailboxes")
     page.click("#approve")
     expect(page.locator("#problem")).to_contain_text("select at least one mailbox")
+
+    # Edit (several records): what is left at "(keep)" stays each mailbox's own
+    for address in ("bob@contoso.example", "support@contoso.example"):
+        row(page, address).locator("input[type=checkbox]").check()
+    page.click("#edit")
+    page.select_option("#f-actdeliverymethod", "2")  # None
+    page.click("#dialog-ok")
+    expect(page.locator("#flash")).to_contain_text("2 mailbox(es) updated")
+    boxes = served.mailboxes()
+    assert boxes["bob@contoso.example"].actdeliverymethod == 2 == boxes["support@contoso.example"].actdeliverymethod
+    assert boxes["bob@contoso.example"].incomingemaildeliverymethod == 2  # kept
+    assert boxes["alice@contoso.example"].actdeliverymethod == 1  # not selected
     page.context.close()
 
 
