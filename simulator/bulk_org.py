@@ -68,10 +68,14 @@ def profile_name(index: int) -> str:
 
 
 def build(mailboxes: int, seed: int, db_url: str, *, profiles: int = 1,
-          profile_fields: dict[str, Any] | None = None, record_events: bool = False) -> BulkOrg:
+          profile_fields: dict[str, Any] | None = None, first_cycle_within_s: float = 0.0,
+          record_events: bool = False) -> BulkOrg:
     """An organization with ``mailboxes`` tested-and-enabled user mailboxes, in bulk, split evenly
     (in blocks, in address order) over ``profiles`` email server profiles made with
-    ``profile_fields`` (e.g. ``minpollingintervalinminutes``); the first is the default."""
+    ``profile_fields`` (e.g. ``minpollingintervalinminutes``); the first is the default.
+
+    Every mailbox is due at once, unless ``first_cycle_within_s`` spreads the first cycles over that
+    many seconds (seeded), as if the mailboxes had been enabled a while before."""
     sb = Sandbox(db_url=db_url, seed=seed, record_events=record_events)
     admin = sb.admin
     admin.create_organization("Contoso", tenant_id=f"tenant-{seed}")
@@ -83,8 +87,10 @@ def build(mailboxes: int, seed: int, db_url: str, *, profiles: int = 1,
     admin.set_default_profile("admin", pids[0])
 
     ids = sb.ids
+    spread = random.Random(f"first-cycle-{seed}")
     users, boxes, addresses, userids, profile_of = [], [], [], [], {}
     for i in range(mailboxes):
+        due = now + timedelta(seconds=spread.uniform(0, first_cycle_within_s)) if first_cycle_within_s else now
         uid = ids.new()
         addr = f"user{i:06d}@{DOMAIN}"
         addresses.append(addr)
@@ -102,7 +108,7 @@ def build(mailboxes: int, seed: int, db_url: str, *, profiles: int = 1,
             incomingemailstatus=int(Status.SUCCESS), outgoingemailstatus=int(Status.SUCCESS),
             mailboxstatus=int(Status.SUCCESS), enabledforincomingemail=True, enabledforoutgoingemail=True,
             testmailboxaccesscompletedon=now, processemailreceivedafter=profile_date,
-            receivingpostponeduntil=now, postponesendinguntil=now, postponemailboxprocessinguntil=now,
+            receivingpostponeduntil=due, postponesendinguntil=due, postponemailboxprocessinguntil=due,
         ))
     contacts = [f"contact{i:06d}@{PARTNER_DOMAIN}" for i in range(max(1, mailboxes // 10))]
     with sb.db.begin() as conn:
