@@ -656,6 +656,8 @@ ASSUMPTIONS = (
     f"{EXCHANGE_CONNECTIONS_PER_ACCOUNT} would be throttled by Exchange Online.",
     f"Sending: at most {EXCHANGE_SENDS_PER_MINUTE} messages a minute per mailbox (SPEC section 5); the engine "
     f"submits at most {EXCHANGE_SENDS_PER_MINUTE} per cycle.",
+    f"The engine host looks for due mailboxes every {HOST_WAKE_S} simulated seconds (as a service polling its "
+    f"queue), so a cycle may start up to {HOST_WAKE_S} s after its mailbox is due.",
     f"The mailboxes' first cycles are spread over the first {FIRST_CYCLES_WITHIN_S // 60} minutes (seeded), as for "
     "mailboxes enabled a while before the run, rather than all at its first instant.",
     "Latency is the time from the message's arrival in the Exchange store to the createdon of its email activity, "
