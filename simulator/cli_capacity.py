@@ -74,17 +74,23 @@ def capacity(
     runs = request.runs()
     err = Console(stderr=True, highlight=False)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    live = err.is_terminal  # a bar on a terminal; elsewhere (a log) a line per simulated hour
     with Progress(TextColumn("[bold]{task.fields[name]}"), BarColumn(),
                   TextColumn("{task.completed:.1f} of {task.total:g} simulated h"), TimeElapsedColumn(),
-                  console=err) as bar:
-        tasks = []
+                  console=err, disable=not live) as bar:
+        tasks, names = [], []
         for i, run in enumerate(runs):
             name = "capacity" if request.sweep_field is None else \
                 f"{request.sweep_field} = {getattr(run, request.sweep_field)}"
-            tasks.append(bar.add_task("", total=run.hours, name=f"{i + 1}/{len(runs)} {name}"))
+            names.append(f"{i + 1}/{len(runs)} {name}")
+            tasks.append(bar.add_task("", total=run.hours, name=names[-1]))
 
         def progress(i: int, done: float) -> None:
-            bar.update(tasks[i], completed=done)
+            if live:
+                bar.update(tasks[i], completed=done)
+            elif done == int(done) or done >= runs[i].hours:
+                err.print(f"{escape(names[i])}: {done:g} of {runs[i].hours:g} simulated hours, "
+                          f"{time.perf_counter() - wall0:.0f} s")
 
         results = run_request(request, progress)
     try:
