@@ -692,11 +692,21 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _legend(fig, ax) -> None:
+    """A few entries inside the plot; more below it, where they hide no line."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) <= 3:
+        ax.legend(fontsize="small")
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncols=3 if len(handles) > 4 else 4,
+                   fontsize="small", frameon=False)
+
+
 def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
     from matplotlib.figure import Figure
 
     def new(ylabel: str, xlabel: str = "simulated hours since the start"):
-        fig = Figure(figsize=(9.5, 3.6), layout="constrained")
+        fig = Figure(figsize=(9.5, 4.0), layout="constrained")
         ax = fig.subplots()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -722,7 +732,7 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
         else:
             for key, style in (("p50", "-"), ("p95", "-"), ("p99", "-"), ("max", ":")):
                 ax.plot(*minutes(lat[key]), linestyle=style, marker=".", label=key)
-    ax.legend(fontsize="small", ncols=2 if sweep else 4)
+    _legend(fig, ax)
     out["latency-by-hour"] = _png(fig)
 
     fig, ax = new("share of tracked emails", "minutes from delivery to activity")
@@ -733,13 +743,13 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
             ax.step([v / 60 for v in values], [(i + 1) / n for i in range(n)], where="post", color=color,
                     label=_label(request, run))
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     out["latency-distribution"] = _png(fig)
 
     fig, ax = new("untracked emails")
     for run, color in zip(runs, colors, strict=True):
         ax.plot(minute_x, run["per_minute"]["backlog"], color=color, linewidth=1, label=_label(request, run))
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     out["backlog"] = _png(fig)
 
     fig, ax = new("requests per minute")
@@ -763,7 +773,7 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
                 ax.axhline(ceiling, color=color, linestyle=":", linewidth=1, label=label)
             else:  # far above the requests: named, not drawn (the requests would be a flat line)
                 ax.plot([], [], color=color, linestyle=":", linewidth=1, label=label + ", above the plot")
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     out["ews-requests"] = _png(fig)
 
     fig, ax = new("connections")
@@ -778,7 +788,7 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
         ax.axhline(cap, color="grey", linestyle="--", linewidth=1, label=f"the profile's cap ({cap})")
     ax.axhline(EXCHANGE_CONNECTIONS_PER_ACCOUNT, color="red", linestyle=":", linewidth=1,
                label=f"Exchange Online's limit per account ({EXCHANGE_CONNECTIONS_PER_ACCOUNT})")
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     out["connections"] = _png(fig)
 
     fig, ax = new("mailboxes")
@@ -787,14 +797,14 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
                 label=f"in back-off, {_label(request, run)}")
         ax.plot(minute_x, run["per_minute"]["mailboxes_disabled"], color=color, linewidth=1, linestyle="--",
                 label=f"disabled, {_label(request, run)}")
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     out["mailbox-health"] = _png(fig)
 
     if any(run["summary"]["sends_queued"] for run in runs):
         fig, ax = new("emails in Pending Send")
         for run, color in zip(runs, colors, strict=True):
             ax.plot(minute_x, run["per_minute"]["pending_send"], color=color, linewidth=1, label=_label(request, run))
-        ax.legend(fontsize="small")
+        _legend(fig, ax)
         out["pending-send"] = _png(fig)
 
     fig, ax = new("CPU seconds")
@@ -802,7 +812,7 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
         cpu = run["cost"]["cpu_seconds_per_simulated_hour"]
         ax.plot([h + 1 for h in range(len(cpu))], cpu, color=color, marker=".", label=_label(request, run))
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     out["cpu"] = _png(fig)
     return out
 
