@@ -194,7 +194,7 @@ def read_inputs(flags: Mapping[str, Any], config: Path | None = None) -> Request
     for key in values:
         if key not in FILE_KEYS:
             raise where(key, f"is not a key of a capacity file (known: {', '.join(FILE_KEYS)})")
-    for name, value in flags.items():
+    for name, value in _typed(flags).items():
         if value is not None:
             values[name] = value
             where.from_file.discard(name)
@@ -205,6 +205,17 @@ def read_inputs(flags: Mapping[str, Any], config: Path | None = None) -> Request
     if sweep is not None:
         _read_sweep(request, sweep, values, where)
     return request
+
+
+def _typed(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags' values (text from the command line) as the fields' types; a wrong one names its flag."""
+    given = {k: v for k, v in flags.items() if v is not None and k in FIELDS}
+    try:
+        parse(ProfileInput, {k: given[k] for k in _PROFILE_FIELDS if k in given}, strict=False)
+        typed = parse(CapacityInput, given, strict=False)
+    except ValidationError as exc:
+        raise _Where(None, None, set())(exc.field or "config", _bare(exc)) from None
+    return {**flags, **{k: getattr(typed, k) for k in given}}
 
 
 def _checked(values: dict[str, Any], where: _Where, *, strict: bool = True) -> CapacityInput:

@@ -24,35 +24,39 @@ _SWEEP_HELP = ("Run once per value of one field and compare, e.g. minpollinginte
                "(a key of --config, or a flag without its dashes).")
 
 
+def _option(flag: str, metavar: str, text: str):
+    return typer.Option(None, flag, metavar=metavar, help=text)
+
+
 @app.command("capacity")
 def capacity(
     config: Path | None = typer.Option(None, "--config", metavar="FILE.toml",
                                        help="A TOML file with the keys below (field names); flags override it."),
-    mailboxes: int | None = typer.Option(None, "--mailboxes", help="Mailboxes of the organization [1000]."),
-    profiles: int | None = typer.Option(None, "--profiles", help="Email server profiles; the mailboxes are split "
-                                        "evenly [1]."),
-    min_polling_interval: int | None = typer.Option(None, "--min-polling-interval", metavar="MINUTES",
-                                                    help="The profiles' minimum polling interval [5]."),
-    max_connections: int | None = typer.Option(None, "--max-connections",
-                                               help="Maximum concurrent connections per profile [10]."),
-    emails_per_mailbox_day: float | None = typer.Option(None, "--emails-per-mailbox-day",
-                                                        help="Inbound emails per mailbox and day [10]."),
-    daily_shape: str | None = typer.Option(None, "--daily-shape", metavar="office|flat",
-                                           help="When the day's mail arrives: office (85% from 08:00 to 18:00) "
-                                           "or flat [office]."),
-    sends_per_mailbox_day: float | None = typer.Option(None, "--sends-per-mailbox-day",
-                                                       help="Emails each user sends from the CRM per day [0]."),
-    ews_latency_ms: int | None = typer.Option(None, "--ews-latency-ms",
-                                              help="Mean time of one EWS call, in simulated ms [150]."),
-    ews_latency_spread_ms: int | None = typer.Option(None, "--ews-latency-spread-ms",
-                                                     help="Calls take between the mean minus and plus this [0]."),
+    mailboxes: str | None = _option("--mailboxes", "N", "Mailboxes of the organization (default 1000)."),
+    profiles: str | None = _option("--profiles", "N", "Email server profiles; the mailboxes are split evenly "
+                                   "(default 1)."),
+    min_polling_interval: str | None = _option("--min-polling-interval", "MINUTES",
+                                               "The profiles' minimum polling interval (default 5)."),
+    max_connections: str | None = _option("--max-connections", "N",
+                                          "Maximum concurrent connections per profile (default 10)."),
+    emails_per_mailbox_day: str | None = _option("--emails-per-mailbox-day", "N",
+                                                 "Inbound emails per mailbox and day (default 10)."),
+    daily_shape: str | None = _option("--daily-shape", "office|flat", "When the day's mail arrives: office (85% "
+                                      "from 08:00 to 18:00) or flat (default office)."),
+    sends_per_mailbox_day: str | None = _option("--sends-per-mailbox-day", "N",
+                                                "Emails each user sends from the CRM per day (default 0)."),
+    ews_latency_ms: str | None = _option("--ews-latency-ms", "MS",
+                                         "Mean time of one EWS call, in simulated ms (default 150)."),
+    ews_latency_spread_ms: str | None = _option("--ews-latency-spread-ms", "MS",
+                                                "Calls take between the mean minus and plus this (default 0)."),
     fault: list[str] | None = typer.Option(None, "--fault", metavar="CODE=PROBABILITY",
                                            help="An EWS error on that share of calls, e.g. ErrorServerBusy=0.01 "
                                            "(repeat for several)."),
-    hours: float | None = typer.Option(None, "--hours", help="Simulated hours to run [24]."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the mail; the same seed gives the same report [1]."),
+    hours: str | None = _option("--hours", "H", "Simulated hours to run (default 24)."),
+    seed: str | None = _option("--seed", "N", "Seed of the mail; the same seed gives the same report (default 1)."),
     output: Path | None = typer.Option(None, "--output", "-o", metavar="FOLDER",
-                                       help="Where to write capacity.html and capacity.json [capacity-report]."),
+                                       help="Where to write capacity.html and capacity.json "
+                                       "(default capacity-report)."),
     sweep: str | None = typer.Option(None, "--sweep", metavar="FIELD=V1,V2,...", help=_SWEEP_HELP),
 ) -> None:
     """Simulate an organization's mail and report how long email takes to become activities (p50/p95/p99),

@@ -99,9 +99,9 @@ def test_a_config_file_gives_the_keys_and_flags_override_them(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--mailboxes", "0"], "--mailboxes: 0 is out of range (from 1 to 100000)"),
-    (["--min-polling-interval", "5000"], "--min-polling-interval: 5000 is out of range (from 0 to 1440)"),
-    (["--max-connections", "0"], "--max-connections: 0 is out of range (from 1 to 300)"),
+    (["--mailboxes", "0"], "--mailboxes: '0' is out of range (from 1 to 100000)"),
+    (["--min-polling-interval", "5000"], "--min-polling-interval: '5000' is out of range (from 0 to 1440)"),
+    (["--max-connections", "0"], "--max-connections: '0' is out of range (from 1 to 300)"),
     (["--daily-shape", "weekly"], "--daily-shape: 'weekly' is not a daily shape: use office"),
     (["--ews-latency-ms", "100", "--ews-latency-spread-ms", "200"],
      "--ews-latency-spread-ms: 200 is more than the mean latency (100 ms)"),
@@ -109,7 +109,9 @@ def test_a_config_file_gives_the_keys_and_flags_override_them(tmp_path):
     (["--fault", "ErrorServerBusy=2"], "--fault: ErrorServerBusy: 2.0 is not a number from 0 to 1"),
     (["--fault", "ErrorServerBusy"], "--fault: 'ErrorServerBusy' is not CODE=PROBABILITY"),
     (["--mailboxes", "10", "--profiles", "30"], "--profiles: 30 is more than the mailboxes (10)"),
-    (["--hours", "0"], "--hours: 0.0 is out of range (from 0.1 to 336)"),
+    (["--hours", "0"], "--hours: '0' is out of range (from 0.1 to 336)"),
+    (["--mailboxes", "many"], "--mailboxes: 'many' is not a whole number (from 1 to 100000)"),
+    (["--ews-latency-ms", "1.5"], "--ews-latency-ms: '1.5' is not a whole number (from 0 to 60000)"),
     (["--sweep", "colour=1,2"], "--sweep: 'colour' is not a field that can be swept"),
     (["--sweep", "minpollingintervalinminutes=0"], "--sweep: 'minpollingintervalinminutes=0' names fewer than two"),
     (["--sweep", "min-polling-interval=0,abc"],
