@@ -3,7 +3,7 @@
     python -m benchmarks.console --mailboxes 10000 --json
 
 What is measured: an organization of ``--mailboxes`` tested-and-enabled user mailboxes (built in
-bulk, as in :mod:`benchmarks.simulation`, in a SQLite file), the console's routes on a local aiohttp
+bulk by :mod:`simulator.bulk_org`, in a SQLite file), the console's routes on a local aiohttp
 server, and a signed-in client. Each page is requested ``--rounds`` times over HTTP on loopback;
 the median wall time and CPU time (this process: server and client together) per request are
 reported for the first page, a page in the middle, the last page and a search by address. The
@@ -28,7 +28,7 @@ import time
 from aiohttp import ClientSession, CookieJar, web
 
 from benchmarks.report import environment, print_json
-from benchmarks.simulation import build
+from simulator.bulk_org import build
 from simulator.console import PAGE_SIZE, Console
 from simulator.crm.db import sqlite_url
 

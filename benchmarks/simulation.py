@@ -5,7 +5,7 @@
 Setup (not timed in the throughput figures): an organization with ``--mailboxes`` user
 mailboxes, each approved, on the default profile with server-side sync for incoming and
 outgoing email, tested and enabled (statuses Success, due now), created in bulk with
-SQLAlchemy Core; a contact per ten users; and seeded inbound traffic: each mailbox receives
+SQLAlchemy Core by :mod:`simulator.bulk_org`; a contact per ten users; and seeded inbound traffic: each mailbox receives
 ``--emails-per-mailbox-day`` messages from contacts, spread over the simulated period (one
 delivery batch per simulated minute). Users track all incoming email (track setting 0); one
 message in twenty is also copied to a second user, whose copy is then skipped as a duplicate.
@@ -28,110 +28,16 @@ import asyncio
 import gc
 import heapq
 import os
-import random
 import resource
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import timedelta
-
-from sqlalchemy import insert
 
 from benchmarks.report import print_json
-from engine.ports import Approval, IncomingMethod, OutgoingMethod, Status
+from simulator.bulk_org import build, schedule_traffic
 from simulator.crm.db import sqlite_url
-from simulator.crm.models import Contact, Mailbox, SystemUser, TrackSetting
-from simulator.exchange.mime import MessageData
 from simulator.sandbox import Sandbox
-
-DOMAIN = "contoso.example"
-PARTNER_DOMAIN = "fabrikam.example"
-CC_SHARE = 0.05  # messages also copied to a second user (that copy is a duplicate)
-
-
-@dataclass
-class Setup:
-    sandbox: Sandbox
-    addresses: list[str]
-    contacts: list[str]
-    messages: int = 0
-
-
-def build(mailboxes: int, seed: int, db_url: str) -> Setup:
-    """An organization with ``mailboxes`` tested-and-enabled user mailboxes, in bulk."""
-    sb = Sandbox(db_url=db_url, seed=seed, record_events=False)
-    admin = sb.admin
-    admin.create_organization("Contoso", tenant_id=f"tenant-{seed}")
-    now = sb.clock.now()
-    profile_date = now - timedelta(days=1)
-    pid = admin.create_profile("admin", name="Exchange Online", processemailsreceivedafter=profile_date)
-    admin.set_default_profile("admin", pid)
-
-    ids = sb.ids
-    users, boxes, addresses = [], [], []
-    for i in range(mailboxes):
-        uid = ids.new()
-        addr = f"user{i:06d}@{DOMAIN}"
-        addresses.append(addr)
-        users.append(dict(systemuserid=uid, fullname=f"User {i}", domainname=f"user{i:06d}",
-                          internalemailaddress=addr, isdisabled=False,
-                          incomingemailfilteringmethod=int(TrackSetting.ALL)))
-        boxes.append(dict(
-            mailboxid=ids.new(), name=f"User {i}", emailaddress=addr, ownerid=uid, regardingobjectid=uid,
-            regardingobjecttypecode="systemuser", emailserverprofile=pid,
-            incomingemaildeliverymethod=int(IncomingMethod.SSS), outgoingemaildeliverymethod=int(OutgoingMethod.SSS),
-            emailrouteraccessapproval=int(Approval.APPROVED),
-            incomingemailstatus=int(Status.SUCCESS), outgoingemailstatus=int(Status.SUCCESS),
-            mailboxstatus=int(Status.SUCCESS), enabledforincomingemail=True, enabledforoutgoingemail=True,
-            testmailboxaccesscompletedon=now, processemailreceivedafter=profile_date,
-            receivingpostponeduntil=now, postponesendinguntil=now, postponemailboxprocessinguntil=now,
-        ))
-    contacts = [f"contact{i:06d}@{PARTNER_DOMAIN}" for i in range(max(1, mailboxes // 10))]
-    with sb.db.begin() as conn:
-        conn.execute(insert(SystemUser.__table__), users)
-        conn.execute(insert(Mailbox.__table__), boxes)
-        conn.execute(insert(Contact.__table__), [
-            dict(contactid=ids.new(), fullname=f"Contact {i}", emailaddress1=addr) for i, addr in enumerate(contacts)
-        ])
-    with sb.store.operation():  # one journal row for the whole setup
-        for addr in addresses:
-            sb.store.add_mailbox(addr)
-    sb.crm.invalidate_directory()
-    return Setup(sb, addresses, contacts)
-
-
-def schedule_traffic(setup: Setup, hours: float, per_mailbox_day: float, seed: int) -> None:
-    """Seeded inbound mail, delivered in one batch per simulated minute over the period."""
-    sb = setup.sandbox
-    rng = random.Random(f"traffic-{seed}")
-    minutes = max(1, int(hours * 60))
-    total = round(len(setup.addresses) * per_mailbox_day * hours / 24)
-    buckets: dict[int, list[MessageData]] = {}
-    start = sb.clock.now()
-    for n in range(total):
-        to = rng.choice(setup.addresses)
-        cc = (rng.choice(setup.addresses),) if rng.random() < CC_SHARE else ()
-        sender = rng.choice(setup.contacts)
-        minute = rng.randrange(minutes)
-        msg = MessageData(
-            subject=f"Order {n}: question about delivery", sender=sender, to=(to,), cc=cc,
-            message_id=f"{n:08d}.{seed}@{PARTNER_DOMAIN}", date=start + timedelta(minutes=minute),
-            body=f"Hello, could you confirm the delivery date of order {n}? Thanks.",
-        )
-        buckets.setdefault(minute, []).append(msg)
-    setup.messages = total
-
-    def batch(msgs: list[MessageData]):
-        def deliver() -> None:
-            with sb.store.operation():  # the minute's batch is one transaction of the journal
-                for m in msgs:
-                    sb.store.deliver(m)
-        return deliver
-
-    for minute in sorted(buckets):
-        sb.at(start + timedelta(minutes=minute, seconds=1), batch(buckets[minute]))
 
 
 def floor_loop(polls: int, mailboxes: int, cadence_s: float = 300.0) -> float:

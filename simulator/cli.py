@@ -588,7 +588,7 @@ def serve(
 
 
 # the other commands register themselves on `app`
-from simulator import cli_console, cli_scenario, cli_setup, cli_walkthrough  # noqa: E402,F401
+from simulator import cli_capacity, cli_console, cli_scenario, cli_setup, cli_walkthrough  # noqa: E402,F401
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import inspect
 import itertools
+import math
 import random
 import sqlite3
 from collections.abc import Callable
@@ -274,17 +275,27 @@ class Sandbox:
             wire.set_generator_state(state["wire"])
 
     # -- running ---------------------------------------------------------------------------
-    def _next_time(self) -> datetime | None:
+    def _next_time(self, origin: datetime, wake_every: timedelta | None) -> datetime | None:
         due = self.engine.next_due()
+        if wake_every is not None and due is not None and due > self.clock.now():
+            due = origin + wake_every * math.ceil((due - origin) / wake_every)  # the host's next look
         agenda = self._agenda[0][0] if self._agenda else None
         times = [t for t in (due, agenda) if t is not None]
         return min(times) if times else None
 
-    async def run_until(self, end: datetime, progress: Callable[[datetime], None] | None = None) -> None:
-        """Advance the clock step by step to ``end``, running scenario actions and due workloads."""
+    async def run_until(self, end: datetime, progress: Callable[[datetime], None] | None = None, *,
+                        wake_every_s: float | None = None) -> None:
+        """Advance the clock step by step to ``end``, running scenario actions and due workloads.
+
+        By default the engine runs at each instant something is due. With ``wake_every_s`` the
+        engine host looks for due work only every that many seconds of sandbox time (from now), as a
+        service polling its queue does: mailboxes due in between wait for the next look, and the
+        many instants of a large organization become a few batches (agenda actions keep their times)."""
         end = as_utc(end)
+        origin = self.clock.now()
+        wake_every = timedelta(seconds=wake_every_s) if wake_every_s else None
         while not self.stopping:
-            t = self._next_time()
+            t = self._next_time(origin, wake_every)
             if t is None or t > end:
                 break
             now = self.clock.now()
@@ -337,8 +348,9 @@ class Sandbox:
     def _agenda_due(self) -> bool:
         return bool(self._agenda) and self._agenda[0][0] <= self.clock.now()
 
-    async def run_for(self, seconds: float, progress: Callable[[datetime], None] | None = None) -> None:
-        await self.run_until(self.clock.now() + timedelta(seconds=seconds), progress)
+    async def run_for(self, seconds: float, progress: Callable[[datetime], None] | None = None, *,
+                      wake_every_s: float | None = None) -> None:
+        await self.run_until(self.clock.now() + timedelta(seconds=seconds), progress, wake_every_s=wake_every_s)
 
     def close(self) -> None:
         """Write what is left (the clock where it stopped) and let go of the database."""
