@@ -39,7 +39,7 @@ from simulator.crm.models import (
     SystemUser,
     SystemUserRoles,
     TrackSetting,
-    UserQuery,
+    default_filter,
 )
 from simulator.crm.operations import (
     ALL_PRIVILEGES,
@@ -219,8 +219,7 @@ class OrgMixin:
             session.add(SystemUserRoles(systemuserid=user.systemuserid, roleid=role.roleid))
         session.add(self._new_mailbox(org, fullname, email, user.systemuserid, user.systemuserid, "systemuser"))
         for name, table in DEFAULT_SYNC_FILTERS:  # every user starts with the default sync filters (SPEC 3.6)
-            session.add(UserQuery(userqueryid=self.ids.new(), name=name, ownerid=user.systemuserid,
-                                  returnedtypecode=table))
+            session.add(default_filter(user.systemuserid, name, table))
         return user.systemuserid
 
     def _address_free(self, session: Session, email: str, field: str) -> None:

@@ -5,6 +5,7 @@ Ids are GUID strings derived from the sandbox's seed. Times are stored as UTC.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import IntEnum
 
@@ -522,6 +523,13 @@ class UserQuery(SQLModel, table=True):
     returnedtypecode: str  # appointment | contact | task
     querytype: int = 256  # an offline/sync filter
     statecode: int = 0
+
+
+def default_filter(userid: str, name: str, table: str) -> UserQuery:
+    """One of a new user's default sync filters; its id is derived from the user's (so that adding the
+    filters takes nothing from the seeded id sequence every other id comes from)."""
+    return UserQuery(userqueryid=str(uuid.uuid5(uuid.UUID(userid), table)), name=name, ownerid=userid,
+                     returnedtypecode=table)
 
 
 class ActSyncMapping(SQLModel, table=True):
