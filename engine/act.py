@@ -109,6 +109,11 @@ def task_status(percent: int) -> str:
     return "Completed" if percent >= TASK_DONE else "InProgress" if percent > 0 else "NotStarted"
 
 
+def contact_display_name(fields: dict[str, object]) -> str:
+    """The display name a new Exchange contact is saved with: its first and last names."""
+    return " ".join(str(fields[k]) for k in ("firstname", "lastname") if fields.get(k)) or "(no name)"
+
+
 def _cuts_cycle(error: SyncError) -> bool:
     """Whether an Exchange error on one item stops the cycle (a known mailbox or profile error: the
     engine's error path handles it) rather than failing that item only."""

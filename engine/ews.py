@@ -83,6 +83,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -134,6 +135,7 @@ from engine.act import (
     ACT_ORG_ID_NAME,
     ACT_PROPERTY_SET_ID,
     ACT_STAMPED_ON_NAME,
+    contact_display_name,
     task_status,
 )
 from engine.clock import RealClock
@@ -256,7 +258,7 @@ def act_values(kind: str, fields: dict[str, object]) -> dict[str, Any]:
             value = EWSDate(value.year, value.month, value.day) if isinstance(value, datetime) else None
         elif kind == "task" and name == "percentcomplete":
             out["status"] = task_status(int(value or 0))
-            value = int(value or 0)
+            value = Decimal(int(value or 0))
         elif isinstance(value, datetime):
             value = _ews_time(value)
         out[target] = value
@@ -874,6 +876,8 @@ class EwsExchange:
         def create(account: Account) -> ActItem:
             folder = self._distinguished(account, ACT_FOLDERS[item.kind])
             values = {k: v for k, v in act_values(item.kind, item.fields).items() if v is not None}
+            if item.kind == "contact":  # a contact's display name is made from its names when it is saved
+                values["display_name"] = contact_display_name(item.fields)
             made = ACT_ITEM_CLASSES[item.kind](account=account, folder=folder, **values)
             if item.categories:
                 made.categories = list(item.categories)

@@ -32,7 +32,7 @@ from simulator.crm.models import (
     Queue,
     TraceLog,
 )
-from simulator.exchange.direct import DirectExchange, act_item
+from simulator.exchange.direct import act_item, change_act_item, save_act_item
 from simulator.exchange.mime import MessageData
 from simulator.sandbox import DEFAULT_START, Sandbox
 
@@ -211,12 +211,10 @@ class Org:
 
     def exchange_add(self, address: str, kind: str, categories: tuple[str, ...] = (), **fields: Any) -> str:
         """An item made in Exchange as a user makes it (the store directly); its id."""
-        made = run(DirectExchange(self.sb.store).create_act_item(address, ActItem(kind, fields,
-                                                                                  categories=categories)))
-        return made.item_id
+        return save_act_item(self.sb.store, address, ActItem(kind, fields, categories=categories)).item_id
 
     def exchange_edit(self, address: str, kind: str, item_id: str, **fields: Any) -> None:
-        run(DirectExchange(self.sb.store).update_act_item(address, ActItem(kind, fields, item_id)))
+        change_act_item(self.sb.store, address, ActItem(kind, fields, item_id))
 
     def exchange_delete(self, address: str, item_id: str) -> None:
         self.sb.store.delete(address, item_id)

@@ -236,12 +236,15 @@ class ActSyncMixin:
                                                          STATE.c.objecttypecode == kind))
                                 .values(syncstate=state)).rowcount == 0:
                     conn.execute(insert(STATE).values(mailboxid=mailbox.id, objecttypecode=kind, syncstate=state))
-            if commit.errors:
-                conn.execute(insert(X), [dict(
-                    mailboxid=e.mailboxid, exchangeentryid=e.exchangeentryid, objectid=e.objectid,
-                    objecttypecode=e.objecttypecode, itemstate=int(e.state), lastsyncerror=e.errorname,
-                    lastsyncerrordetail=e.detail[:2000], retries=0, lastsyncerroroccurredon=now)
-                    for e in commit.errors])
+            for e in commit.errors:  # a failure again: the same item-level row, one more retry
+                again = update(X).where(X.c.mailboxid == e.mailboxid, X.c.objectid == e.objectid,
+                                        X.c.objecttypecode == e.objecttypecode, X.c.lastsyncerror == e.errorname)
+                if conn.execute(again.values(retries=X.c.retries + 1, lastsyncerroroccurredon=now,
+                                             lastsyncerrordetail=e.detail[:2000])).rowcount == 0:
+                    conn.execute(insert(X).values(
+                        mailboxid=e.mailboxid, exchangeentryid=e.exchangeentryid, objectid=e.objectid,
+                        objecttypecode=e.objecttypecode, itemstate=int(e.state), lastsyncerror=e.errorname,
+                        lastsyncerrordetail=e.detail[:2000], retries=0, lastsyncerroroccurredon=now))
 
 
 def _encode_link(link: ActLink) -> str:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from lxml import etree
 
-from engine.act import ACT_CRM_ID_NAME, ACT_PROPERTY_SET_ID, task_status
+from engine.act import ACT_CRM_ID_NAME, ACT_PROPERTY_SET_ID, contact_display_name, task_status
 from engine.errors import ExchangeError
 from engine.ports import (
     ACT_FOLDERS,
@@ -161,40 +161,12 @@ class DirectExchange:
     async def create_act_item(self, mailbox: str, item: ActItem) -> ActItem:
         if (fault := self._enter("create_act_item", mailbox)) is not None:
             await self._suffer(fault)
-        item_type = ACT_ITEM_TYPES[item.kind]
-        kept = {k: v for k, v in act_kept(item.kind, item.fields, item.crm_id).items() if v}
-        try:
-            kept.update(calendar.normalized(item_type, kept))
-            data = MessageData(subject=str(item.fields.get("subject") or ""),
-                               body=str(item.fields.get("description") or "") if item.kind == "task" else "")
-            data.item_type = item_type
-            data.kept = kept
-            data.size = len(data.body.encode("utf-8", "replace")) + 200
-            stored = self.store.save(mailbox, ACT_FOLDERS[item.kind], data, categories=list(item.categories))
-        except StoreError as exc:
-            raise ExchangeError(exc.code, exc.message) from None
-        except ResponseError as exc:
-            raise ExchangeError(exc.code, exc.message) from None
-        return act_item(item.kind, stored)
+        return save_act_item(self.store, mailbox, item)
 
     async def update_act_item(self, mailbox: str, item: ActItem) -> ActItem:
         if (fault := self._enter("update_act_item", mailbox)) is not None:
             await self._suffer(fault)
-        try:
-            current = self.store.get(mailbox, item.item_id)
-            kept = act_kept(item.kind, item.fields, item.crm_id)
-            kept.update(calendar.normalized(current.data.item_type, kept, current.data.kept))
-            subject = body = None
-            if "subject" in item.fields:
-                subject = str(item.fields["subject"] or "")
-            if item.kind == "task" and "description" in item.fields:
-                body = str(item.fields["description"] or "")
-            updated = self.store.update(mailbox, item.item_id, subject=subject, body=body, kept=kept)
-        except StoreError as exc:
-            raise ExchangeError(exc.code, exc.message) from None
-        except ResponseError as exc:
-            raise ExchangeError(exc.code, exc.message) from None
-        return act_item(item.kind, updated)
+        return change_act_item(self.store, mailbox, item)
 
     async def send(self, mailbox: str, message: OutgoingMessage) -> SendResult:
         if (fault := self._enter("send", mailbox)) is not None:
@@ -319,3 +291,43 @@ def act_item(kind: str, item: Item) -> ActItem:
         crm_id = (revive(kept[CRM_ID_KEY]).findtext(t("Value")) or "").strip() or None
     return ActItem(kind, fields, item.item_id, change_key(item.item_id, item.version), tuple(item.categories),
                    crm_id, item.modified or item.received)
+
+
+def save_act_item(store: ExchangeStore, mailbox: str, item: ActItem) -> ActItem:
+    """Save a calendar item, contact or task in its default folder (as CreateItem does)."""
+    item_type = ACT_ITEM_TYPES[item.kind]
+    kept = {k: v for k, v in act_kept(item.kind, item.fields, item.crm_id).items() if v}
+    if item.kind == "contact":
+        kept["DisplayName"] = keep(_element("DisplayName", contact_display_name(item.fields)))
+    try:
+        kept.update(calendar.normalized(item_type, kept))
+        data = MessageData(subject=str(item.fields.get("subject") or ""),
+                           body=str(item.fields.get("description") or "") if item.kind == "task" else "")
+        data.item_type = item_type
+        data.kept = kept
+        data.size = len(data.body.encode("utf-8", "replace")) + 200
+        stored = store.save(mailbox, ACT_FOLDERS[item.kind], data, categories=list(item.categories))
+    except StoreError as exc:
+        raise ExchangeError(exc.code, exc.message) from None
+    except ResponseError as exc:
+        raise ExchangeError(exc.code, exc.message) from None
+    return act_item(item.kind, stored)
+
+
+def change_act_item(store: ExchangeStore, mailbox: str, item: ActItem) -> ActItem:
+    """Set fields of an existing calendar item, contact or task (as UpdateItem does)."""
+    try:
+        current = store.get(mailbox, item.item_id)
+        kept = act_kept(item.kind, item.fields, item.crm_id)
+        kept.update(calendar.normalized(current.data.item_type, kept, current.data.kept))
+        subject = body = None
+        if "subject" in item.fields:
+            subject = str(item.fields["subject"] or "")
+        if item.kind == "task" and "description" in item.fields:
+            body = str(item.fields["description"] or "")
+        updated = store.update(mailbox, item.item_id, subject=subject, body=body, kept=kept)
+    except StoreError as exc:
+        raise ExchangeError(exc.code, exc.message) from None
+    except ResponseError as exc:
+        raise ExchangeError(exc.code, exc.message) from None
+    return act_item(item.kind, updated)
