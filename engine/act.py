@@ -1,5 +1,8 @@
-"""The ACT cycle (appointments, contacts and tasks; SPEC 1.11 and 3.6): for now, the org claim only.
+"""The ACT cycle (appointments, contacts and tasks; SPEC 1.11, 3.6 and 10.3): the org claim, then the
+item sync both ways.
 
+The org claim
+-------------
 An Exchange mailbox syncs ACT with one organization at a time. That organization's id and the
 time it last stamped the mailbox are kept on the Exchange mailbox (SPEC 1.11, 5). Test & Enable
 claims an unclaimed mailbox (``engine.mailbox_test``); each ACT cycle then checks the claim:
@@ -10,10 +13,47 @@ claims an unclaimed mailbox (``engine.mailbox_test``); each ACT cycle then check
   the engine's normal error path turns into ACT disabled at once (``enabledforact`` off,
   ``actstatus`` Failure) and an Error alert on the mailbox and the profile owner's wall.
 
-**Not built yet:** the item sync itself — CRM appointments, contacts and tasks to Exchange and back,
-item-level mapping, conflict rule 10.3, the "Organizer field not present" alert. A cycle checks and
-stamps the claim and nothing else; it reports no items found, so the cadence stretches as for a
-quiet mailbox. The item sync is a later piece of work.
+The item sync (what is built)
+-----------------------------
+After the claim, one cycle (:class:`_Cycle`) works from a CRM snapshot (``CrmPort.act_snapshot``: the
+rows of the user's active sync filters, the item-level links of the mailbox, the sync state of each
+folder) and from what changed in Exchange since those sync states (``ExchangePort.act_changes`` on
+the Calendar, Contacts and Tasks folders, SyncFolderItems semantics). The fields synced are
+:data:`engine.ports.ACT_FIELDS` (appointment: subject, location, start, end, all day; contact: first
+and last name, job title, business phone; task: subject, description, due day, percent complete).
+
+* **CRM -> Exchange**: a row of a filter without a link is created in Exchange (carrying its CRM id
+  as an extended property) and linked; an appointment without organizer is not: an item-level row and
+  the alert "Appointments can't be synchronized because the Organizer field is not present". A linked
+  row that matches no filter any more is a logical delete: the Exchange copy is deleted.
+* **Exchange -> CRM**: an item not linked becomes a CRM row (owned by the user; for an appointment,
+  organized by the user) only when it carries the category "Tracked to Dynamics 365" and no CRM id (a
+  copy of a linked item carries its original's id and is ignored).
+* **Linked items** change field by field against the fields as last synced (kept on the link): a field
+  changed on one side goes to the other; changed on both sides to different values, the later
+  modification wins (CRM ``modifiedon`` against Exchange's last-modified time), the CRM on a tie, and
+  the outcome is written on the link (``conflictnote``). The engine's own writes are recognized by
+  the change key and CRM version kept on the link.
+* **Deletes** follow SPEC 3.6: appointments (a CRM delete reaches Exchange only for a future
+  appointment the user organizes; an Exchange delete reaches the CRM only for an open, future
+  appointment the user organizes), tasks (an Exchange delete deletes the CRM task; a CRM delete
+  reaches Exchange unless the task was completed there), contacts (an Exchange delete never deletes
+  the CRM contact; a CRM delete reaches Exchange only when the user is not the owner). Otherwise the
+  link is dropped; a row that still matches a filter is then created in Exchange again next cycle.
+* A task whose actual end is past (or that is Completed) is 100 % done in Exchange; a task completed
+  in Exchange is Completed in the CRM with an actual end.
+* An item's failure is an item-level row (``exchangesyncidmapping``, one row per item and error, its
+  ``retries`` counting repeats) with an Error alert on the mailbox; the rest of the cycle goes on. A
+  known mailbox-level Exchange error stops the cycle: what was done is committed, the sync states
+  are not moved on (the changes are read again), and the engine's error path handles the error.
+* ``found`` counts the items synced (either way), so the ACT schedule of SPEC 3.2 applies: 5 minutes
+  after a busy cycle, stretching with ``noactcount`` when quiet, never under the profile's minimum
+  polling interval.
+
+Not built: attendees are not written to Exchange (they decide who syncs an appointment), Completed
+or Canceled appointments are not shown as Free, reminders are not set, the org switch "physical and
+logical deletes differ" (a logical delete always deletes the Exchange copy), per-field sync
+directions (every field syncs both ways), and the CRM id on items tracked from Exchange.
 
 Where the claim lives in Exchange
 ---------------------------------
@@ -23,8 +63,9 @@ folder (distinguished id ``msgfolderroot``), in the property set :data:`ACT_PROP
 * :data:`ACT_ORG_ID_NAME` (``String``): the organization id;
 * :data:`ACT_STAMPED_ON_NAME` (``SystemTime``): when that organization last stamped the mailbox.
 
-The real product keeps its own, undocumented property; the GUID below is this project's choice,
-fixed so that any EWS client (exchangelib, a test suite in another language) can read the claim.
+Each item made from a CRM row carries :data:`ACT_CRM_ID_NAME` (``String``) in the same set. The real
+product keeps its own, undocumented properties; the GUID below is this project's choice, fixed so that
+any EWS client (exchangelib, a test suite in another language) can read them.
 """
 
 from __future__ import annotations

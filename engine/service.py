@@ -113,7 +113,8 @@ _NAMES = {w: w.name for w in Workload}  # Enum.name is a property: slow on the h
 
 def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: ProfileSettings | None,
                   org: OrgSettings) -> None:
-    """Derive `postponemailboxprocessinguntil` and `mailboxstatus` from the workload columns."""
+    """Derive `postponemailboxprocessinguntil` and `mailboxstatus` (incoming, outgoing and ACT) from the
+    workload columns."""
     due = None
     for workload, f in _EMAIL_FIELDS:
         if eligible(workload, mailbox, values, profile, org):
@@ -136,9 +137,10 @@ def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: Prof
     values["postponemailboxprocessinguntil"] = due
     s_in = values.get("incomingemailstatus", mailbox.incomingemailstatus)
     s_out = values.get("outgoingemailstatus", mailbox.outgoingemailstatus)
-    if s_in == _FAILURE or s_out == _FAILURE:
+    s_act = values.get("actstatus", mailbox.actstatus)  # SPEC 3.6: the sum of the three workloads
+    if _FAILURE in (s_in, s_out, s_act):
         values["mailboxstatus"] = _FAILURE
-    elif s_in == _SUCCESS or s_out == _SUCCESS:
+    elif _SUCCESS in (s_in, s_out, s_act):
         values["mailboxstatus"] = _SUCCESS
     else:
         values["mailboxstatus"] = _NOT_RUN

@@ -532,3 +532,13 @@ def test_random_edits_on_both_sides_converge(edits):
         assert all((b - a) >= timedelta(minutes=7) for a, b in zip(starts, starts[1:], strict=False))
     finally:
         o.sb.close()
+
+
+def test_mailboxstatus_sums_up_act_too(org):
+    o = org
+    o.sb.store.stamp_act_org(ALICE, "0f0f0f0f-1111-4222-8333-444455556666")  # another org takes the mailbox
+    cycle(o)
+    mb = o.mailbox(ALICE)
+    assert (mb.incomingemailstatus, mb.outgoingemailstatus, mb.actstatus) == (1, 1, 2)
+    assert mb.mailboxstatus == 2
+    assert o.mailbox(BOB).mailboxstatus == 1
