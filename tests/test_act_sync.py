@@ -19,6 +19,7 @@ from engine.ews import ACT_CRM_ID_FIELD, EwsExchange
 from engine.ports import TRACKED_CATEGORY
 from simulator.crm.models import UserQuery
 from simulator.exchange.ews.service import EwsService
+from simulator.sandbox import Sandbox
 from simulator.web import WebServer
 
 CYCLE = 960  # seconds in which every ACT-enabled mailbox runs at least one ACT cycle (at most 15 min apart)
@@ -542,3 +543,48 @@ def test_mailboxstatus_sums_up_act_too(org):
     assert (mb.incomingemailstatus, mb.outgoingemailstatus, mb.actstatus) == (1, 1, 2)
     assert mb.mailboxstatus == 2
     assert o.mailbox(BOB).mailboxstatus == 1
+
+
+# -- the CLI: rows as a CRM user, the links -----------------------------------------------------------
+def test_cli_creates_changes_deletes_rows_and_lists_links(tmp_path):
+    import json
+
+    from trial import all_rows, refused, runner
+
+    from simulator.cli import app
+
+    path = tmp_path / "act.db"
+    o = build_org(db_url=f"sqlite:///{path}")
+    o.sb.close()
+
+    def sss(*args: str):
+        return runner.invoke(app, [*args, "--db", str(path)])
+
+    made = sss("act", "add", "--kind", "appointment", "--as", "alice", "--subject", "Kick-off",
+               "--start", "2026-01-07T09:00", "--end", "2026-01-07T10:00", "--attendee", "bob")
+    assert made.exit_code == 0, made.output
+    crm_id = made.output.split()[1]
+    assert sss("act", "update", "--id", crm_id, "--location", "Room 3", "--as", "alice").exit_code == 0
+    task = sss("act", "add", "--kind", "task", "--as", "bob", "--subject", "Slides", "--percent", "40")
+    assert task.exit_code == 0, task.output
+    sb = Sandbox(db_url=f"sqlite:///{path}")  # the engine in process on the same database
+    try:
+        asyncio.run(sb.run_for(2 * CYCLE))
+    finally:
+        sb.close()
+    links = json.loads(sss("act", "links", "--json").output)
+    assert sorted((r["objecttypecode"], r["lastchangedirection"]) for r in links) == [
+        ("appointment", "ToExchange"), ("appointment", "ToExchange"), ("task", "ToExchange")]
+    assert sss("act", "delete", "--id", crm_id, "--as", "alice").exit_code == 0
+    # bad input: one line naming the option, nothing written
+    before = all_rows(f"sqlite:///{path}")
+    refused(None, sss("act", "add", "--kind", "meeting", "--as", "alice"), "--kind", "appointment, contact, task")
+    refused(None, sss("act", "add", "--kind", "task", "--as", "alice", "--percent", "140"), "--percent", "0 to 100")
+    refused(None, sss("act", "add", "--kind", "contact", "--as", "alice", "--location", "x"), "--location")
+    refused(None, sss("act", "add", "--kind", "appointment", "--as", "alice", "--start", "2026-01-07T10:00",
+                      "--end", "2026-01-07T09:00"), "--end", "before it starts")
+    refused(None, sss("act", "add", "--kind", "appointment", "--as", "alice", "--start", "tomorrow"), "--start")
+    refused(None, sss("act", "update", "--id", "nope", "--subject", "x", "--as", "alice"), "--id")
+    refused(None, sss("act", "add", "--kind", "appointment", "--as", "alice", "--organizer", "nobody"),
+            "--organizer")
+    assert all_rows(f"sqlite:///{path}") == before

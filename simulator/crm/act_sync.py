@@ -254,3 +254,78 @@ def _encode_link(link: ActLink) -> str:
 
 
 __all__ = ["ActSyncMixin", "AppointmentState", "create_row", "delete_row", "record", "update_row"]
+
+
+# -- the rows as a CRM user writes them (the CLI) ---------------------------------------------------------
+# option -> (column, kinds it applies to, type)
+USER_FIELDS = {
+    "--subject": ("subject", ("appointment", "task"), "text"),
+    "--location": ("location", ("appointment",), "text"),
+    "--start": ("scheduledstart", ("appointment",), "time"),
+    "--end": ("scheduledend", ("appointment",), "time"),
+    "--all-day": ("isalldayevent", ("appointment",), "bool"),
+    "--first-name": ("firstname", ("contact",), "text"),
+    "--last-name": ("lastname", ("contact",), "text"),
+    "--job-title": ("jobtitle", ("contact",), "text"),
+    "--phone": ("telephone1", ("contact",), "text"),
+    "--description": ("description", ("task",), "text"),
+    "--due": ("scheduledend", ("task",), "time"),
+    "--percent": ("percentcomplete", ("task",), "percent"),
+    "--type": ("activitytypecode", ("task",), "tasktype"),
+}
+MAX_TEXT = 200
+
+
+def user_fields(kind: str, given: dict[str, object]) -> dict[str, object]:
+    """Columns from CLI options (None: not given); a wrong value names its option."""
+    from simulator.crm.errors import ValidationError
+    from simulator.crm.models import ACT_TABLES, TASK_ACTIVITY_TYPES
+
+    if kind not in ACT_TABLES:
+        raise ValidationError(f"{kind!r} is not one of {', '.join(ACT_TABLES)}", "--kind")
+    out: dict[str, object] = {}
+    for option, value in given.items():
+        if value is None:
+            continue
+        column, kinds, shape = USER_FIELDS[option]
+        if kind not in kinds:
+            raise ValidationError(f"a {kind} has no such field (it is for {' and '.join(kinds)})", option)
+        if shape == "text":
+            if len(str(value)) > MAX_TEXT:
+                raise ValidationError(f"at most {MAX_TEXT} characters, not {len(str(value))}", option)
+        elif shape == "time":
+            try:
+                when = datetime.fromisoformat(str(value))
+            except ValueError:
+                raise ValidationError(f"{value!r} is not a date and time (e.g. 2026-01-07T09:00)", option) from None
+            value = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        elif shape == "percent":
+            if not str(value).isdigit() or not 0 <= int(str(value)) <= 100:
+                raise ValidationError(f"{value!r} is not a whole number from 0 to 100", option)
+            value = int(str(value))
+        elif shape == "tasktype" and value not in TASK_ACTIVITY_TYPES:
+            raise ValidationError(f"{value!r} is not one of {', '.join(TASK_ACTIVITY_TYPES)}", option)
+        out[column] = value
+    return out
+
+
+def check_times(fields: dict[str, object], current=None) -> None:
+    from simulator.crm.errors import ValidationError
+
+    start = fields.get("scheduledstart", current["scheduledstart"] if current is not None else None)
+    end = fields.get("scheduledend", current["scheduledend"] if current is not None else None)
+    if start is not None and end is not None and end < start:
+        raise ValidationError("the appointment would end before it starts", "--end")
+
+
+def find_row(conn, crm_id: str) -> tuple[str, dict] | None:
+    """The table and row of an appointment, contact or task id."""
+    for kind, (table, key) in TABLES.items():
+        row = conn.execute(select(table).where(key == crm_id)).mappings().first()
+        if row is not None:
+            return kind, dict(row)
+    return None
+
+
+def links(conn) -> list[dict]:
+    return [dict(r) for r in conn.execute(select(MAP).order_by(MAP.c.actsyncmappingid)).mappings()]
