@@ -588,3 +588,39 @@ def test_cli_creates_changes_deletes_rows_and_lists_links(tmp_path):
     refused(None, sss("act", "add", "--kind", "appointment", "--as", "alice", "--organizer", "nobody"),
             "--organizer")
     assert all_rows(f"sqlite:///{path}") == before
+
+
+# -- traffic and the demo ---------------------------------------------------------------------------
+def test_demo_shows_act_counts_and_act_traffic_leaves_mail_traffic_as_it_was(tmp_path):
+    import json
+    import random
+
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+    from simulator.traffic import Party, TrafficMix, TrafficPlan
+
+    result = CliRunner().invoke(app, ["demo", "--json", "--hours", "8", "--seed", "1", "--db", str(tmp_path / "d.db")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    act = summary["act"]
+    made = {k: n for k, n in summary["traffic"].items() if k.startswith("act_")}
+    assert made and act["to_exchange"] > 0 and act["links"] > 0 and act["failed"] == 0
+
+    def mail_events(mix: TrafficMix) -> list:
+        o = build_org(seed=2)
+        try:
+            users = [Party(ALICE, o.users[ALICE]), Party(BOB, o.users[BOB])]
+            plan = TrafficPlan(o.sb, random.Random("t"), users=users, queues=[], contacts=["carl@fabrikam.example"],
+                               mix=mix)
+            plan.schedule(START, START + timedelta(hours=12))
+            o.run_for(12 * 3600)
+            mail = sorted((e.subject, e.sender or "", e.directioncode) for e in o.emails())
+            return [mail, {k: n for k, n in plan.counts.items() if not k.startswith("act_")},
+                    sum(n for k, n in plan.counts.items() if k.startswith("act_")), len(o.act_links())]
+        finally:
+            o.sb.close()
+    without = mail_events(TrafficMix())
+    with_act = mail_events(TrafficMix(act_per_user_day=12.0))
+    assert with_act[:2] == without[:2]  # the same mail
+    assert without[2:] == [0, 0] and with_act[2] > 0 and with_act[3] > 0
