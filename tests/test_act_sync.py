@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg import unavailable_reason
 from sqlalchemy import update
 from support import ALICE, BOB, START, Org, build_org
 from test_engine_ews import FakeTokens, tls  # noqa: F401  (tls is a fixture)
+from test_postgres import pg_db, pg_url  # noqa: F401  (fixtures)
 
 from engine.act import ORGANIZER_MISSING, ORGANIZER_MISSING_TEXT
 from engine.ews import ACT_CRM_ID_FIELD, EwsExchange
@@ -624,3 +627,33 @@ def test_demo_shows_act_counts_and_act_traffic_leaves_mail_traffic_as_it_was(tmp
     with_act = mail_events(TrafficMix(act_per_user_day=12.0))
     assert with_act[:2] == without[:2]  # the same mail
     assert without[2:] == [0, 0] and with_act[2] > 0 and with_act[3] > 0
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------
+def _pg_scenario(o: Org) -> dict:
+    a = appointment(o, attendees={BOB: 6})
+    c = o.act_add("contact", ALICE, firstname="Dana", lastname="Scully")
+    o.act_add("task", ALICE, subject="Call", actualend=START - timedelta(hours=1))
+    o.exchange_add(ALICE, "appointment", categories=(TRACKED_CATEGORY,), subject="Lunch",
+                   scheduledstart=IN_2_DAYS, scheduledend=IN_2_DAYS + timedelta(hours=1))
+    cycle(o)
+    item = next(i for i in o.exchange_items(ALICE, "appointment") if i.crm_id == a)
+    o.act_update("appointment", a, location="CRM room")
+    o.sb.clock.advance(60)
+    o.exchange_edit(ALICE, "appointment", item.item_id, location="Outlook room")
+    o.act_delete("contact", c)
+    cycle(o, 2)
+    return _state(o)
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
+def test_act_sync_on_postgresql_ends_as_on_sqlite(pg_db):  # noqa: F811
+    results = []
+    for url in (None, pg_db):
+        o = build_org(seed=9, **({"db_url": url} if url else {}))
+        try:
+            results.append(_pg_scenario(o))
+        finally:
+            o.sb.close()
+    assert results[0] == results[1]
+    assert ("appointment", "Both", True) in results[1]["links"] or ("appointment", "ToCrm", True) in results[1]["links"]
