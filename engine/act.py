@@ -204,10 +204,12 @@ class _Cycle:
             for item in changed.values():
                 if item.item_id not in linked_items:
                     self._tracked(item)
-            self.commit.sync_states = states
+            self.commit.sync_states = {k: v for k, v in states.items() if snap.sync_states.get(k) != v}
         except SyncError as exc:  # Exchange failed half-way: keep what was done, read the changes again
             self.result.error = exc
-        self.crm.act_commit(self.mailbox, self.commit)
+        c = self.commit
+        if c.updates or c.creates or c.deletes or c.links or c.unlinked or c.sync_states or c.errors:
+            self.crm.act_commit(self.mailbox, c)  # (a quiet cycle writes nothing)
         self.result.found = self.result.to_exchange + self.result.to_crm
 
     # -- items linked before this cycle -------------------------------------------------------------

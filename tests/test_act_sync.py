@@ -657,3 +657,18 @@ def test_act_sync_on_postgresql_ends_as_on_sqlite(pg_db):  # noqa: F811
             o.sb.close()
     assert results[0] == results[1]
     assert ("appointment", "Both", True) in results[1]["links"] or ("appointment", "ToCrm", True) in results[1]["links"]
+
+
+def test_quiet_cycles_find_nothing_and_write_nothing(org):
+    o = org
+    appointment(o)
+    cycle(o)
+    link = one(o.act_links(ALICE))
+    synced = o.sb.engine.stats.act_to_exchange
+    quiet_before = o.mailbox(ALICE).noactcount
+    cycle(o, 2)
+    assert o.sb.engine.stats.act_to_exchange == synced
+    assert o.mailbox(ALICE).noactcount >= quiet_before + 2
+    again = one(o.act_links(ALICE))
+    assert (again.actsyncmappingid, again.lastsyncedon, again.exchangechangekey) == (
+        link.actsyncmappingid, link.lastsyncedon, link.exchangechangekey)
