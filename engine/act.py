@@ -50,10 +50,14 @@ and last name, job title, business phone; task: subject, description, due day, p
   after a busy cycle, stretching with ``noactcount`` when quiet, never under the profile's minimum
   polling interval.
 
-Not built: attendees are not written to Exchange (they decide who syncs an appointment), Completed
-or Canceled appointments are not shown as Free, reminders are not set, the org switch "physical and
-logical deletes differ" (a logical delete always deletes the Exchange copy), per-field sync
-directions (every field syncs both ways), and the CRM id on items tracked from Exchange.
+* An appointment's free/busy status and reminder go one way, CRM to Exchange
+  (:data:`engine.ports.ACT_DIRECTIONS`): Completed or Canceled appointments show as Free with no
+  reminder, and there is no reminder once the start is more than 7 days past.
+
+Not built: attendees are not written to Exchange (they decide who syncs an appointment), the org
+switch "physical and logical deletes differ" (a logical delete always deletes the Exchange copy),
+directions chosen per field by an administrator (the directions are fixed), and the CRM id on items
+tracked from Exchange.
 
 Where the claim lives in Exchange
 ---------------------------------
@@ -76,6 +80,8 @@ from datetime import datetime
 from engine.alerts import level_enabled
 from engine.errors import KNOWN_ERRORS, Scope, SyncError
 from engine.ports import (
+    ACT_DERIVED,
+    ACT_DIRECTIONS,
     ACT_FIELDS,
     ACT_FOLDERS,
     TRACKED_CATEGORY,
@@ -286,6 +292,11 @@ class _Cycle:
             b = base.get(name)
             c = row.fields.get(name) if crm_changed else b
             e = item.fields.get(name) if item is not None else b
+            if ACT_DIRECTIONS.get((link.kind, name)) == "ToExchange":  # one way: Exchange's value is not read
+                merged[name] = c
+                if c != b:
+                    to_exchange[name] = c
+                continue
             if c == e:
                 merged[name] = c
             elif e == b:
@@ -348,7 +359,7 @@ class _Cycle:
         a linked item, which carries that item's CRM id, is ignored)."""
         if TRACKED_CATEGORY not in item.categories or item.crm_id is not None:
             return
-        fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind]}
+        fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind] if name not in ACT_DERIVED}
         link = ActLink(item.kind, "", item.item_id, item.change_key, 0, fields,
                        self.user if item.kind == "appointment" else None, self.user, "ToCrm")
         self.commit.creates.append(ActCreate(item.kind, fields, link))

@@ -215,7 +215,8 @@ ACT_ITEM_CLASSES: dict[str, type] = {"appointment": CalendarItem, "contact": Con
 # ACT field -> exchangelib field (telephone1: the BusinessPhone entry of phone_numbers)
 ACT_ITEM_FIELDS = {
     "appointment": {"subject": "subject", "location": "location", "scheduledstart": "start", "scheduledend": "end",
-                    "isalldayevent": "is_all_day"},
+                    "isalldayevent": "is_all_day", "freebusy": "legacy_free_busy_status",
+                    "reminderset": "reminder_is_set"},
     "contact": {"firstname": "given_name", "lastname": "surname", "jobtitle": "job_title",
                 "telephone1": "phone_numbers"},
     "task": {"subject": "subject", "description": "body", "scheduledend": "due_date",
@@ -278,6 +279,8 @@ def act_item_of(kind: str, item: Any) -> ActItem:
             value = int(value or 0)
         elif name == "isalldayevent":
             value = bool(value)
+        elif name == "reminderset":
+            value = None if value is None else bool(value)
         elif isinstance(value, datetime):
             value = _utc(value)
         elif value is not None:

@@ -286,14 +286,21 @@ class ItemError:
 # The three ACT tables, and the Exchange folder each one syncs with.
 ACT_FOLDERS = {"appointment": "calendar", "contact": "contacts", "task": "tasks"}
 # The fields ACT synchronizes, named as the CRM columns (the Exchange ports translate them):
-# appointment: subject, location, scheduledstart, scheduledend (aware UTC datetimes), isalldayevent;
+# appointment: subject, location, scheduledstart, scheduledend (aware UTC datetimes), isalldayevent,
+# freebusy and reminderset (see ACT_DIRECTIONS);
 # contact: firstname, lastname, jobtitle, telephone1 (the business phone); task: subject, description,
 # scheduledend (the due date: a day, as midnight UTC), percentcomplete (0-100; 100 is completed).
 ACT_FIELDS = {
-    "appointment": ("subject", "location", "scheduledstart", "scheduledend", "isalldayevent"),
+    "appointment": ("subject", "location", "scheduledstart", "scheduledend", "isalldayevent", "freebusy",
+                    "reminderset"),
     "contact": ("firstname", "lastname", "jobtitle", "telephone1"),
     "task": ("subject", "description", "scheduledend", "percentcomplete"),
 }
+# Fields that go one way only (the others sync both ways): an appointment's free/busy status ("Free" when
+# Completed or Canceled, else "Busy") and whether Exchange reminds of it (not when Completed, Canceled, or
+# started more than 7 days ago) are derived from the CRM row and only written to Exchange.
+ACT_DIRECTIONS = {("appointment", "freebusy"): "ToExchange", ("appointment", "reminderset"): "ToExchange"}
+ACT_DERIVED = frozenset(name for _, name in ACT_DIRECTIONS)  # no CRM column holds them
 TRACKED_CATEGORY = "Tracked to Dynamics 365"  # an Exchange item with it becomes a CRM row
 
 

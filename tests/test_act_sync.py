@@ -66,7 +66,7 @@ def test_crm_rows_of_the_users_filters_appear_in_exchange_with_the_same_fields(o
     appt = one(o.exchange_items(ALICE, "appointment"))
     assert appt.crm_id == a and appt.fields == dict(
         subject="Review", location="Room 1", scheduledstart=IN_2_DAYS, scheduledend=IN_2_DAYS + timedelta(hours=1),
-        isalldayevent=False)
+        isalldayevent=False, freebusy="Busy", reminderset=True)
     contact = one(o.exchange_items(ALICE, "contact"))
     assert contact.crm_id == c and contact.fields == dict(firstname="Dana", lastname="Scully", jobtitle="Agent",
                                                           telephone1="555-0100")
@@ -113,6 +113,26 @@ def test_an_appointment_without_organizer_fails_alone_with_an_item_level_row_and
     alerts = [a for a in o.alerts() if a.tracecode == ORGANIZER_MISSING]
     assert len(alerts) == 1 and alerts[0].text == ORGANIZER_MISSING_TEXT and alerts[0].level == 3
     assert alerts[0].regardingobjectid == o.mailboxes[ALICE]
+
+
+def test_completed_or_canceled_appointments_show_free_without_reminder_and_old_ones_remind_no_more(org):
+    o = org
+    appointment(o, subject="Open")
+    appointment(o, subject="Done", statecode=1)
+    canceled = appointment(o, subject="Canceled later")
+    appointment(o, subject="Last week", start=START - timedelta(days=8))
+    appointment(o, subject="Yesterday", start=START - timedelta(days=1))
+    cycle(o)
+    o.act_update("appointment", canceled, statecode=2)
+    cycle(o)
+    shown = {i.fields["subject"]: (i.fields["freebusy"], i.fields["reminderset"])
+             for i in o.exchange_items(ALICE, "appointment")}
+    assert shown == {"Open": ("Busy", True), "Done": ("Free", False), "Canceled later": ("Free", False),
+                     "Last week": ("Busy", False), "Yesterday": ("Busy", True)}
+    item = next(i for i in o.exchange_items(ALICE, "appointment") if i.fields["subject"] == "Open")
+    o.exchange_edit(ALICE, "appointment", item.item_id, freebusy="Tentative")  # one way: not carried back
+    cycle(o)
+    assert o.act_row("appointment", item.crm_id)["statecode"] == 3
 
 
 def test_a_crm_change_reaches_exchange(org):

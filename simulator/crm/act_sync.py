@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 
-from engine.ports import ACT_FIELDS, ActCommit, ActLink, ActRecord, ActSnapshot, MailboxWork
+from engine.ports import ACT_DERIVED, ACT_FIELDS, ActCommit, ActLink, ActRecord, ActSnapshot, MailboxWork
 from simulator.crm.models import (
     ActivityParty,
     ActSyncMapping,
@@ -41,6 +41,7 @@ X = ExchangeSyncIdMapping.__table__
 TABLES = {"appointment": (APP, APP.c.activityid), "contact": (CON, CON.c.contactid), "task": (TSK, TSK.c.activityid)}
 ATTENDEES = (int(ParticipationType.REQUIRED), int(ParticipationType.OPTIONAL), int(ParticipationType.ORGANIZER))
 DONE = 100
+REMINDER_PAST = timedelta(days=7)  # no reminder for an appointment that started longer ago than this
 
 
 def _day(value: datetime | None) -> datetime | None:
@@ -59,6 +60,10 @@ def record(kind: str, row, now: datetime) -> ActRecord:
     if kind == "appointment":
         fields["isalldayevent"] = bool(fields["isalldayevent"])
         organizer = row["organizer"]
+        done = row["statecode"] in (AppointmentState.COMPLETED, AppointmentState.CANCELED)
+        start = row["scheduledstart"]
+        fields["freebusy"] = "Free" if done else "Busy"
+        fields["reminderset"] = not done and (start is None or start >= now - REMINDER_PAST)
     if kind == "task":
         fields["scheduledend"] = _day(fields["scheduledend"])
         actualend = row["actualend"]
@@ -70,7 +75,8 @@ def record(kind: str, row, now: datetime) -> ActRecord:
 
 def _values(kind: str, fields: dict[str, object], now: datetime, current=None) -> dict[str, object]:
     """The columns to write for ACT fields (``subject`` never None; a task done or not done again)."""
-    values = {k: v for k, v in fields.items() if k in ACT_FIELDS[kind] or k in ("organizer", "statecode",
+    values = {k: v for k, v in fields.items() if (k in ACT_FIELDS[kind] and k not in ACT_DERIVED) or k in (
+                  "organizer", "statecode",
                                                                                 "actualend", "fullname",
                                                                                 "activitytypecode")}
     if "subject" in values and values["subject"] is None:

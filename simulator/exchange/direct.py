@@ -196,7 +196,8 @@ class DirectExchange:
 ACT_ITEM_TYPES = {"appointment": "CalendarItem", "contact": "Contact", "task": "Task"}
 _PROPERTIES = {
     "appointment": {"location": "Location", "scheduledstart": "Start", "scheduledend": "End",
-                    "isalldayevent": "IsAllDayEvent"},
+                    "isalldayevent": "IsAllDayEvent", "freebusy": "LegacyFreeBusyStatus",
+                    "reminderset": "ReminderIsSet"},
     "contact": {"firstname": "GivenName", "lastname": "Surname", "jobtitle": "JobTitle"},
     "task": {"scheduledend": "DueDate", "percentcomplete": "PercentComplete"},
 }
@@ -255,7 +256,7 @@ def _kept_value(kept: dict[str, str], prop: str) -> object:
             return parse_datetime(text)
         except ResponseError:
             return None
-    if prop == "IsAllDayEvent":
+    if prop in ("IsAllDayEvent", "ReminderIsSet"):
         return text.lower() in ("true", "1")
     if prop == "PercentComplete":
         try:
