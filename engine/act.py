@@ -50,12 +50,13 @@ and last name, job title, business phone; task: subject, description, due day, p
   after a busy cycle, stretching with ``noactcount`` when quiet, never under the profile's minimum
   polling interval.
 
-* An appointment's free/busy status and reminder go one way, CRM to Exchange
+* An appointment's free/busy status, reminder and attendees go one way, CRM to Exchange
   (:data:`engine.ports.ACT_DIRECTIONS`): Completed or Canceled appointments show as Free with no
-  reminder, and there is no reminder once the start is more than 7 days past.
+  reminder, there is no reminder once the start is more than 7 days past, and an appointment with
+  attendees (activity parties 5 and 6) is a meeting with those required and optional attendees
+  (no invitation is sent: each attendee's own mailbox syncs the appointment through its filters).
 
-Not built: attendees are not written to Exchange (they decide who syncs an appointment), the org
-switch "physical and logical deletes differ" (a logical delete always deletes the Exchange copy),
+Not built: attendee changes made in Exchange are not carried to the CRM, the org switch "physical and logical deletes differ" (a logical delete always deletes the Exchange copy),
 directions chosen per field by an administrator (the directions are fixed), and the CRM id on items
 tracked from Exchange.
 

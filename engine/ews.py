@@ -93,6 +93,7 @@ from exchangelib import (
     IMPERSONATION,
     OAUTH2,
     Account,
+    Attendee,
     Build,
     CalendarItem,
     Configuration,
@@ -216,7 +217,8 @@ ACT_ITEM_CLASSES: dict[str, type] = {"appointment": CalendarItem, "contact": Con
 ACT_ITEM_FIELDS = {
     "appointment": {"subject": "subject", "location": "location", "scheduledstart": "start", "scheduledend": "end",
                     "isalldayevent": "is_all_day", "freebusy": "legacy_free_busy_status",
-                    "reminderset": "reminder_is_set"},
+                    "reminderset": "reminder_is_set", "requiredattendees": "required_attendees",
+                    "optionalattendees": "optional_attendees"},
     "contact": {"firstname": "given_name", "lastname": "surname", "jobtitle": "job_title",
                 "telephone1": "phone_numbers"},
     "task": {"subject": "subject", "description": "body", "scheduledend": "due_date",
@@ -255,6 +257,9 @@ def act_values(kind: str, fields: dict[str, object]) -> dict[str, Any]:
             value = None
         if kind == "contact" and name == "telephone1":
             value = [PhoneNumber(label="BusinessPhone", phone_number=str(value))] if value else None
+        elif name in ("requiredattendees", "optionalattendees"):
+            value = [Attendee(mailbox=Mailbox(email_address=str(a)), response_type="Unknown")
+                     for a in value] if value else None
         elif kind == "task" and name == "scheduledend":
             value = EWSDate(value.year, value.month, value.day) if isinstance(value, datetime) else None
         elif kind == "task" and name == "percentcomplete":
@@ -273,6 +278,9 @@ def act_item_of(kind: str, item: Any) -> ActItem:
         value = getattr(item, source, None)
         if kind == "contact" and name == "telephone1":
             value = next((p.phone_number for p in value or () if p.label == "BusinessPhone"), None)
+        elif name in ("requiredattendees", "optionalattendees"):
+            found = sorted((a.mailbox.email_address or "").lower() for a in value or () if a.mailbox is not None)
+            value = tuple(a for a in found if a) or None
         elif kind == "task" and name == "scheduledend":
             value = datetime(value.year, value.month, value.day, tzinfo=UTC) if value is not None else None
         elif kind == "task" and name == "percentcomplete":

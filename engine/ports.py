@@ -292,14 +292,18 @@ ACT_FOLDERS = {"appointment": "calendar", "contact": "contacts", "task": "tasks"
 # scheduledend (the due date: a day, as midnight UTC), percentcomplete (0-100; 100 is completed).
 ACT_FIELDS = {
     "appointment": ("subject", "location", "scheduledstart", "scheduledend", "isalldayevent", "freebusy",
-                    "reminderset"),
+                    "reminderset", "requiredattendees", "optionalattendees"),
     "contact": ("firstname", "lastname", "jobtitle", "telephone1"),
     "task": ("subject", "description", "scheduledend", "percentcomplete"),
 }
 # Fields that go one way only (the others sync both ways): an appointment's free/busy status ("Free" when
 # Completed or Canceled, else "Busy") and whether Exchange reminds of it (not when Completed, Canceled, or
 # started more than 7 days ago) are derived from the CRM row and only written to Exchange.
-ACT_DIRECTIONS = {("appointment", "freebusy"): "ToExchange", ("appointment", "reminderset"): "ToExchange"}
+# The attendees of an appointment (its activity parties 5 and 6, as sorted tuples of addresses; None: none)
+# go one way too: a meeting in Exchange shows who the CRM invited.
+ACT_DIRECTIONS = {("appointment", "freebusy"): "ToExchange", ("appointment", "reminderset"): "ToExchange",
+                  ("appointment", "requiredattendees"): "ToExchange",
+                  ("appointment", "optionalattendees"): "ToExchange"}
 ACT_DERIVED = frozenset(name for _, name in ACT_DIRECTIONS)  # no CRM column holds them
 TRACKED_CATEGORY = "Tracked to Dynamics 365"  # an Exchange item with it becomes a CRM row
 

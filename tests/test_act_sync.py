@@ -66,7 +66,7 @@ def test_crm_rows_of_the_users_filters_appear_in_exchange_with_the_same_fields(o
     appt = one(o.exchange_items(ALICE, "appointment"))
     assert appt.crm_id == a and appt.fields == dict(
         subject="Review", location="Room 1", scheduledstart=IN_2_DAYS, scheduledend=IN_2_DAYS + timedelta(hours=1),
-        isalldayevent=False, freebusy="Busy", reminderset=True)
+        isalldayevent=False, freebusy="Busy", reminderset=True, requiredattendees=None, optionalattendees=None)
     contact = one(o.exchange_items(ALICE, "contact"))
     assert contact.crm_id == c and contact.fields == dict(firstname="Dana", lastname="Scully", jobtitle="Agent",
                                                           telephone1="555-0100")
@@ -94,12 +94,21 @@ def test_no_active_filter_means_nothing_of_that_table(org):
     assert len(o.exchange_items(ALICE, "appointment")) == 1
 
 
-def test_an_attendee_gets_the_appointment_too(org):
+def test_an_attendee_gets_the_appointment_too_and_exchange_shows_a_meeting_with_its_attendees(org):
     o = org
-    appointment(o, attendees={BOB: 5})
+    o.users["admin@contoso.example"] = o.sb.admin.user_id("admin")
+    a = appointment(o, attendees={BOB: 5, "admin@contoso.example": 6})
     cycle(o)
     assert [i.fields["subject"] for i in o.exchange_items(BOB, "appointment")] == ["Review"]
-    assert [i.fields["subject"] for i in o.exchange_items(ALICE, "appointment")] == ["Review"]
+    item = one(o.exchange_items(ALICE, "appointment"))
+    assert (item.fields["requiredattendees"], item.fields["optionalattendees"]) == ((BOB,), ("admin@contoso.example",))
+    with o.sb.db.begin() as conn:  # Bob is dropped from the meeting: it leaves Bob's calendar, Alice's shows it
+        from simulator.crm.act_sync import update_row
+        update_row(conn, "appointment", a, {}, o.sb.clock.now(), attendees={o.users["admin@contoso.example"]: 6})
+    cycle(o)
+    assert o.exchange_items(BOB, "appointment") == []
+    item = one(o.exchange_items(ALICE, "appointment"))
+    assert (item.fields["requiredattendees"], item.fields["optionalattendees"]) == (None, ("admin@contoso.example",))
 
 
 def test_an_appointment_without_organizer_fails_alone_with_an_item_level_row_and_alert(org):

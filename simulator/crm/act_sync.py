@@ -48,7 +48,7 @@ def _day(value: datetime | None) -> datetime | None:
     return value.replace(hour=0, minute=0, second=0, microsecond=0) if value is not None else None
 
 
-def record(kind: str, row, now: datetime) -> ActRecord:
+def record(kind: str, row, now: datetime, parties: dict[str, dict[int, list[str]]] | None = None) -> ActRecord:
     """A CRM row as ACT sees it (empty texts as None; a task's due date as its day; a task whose
     actual end is past, or whose state is Completed, as 100 % done)."""
     fields: dict[str, object] = {}
@@ -64,6 +64,10 @@ def record(kind: str, row, now: datetime) -> ActRecord:
         start = row["scheduledstart"]
         fields["freebusy"] = "Free" if done else "Busy"
         fields["reminderset"] = not done and (start is None or start >= now - REMINDER_PAST)
+        people = (parties or {}).get(crm_id, {})
+        for name, mask in (("requiredattendees", ParticipationType.REQUIRED),
+                           ("optionalattendees", ParticipationType.OPTIONAL)):
+            fields[name] = tuple(sorted(people.get(int(mask), ()))) or None
     if kind == "task":
         fields["scheduledend"] = _day(fields["scheduledend"])
         actualend = row["actualend"]
@@ -158,7 +162,23 @@ def _decode(fields: dict[str, object]) -> dict[str, object]:
             when = datetime.fromisoformat(v["$t"])
             out[k] = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
         else:
-            out[k] = v
+            out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _attendees(conn, activityids: list[str]) -> dict[str, dict[int, list[str]]]:
+    """activity id -> participation type (5, 6) -> the attendees' addresses."""
+    from simulator.crm.models import SystemUser
+
+    out: dict[str, dict[int, list[str]]] = {}
+    if not activityids:
+        return out
+    U = SystemUser.__table__
+    for activityid, mask, address in conn.execute(
+            select(PTY.c.activityid, PTY.c.participationtypemask, U.c.internalemailaddress)
+            .join(U, U.c.systemuserid == PTY.c.partyid)
+            .where(PTY.c.activityid.in_(activityids), PTY.c.participationtypemask.in_(ATTENDEES[:2]))):
+        out.setdefault(activityid, {}).setdefault(mask, []).append(address.lower())
     return out
 
 
@@ -190,8 +210,10 @@ class ActSyncMixin:
             rows: dict[str, ActRecord] = {}
             for kind in ACT_FIELDS:
                 if kind in tables:
-                    for row in self._matching(conn, kind, userid):
-                        rec = record(kind, row, now)
+                    matching = self._matching(conn, kind, userid)
+                    parties = _attendees(conn, [r["activityid"] for r in matching]) if kind == "appointment" else None
+                    for row in matching:
+                        rec = record(kind, row, now, parties)
                         rows[rec.crm_id] = rec
             links = [link_of(r) for r in conn.execute(select(MAP).where(MAP.c.mailboxid == mailbox.id)
                                                       .order_by(MAP.c.actsyncmappingid)).mappings()]

@@ -236,6 +236,17 @@ def act_kept(kind: str, fields: dict[str, object], crm_id: str | None) -> dict[s
             kept["PhoneNumbers"] = keep(holder)
         else:
             kept["PhoneNumbers"] = ""
+    for name, prop in (("requiredattendees", "RequiredAttendees"), ("optionalattendees", "OptionalAttendees")):
+        if kind == "appointment" and name in fields:
+            people = fields[name]
+            if people:
+                holder = _element(prop, None)
+                for address in people:
+                    mailbox = etree.SubElement(etree.SubElement(holder, t("Attendee")), t("Mailbox"))
+                    etree.SubElement(mailbox, t("EmailAddress")).text = str(address)
+                kept[prop] = keep(holder)
+            else:
+                kept[prop] = ""
     if kind == "task" and "percentcomplete" in fields:
         kept["Status"] = keep(_element("Status", task_status(int(fields["percentcomplete"] or 0))))
     if crm_id is not None:
@@ -280,6 +291,10 @@ def act_item(kind: str, item: Item) -> ActItem:
             fields["scheduledend"] = due.replace(hour=0, minute=0, second=0, microsecond=0)
     if kind == "appointment":
         fields["isalldayevent"] = bool(fields["isalldayevent"])
+        for name, prop in (("requiredattendees", "RequiredAttendees"), ("optionalattendees", "OptionalAttendees")):
+            text = kept.get(prop)
+            found = sorted((a.text or "").strip().lower() for a in revive(text).iter(t("EmailAddress"))) if text else []
+            fields[name] = tuple(a for a in found if a) or None
     if kind == "contact":
         phones = kept.get("PhoneNumbers")
         phone = None
