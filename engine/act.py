@@ -28,7 +28,8 @@ and last name, job title, business phone; task: subject, description, due day, p
   row that matches no filter any more is a logical delete: the Exchange copy is deleted.
 * **Exchange -> CRM**: an item not linked becomes a CRM row (owned by the user; for an appointment,
   organized by the user) only when it carries the category "Tracked to Dynamics 365" and no CRM id (a
-  copy of a linked item carries its original's id and is ignored).
+  copy of a linked item carries its original's id and is ignored); the item is then stamped with the
+  new row's id.
 * **Linked items** change field by field against the fields as last synced (kept on the link): a field
   changed on one side goes to the other; changed on both sides to different values, the later
   modification wins (CRM ``modifiedon`` against Exchange's last-modified time), the CRM on a tie, and
@@ -57,8 +58,7 @@ and last name, job title, business phone; task: subject, description, due day, p
   (no invitation is sent: each attendee's own mailbox syncs the appointment through its filters).
 
 Not built: attendee changes made in Exchange are not carried to the CRM, the org switch "physical and logical deletes differ" (a logical delete always deletes the Exchange copy),
-directions chosen per field by an administrator (the directions are fixed), and the CRM id on items
-tracked from Exchange.
+and directions chosen per field by an administrator (the directions are fixed).
 
 Where the claim lives in Exchange
 ---------------------------------
@@ -210,7 +210,7 @@ class _Cycle:
             linked_items = {link.item_id for link in snap.links}
             for item in changed.values():
                 if item.item_id not in linked_items:
-                    self._tracked(item)
+                    await self._tracked(item)
             self.commit.sync_states = {k: v for k, v in states.items() if snap.sync_states.get(k) != v}
         except SyncError as exc:  # Exchange failed half-way: keep what was done, read the changes again
             self.result.error = exc
@@ -355,13 +355,24 @@ class _Cycle:
         self.commit.links.append(ActLink(row.kind, row.crm_id, made.item_id, made.change_key, row.versionnumber,
                                          dict(row.fields), row.organizer, row.ownerid, "ToExchange"))
 
-    def _tracked(self, item: ActItem) -> None:
+    async def _tracked(self, item: ActItem) -> None:
         """An Exchange item not linked: a CRM row only when it carries the tracking category (a copy of
-        a linked item, which carries that item's CRM id, is ignored)."""
+        a linked item, which carries that item's CRM id, is ignored). The item is stamped with the id
+        of the row made from it."""
         if TRACKED_CATEGORY not in item.categories or item.crm_id is not None:
             return
         fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind] if name not in ACT_DERIVED}
-        link = ActLink(item.kind, "", item.item_id, item.change_key, 0, fields,
+        crm_id = self.crm.act_new_id()
+        change_key = item.change_key
+        try:
+            stamped = await self.exchange.update_act_item(self.address, ActItem(item.kind, {}, item.item_id,
+                                                                                crm_id=crm_id))
+            change_key = stamped.change_key
+        except SyncError as exc:
+            if _cuts_cycle(exc):
+                raise
+            self._item_failed(item.kind, item.item_id, crm_id, exc)  # the row is made all the same
+        link = ActLink(item.kind, crm_id, item.item_id, change_key, 0, fields,
                        self.user if item.kind == "appointment" else None, self.user, "ToCrm")
         self.commit.creates.append(ActCreate(item.kind, fields, link))
         self.result.to_crm += 1

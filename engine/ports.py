@@ -433,6 +433,10 @@ class CrmPort(Protocol):
 
     def act_snapshot(self, mailbox: MailboxWork) -> ActSnapshot: ...
 
+    def act_new_id(self) -> str:
+        """The id the next row made from an Exchange item will have (stamped on the item first)."""
+        ...
+
     def act_commit(self, mailbox: MailboxWork, commit: ActCommit) -> None: ...
 
 

@@ -21,6 +21,7 @@ from engine.act import ORGANIZER_MISSING, ORGANIZER_MISSING_TEXT
 from engine.ews import ACT_CRM_ID_FIELD, EwsExchange
 from engine.ports import TRACKED_CATEGORY
 from simulator.crm.models import UserQuery
+from simulator.exchange.direct import act_item
 from simulator.exchange.ews.service import EwsService
 from simulator.sandbox import Sandbox
 from simulator.web import WebServer
@@ -171,6 +172,11 @@ def test_exchange_items_become_crm_rows_only_with_the_tracked_category(org):
     assert [r["subject"] for r in o.act_rows("task")] == ["Send slides"]
     assert all(r["lastname"] != "Skinner" for r in o.act_rows("contact"))
     assert sorted(m.lastchangedirection for m in o.act_links(ALICE)) == ["ToCrm", "ToCrm"]
+    lunch = next(i for i in o.exchange_items(ALICE, "appointment") if i.fields["subject"] == "Tracked lunch")
+    assert lunch.crm_id == rows[0]["activityid"]  # stamped with the row made from it
+    copy = o.sb.store.move(ALICE, lunch.item_id, "calendar", copy=True)  # a copy (category and all) is ignored
+    cycle(o)
+    assert len(o.act_rows("appointment")) == 1 and copy in {i.item_id for i in o.exchange_items(ALICE, "appointment")}
 
 
 def test_a_change_in_exchange_reaches_the_crm_field_by_field(org):
@@ -701,3 +707,31 @@ def test_quiet_cycles_find_nothing_and_write_nothing(org):
     again = one(o.act_links(ALICE))
     assert (again.actsyncmappingid, again.lastsyncedon, again.exchangechangekey) == (
         link.actsyncmappingid, link.lastsyncedon, link.exchangechangekey)
+
+
+def test_a_wire_sandbox_syncs_act_through_its_own_ews_service(tmp_path):
+    """The sandbox of ``sss serve`` (msal tokens, one exchangelib port per profile) runs the item sync."""
+    from test_wire import _enabled_wire
+
+    from simulator.crm import act_sync
+
+    async def go():
+        wire = await _enabled_wire(tmp_path)
+        sb = wire.sb
+        try:
+            alice = sb.admin.user_id("alice")
+            start = sb.clock.now() + timedelta(days=1)
+            crm_id = sb.crm.ids.new()
+            with sb.db.begin() as conn:
+                act_sync.create_row(conn, "appointment", crm_id, alice,
+                                    {"subject": "Wire meeting", "organizer": alice, "scheduledstart": start,
+                                     "scheduledend": start + timedelta(hours=1)}, sb.clock.now())
+            await sb.run_for(CYCLE)
+            items = list(sb.store.mailbox(ALICE).folder("calendar").items.values())
+            assert [(i.data.subject, act_item("appointment", i).crm_id) for i in items] == [("Wire meeting", crm_id)]
+            assert sb.engine.stats.act_to_exchange == 1 and not sb.engine.stats.errors
+            assert wire.ews.calls.get("SyncFolderItems", 0) > 0
+        finally:
+            await wire.stop()
+
+    asyncio.run(go())

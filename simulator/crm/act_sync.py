@@ -228,6 +228,9 @@ class ActSyncMixin:
                 STATE.c.mailboxid == mailbox.id))}
         return ActSnapshot(userid, rows, links, unmatched, states)
 
+    def act_new_id(self) -> str:
+        return self.ids.new()
+
     def act_commit(self, mailbox: MailboxWork, commit: ActCommit) -> None:
         now = self.clock.now()
         userid = mailbox.regardingobjectid
@@ -238,7 +241,7 @@ class ActSyncMixin:
                 if version is not None:
                     versions[crm_id] = version
             for create in commit.creates:
-                crm_id = self.ids.new()
+                crm_id = create.link.crm_id or self.ids.new()
                 fields = dict(create.fields)
                 if create.kind == "appointment":
                     fields["organizer"] = userid
