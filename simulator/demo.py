@@ -105,7 +105,7 @@ class Demo:
         await admin.test_and_enable("dana", ids)
         # Mail that is already in the mailboxes, some of it from before the "process email from" date.
         self.plan = TrafficPlan(sb, random.Random(f"traffic-{self.seed}"), users=users, queues=queues,
-                                contacts=contacts, mix=TrafficMix(act_per_user_day=4.0))
+                                contacts=contacts, mix=TrafficMix(), act_per_user_day=4.0)
         start = sb.clock.now()
         self.plan.schedule(start, start + timedelta(hours=self.hours), process_from=process_from)
         # One mailbox loses Exchange access for good; one is busy for a few calls.

@@ -43,8 +43,6 @@ class TrafficMix:
     old_mail: int = 3  # messages received before the "process email from" date
     duplicates: int = 1  # messages delivered a second time (same Message-ID)
     malformed: int = 1  # messages whose headers are broken
-    act_per_user_day: float = 0.0  # appointments, contacts and tasks made or changed per user per day, in the
-    # CRM or in Exchange (0: none; its choices come from a generator of their own, so mail traffic stays the same)
 
 
 @dataclass
@@ -57,7 +55,11 @@ class TrafficPlan:
     """Schedules seeded traffic on a sandbox between ``start`` and ``end``."""
 
     def __init__(self, sandbox, rng: random.Random, *, users: list[Party], queues: list[Party],
-                 contacts: list[str], mix: TrafficMix | None = None, domain: str = "fabrikam.example") -> None:
+                 contacts: list[str], mix: TrafficMix | None = None, domain: str = "fabrikam.example",
+                 act_per_user_day: float = 0.0) -> None:
+        # act_per_user_day: appointments, contacts and tasks made or changed per user per day, in the CRM or
+        # in Exchange (0: none; its choices come from a generator of their own, so mail traffic stays the same)
+        self.act_per_user_day = act_per_user_day
         self.sb = sandbox
         self.rng = rng
         self.users = users
@@ -114,13 +116,13 @@ class TrafficPlan:
             if mailboxes:
                 box = self.rng.choice(mailboxes)
                 self.sb.at(start + timedelta(seconds=self.rng.uniform(0, span)), self._malformed(box.address))
-        if self.mix.act_per_user_day > 0 and self.users:
+        if self.act_per_user_day > 0 and self.users:
             # seeded from where the plan's generator stands, without drawing from it (mail stays the same)
             self.act_rng = random.Random("act-" + repr(self.rng.getstate()))
             main, self.rng = self.rng, self.act_rng
             try:
                 for user in self.users:
-                    for when in self._times(start, end, self.mix.act_per_user_day):
+                    for when in self._times(start, end, self.act_per_user_day):
                         self.sb.at(when, self._act(user))
             finally:
                 self.rng = main

@@ -645,12 +645,12 @@ def test_demo_shows_act_counts_and_act_traffic_leaves_mail_traffic_as_it_was(tmp
     made = {k: n for k, n in summary["traffic"].items() if k.startswith("act_")}
     assert made and act["to_exchange"] > 0 and act["links"] > 0 and act["failed"] == 0
 
-    def mail_events(mix: TrafficMix) -> list:
+    def mail_events(act_per_user_day: float) -> list:
         o = build_org(seed=2)
         try:
             users = [Party(ALICE, o.users[ALICE]), Party(BOB, o.users[BOB])]
             plan = TrafficPlan(o.sb, random.Random("t"), users=users, queues=[], contacts=["carl@fabrikam.example"],
-                               mix=mix)
+                               mix=TrafficMix(), act_per_user_day=act_per_user_day)
             plan.schedule(START, START + timedelta(hours=12))
             o.run_for(12 * 3600)
             mail = sorted((e.subject, e.sender or "", e.directioncode) for e in o.emails())
@@ -658,8 +658,8 @@ def test_demo_shows_act_counts_and_act_traffic_leaves_mail_traffic_as_it_was(tmp
                     sum(n for k, n in plan.counts.items() if k.startswith("act_")), len(o.act_links())]
         finally:
             o.sb.close()
-    without = mail_events(TrafficMix())
-    with_act = mail_events(TrafficMix(act_per_user_day=12.0))
+    without = mail_events(0.0)
+    with_act = mail_events(12.0)
     assert with_act[:2] == without[:2]  # the same mail
     assert without[2:] == [0, 0] and with_act[2] > 0 and with_act[3] > 0
 
