@@ -83,6 +83,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -92,8 +93,12 @@ from exchangelib import (
     IMPERSONATION,
     OAUTH2,
     Account,
+    Attendee,
     Build,
+    CalendarItem,
     Configuration,
+    Contact,
+    EWSDate,
     EWSDateTime,
     FailFast,
     Folder,
@@ -101,23 +106,51 @@ from exchangelib import (
     Message,
     OAuth2AuthorizationCodeCredentials,
     Q,
+    Task,
     Version,
 )
 from exchangelib import UTC as EWS_UTC
 from exchangelib import errors as ews_errors
 from exchangelib.extended_properties import ExtendedProperty
 from exchangelib.fields import FieldPath, InvalidField
-from exchangelib.folders import FolderCollection, Inbox, MsgFolderRoot, Root, SentItems
+from exchangelib.folders import (
+    Calendar,
+    Contacts,
+    FolderCollection,
+    Inbox,
+    MsgFolderRoot,
+    Root,
+    SentItems,
+    Tasks,
+)
+from exchangelib.indexed_properties import PhoneNumber
 from exchangelib.properties import DistinguishedFolderId, FolderId
 from exchangelib.protocol import BaseProtocol
 from exchangelib.protocol import Protocol as EwsProtocol
 from exchangelib.services import CreateFolder, UpdateFolder
 from oauthlib.oauth2 import WebApplicationClient
 
-from engine.act import ACT_CLAIM_FOLDER, ACT_ORG_ID_NAME, ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME
+from engine.act import (
+    ACT_CLAIM_FOLDER,
+    ACT_CRM_ID_NAME,
+    ACT_ORG_ID_NAME,
+    ACT_PROPERTY_SET_ID,
+    ACT_STAMPED_ON_NAME,
+    contact_display_name,
+    task_status,
+)
 from engine.clock import RealClock
 from engine.errors import ExchangeError, SyncError
-from engine.ports import ActOrgClaim, ItemProperties, OutgoingMessage, SendResult, TokenSource
+from engine.ports import (
+    ACT_FOLDERS,
+    ActChanges,
+    ActItem,
+    ActOrgClaim,
+    ItemProperties,
+    OutgoingMessage,
+    SendResult,
+    TokenSource,
+)
 
 T = TypeVar("T")
 
@@ -130,7 +163,8 @@ ITEM_FIELDS = (
 )
 MISSING_SENDER = "the From header is missing or holds no address"
 _FOLDER_CLASSES: dict[str, type] = {"root": Root, "inbox": Inbox, "sentitems": SentItems,
-                                    ACT_CLAIM_FOLDER: MsgFolderRoot}
+                                    ACT_CLAIM_FOLDER: MsgFolderRoot, "calendar": Calendar, "contacts": Contacts,
+                                    "tasks": Tasks}
 
 
 # -- the ACT organization claim as exchangelib extended properties ------------------------------------
@@ -166,6 +200,102 @@ def register_act_claim_fields() -> None:
 
 
 register_act_claim_fields()
+
+
+# -- ACT items (appointments, contacts, tasks) as exchangelib items ------------------------------------
+class ActCrmIdProperty(ExtendedProperty):
+    """The id of the CRM row an item was made from (a copy of the item carries it too)."""
+
+    property_set_id = ACT_PROPERTY_SET_ID
+    property_name = ACT_CRM_ID_NAME
+    property_type = "String"
+
+
+ACT_CRM_ID_FIELD = "sss_act_crm_id"
+ACT_ITEM_CLASSES: dict[str, type] = {"appointment": CalendarItem, "contact": Contact, "task": Task}
+# ACT field -> exchangelib field (telephone1: the BusinessPhone entry of phone_numbers)
+ACT_ITEM_FIELDS = {
+    "appointment": {"subject": "subject", "location": "location", "scheduledstart": "start", "scheduledend": "end",
+                    "isalldayevent": "is_all_day", "freebusy": "legacy_free_busy_status",
+                    "reminderset": "reminder_is_set", "requiredattendees": "required_attendees",
+                    "optionalattendees": "optional_attendees"},
+    "contact": {"firstname": "given_name", "lastname": "surname", "jobtitle": "job_title",
+                "telephone1": "phone_numbers"},
+    "task": {"subject": "subject", "description": "body", "scheduledend": "due_date",
+             "percentcomplete": "percent_complete"},
+}
+ACT_READ_FIELDS = {kind: [*names.values(), "categories", "last_modified_time", ACT_CRM_ID_FIELD]
+                   for kind, names in ACT_ITEM_FIELDS.items()}
+
+
+def register_act_item_fields() -> None:
+    """Register the CRM id property on the calendar item, contact and task classes (once)."""
+    with _REGISTER_LOCK:
+        for cls in ACT_ITEM_CLASSES.values():
+            try:
+                cls.get_field_by_fieldname(ACT_CRM_ID_FIELD)
+            except InvalidField:
+                cls.register(ACT_CRM_ID_FIELD, ActCrmIdProperty)
+
+
+register_act_item_fields()
+
+
+def _ews_time(value: datetime) -> EWSDateTime:
+    when = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return EWSDateTime.from_datetime(when.astimezone(UTC)).astimezone(EWS_UTC)
+
+
+def act_values(kind: str, fields: dict[str, object]) -> dict[str, Any]:
+    """exchangelib field values for ACT fields."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        target = ACT_ITEM_FIELDS[kind].get(name)
+        if target is None:
+            continue
+        if value == "":
+            value = None
+        if kind == "contact" and name == "telephone1":
+            value = [PhoneNumber(label="BusinessPhone", phone_number=str(value))] if value else None
+        elif name in ("requiredattendees", "optionalattendees"):
+            value = [Attendee(mailbox=Mailbox(email_address=str(a)), response_type="Unknown")
+                     for a in value] if value else None
+        elif kind == "task" and name == "scheduledend":
+            value = EWSDate(value.year, value.month, value.day) if isinstance(value, datetime) else None
+        elif kind == "task" and name == "percentcomplete":
+            out["status"] = task_status(int(value or 0))
+            value = Decimal(int(value or 0))
+        elif isinstance(value, datetime):
+            value = _ews_time(value)
+        out[target] = value
+    return out
+
+
+def act_item_of(kind: str, item: Any) -> ActItem:
+    """An exchangelib calendar item, contact or task as ACT reads it."""
+    fields: dict[str, object] = {}
+    for name, source in ACT_ITEM_FIELDS[kind].items():
+        value = getattr(item, source, None)
+        if kind == "contact" and name == "telephone1":
+            value = next((p.phone_number for p in value or () if p.label == "BusinessPhone"), None)
+        elif name in ("requiredattendees", "optionalattendees"):
+            found = sorted((a.mailbox.email_address or "").lower() for a in value or () if a.mailbox is not None)
+            value = tuple(a for a in found if a) or None
+        elif kind == "task" and name == "scheduledend":
+            value = datetime(value.year, value.month, value.day, tzinfo=UTC) if value is not None else None
+        elif kind == "task" and name == "percentcomplete":
+            value = int(value or 0)
+        elif name == "isalldayevent":
+            value = bool(value)
+        elif name == "reminderset":
+            value = None if value is None else bool(value)
+        elif isinstance(value, datetime):
+            value = _utc(value)
+        elif value is not None:
+            value = str(value) or None
+        fields[name] = value
+    return ActItem(kind, fields, item.id, item.changekey, tuple(item.categories or ()),
+                   getattr(item, ACT_CRM_ID_FIELD, None) or None, _utc(getattr(item, "last_modified_time", None)))
 
 
 EwsUrl = str | Callable[[str], Awaitable[str]]
@@ -733,6 +863,61 @@ class EwsExchange:
             return ActOrgClaim(org_id, stamp)
 
         return await self._call(mailbox, write)
+
+    # -- ACT items ---------------------------------------------------------------------------------
+    async def act_changes(self, mailbox: str, kind: str, sync_state: str | None) -> ActChanges:
+        def sync(account: Account) -> ActChanges:
+            folder = self._new_folder(account, account.primary_smtp_address, ACT_FOLDERS[kind])
+            changed: dict[str, ActItem] = {}
+            deleted: list[str] = []
+            for change, item in folder.sync_items(sync_state=sync_state or None, only_fields=ACT_READ_FIELDS[kind]):
+                if isinstance(item, Exception):
+                    raise item
+                if change in ("create", "update"):
+                    if isinstance(item, ACT_ITEM_CLASSES[kind]):
+                        changed[item.id] = act_item_of(kind, item)
+                elif change == "delete":
+                    changed.pop(item.id, None)
+                    deleted.append(item.id)
+            return ActChanges(list(changed.values()), deleted, folder.item_sync_state)
+
+        return await self._call(mailbox, sync)
+
+    async def create_act_item(self, mailbox: str, item: ActItem) -> ActItem:
+        def create(account: Account) -> ActItem:
+            folder = self._distinguished(account, ACT_FOLDERS[item.kind])
+            values = {k: v for k, v in act_values(item.kind, item.fields).items() if v is not None}
+            if item.kind == "contact":  # a contact's display name is made from its names when it is saved
+                values["display_name"] = contact_display_name(item.fields)
+            made = ACT_ITEM_CLASSES[item.kind](account=account, folder=folder, **values)
+            if item.categories:
+                made.categories = list(item.categories)
+            if item.crm_id is not None:
+                setattr(made, ACT_CRM_ID_FIELD, item.crm_id)
+            made.save()
+            return ActItem(item.kind, dict(item.fields), made.id, made.changekey, item.categories, item.crm_id)
+
+        return await self._call(mailbox, create)
+
+    async def update_act_item(self, mailbox: str, item: ActItem) -> ActItem:
+        def change(account: Account) -> ActItem:
+            cls = ACT_ITEM_CLASSES[item.kind]
+            values = act_values(item.kind, item.fields)
+            target = cls(account=account, folder=self._distinguished(account, ACT_FOLDERS[item.kind]),
+                         id=item.item_id, changekey=None)
+            fetched = list(account.fetch(ids=[(item.item_id, None)], only_fields=["changekey"]))
+            if not fetched or isinstance(fetched[0], Exception):
+                raise fetched[0] if fetched else ExchangeError("ErrorItemNotFound", f"item {item.item_id!r}")
+            target.changekey = fetched[0].changekey
+            for name, value in values.items():
+                setattr(target, name, value)
+            if item.crm_id is not None:
+                setattr(target, ACT_CRM_ID_FIELD, item.crm_id)
+                values[ACT_CRM_ID_FIELD] = item.crm_id
+            target.save(update_fields=list(values))
+            return ActItem(item.kind, dict(item.fields), target.id, target.changekey, item.categories, item.crm_id)
+
+        return await self._call(mailbox, change)
 
     # -- lifetime ------------------------------------------------------------------------------
     async def ews_url_for(self, mailbox: str) -> str | None:

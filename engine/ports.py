@@ -279,6 +279,119 @@ class ItemError:
     errorname: str
     detail: str = ""
     objectid: str | None = None
+    objecttypecode: str = "email"  # or an ACT table: appointment, contact, task
+
+
+# -- appointments, contacts and tasks (SPEC 3.6) --------------------------------------------------
+# The three ACT tables, and the Exchange folder each one syncs with.
+ACT_FOLDERS = {"appointment": "calendar", "contact": "contacts", "task": "tasks"}
+# The fields ACT synchronizes, named as the CRM columns (the Exchange ports translate them):
+# appointment: subject, location, scheduledstart, scheduledend (aware UTC datetimes), isalldayevent,
+# freebusy and reminderset (see ACT_DIRECTIONS);
+# contact: firstname, lastname, jobtitle, telephone1 (the business phone); task: subject, description,
+# scheduledend (the due date: a day, as midnight UTC), percentcomplete (0-100; 100 is completed).
+ACT_FIELDS = {
+    "appointment": ("subject", "location", "scheduledstart", "scheduledend", "isalldayevent", "freebusy",
+                    "reminderset", "requiredattendees", "optionalattendees"),
+    "contact": ("firstname", "lastname", "jobtitle", "telephone1"),
+    "task": ("subject", "description", "scheduledend", "percentcomplete"),
+}
+# Fields that go one way only (the others sync both ways): an appointment's free/busy status ("Free" when
+# Completed or Canceled, else "Busy") and whether Exchange reminds of it (not when Completed, Canceled, or
+# started more than 7 days ago) are derived from the CRM row and only written to Exchange.
+# The attendees of an appointment (its activity parties 5 and 6, as sorted tuples of addresses; None: none)
+# go one way too: a meeting in Exchange shows who the CRM invited.
+ACT_DIRECTIONS = {("appointment", "freebusy"): "ToExchange", ("appointment", "reminderset"): "ToExchange",
+                  ("appointment", "requiredattendees"): "ToExchange",
+                  ("appointment", "optionalattendees"): "ToExchange"}
+ACT_DERIVED = frozenset(name for _, name in ACT_DIRECTIONS)  # no CRM column holds them
+TRACKED_CATEGORY = "Tracked to Dynamics 365"  # an Exchange item with it becomes a CRM row
+
+
+@dataclass(slots=True)
+class ActItem:
+    """An Exchange calendar item, contact or task as ACT reads and writes it."""
+
+    kind: str  # appointment | contact | task
+    fields: dict[str, object]  # ACT_FIELDS of the kind (missing or None: empty)
+    item_id: str = ""
+    change_key: str = ""
+    categories: tuple[str, ...] = ()
+    crm_id: str | None = None  # the CRM row the item was made from (a copy of the item carries it too)
+    modified: datetime | None = None  # Exchange's last modification time
+
+
+@dataclass(slots=True)
+class ActChanges:
+    """What changed in one ACT folder since a sync state (SyncFolderItems semantics)."""
+
+    changed: list[ActItem]  # created or updated, as they are now
+    deleted: list[str]  # item ids
+    sync_state: str
+
+
+@dataclass(slots=True)
+class ActRecord:
+    """A CRM appointment, contact or task row as ACT sees it."""
+
+    kind: str
+    crm_id: str
+    fields: dict[str, object]
+    versionnumber: int
+    modifiedon: datetime | None
+    ownerid: str | None
+    organizer: str | None = None  # appointments: the organizer's user id
+    statecode: int = 0
+
+
+@dataclass(slots=True)
+class ActLink:
+    """An item-level mapping row of ACT: a CRM row linked to an Exchange item."""
+
+    kind: str
+    crm_id: str
+    item_id: str
+    change_key: str
+    crmversion: int
+    fields: dict[str, object]  # the fields as last synced: the base of the field by field merge
+    organizer: str | None = None  # as last synced (a CRM delete is decided on it)
+    ownerid: str | None = None
+    direction: str | None = None  # ToExchange, ToCrm, Both
+    conflict: str | None = None
+
+
+@dataclass(slots=True)
+class ActSnapshot:
+    """What the CRM holds for one mailbox's ACT cycle."""
+
+    userid: str
+    rows: dict[str, ActRecord]  # the rows matching the user's active sync filters, by CRM id
+    links: list[ActLink]
+    unmatched: dict[str, ActRecord | None]  # linked rows that match no filter now (None: deleted)
+    sync_states: dict[str, str]  # table -> Exchange sync state of its folder
+
+
+@dataclass(slots=True)
+class ActCreate:
+    """A CRM row to create from a tracked Exchange item, and its link (the CRM id is filled in)."""
+
+    kind: str
+    fields: dict[str, object]
+    link: ActLink
+
+
+@dataclass(slots=True)
+class ActCommit:
+    """Everything one ACT cycle writes to the CRM, in one transaction."""
+
+    updates: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)  # (kind, crm id, fields)
+    creates: list[ActCreate] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)  # (kind, crm id)
+    links: list[ActLink] = field(default_factory=list)  # links new or changed (an updated row's version is
+    # taken after its update)
+    unlinked: list[str] = field(default_factory=list)  # Exchange item ids whose links are dropped
+    sync_states: dict[str, str] = field(default_factory=dict)
+    errors: list[ItemError] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -317,6 +430,14 @@ class CrmPort(Protocol):
     def record_item_errors(self, errors: list[ItemError]) -> None: ...
 
     def write_alerts(self, alerts: list[Alert]) -> None: ...
+
+    def act_snapshot(self, mailbox: MailboxWork) -> ActSnapshot: ...
+
+    def act_new_id(self) -> str:
+        """The id the next row made from an Exchange item will have (stamped on the item first)."""
+        ...
+
+    def act_commit(self, mailbox: MailboxWork, commit: ActCommit) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +480,19 @@ class ExchangePort(Protocol):
 
     async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
         """Stamp ``org_id`` (and the time now) on the Exchange mailbox, replacing any claim."""
+        ...
+
+    async def act_changes(self, mailbox: str, kind: str, sync_state: str | None) -> ActChanges:
+        """The items of the kind's default folder created, updated or deleted since ``sync_state``
+        (None: from the start, every item as created), and the state to pass next time."""
+        ...
+
+    async def create_act_item(self, mailbox: str, item: ActItem) -> ActItem:
+        """Save a calendar item, contact or task in its default folder; the item as stored."""
+        ...
+
+    async def update_act_item(self, mailbox: str, item: ActItem) -> ActItem:
+        """Set the given fields (and CRM id) of the item ``item.item_id``; the item as stored."""
         ...
 
 

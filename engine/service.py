@@ -67,6 +67,10 @@ class EngineStats:
     errors: Counter = field(default_factory=Counter)  # by code
     disabled: int = 0
     tests: int = 0  # scheduled Test & Enable runs (a test put off by a transient error, run again)
+    act_to_exchange: int = 0  # ACT items created, updated or deleted in Exchange
+    act_to_crm: int = 0  # ACT rows created, updated or deleted in the CRM
+    act_conflicts: int = 0  # items changed on both sides (SPEC 10.3)
+    act_failed: int = 0  # item-level ACT failures
 
 
 _FIELDS = WORKLOAD_COLUMNS
@@ -109,7 +113,8 @@ _NAMES = {w: w.name for w in Workload}  # Enum.name is a property: slow on the h
 
 def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: ProfileSettings | None,
                   org: OrgSettings) -> None:
-    """Derive `postponemailboxprocessinguntil` and `mailboxstatus` from the workload columns."""
+    """Derive `postponemailboxprocessinguntil` and `mailboxstatus` (incoming, outgoing and ACT) from the
+    workload columns."""
     due = None
     for workload, f in _EMAIL_FIELDS:
         if eligible(workload, mailbox, values, profile, org):
@@ -132,9 +137,10 @@ def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: Prof
     values["postponemailboxprocessinguntil"] = due
     s_in = values.get("incomingemailstatus", mailbox.incomingemailstatus)
     s_out = values.get("outgoingemailstatus", mailbox.outgoingemailstatus)
-    if s_in == _FAILURE or s_out == _FAILURE:
+    s_act = values.get("actstatus", mailbox.actstatus)  # SPEC 3.6: the sum of the three workloads
+    if _FAILURE in (s_in, s_out, s_act):
         values["mailboxstatus"] = _FAILURE
-    elif s_in == _SUCCESS or s_out == _SUCCESS:
+    elif _SUCCESS in (s_in, s_out, s_act):
         values["mailboxstatus"] = _SUCCESS
     else:
         values["mailboxstatus"] = _NOT_RUN
@@ -374,9 +380,11 @@ class SyncService:
                 self._note_outgoing(mailbox, result)
                 error = result.error
             else:
-                act = await run_act(exchange, org, mailbox)
+                act = await run_act(exchange, org, mailbox, self.crm, self.clock.now())
                 found = act.found > 0
                 error = act.error
+                alerts.extend(act.alerts)
+                self._note_act(mailbox, act)
         except SyncError as exc:
             error = exc
         except Exception as exc:  # a bug or an unexpected answer must not crash the cycle
@@ -418,6 +426,15 @@ class SyncService:
             if self.events is not None:
                 self._log(item.received.isoformat(), "item", mailbox.emailaddress, item.item_id,
                           outcome.kind.name, outcome.reason, outcome.activityid)
+
+    def _note_act(self, mailbox: MailboxWork, result) -> None:
+        st = self.stats
+        st.act_to_exchange += result.to_exchange
+        st.act_to_crm += result.to_crm
+        st.act_conflicts += result.conflicts
+        st.act_failed += result.failed
+        if self.events is not None and result.found:
+            self._log("act", mailbox.emailaddress, result.to_exchange, result.to_crm, result.conflicts, result.failed)
 
     def _note_outgoing(self, mailbox: MailboxWork, result) -> None:
         self.stats.emails_sent += result.sent

@@ -938,3 +938,162 @@ def profile_deactivate(profile: str = typer.Option(..., "--profile", help="The p
                        as_user: str = _as_option(), db: str = _db_option()) -> None:
     """Deactivate a profile: none of its mailboxes is processed while it is inactive."""
     _profile_state(profile, as_user, db, False)
+
+
+# ------------------------------------------------------------------------------ ACT rows (SPEC 3.6)
+act_app = typer.Typer(no_args_is_help=True, help="Appointments, contacts and tasks of the CRM (synced by ACT).")
+app.add_typer(act_app, name="act")
+_ACT_DERIVED: dict[str, str | None] = {option: option for option in (
+    "--kind", "--id", "--organizer", "--attendee", "--subject", "--location", "--start", "--end", "--all-day",
+    "--first-name", "--last-name", "--job-title", "--phone", "--description", "--due", "--percent", "--type")}
+
+
+def _act_options(subject, location, start, end, all_day, first_name, last_name, job_title, phone, description,
+                 due, percent, task_type) -> dict[str, object]:
+    return {"--subject": subject, "--location": location, "--start": start, "--end": end, "--all-day": all_day,
+            "--first-name": first_name, "--last-name": last_name, "--job-title": job_title, "--phone": phone,
+            "--description": description, "--due": due, "--percent": percent, "--type": task_type}
+
+
+def _act_row_options():
+    """The typer options of a row's fields (shared by add and update)."""
+    return dict(
+        subject=typer.Option(None, "--subject"), location=typer.Option(None, "--location"),
+        start=typer.Option(None, "--start", help="Appointment start, ISO 8601 (UTC unless an offset is given)."),
+        end=typer.Option(None, "--end", help="Appointment end."),
+        all_day=typer.Option(None, "--all-day/--not-all-day"),
+        first_name=typer.Option(None, "--first-name"), last_name=typer.Option(None, "--last-name"),
+        job_title=typer.Option(None, "--job-title"), phone=typer.Option(None, "--phone", help="Business phone."),
+        description=typer.Option(None, "--description"), due=typer.Option(None, "--due", help="Task due date."),
+        percent=typer.Option(None, "--percent", help="Task percent complete, 0-100 (100: completed)."),
+        task_type=typer.Option(None, "--type", help="task, fax, letter or phonecall."),
+    )
+
+
+_O = _act_row_options()
+
+
+@act_app.command("add")
+def act_add(
+    kind: str = typer.Option(..., "--kind", help="appointment, contact or task."),
+    organizer: str | None = typer.Option(None, "--organizer", help="Appointment organizer (a user; default the "
+                                         "owner; none: no organizer, which ACT refuses to sync)."),
+    attendee: list[str] = typer.Option([], "--attendee", help="A required attendee (a user; repeatable)."),
+    subject: str | None = _O["subject"], location: str | None = _O["location"], start: str | None = _O["start"],
+    end: str | None = _O["end"], all_day: bool | None = _O["all_day"], first_name: str | None = _O["first_name"],
+    last_name: str | None = _O["last_name"], job_title: str | None = _O["job_title"], phone: str | None = _O["phone"],
+    description: str | None = _O["description"], due: str | None = _O["due"], percent: str | None = _O["percent"],
+    task_type: str | None = _O["task_type"],
+    as_user: str = typer.Option(..., "--as", metavar="USER", help="The CRM user who creates (and owns) the row."),
+    db: str = _db_option(),
+) -> None:
+    """Create an appointment, contact or task as a CRM user (its owner)."""
+    from simulator.crm import act_sync
+
+    with _Refused(derived=_ACT_DERIVED):
+        fields = act_sync.user_fields(kind, _act_options(subject, location, start, end, all_day, first_name,
+                                                         last_name, job_title, phone, description, due, percent,
+                                                         task_type))
+        if kind != "appointment" and (organizer or attendee):
+            raise ValidationError(f"a {kind} has no organizer or attendees", "--organizer" if organizer else
+                                  "--attendee")
+        act_sync.check_times(fields)
+
+        def action(ws):
+            owner = ws.admin.user_id(as_user)
+            people: dict[str, int] = {}
+            if kind == "appointment":
+                fields["organizer"] = owner if organizer is None else None if organizer == "none" else \
+                    _act_user(ws, organizer, "--organizer")
+                people = {_act_user(ws, a, "--attendee"): 5 for a in attendee}
+            crm_id = ws.sb.crm.ids.new()
+            with ws.sb.db.begin() as conn:
+                act_sync.create_row(conn, kind, crm_id, owner, fields, ws.sb.clock.now(), people)
+            return crm_id
+        crm_id = _in_sandbox(db, action)
+    _say(f"{kind.capitalize()} {crm_id} created; the owner's next ACT cycle brings it to Exchange.")
+
+
+def _act_user(ws, who: str, option: str) -> str:
+    try:
+        return ws.admin.user_id(who)
+    except AdminError as exc:
+        raise ValidationError(str(exc), option) from None
+
+
+@act_app.command("update")
+def act_update(
+    crm_id: str = typer.Option(..., "--id", help="The appointment, contact or task id."),
+    subject: str | None = _O["subject"], location: str | None = _O["location"], start: str | None = _O["start"],
+    end: str | None = _O["end"], all_day: bool | None = _O["all_day"], first_name: str | None = _O["first_name"],
+    last_name: str | None = _O["last_name"], job_title: str | None = _O["job_title"], phone: str | None = _O["phone"],
+    description: str | None = _O["description"], due: str | None = _O["due"], percent: str | None = _O["percent"],
+    task_type: str | None = _O["task_type"],
+    as_user: str = typer.Option(..., "--as", metavar="USER", help="The CRM user who makes the change."),
+    db: str = _db_option(),
+) -> None:
+    """Change fields of an appointment, contact or task as a CRM user (a new version of the row)."""
+    from simulator.crm import act_sync
+
+    options = _act_options(subject, location, start, end, all_day, first_name, last_name, job_title, phone,
+                           description, due, percent, task_type)
+    with _Refused(derived=_ACT_DERIVED):
+        if all(v is None for v in options.values()):
+            raise ValidationError("give at least one field to change (e.g. --subject)", "--id")
+
+        def action(ws):
+            ws.admin.user_id(as_user)
+            with ws.sb.db.begin() as conn:
+                found = act_sync.find_row(conn, crm_id)
+                if found is None:
+                    raise ValidationError(f"{crm_id!r} is no appointment, contact or task", "--id")
+                kind, current = found
+                fields = act_sync.user_fields(kind, options)
+                act_sync.check_times(fields, current)
+                return kind, act_sync.update_row(conn, kind, crm_id, fields, ws.sb.clock.now())
+        kind, version = _in_sandbox(db, action)
+    _say(f"{kind.capitalize()} {crm_id} changed (version {version}).")
+
+
+@act_app.command("delete")
+def act_delete(
+    crm_id: str = typer.Option(..., "--id", help="The appointment, contact or task id."),
+    as_user: str = typer.Option(..., "--as", metavar="USER", help="The CRM user who deletes it."),
+    db: str = _db_option(),
+) -> None:
+    """Delete an appointment, contact or task as a CRM user (ACT's delete rules decide about Exchange)."""
+    from simulator.crm import act_sync
+
+    with _Refused(derived=_ACT_DERIVED):
+        def action(ws):
+            ws.admin.user_id(as_user)
+            with ws.sb.db.begin() as conn:
+                found = act_sync.find_row(conn, crm_id)
+                if found is None:
+                    raise ValidationError(f"{crm_id!r} is no appointment, contact or task", "--id")
+                act_sync.delete_row(conn, found[0], crm_id)
+                return found[0]
+        kind = _in_sandbox(db, action)
+    _say(f"{kind.capitalize()} {crm_id} deleted.")
+
+
+@act_app.command("links")
+def act_links(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
+    """The ACT item-level mappings: CRM row, Exchange item, last direction and conflict."""
+    from simulator.crm import act_sync
+
+    with _Refused():
+        def action(ws):
+            with ws.sb.db.connect() as conn:
+                return act_sync.links(conn)
+        rows = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="ACT links")
+    for col in ("table", "CRM id", "Exchange item", "last change", "conflict"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["objecttypecode"], r["objectid"], r["exchangeentryid"], r["lastchangedirection"] or "",
+                      r["conflictnote"] or "")
+    Console(highlight=False).print(table)

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from engine.clock import parse_instant
 from engine.errors import KNOWN_ERRORS
 from simulator.crm.db import sqlite_url
-from simulator.crm.models import ExchangeSyncIdMapping, Mailbox
+from simulator.crm.models import ActSyncMapping, ExchangeSyncIdMapping, Mailbox
 from simulator.crm.outcomes import mail_outcomes
 from simulator.sandbox import DEFAULT_START, Sandbox
 from simulator.traffic import Party, TrafficMix, TrafficPlan
@@ -105,7 +105,7 @@ class Demo:
         await admin.test_and_enable("dana", ids)
         # Mail that is already in the mailboxes, some of it from before the "process email from" date.
         self.plan = TrafficPlan(sb, random.Random(f"traffic-{self.seed}"), users=users, queues=queues,
-                                contacts=contacts, mix=TrafficMix())
+                                contacts=contacts, mix=TrafficMix(), act_per_user_day=4.0)
         start = sb.clock.now()
         self.plan.schedule(start, start + timedelta(hours=self.hours), process_from=process_from)
         # One mailbox loses Exchange access for good; one is busy for a few calls.
@@ -122,6 +122,7 @@ class Demo:
         X, M = ExchangeSyncIdMapping.__table__, Mailbox.__table__
         with self.sb.db.connect() as conn:
             outcomes = mail_outcomes(conn)
+            act_links = conn.execute(select(func.count()).select_from(ActSyncMapping.__table__)).scalar()
             item_details = dict(conn.execute(select(X.c.lastsyncerror, func.min(X.c.lastsyncerrordetail))
                                              .group_by(X.c.lastsyncerror)).all())
             mailboxes = conn.execute(select(
@@ -162,6 +163,8 @@ class Demo:
             "process_email_from": self.process_from.isoformat() if self.process_from else None,
             "emails_before_process_from": self.plan.counts.get("old", 0),
             "traffic": dict(sorted(self.plan.counts.items())),
+            "act": {"to_exchange": stats.act_to_exchange, "to_crm": stats.act_to_crm,
+                    "conflicts": stats.act_conflicts, "failed": stats.act_failed, "links": act_links},
             "simulated_seconds": int(self.hours * 3600),
             "wall_seconds": round(wall_seconds, 3),
         }
@@ -200,6 +203,12 @@ def print_summary(console: Console, s: dict) -> None:
     totals.add_row("still pending send", str(s["emails_pending_send"]))
     totals.add_row("failed to send", str(s["emails_failed_to_send"]))
     console.print(totals)
+    act = s.get("act")
+    if act:
+        made = sum(n for k, n in s["traffic"].items() if k.startswith("act_"))
+        console.print(f"[bold]Appointments, contacts and tasks:[/bold] {made} made or changed by users; "
+                      f"{act['to_exchange']} synced to Exchange, {act['to_crm']} to the CRM, "
+                      f"{act['conflicts']} conflict(s), {act['failed']} failed; {act['links']} linked items.")
     if s.get("process_email_from"):
         when = parse_instant(s["process_email_from"]).strftime("%Y-%m-%d %H:%M")
         n = s["emails_before_process_from"]

@@ -21,7 +21,18 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from engine.clock import as_utc
-from simulator.crm.models import Email, EmailServerProfile, ExchangeSyncIdMapping, Mailbox, Queue, TraceLog
+from engine.ports import ACT_FOLDERS, ActItem
+from simulator.crm import act_sync
+from simulator.crm.models import (
+    ActSyncMapping,
+    Email,
+    EmailServerProfile,
+    ExchangeSyncIdMapping,
+    Mailbox,
+    Queue,
+    TraceLog,
+)
+from simulator.exchange.direct import act_item, change_act_item, save_act_item
 from simulator.exchange.mime import MessageData
 from simulator.sandbox import DEFAULT_START, Sandbox
 
@@ -151,6 +162,62 @@ class Org:
         t = EmailServerProfile.__table__
         with self.sb.db.begin() as conn:
             conn.execute(update(t).where(t.c.emailserverprofileid == self.profile_id).values(**values))
+
+    # -- appointments, contacts and tasks (ACT) ------------------------------------------------
+    def act_add(self, kind: str, owner: str, attendees: dict[str, int] | None = None, **fields: Any) -> str:
+        """A CRM appointment, contact or task owned by the user ``owner`` (an address), made as a user
+        makes it; an appointment's organizer is the owner unless ``organizer`` says otherwise (None:
+        none). ``attendees``: address -> participation type (5 required, 6 optional). Its id."""
+        crm_id = self.sb.crm.ids.new()
+        uid = self.users[owner]
+        if kind == "appointment":
+            fields.setdefault("organizer", uid)
+            fields["organizer"] = self.users.get(fields["organizer"], fields["organizer"])
+        with self.sb.db.begin() as conn:
+            act_sync.create_row(conn, kind, crm_id, uid, fields, self.sb.clock.now(),
+                                {self.users[a]: m for a, m in (attendees or {}).items()})
+        return crm_id
+
+    def act_update(self, kind: str, crm_id: str, **fields: Any) -> None:
+        with self.sb.db.begin() as conn:
+            assert act_sync.update_row(conn, kind, crm_id, fields, self.sb.clock.now()) is not None, crm_id
+
+    def act_delete(self, kind: str, crm_id: str) -> None:
+        with self.sb.db.begin() as conn:
+            assert act_sync.delete_row(conn, kind, crm_id), crm_id
+
+    def act_row(self, kind: str, crm_id: str) -> dict | None:
+        table, key = act_sync.TABLES[kind]
+        with self.sb.db.connect() as conn:
+            row = conn.execute(select(table).where(key == crm_id)).mappings().first()
+        return dict(row) if row is not None else None
+
+    def act_rows(self, kind: str) -> list[dict]:
+        table, _ = act_sync.TABLES[kind]
+        with self.sb.db.connect() as conn:
+            return [dict(r) for r in conn.execute(select(table)).mappings()]
+
+    def act_links(self, address: str | None = None) -> list[ActSyncMapping]:
+        with Session(self.sb.db) as s:
+            q = select(ActSyncMapping).order_by(ActSyncMapping.actsyncmappingid)
+            if address is not None:
+                q = q.where(ActSyncMapping.mailboxid == self.mailboxes[address])
+            return list(s.exec(q).all())
+
+    def exchange_items(self, address: str, kind: str) -> list[ActItem]:
+        """The calendar items, contacts or tasks of a mailbox's default folder, as ACT reads them."""
+        folder = self.sb.store.mailbox(address).folder(ACT_FOLDERS[kind])
+        return [act_item(kind, item) for item in folder.items.values()]
+
+    def exchange_add(self, address: str, kind: str, categories: tuple[str, ...] = (), **fields: Any) -> str:
+        """An item made in Exchange as a user makes it (the store directly); its id."""
+        return save_act_item(self.sb.store, address, ActItem(kind, fields, categories=categories)).item_id
+
+    def exchange_edit(self, address: str, kind: str, item_id: str, **fields: Any) -> None:
+        change_act_item(self.sb.store, address, ActItem(kind, fields, item_id))
+
+    def exchange_delete(self, address: str, item_id: str) -> None:
+        self.sb.store.delete(address, item_id)
 
     # -- acting --------------------------------------------------------------------------------
     def deliver(self, message: MessageData | bytes, recipients: list[str] | None = None,

@@ -15,7 +15,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from engine.ports import ACT_FOLDERS, TRACKED_CATEGORY, ActItem
+from simulator.crm import act_sync
 from simulator.crm.models import Email, EmailStatus
+from simulator.exchange.direct import change_act_item, save_act_item
 from simulator.exchange.mime import MessageData
 
 SUBJECTS = (
@@ -52,7 +55,11 @@ class TrafficPlan:
     """Schedules seeded traffic on a sandbox between ``start`` and ``end``."""
 
     def __init__(self, sandbox, rng: random.Random, *, users: list[Party], queues: list[Party],
-                 contacts: list[str], mix: TrafficMix | None = None, domain: str = "fabrikam.example") -> None:
+                 contacts: list[str], mix: TrafficMix | None = None, domain: str = "fabrikam.example",
+                 act_per_user_day: float = 0.0) -> None:
+        # act_per_user_day: appointments, contacts and tasks made or changed per user per day, in the CRM or
+        # in Exchange (0: none; its choices come from a generator of their own, so mail traffic stays the same)
+        self.act_per_user_day = act_per_user_day
         self.sb = sandbox
         self.rng = rng
         self.users = users
@@ -109,6 +116,16 @@ class TrafficPlan:
             if mailboxes:
                 box = self.rng.choice(mailboxes)
                 self.sb.at(start + timedelta(seconds=self.rng.uniform(0, span)), self._malformed(box.address))
+        if self.act_per_user_day > 0 and self.users:
+            # seeded from where the plan's generator stands, without drawing from it (mail stays the same)
+            self.act_rng = random.Random("act-" + repr(self.rng.getstate()))
+            main, self.rng = self.rng, self.act_rng
+            try:
+                for user in self.users:
+                    for when in self._times(start, end, self.act_per_user_day):
+                        self.sb.at(when, self._act(user))
+            finally:
+                self.rng = main
 
     # -- the events ------------------------------------------------------------------------
     def _data(self, sender: str, to: str, subject: str | None = None) -> MessageData:
@@ -167,3 +184,54 @@ class TrafficPlan:
             self._count("reply")
             self.sb.deliver(data, [sender])
         return run
+
+    # -- appointments, contacts and tasks (ACT) --------------------------------------------------------
+    def _act(self, user: Party):
+        """One change a user makes: a meeting, contact or task made in the CRM or (tracked) in Outlook, or
+        a field of an existing one changed on either side."""
+        def run() -> None:
+            rng = self.act_rng
+            now = self.sb.clock.now()
+            kind = rng.choice(("appointment", "contact", "task"))
+            start = (now + timedelta(days=rng.randint(1, 14))).replace(minute=0, second=0, microsecond=0)
+            fields = {
+                "appointment": {"subject": rng.choice(SUBJECTS), "location": rng.choice(ROOMS),
+                                "scheduledstart": start, "scheduledend": start + timedelta(hours=1)},
+                "contact": {"firstname": rng.choice(FIRST_NAMES), "lastname": rng.choice(LAST_NAMES),
+                            "jobtitle": rng.choice(JOB_TITLES)},
+                "task": {"subject": rng.choice(SUBJECTS), "scheduledend": start, "percentcomplete": 0},
+            }[kind]
+            action = rng.choice(("crm", "crm", "outlook", "edit-crm", "edit-outlook"))
+            text = {"appointment": "location", "contact": "jobtitle", "task": "subject"}[kind]
+            if action == "crm":
+                self._count(f"act_{kind}_crm")
+                if kind == "appointment":
+                    fields["organizer"] = user.userid
+                with self.sb.db.begin() as conn:
+                    act_sync.create_row(conn, kind, self.sb.crm.ids.new(), user.userid, fields, now)
+            elif action == "outlook" and kind != "contact":
+                self._count(f"act_{kind}_outlook")
+                save_act_item(self.sb.store, user.address, ActItem(kind, fields, categories=(TRACKED_CATEGORY,)))
+            elif action == "edit-crm":
+                table, key = act_sync.TABLES[kind]
+                with self.sb.db.begin() as conn:
+                    ids = conn.execute(select(key).where(table.c.ownerid == user.userid).order_by(key)).scalars().all()
+                    if ids:
+                        self._count("act_edit_crm")
+                        value = rng.choice(ROOMS if kind == "appointment" else JOB_TITLES if kind == "contact"
+                                           else SUBJECTS)
+                        act_sync.update_row(conn, kind, rng.choice(ids), {text: value}, now)
+            elif action == "edit-outlook":
+                items = sorted(self.sb.store.mailbox(user.address).folder(ACT_FOLDERS[kind]).items)
+                if items:
+                    self._count("act_edit_outlook")
+                    value = rng.choice(ROOMS if kind == "appointment" else JOB_TITLES if kind == "contact"
+                                       else SUBJECTS)
+                    change_act_item(self.sb.store, user.address, ActItem(kind, {text: value}, rng.choice(items)))
+        return run
+
+
+ROOMS = ("Room 1", "Room 2", "Board room", "Cafe", "Online")
+FIRST_NAMES = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo")
+LAST_NAMES = ("Novak", "Okafor", "Price", "Quinn", "Rossi", "Sato", "Tanaka", "Umar")
+JOB_TITLES = ("Buyer", "Engineer", "Director", "Accountant", "Consultant")

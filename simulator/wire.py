@@ -218,6 +218,15 @@ class ProfilePorts:
     async def set_act_org(self, mailbox, org_id):
         return await self.port(mailbox).set_act_org(mailbox, org_id)
 
+    async def act_changes(self, mailbox, kind, sync_state):
+        return await self.port(mailbox).act_changes(mailbox, kind, sync_state)
+
+    async def create_act_item(self, mailbox, item):
+        return await self.port(mailbox).create_act_item(mailbox, item)
+
+    async def update_act_item(self, mailbox, item):
+        return await self.port(mailbox).update_act_item(mailbox, item)
+
     def close(self) -> None:
         for port in self._ports.values():
             port.close()

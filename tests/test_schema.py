@@ -47,7 +47,7 @@ def test_a_database_of_the_first_layout_is_refused_and_left_as_it_was(tmp_path):
     path = tmp_path / "old.db"
     _first_layout(path)
     before = _dump(path)
-    with pytest.raises(DatabaseError, match=r"older sss-sim \(schema version 1; this one reads version 2\)"):
+    with pytest.raises(DatabaseError, match=rf"older sss-sim \(schema version 1; this one reads version {SCHEMA_VERSION}\)"):
         make_engine(sqlite_url(path))
     assert _dump(path) == before
     with sqlite3.connect(path) as conn:  # no table of the new layout was added

@@ -28,6 +28,7 @@ from simulator.crm.inputs import (
     parse,
 )
 from simulator.crm.models import (
+    DEFAULT_SYNC_FILTERS,
     Account,
     Contact,
     Lead,
@@ -38,6 +39,7 @@ from simulator.crm.models import (
     SystemUser,
     SystemUserRoles,
     TrackSetting,
+    default_filter,
 )
 from simulator.crm.operations import (
     ALL_PRIVILEGES,
@@ -216,6 +218,8 @@ class OrgMixin:
                 raise ValidationError(f"{role_name!r} is not a security role", "roles")
             session.add(SystemUserRoles(systemuserid=user.systemuserid, roleid=role.roleid))
         session.add(self._new_mailbox(org, fullname, email, user.systemuserid, user.systemuserid, "systemuser"))
+        for name, table in DEFAULT_SYNC_FILTERS:  # every user starts with the default sync filters (SPEC 3.6)
+            session.add(default_filter(user.systemuserid, name, table))
         return user.systemuserid
 
     def _address_free(self, session: Session, email: str, field: str) -> None:

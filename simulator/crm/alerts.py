@@ -25,7 +25,7 @@ class AlertsMixin:
         now = self.clock.now()
         for e in errors:
             self._item_rows.append(dict(
-                mailboxid=e.mailboxid, exchangeentryid=e.exchangeentryid, objectid=e.objectid, objecttypecode="email",
+                mailboxid=e.mailboxid, exchangeentryid=e.exchangeentryid, objectid=e.objectid, objecttypecode=e.objecttypecode,
                 itemstate=int(e.state), lastsyncerror=e.errorname, lastsyncerrordetail=e.detail[:2000], retries=0,
                 lastsyncerroroccurredon=now))
 

@@ -5,6 +5,7 @@ Ids are GUID strings derived from the sandbox's seed. Times are stored as UTC.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import IntEnum
 
@@ -167,6 +168,31 @@ class ParticipationType(IntEnum):
     TO = 2
     CC = 3
     BCC = 4
+    REQUIRED = 5  # an appointment's required attendee
+    OPTIONAL = 6  # an appointment's optional attendee
+    ORGANIZER = 7  # an appointment's organizer
+
+
+class AppointmentState(IntEnum):
+    """`appointment.statecode`."""
+
+    OPEN = 0
+    COMPLETED = 1
+    CANCELED = 2
+    SCHEDULED = 3
+
+
+class TaskState(IntEnum):
+    """`task.statecode` (and of the fax, letter and phone call activities kept in the task table)."""
+
+    OPEN = 0
+    COMPLETED = 1
+    CANCELED = 2
+
+
+TASK_ACTIVITY_TYPES = ("task", "fax", "letter", "phonecall")  # synced as Exchange tasks (SPEC 3.6)
+ACT_TABLES = ("appointment", "contact", "task")  # the tables a sync filter returns (returnedtypecode)
+DEFAULT_SYNC_FILTERS = (("My Appointments", "appointment"), ("My Contacts", "contact"), ("My Tasks", "task"))
 
 
 class AsyncState(IntEnum):
@@ -246,6 +272,14 @@ class Contact(SQLModel, table=True):
     contactid: str = Field(primary_key=True)
     fullname: str
     emailaddress1: str | None = Field(default=None, index=True)
+    # the fields ACT synchronizes with an Exchange contact (SPEC 3.6)
+    firstname: str | None = None
+    lastname: str | None = None
+    jobtitle: str | None = None
+    telephone1: str | None = None
+    ownerid: str | None = Field(default=None, index=True)
+    modifiedon: datetime | None = _dt()
+    versionnumber: int = 1  # one more at each change: ACT tells a changed row by it
 
 
 class Account(SQLModel, table=True):
@@ -435,6 +469,98 @@ class ExchangeSyncIdMapping(SQLModel, table=True):
     lastsyncerrordetail: str | None = None
     retries: int = 0
     lastsyncerroroccurredon: datetime | None = _dt()
+
+
+class Appointment(SQLModel, table=True):
+    """An appointment activity (ACT: a calendar item in Exchange). Its organizer and attendees are
+    activity parties (participation types 7, 5 and 6); ``organizer`` repeats the organizer's user id."""
+
+    __tablename__ = "appointment"
+
+    activityid: str = Field(primary_key=True)
+    subject: str = ""
+    location: str | None = None
+    scheduledstart: datetime | None = _dt()
+    scheduledend: datetime | None = _dt()
+    isalldayevent: bool = False
+    organizer: str | None = None  # a systemuser id; None: no organizer (not synchronized)
+    ownerid: str = Field(index=True)
+    statecode: int = AppointmentState.SCHEDULED
+    createdon: datetime | None = _dt()
+    modifiedon: datetime | None = _dt()
+    versionnumber: int = 1
+
+
+class Task(SQLModel, table=True):
+    """A task activity, or a fax, letter or phone call (``activitytypecode``): an Exchange task in ACT."""
+
+    __tablename__ = "task"
+
+    activityid: str = Field(primary_key=True)
+    activitytypecode: str = "task"
+    subject: str = ""
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    scheduledend: datetime | None = _dt()  # the due date
+    actualend: datetime | None = _dt()  # completion
+    percentcomplete: int = 0
+    ownerid: str = Field(index=True)
+    statecode: int = TaskState.OPEN
+    createdon: datetime | None = _dt()
+    modifiedon: datetime | None = _dt()
+    versionnumber: int = 1
+
+
+class UserQuery(SQLModel, table=True):
+    """A sync filter of a user (SPEC 3.6): the rows of ``returnedtypecode`` owned by the user
+    (appointments: organized by or attended by the user). Several active filters of one table are a
+    union; none active: nothing of that table. ``statecode`` 0 active, 1 inactive."""
+
+    __tablename__ = "userquery"
+
+    userqueryid: str = Field(primary_key=True)
+    name: str
+    ownerid: str = Field(index=True)
+    returnedtypecode: str  # appointment | contact | task
+    querytype: int = 256  # an offline/sync filter
+    statecode: int = 0
+
+
+def default_filter(userid: str, name: str, table: str) -> UserQuery:
+    """One of a new user's default sync filters; its id is derived from the user's (so that adding the
+    filters takes nothing from the seeded id sequence every other id comes from)."""
+    return UserQuery(userqueryid=str(uuid.uuid5(uuid.UUID(userid), table)), name=name, ownerid=userid,
+                     returnedtypecode=table)
+
+
+class ActSyncMapping(SQLModel, table=True):
+    """One linked ACT item of a mailbox: the CRM row and the Exchange item, with the CRM version and
+    the Exchange change key last synced, the fields as last synced (JSON: the base of the field by
+    field merge), the side the last change came from and the last conflict's outcome (SPEC 10.3)."""
+
+    __tablename__ = "actsyncmapping"
+    __table_args__ = (Index("ix_actsyncmapping_mailbox_object", "mailboxid", "objectid"),)
+
+    actsyncmappingid: int | None = Field(default=None, primary_key=True)
+    mailboxid: str = Field(index=True)
+    objectid: str  # the CRM row
+    objecttypecode: str  # appointment | contact | task
+    exchangeentryid: str
+    exchangechangekey: str | None = None
+    crmversionnumber: int = 0
+    syncedfields: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    lastchangedirection: str | None = None  # "ToExchange", "ToCrm" or "Both"
+    conflictnote: str | None = Field(default=None, sa_column=Column(Text))
+    lastsyncedon: datetime | None = _dt()
+
+
+class ActSyncState(SQLModel, table=True):
+    """The Exchange sync state of one ACT folder of a mailbox (where SyncFolderItems left off)."""
+
+    __tablename__ = "actsyncstate"
+
+    mailboxid: str = Field(primary_key=True)
+    objecttypecode: str = Field(primary_key=True)  # appointment | contact | task
+    syncstate: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class AsyncOperation(SQLModel, table=True):

@@ -11,6 +11,7 @@ over the SQL database of the fake organization, and the one object every caller 
 - ``activities``: incoming email to activities and parties, draft emails
 - ``sends``: the Send message, pending sends and their outcomes
 - ``alerts``: item error rows, alerts and the profile alert email
+- ``act_sync``: appointments, contacts and tasks for the ACT cycle (rows, sync filters, links)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from engine.clock import Clock
+from simulator.crm.act_sync import ActSyncMixin
 from simulator.crm.activities import ActivitiesMixin
 from simulator.crm.alerts import AlertsMixin
 from simulator.crm.correlation import CorrelationMixin
@@ -65,7 +67,7 @@ class IdFactory:
 
 
 class Platform(StorageMixin, SettingsMixin, DirectoryMixin, LeasingMixin, CorrelationMixin,
-               ActivitiesMixin, SendsMixin, AlertsMixin):
+               ActivitiesMixin, SendsMixin, AlertsMixin, ActSyncMixin):
     """CrmPort over the SQL database of the fake organization."""
 
     def __init__(self, db: Engine, clock: Clock, ids: IdFactory | None = None,

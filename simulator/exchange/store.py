@@ -192,6 +192,7 @@ class Item:
     categories: list[str] = field(default_factory=list)
     is_read: bool = False
     version: int = 0  # how many times the item was updated: its change key changes with it
+    modified: datetime | None = None  # when it was last updated (None: never; LastModifiedTime is then its arrival)
 
     @property
     def item_class(self) -> str:
@@ -415,6 +416,8 @@ class ExchangeStore:
                 item.data = dataclasses.replace(item.data, subject=ev.get("s", item.data.subject),
                                                 body=ev.get("b", item.data.body), kept=kept, **addresses)
             item.version += 1
+            if ev.get("t") is not None:
+                item.modified = _when(ev["t"])
             # a change of the read flag alone is its own kind of change (SyncFolderItems: ReadFlagChange)
             only_read = ev.get("r") is not None and ev.get("c") is None and not {"s", "b", "ks"} & ev.keys()
             mbx.folders[item.folder_id].journal.append(("read" if only_read else "update", item.item_id))
@@ -822,7 +825,7 @@ class ExchangeStore:
         mbx.item(item_id)
         event: dict[str, Any] = {"k": "upd", "a": mbx.address, "i": item_id,
                                  "c": list(dict.fromkeys(categories)) if categories is not None else None,
-                                 "r": is_read}
+                                 "r": is_read, "t": self.clock.now()}
         if subject is not None:
             event["s"] = subject
         if body is not None:
