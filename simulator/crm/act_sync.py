@@ -350,8 +350,8 @@ def user_fields(kind: str, given: dict[str, object]) -> dict[str, object]:
 def check_times(fields: dict[str, object], current=None) -> None:
     from simulator.crm.errors import ValidationError
 
-    start = fields.get("scheduledstart", current["scheduledstart"] if current is not None else None)
-    end = fields.get("scheduledend", current["scheduledend"] if current is not None else None)
+    start = fields.get("scheduledstart", current.get("scheduledstart") if current is not None else None)
+    end = fields.get("scheduledend", current.get("scheduledend") if current is not None else None)
     if start is not None and end is not None and end < start:
         raise ValidationError("the appointment would end before it starts", "--end")
 

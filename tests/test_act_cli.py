@@ -1,4 +1,4 @@
-"""ACT from the CLI: a user's sync filters (``sss act filters``, ``sss act filter add|activate|deactivate|
+"""ACT from the CLI: changing tasks and contacts, a user's sync filters (``sss act filters``, ``sss act filter add|activate|deactivate|
 delete``) and the ACT item-level failures (``sss act failures``), against one database file with the
 engine run in process between the commands (SPEC 3.6)."""
 
@@ -15,7 +15,7 @@ from trial import all_rows, refused, runner
 from engine.act import ORGANIZER_MISSING
 from simulator.cli import app
 from simulator.crm.db import make_engine
-from simulator.crm.models import ExchangeSyncIdMapping
+from simulator.crm.models import Contact, ExchangeSyncIdMapping, Task
 from simulator.sandbox import Sandbox
 
 CYCLE = 960  # every ACT-enabled mailbox runs at least one ACT cycle in this many seconds
@@ -68,6 +68,17 @@ class Act:
 @pytest.fixture
 def act(tmp_path) -> Act:
     return Act(tmp_path / "act.db")
+
+
+def test_a_task_and_a_contact_are_changed_by_their_own_fields(act):
+    task = act.add("task", "alice", "--subject", "Slides", "--due", "2026-01-09")
+    contact = act.add("contact", "alice", "--last-name", "Scully")
+    assert "version 2" in act.ok("act", "update", "--id", task, "--percent", "60", "--as", "alice").output
+    assert "version 2" in act.ok("act", "update", "--id", contact, "--phone", "555-0100", "--as", "alice").output
+    with make_engine(act.url).connect() as conn:
+        assert conn.execute(Task.__table__.select()).mappings().one()["percentcomplete"] == 60
+        assert conn.execute(Contact.__table__.select().where(Contact.contactid == contact)).mappings().one()[
+            "telephone1"] == "555-0100"
 
 
 def test_a_new_users_default_filters_are_listed(act):
