@@ -202,6 +202,7 @@ def test_another_users_filter_is_refused_unless_system_administrator(crm):
 BAD_FILTERS = [
     ("POST", "userqueries", {"name": "X", "returnedtypecode": "meeting"}, "returnedtypecode", 400),
     ("POST", "userqueries", {"returnedtypecode": "task"}, "name", 400),
+    ("POST", "userqueries", {"name": 7, "returnedtypecode": "task"}, "name", 400),
     ("POST", "userqueries", {"name": "X", "returnedtypecode": "task", "statecode": 2}, "statecode", 400),
     ("POST", "userqueries", {"name": "X", "returnedtypecode": "task", "ownerid": "nobody"}, "ownerid", 400),
     ("POST", "userqueries", {"name": "My Tasks", "returnedtypecode": "task"}, "name", 412),

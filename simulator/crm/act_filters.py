@@ -93,8 +93,10 @@ class SyncFiltersMixin:
     def add_sync_filter(self, as_user: str, name: Any, table: Any, user: str | None = None,
                         active: bool = True) -> str:
         """A new sync filter of ``user`` (default: the acting user) returning rows of ``table``; its id."""
-        if not isinstance(name, str) or not name.strip():
-            raise ValidationError("is required: the filter's name (text)", "name")
+        if name is not None and not isinstance(name, str):
+            raise ValidationError(f"{name!r} is not a text", "name")
+        if name is None or not name.strip():
+            raise ValidationError("is required: the filter's name", "name")
         name = name.strip()
         if len(name) > MAX_NAME:
             raise ValidationError(f"at most {MAX_NAME} characters, not {len(name)}", "name")
