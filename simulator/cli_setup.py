@@ -1097,3 +1097,115 @@ def act_links(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         table.add_row(r["objecttypecode"], r["objectid"], r["exchangeentryid"], r["lastchangedirection"] or "",
                       r["conflictnote"] or "")
     Console(highlight=False).print(table)
+
+
+@act_app.command("failures")
+def act_failures(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
+    """The ACT item-level failures (appointments, contacts and tasks): mailbox, item, error and retries."""
+    from simulator.crm import act_sync
+
+    with _Refused():
+        def action(ws):
+            with ws.sb.db.connect() as conn:
+                return act_sync.failures(conn)
+        rows = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        _say("No ACT item-level failures.")
+        return
+    table = Table(title="ACT item-level failures")
+    for col in ("when", "mailbox", "table", "CRM id", "Exchange item", "error", "retries", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        when = r["lastsyncerroroccurredon"]
+        table.add_row(when.strftime("%Y-%m-%d %H:%M") if when else "", r["emailaddress"] or r["mailboxid"],
+                      r["objecttypecode"], r["objectid"] or "", r["exchangeentryid"] or "", r["lastsyncerror"],
+                      str(r["retries"]), r["lastsyncerrordetail"] or "")
+    Console(highlight=False).print(table)
+
+
+# ------------------------------------------------------------------------------ ACT sync filters (SPEC 3.6)
+filter_app = typer.Typer(no_args_is_help=True, help="A user's ACT sync filters: add, activate, deactivate, delete "
+                                                     "(list them with sss act filters).")
+act_app.add_typer(filter_app, name="filter")
+_FILTER_DERIVED: dict[str, str | None] = {"name": "--name", "returnedtypecode": "--table", "ownerid": "--user",
+                                          "userqueryid": "--filter"}
+
+
+def _filter_ref_option():
+    return typer.Option(..., "--filter", metavar="ID|NAME", help="The filter's id, or its name among your filters.")
+
+
+def _filter_as_option():
+    return typer.Option(..., "--as", metavar="USER", help="The CRM user who makes the change: the filter's owner, "
+                                                          "or a System Administrator.")
+
+
+@act_app.command("filters")
+def act_filters(
+    user: str | None = typer.Option(None, "--user", metavar="USER", help="Whose filters (default: every user's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option(),
+) -> None:
+    """A user's sync filters: which appointments, contacts and tasks ACT brings to their mailbox."""
+    with _Refused(derived=_FILTER_DERIVED):
+        rows = _in_sandbox(db, lambda ws: ws.admin.sync_filters(user))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        _say("No sync filters.")
+        return
+    table = Table(title="ACT sync filters")
+    for col in ("owner", "table", "name", "state", "id"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["owner"] or r["ownerid"], r["returnedtypecode"], r["name"],
+                      "active" if r["active"] else "inactive", r["userqueryid"])
+    Console(highlight=False).print(table)
+
+
+@filter_app.command("add")
+def act_filter_add(
+    name: str = typer.Option(..., "--name", help="The filter's name (up to 200 characters, unique per user)."),
+    table: str = typer.Option(..., "--table", help="appointment, contact or task."),
+    user: str | None = typer.Option(None, "--user", metavar="USER", help="Whose filter (default: the --as user)."),
+    inactive: bool = typer.Option(False, "--inactive", help="Add it switched off."),
+    as_user: str = _filter_as_option(), db: str = _db_option(),
+) -> None:
+    """Add a sync filter: the rows of the table the user owns (appointments also organized or attended)."""
+    with _Refused(derived=_FILTER_DERIVED):
+        new_id = _in_sandbox(db, lambda ws: ws.admin.add_sync_filter(as_user, name, table, user, active=not inactive))
+    _say(f"Sync filter {new_id} ({table}) added; the owner's next ACT cycle reads it.")
+
+
+def _filter_state(ref: str, as_user: str, db: str, active: bool) -> None:
+    with _Refused(derived=_FILTER_DERIVED):
+        view = _in_sandbox(db, lambda ws: ws.admin.set_sync_filter_state(as_user, ref, active=active))
+    _say(f"Sync filter {view['name']!r} ({view['returnedtypecode']}) is {'active' if active else 'inactive'}."
+         + ("" if active else " Rows no other active filter returns leave the owner's Exchange mailbox at the next "
+                              "ACT cycle."))
+
+
+@filter_app.command("activate")
+def act_filter_activate(ref: str = _filter_ref_option(), as_user: str = _filter_as_option(),
+                        db: str = _db_option()) -> None:
+    """Switch a sync filter on."""
+    _filter_state(ref, as_user, db, True)
+
+
+@filter_app.command("deactivate")
+def act_filter_deactivate(ref: str = _filter_ref_option(), as_user: str = _filter_as_option(),
+                          db: str = _db_option()) -> None:
+    """Switch a sync filter off: its rows are logical deletes for ACT unless another active filter returns them."""
+    _filter_state(ref, as_user, db, False)
+
+
+@filter_app.command("delete")
+def act_filter_delete(ref: str = _filter_ref_option(), as_user: str = _filter_as_option(),
+                      db: str = _db_option()) -> None:
+    """Delete a sync filter."""
+    with _Refused(derived=_FILTER_DERIVED):
+        view = _in_sandbox(db, lambda ws: ws.admin.delete_sync_filter(as_user, ref))
+    _say(f"Sync filter {view['name']!r} ({view['returnedtypecode']}) deleted.")

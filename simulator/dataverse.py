@@ -7,7 +7,8 @@ real organization: a bearer token from the identity service (msal, client creden
 Entity sets (the SQLModel tables of :mod:`simulator.crm.models`, with their logical column names
 and option-set values exactly as stored): ``emails``, ``mailboxes``, ``emailserverprofiles``,
 ``tracelogs``, ``asyncoperations``, ``systemusers``, ``queues``, ``contacts``,
-``activityparties`` and ``organizations``. A lookup is a column of its own under its logical name
+``activityparties``, ``organizations``, and for ACT ``appointments``, ``tasks``, ``userqueries`` (the
+users' sync filters) and ``actsyncmappings`` (the links, read-only). A lookup is a column of its own under its logical name
 (``ownerid``, ``emailserverprofile``, ``regardingobjectid``), not a ``_x_value`` property.
 
 Reads
@@ -30,6 +31,16 @@ user of the token)
   one operation per request), ``PATCH organizations(<id>)`` (``settings set``). A lookup may be set
   with ``<column>@odata.bind: "/<set>(<id>)"``. Answers are 204 with ``OData-EntityId``, or the
   record with ``Prefer: return=representation``.
+
+ACT (SPEC 3.6), as a CRM user writes it (the functions of :mod:`simulator.crm.act_sync` and the sync
+filter operations of :mod:`simulator.crm.act_filters` the ``sss act`` commands call, with their checks)
+  ``POST``, ``PATCH`` and ``DELETE`` on ``appointments``, ``contacts`` and ``tasks`` (the synced fields,
+  an appointment's ``organizer``; a new row is owned by the caller and, for an appointment, organized
+  by it unless the body says otherwise); ``POST userqueries`` (``name``, ``returnedtypecode``,
+  ``ownerid``, ``statecode``), ``PATCH userqueries(<id>)`` with ``statecode`` 0 or 1, ``DELETE
+  userqueries(<id>)``: a user edits only their own filters unless System Administrator. The caller is
+  the application user, or the user whose ``systemuserid`` the ``MSCRMCallerID`` header gives
+  (impersonation: the application user must hold the System Administrator role).
 
 Refusals are ``{"error": {"code": "0x...", "message": "..."}}`` with a 4xx status: 400 for a bad
 query or a value an operation refuses (the message names the field as the client wrote it),
@@ -70,10 +81,12 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 from sqlmodel import select as select_rows
 
-from simulator.crm import inputs, s2s
-from simulator.crm.errors import AdminError, ConflictError, PrivilegeError, UnknownUserError
+from simulator.crm import act_sync, inputs, s2s
+from simulator.crm.errors import AdminError, ConflictError, PrivilegeError, UnknownUserError, ValidationError
 from simulator.crm.models import (
     ActivityParty,
+    ActSyncMapping,
+    Appointment,
     AsyncOperation,
     Contact,
     Email,
@@ -85,8 +98,10 @@ from simulator.crm.models import (
     SimulatorState,
     SystemUser,
     SystemUserRoles,
+    Task,
     TraceLog,
     TrackSetting,
+    UserQuery,
     UTCDateTime,
 )
 from simulator.crm.operations import OPERATIONS, SYSTEM_ADMINISTRATOR
@@ -198,6 +213,10 @@ SETS: dict[str, EntitySet] = {s.name: s for s in (
     EntitySet("contacts", Contact),
     EntitySet("activityparties", ActivityParty),
     EntitySet("organizations", Organization),
+    EntitySet("appointments", Appointment),
+    EntitySet("tasks", Task),
+    EntitySet("userqueries", UserQuery),
+    EntitySet("actsyncmappings", ActSyncMapping),
 )}
 
 
@@ -519,6 +538,8 @@ BINDS = {  # (entity set, lookup column) -> the entity set its @odata.bind refer
     ("emailserverprofiles", "ownerid"): "systemusers",
     ("mailboxes", "emailserverprofile"): "emailserverprofiles",
     ("organizations", "defaultemailserverprofileid"): "emailserverprofiles",
+    ("appointments", "organizer"): "systemusers",
+    ("userqueries", "ownerid"): "systemusers",
 }
 _REFERENCE = re.compile(r"(?:^|/)([A-Za-z_][A-Za-z0-9_]*)\(([^()]*)\)$")
 PROFILE_STATES = {0: 1, 1: 2}  # statecode -> its statuscode (Active, Inactive)
@@ -540,6 +561,18 @@ EDITABLE = {
     "mailboxes": set().union(*(fields for _, fields in MAILBOX_GROUPS)),
     "organizations": _model_fields("settings set"),
 }
+# ACT (SPEC 3.6): the rows a CRM user writes, with the checks of `sss act add|update` (act_sync.user_fields)
+ACT_SETS = {"appointments": "appointment", "contacts": "contact", "tasks": "task"}
+ACT_OPTIONS: dict[str, dict[str, str]] = {kind: {} for kind in ACT_SETS.values()}  # kind -> column -> CLI option
+for _option, (_column, _kinds, _shape) in act_sync.USER_FIELDS.items():
+    for _k in _kinds:
+        ACT_OPTIONS[_k][_column] = _option
+ACT_WRITABLE = {name: set(ACT_OPTIONS[kind]) | ({"organizer"} if kind == "appointment" else set())
+                for name, kind in ACT_SETS.items()}
+FILTER_FIELDS = {"name", "returnedtypecode", "ownerid", "statecode"}  # POST userqueries; PATCH takes statecode
+WRITABLE = {**EDITABLE, **ACT_WRITABLE, "userqueries": FILTER_FIELDS}
+ON_BEHALF_HEADER = "MSCRMCallerID"
+PRV_ON_BEHALF = "prvActOnBehalfOfAnotherUser"
 
 
 @dataclass
@@ -692,7 +725,32 @@ class DataverseApi:
                                                 f"organization")
         if user.isdisabled:
             raise ODataError(403, NOT_A_MEMBER, f"the application user {user.domainname} is disabled")
+        on_behalf = request.headers.get(ON_BEHALF_HEADER)
+        if on_behalf is not None:
+            return Caller(self._impersonated(user, on_behalf), app_id, org.organizationid)
         return Caller(uid, app_id, org.organizationid)
+
+    def _impersonated(self, application_user: SystemUser, header: str) -> str:
+        """The CRM user the ``MSCRMCallerID`` header names (a ``systemuserid``), whom the application
+        user acts for: an enabled user, and an application user allowed to act for others (the
+        System Administrator role stands for the privilege)."""
+        wanted = header.strip().strip("{}").strip()
+        with Session(self.sb.db) as session:
+            target = session.get(SystemUser, wanted) if wanted else None
+            roles = session.exec(select_rows(SecurityRole.name).join(
+                SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
+                SystemUserRoles.systemuserid == application_user.systemuserid)).all()
+        if target is None:
+            raise ODataError(400, INVALID_ARGUMENT, f"{ON_BEHALF_HEADER}: {inputs.show(header)} is not the "
+                                                    f"systemuserid of a user of the organization")
+        if target.isdisabled:
+            raise ODataError(400, INVALID_ARGUMENT, f"{ON_BEHALF_HEADER}: user {target.domainname} is disabled")
+        if SYSTEM_ADMINISTRATOR not in roles:
+            raise ODataError(403, MISSING_PRIVILEGE, f"the application user {application_user.domainname} lacks "
+                                                     f"{PRV_ON_BEHALF} (act on behalf of another user: the "
+                                                     f"{SYSTEM_ADMINISTRATOR} role has it), so it cannot send "
+                                                     f"{ON_BEHALF_HEADER}")
+        return target.systemuserid
 
     def _claims(self, token: str, tenant: str) -> dict[str, Any]:
         identity = self.wire.identity
@@ -756,10 +814,18 @@ class DataverseApi:
                 return self.collection(es, request)
             if method == "POST" and es.name == "emailserverprofiles":
                 return await self.create_profile(es, request, caller)
+            if method == "POST" and es.name in ACT_SETS:
+                return await self.create_act_row(es, request, caller)
+            if method == "POST" and es.name == "userqueries":
+                return await self.create_filter(es, request, caller)
             raise self._method_refused(es, method, on_record=False)
         record_id = self._key(es, key)
         if method == "GET":
             return self.single(es, record_id, request)
+        if es.name in ACT_SETS and method in ("PATCH", "DELETE"):
+            return await self.change_act_row(es, record_id, request, delete=method == "DELETE")
+        if es.name == "userqueries" and method in ("PATCH", "DELETE"):
+            return await self.change_filter(es, record_id, request, caller, delete=method == "DELETE")
         if method == "PATCH" and es.name in EDITABLE:
             return await self.update(es, record_id, request, caller)
         raise self._method_refused(es, method, on_record=True)
@@ -773,13 +839,16 @@ class DataverseApi:
 
     @staticmethod
     def _method_refused(es: EntitySet, method: str, *, on_record: bool) -> ODataError:
+        user_rows = es.name in ACT_SETS or es.name == "userqueries"
         if on_record:
-            allowed = "GET, PATCH" if es.name in EDITABLE else "GET"
-            what = ("PATCH changes the columns an administrator edits" if es.name in EDITABLE
+            allowed = "GET, PATCH, DELETE" if user_rows else "GET, PATCH" if es.name in EDITABLE else "GET"
+            what = ("PATCH changes it, DELETE deletes it" if user_rows
+                    else "PATCH changes the columns an administrator edits" if es.name in EDITABLE
                     else f"{es.name} is read-only here")
         else:
-            allowed = "GET, POST" if es.name == "emailserverprofiles" else "GET"
-            what = ("POST creates an email server profile" if es.name == "emailserverprofiles"
+            creates = es.name == "emailserverprofiles" or user_rows
+            allowed = "GET, POST" if creates else "GET"
+            what = (f"POST creates a record of {es.name}" if creates
                     else f"records of {es.name} are not created over this API")
         return ODataError(405, QUERY_ERROR, f"{method} is not supported on {es.name}{'(<id>)' if on_record else ''}: "
                                             f"{what}", {"Allow": allowed})
@@ -932,10 +1001,10 @@ class DataverseApi:
             if column not in es.columns:
                 raise ODataError(400, QUERY_ERROR, f"{key}: could not find a property named {column!r} on type "
                                                    f"{es.type_name!r}")
-            if column not in EDITABLE[es.name]:
-                editable = ", ".join(sorted(EDITABLE[es.name]))
-                raise ODataError(400, INVALID_ARGUMENT, f"{key}: not a column an administrator changes over this "
-                                                        f"API (these are: {editable})")
+            if column not in WRITABLE[es.name]:
+                editable = ", ".join(sorted(WRITABLE[es.name]))
+                raise ODataError(400, INVALID_ARGUMENT, f"{key}: not a column written over this API (these are: "
+                                                        f"{editable})")
             values[column] = value
             written[column] = key
         return Changes(values, written)
@@ -1059,6 +1128,145 @@ class DataverseApi:
             raise ODataError(400, INVALID_ARGUMENT, f"{changes.shown('emailrouteraccessapproval')}: "
                                                     f"{inputs.show(value)} is not 1 (Approved) or 3 (Rejected)")
         return value == 1
+
+    # -- ACT: appointments, contacts and tasks as a CRM user writes them (SPEC 3.6) ---------------------
+    def _act_refusal(self, kind: str, exc: AdminError, changes: Changes) -> ODataError:
+        """A refusal of ``act_sync``'s checks (which name CLI options) naming the column as written."""
+        column = {option: column for column, option in ACT_OPTIONS[kind].items()}.get(exc.field or "", exc.field)
+        text = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+        return self._refused(ValidationError(text, column), changes)
+
+    def _act_fields(self, kind: str, changes: Changes) -> dict[str, Any]:
+        """The body's columns checked as ``sss act add|update`` checks its options; null clears a text or
+        a time."""
+        given: dict[str, Any] = {}
+        cleared: dict[str, Any] = {}
+        for column, value in changes.values.items():
+            if column == "organizer":
+                continue
+            option = ACT_OPTIONS[kind][column]
+            if value is None:
+                if act_sync.USER_FIELDS[option][2] not in ("text", "time"):
+                    raise ODataError(400, INVALID_ARGUMENT, f"{changes.shown(column)}: needs a value (null clears "
+                                                            f"only a text or a date)")
+                cleared[column] = None
+            else:
+                given[option] = value
+        try:
+            fields = act_sync.user_fields(kind, given)
+        except AdminError as exc:
+            raise self._act_refusal(kind, exc, changes) from None
+        return {**fields, **cleared}
+
+    def _organizer(self, value: Any, changes: Changes) -> str | None:
+        """An appointment's organizer: a user's ``systemuserid``, or null for none (ACT then refuses it)."""
+        if value is None:
+            return None
+        try:
+            if not isinstance(value, str):
+                raise UnknownUserError(f"{inputs.show(value)} is not a systemuserid")
+            return self.sb.admin.user_id(value)
+        except UnknownUserError as exc:
+            text = str(exc).removeprefix("as_user: ")
+            raise ODataError(400, INVALID_ARGUMENT, f"{changes.shown('organizer')}: {text}") from None
+
+    async def create_act_row(self, es: EntitySet, request: web.Request, caller: Caller) -> web.Response:
+        """``POST appointments|contacts|tasks``: a row owned by the caller (``sss act add``)."""
+        kind = ACT_SETS[es.name]
+        changes = await self._changes(es, request)
+        fields = self._act_fields(kind, changes)
+        if kind == "appointment":
+            fields["organizer"] = (self._organizer(changes.values["organizer"], changes)
+                                   if "organizer" in changes.values else caller.systemuserid)
+        try:
+            act_sync.check_times(fields)
+        except AdminError as exc:
+            raise self._act_refusal(kind, exc, changes) from None
+
+        def run() -> str:
+            crm_id = self.sb.crm.ids.new()
+            with self.sb.db.begin() as conn:
+                act_sync.create_row(conn, kind, crm_id, caller.systemuserid, fields, self.sb.clock.now())
+            return crm_id
+        new_id = await self._apply(changes, run)
+        return self._written(es, new_id, request, created=True)
+
+    async def change_act_row(self, es: EntitySet, record_id: Any, request: web.Request, *,
+                             delete: bool) -> web.Response:
+        """``PATCH`` (``sss act update``: a new version of the row) or ``DELETE`` (``sss act delete``)."""
+        kind = ACT_SETS[es.name]
+        if delete:
+            def remove() -> bool:
+                with self.sb.db.begin() as conn:
+                    return act_sync.delete_row(conn, kind, record_id)
+            if not await self._apply(Changes({}, {}), remove):
+                raise self._missing(es, record_id)
+            return web.Response(status=204, headers=ODATA_HEADERS)
+        changes = await self._changes(es, request)
+        if not changes.values:
+            raise ODataError(400, INVALID_ARGUMENT, "the body names no column to change")
+        fields = self._act_fields(kind, changes)
+        if "organizer" in changes.values:
+            fields["organizer"] = self._organizer(changes.values["organizer"], changes)
+        table, key = act_sync.TABLES[kind]
+
+        def run() -> None:
+            with self.sb.db.begin() as conn:
+                current = conn.execute(select(table).where(key == record_id)).mappings().first()
+                if current is None:
+                    raise self._missing(es, record_id)
+                try:
+                    act_sync.check_times(fields, current)
+                except AdminError as exc:
+                    raise self._act_refusal(kind, exc, changes) from None
+                act_sync.update_row(conn, kind, record_id, fields, self.sb.clock.now())
+        await self._apply(changes, run)
+        return self._written(es, record_id, request, created=False)
+
+    # -- ACT sync filters (userqueries), through the operations of `sss act filter` ------------------------
+    @staticmethod
+    def _filter_state(values: dict[str, Any], changes: Changes) -> bool:
+        """True for ``statecode`` 0 (active), False for 1 (inactive)."""
+        value = values["statecode"]
+        if isinstance(value, bool) or value not in (0, 1):
+            raise ODataError(400, INVALID_ARGUMENT, f"{changes.shown('statecode')}: {inputs.show(value)} is not "
+                                                    f"0 (active) or 1 (inactive)")
+        return value == 0
+
+    async def create_filter(self, es: EntitySet, request: web.Request, caller: Caller) -> web.Response:
+        """``POST userqueries``: a sync filter of the caller, or of ``ownerid`` (a System Administrator's)."""
+        changes = await self._changes(es, request)
+        values = changes.values
+        active = self._filter_state(values, changes) if "statecode" in values else True
+        owner = values.get("ownerid")
+        if owner is not None and not isinstance(owner, str):
+            raise ODataError(400, INVALID_ARGUMENT, f"{changes.shown('ownerid')}: {inputs.show(owner)} is not a "
+                                                    f"systemuserid")
+        new_id = await self._apply(changes, lambda: self.sb.admin.add_sync_filter(
+            caller.systemuserid, values.get("name"), values.get("returnedtypecode"), owner, active=active))
+        return self._written(es, new_id, request, created=True)
+
+    async def change_filter(self, es: EntitySet, record_id: Any, request: web.Request, caller: Caller, *,
+                            delete: bool) -> web.Response:
+        """``PATCH userqueries(<id>)`` with ``statecode`` (activate, deactivate) or ``DELETE``."""
+        changes = await self._changes(es, request) if not delete else Changes({}, {})
+        if self._fetch(es, record_id, [es.key]) is None:
+            raise self._missing(es, record_id)
+        admin = self.sb.admin
+        if delete:
+            await self._apply(changes, lambda: admin.delete_sync_filter(caller.systemuserid, record_id))
+            return web.Response(status=204, headers=ODATA_HEADERS)
+        others = [k for k in changes.values if k != "statecode"]
+        if others:
+            raise ODataError(400, INVALID_ARGUMENT, f"{changes.shown(others[0])}: a sync filter's {others[0]} is "
+                                                    f"set when it is added; PATCH changes statecode only (0 "
+                                                    f"active, 1 inactive)")
+        if not changes.values:
+            raise ODataError(400, INVALID_ARGUMENT, "the body names no column to change (statecode)")
+        active = self._filter_state(changes.values, changes)
+        await self._apply(changes, lambda: admin.set_sync_filter_state(caller.systemuserid, record_id,
+                                                                       active=active))
+        return self._written(es, record_id, request, created=False)
 
 
 __all__ = ["API_PATH", "DEFAULT_CLIENT_NAME", "DEFAULT_PAGE_SIZE", "SETS", "DataverseApi", "DataverseClient",

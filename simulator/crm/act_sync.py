@@ -308,7 +308,8 @@ MAX_TEXT = 200
 
 
 def user_fields(kind: str, given: dict[str, object]) -> dict[str, object]:
-    """Columns from CLI options (None: not given); a wrong value names its option."""
+    """Columns from CLI options (None: not given); a wrong value names its option. The Web API passes
+    JSON values under the same options, so a value of the wrong type is refused here too."""
     from simulator.crm.errors import ValidationError
     from simulator.crm.models import ACT_TABLES, TASK_ACTIVITY_TYPES
 
@@ -321,6 +322,12 @@ def user_fields(kind: str, given: dict[str, object]) -> dict[str, object]:
         column, kinds, shape = USER_FIELDS[option]
         if kind not in kinds:
             raise ValidationError(f"a {kind} has no such field (it is for {' and '.join(kinds)})", option)
+        if shape in ("text", "time", "tasktype") and not isinstance(value, str):
+            raise ValidationError(f"{value!r} is not a text", option)
+        if shape == "bool" and not isinstance(value, bool):
+            raise ValidationError(f"{value!r} is not true or false", option)
+        if shape == "percent" and isinstance(value, bool | float):
+            raise ValidationError(f"{value!r} is not a whole number from 0 to 100", option)
         if shape == "text":
             if len(str(value)) > MAX_TEXT:
                 raise ValidationError(f"at most {MAX_TEXT} characters, not {len(str(value))}", option)
@@ -343,8 +350,8 @@ def user_fields(kind: str, given: dict[str, object]) -> dict[str, object]:
 def check_times(fields: dict[str, object], current=None) -> None:
     from simulator.crm.errors import ValidationError
 
-    start = fields.get("scheduledstart", current["scheduledstart"] if current is not None else None)
-    end = fields.get("scheduledend", current["scheduledend"] if current is not None else None)
+    start = fields.get("scheduledstart", current.get("scheduledstart") if current is not None else None)
+    end = fields.get("scheduledend", current.get("scheduledend") if current is not None else None)
     if start is not None and end is not None and end < start:
         raise ValidationError("the appointment would end before it starts", "--end")
 
@@ -360,3 +367,15 @@ def find_row(conn, crm_id: str) -> tuple[str, dict] | None:
 
 def links(conn) -> list[dict]:
     return [dict(r) for r in conn.execute(select(MAP).order_by(MAP.c.actsyncmappingid)).mappings()]
+
+
+def failures(conn) -> list[dict]:
+    """The ACT item-level rows (``exchangesyncidmapping`` of appointments, contacts and tasks), newest
+    first: the mailbox, the CRM row and Exchange item, the error, its detail and how often it repeated."""
+    from simulator.crm.models import ACT_TABLES, Mailbox
+
+    M = Mailbox.__table__
+    rows = conn.execute(select(X, M.c.emailaddress).join(M, M.c.mailboxid == X.c.mailboxid, isouter=True)
+                        .where(X.c.objecttypecode.in_(ACT_TABLES))
+                        .order_by(X.c.lastsyncerroroccurredon.desc(), X.c.exchangesyncidmappingid.desc()))
+    return [dict(r) for r in rows.mappings()]
