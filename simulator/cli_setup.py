@@ -853,6 +853,9 @@ def run_engine(
     _say(f"Ran the engine from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (sandbox time): "
          f"{stats.polls} workload polls, {stats.emails_tracked} email(s) tracked, {stats.emails_sent} sent, "
          f"{sum(stats.emails_skipped.values())} skipped, {sum(stats.errors.values())} error(s).")
+    if stats.act_to_exchange or stats.act_to_crm or stats.act_failed:
+        _say(f"ACT: {stats.act_to_exchange} item(s) to Exchange, {stats.act_to_crm} to the CRM, "
+             f"{stats.act_conflicts} conflict(s), {stats.act_failed} failed.")
     for code, n in sorted(stats.errors.items()):
         _say(f"  [red]{code}[/red]: {n}")
 

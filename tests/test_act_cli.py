@@ -180,3 +180,20 @@ def test_act_failures_lists_the_act_item_level_rows_with_error_retries_and_item(
     assert row["retries"] >= 1  # the same failure again counts a retry on the one row
     table = act.ok("act", "failures").output
     assert ORGANIZER_MISSING in table and "appointment" in table and "NoRecipientMatch" not in table
+
+
+
+def test_sss_run_counts_the_act_items_it_synced(tmp_path):
+    """``sss run`` (the engine over EWS on a set-up sandbox) says how many ACT items moved."""
+    db = str(tmp_path / "run.db")
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, [*args, "--db", db])
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
+    ok("walkthrough", "--scenario", "process-email-from-future")  # set up; only its email date is wrong
+    ok("act", "add", "--kind", "task", "--as", "alice", "--subject", "Slides", "--due", "2026-01-09")
+    ok("act", "add", "--kind", "contact", "--as", "alice", "--last-name", "Scully")
+    assert "ACT: 2 item(s) to Exchange, 0 to the CRM, 0 conflict(s), 0 failed." in ok("run", "--minutes", "30")
+    assert "ACT:" not in ok("run", "--minutes", "30")  # nothing moved: no ACT line
