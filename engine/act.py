@@ -81,6 +81,7 @@ from datetime import datetime
 from engine.alerts import level_enabled
 from engine.errors import KNOWN_ERRORS, Scope, SyncError
 from engine.ports import (
+    ACT_ATTENDEES,
     ACT_DERIVED,
     ACT_DIRECTIONS,
     ACT_FIELDS,
@@ -100,6 +101,7 @@ from engine.ports import (
     ItemOutcomeKind,
     MailboxWork,
     OrgSettings,
+    SyncDirection,
 )
 
 ACT_PROPERTY_SET_ID = "5e6b2a4c-8d1f-4c3a-9b7e-2f0d6c5a1e93"  # lowercase, as EWS clients compare it
@@ -189,6 +191,7 @@ class _Cycle:
     async def run(self) -> None:
         snap = self.crm.act_snapshot(self.mailbox)
         self.user = snap.userid
+        self.directions = snap.directions
         changed: dict[str, ActItem] = {}
         deleted: set[str] = set()
         states: dict[str, str] = {}
@@ -293,12 +296,18 @@ class _Cycle:
             b = base.get(name)
             c = row.fields.get(name) if crm_changed else b
             e = item.fields.get(name) if item is not None else b
-            if ACT_DIRECTIONS.get((link.kind, name)) == "ToExchange":  # one way: Exchange's value is not read
+            way = self._direction(link.kind, name)
+            if way is SyncDirection.NONE:  # not synchronized: neither side's value is read
+                merged[name] = b
+            elif way is SyncDirection.TO_EXCHANGE:  # one way: Exchange's value is not read
                 merged[name] = c
                 if c != b:
                     to_exchange[name] = c
-                continue
-            if c == e:
+            elif way is SyncDirection.TO_CRM:  # one way: the CRM's value is not read
+                merged[name] = e
+                if e != b:
+                    to_crm[name] = e
+            elif c == e:
                 merged[name] = c
             elif e == b:
                 merged[name] = to_exchange[name] = c
@@ -343,9 +352,10 @@ class _Cycle:
         if row.kind == "appointment" and not row.organizer:
             self._item_failed(row.kind, "", row.crm_id, SyncError(ORGANIZER_MISSING, ORGANIZER_MISSING_TEXT))
             return
+        fields = {name: value if self._direction(row.kind, name).to_exchange else None  # what goes to Exchange
+                  for name, value in row.fields.items()}
         try:
-            made = await self.exchange.create_act_item(self.address, ActItem(row.kind, dict(row.fields),
-                                                                             crm_id=row.crm_id))
+            made = await self.exchange.create_act_item(self.address, ActItem(row.kind, fields, crm_id=row.crm_id))
         except SyncError as exc:
             self._item_failed(row.kind, "", row.crm_id, exc)
             if _cuts_cycle(exc):
@@ -353,7 +363,7 @@ class _Cycle:
             return
         self.result.to_exchange += 1
         self.commit.links.append(ActLink(row.kind, row.crm_id, made.item_id, made.change_key, row.versionnumber,
-                                         dict(row.fields), row.organizer, row.ownerid, "ToExchange"))
+                                         fields, row.organizer, row.ownerid, "ToExchange"))
 
     async def _tracked(self, item: ActItem) -> None:
         """An Exchange item not linked: a CRM row only when it carries the tracking category (a copy of
@@ -361,7 +371,8 @@ class _Cycle:
         of the row made from it."""
         if TRACKED_CATEGORY not in item.categories or item.crm_id is not None:
             return
-        fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind] if name not in ACT_DERIVED}
+        fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind]  # what goes to the CRM
+                  if self._direction(item.kind, name).to_crm and (name not in ACT_DERIVED or name in ACT_ATTENDEES)}
         crm_id = self.crm.act_new_id()
         change_key = item.change_key
         try:
@@ -376,6 +387,9 @@ class _Cycle:
                        self.user if item.kind == "appointment" else None, self.user, "ToCrm")
         self.commit.creates.append(ActCreate(item.kind, fields, link))
         self.result.to_crm += 1
+
+    def _direction(self, kind: str, name: str) -> SyncDirection:
+        return self.directions.get((kind, name), ACT_DIRECTIONS[(kind, name)])
 
     def _item_failed(self, kind: str, item_id: str, crm_id: str | None, error: SyncError) -> None:
         """An item-level row, and an alert on the mailbox (once per code and cycle)."""

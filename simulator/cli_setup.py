@@ -1097,3 +1097,38 @@ def act_links(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         table.add_row(r["objecttypecode"], r["objectid"], r["exchangeentryid"], r["lastchangedirection"] or "",
                       r["conflictnote"] or "")
     Console(highlight=False).print(table)
+
+
+@act_app.command("direction")
+def act_direction(
+    table: str = typer.Option(..., "--table", help="appointment, contact or task."),
+    field_name: str = typer.Option(..., "--field", help="A synchronized field, named as the CRM column (sss act "
+                                   "directions lists them)."),
+    direction: str = typer.Option(..., "--direction", help="none, to-exchange, to-crm or bidirectional (or 0-3)."),
+    as_user: str = typer.Option(..., "--as", metavar="USER", help="A System Administrator."),
+    db: str = _db_option(),
+) -> None:
+    """Choose which way a field of appointments, contacts or tasks synchronizes (System Administrator)."""
+    with _Refused("act direction"):
+        view = _in_sandbox(db, lambda ws: ws.admin.set_act_direction(
+            as_user, entityname=table, attributename=field_name, syncdirection=direction))
+    _say(f"{view.table} {view.field}: {view.direction}{' (the default)' if view.default else ''}; the next ACT "
+         "cycle of each mailbox follows it.")
+
+
+@act_app.command("directions")
+def act_directions(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
+    """The direction of every synchronized field of appointments, contacts and tasks."""
+    with _Refused():
+        rows = _in_sandbox(db, lambda ws: ws.admin.act_directions())
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    table = Table(title="ACT field directions")
+    for col in ("table", "field", "direction", "default"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.table, r.field, r.direction, "yes" if r.default else "changed")
+    Console(highlight=False).print(table)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import unavailable_reason
 from sqlalchemy import update
-from support import ALICE, BOB, START, Org, build_org
+from support import ADMIN, ALICE, BOB, START, Org, build_org
 from test_engine_ews import FakeTokens, tls  # noqa: F401  (tls is a fixture)
 from test_postgres import pg_db, pg_url  # noqa: F401  (fixtures)
 
@@ -365,6 +365,85 @@ def test_a_row_that_stops_matching_the_filters_is_a_logical_delete(org):
 def o_contact():
     from simulator.crm.models import Contact
     return Contact.__table__
+
+
+# -- field directions chosen by the administrator -----------------------------------------------------
+def test_a_field_set_to_crm_only_takes_exchange_changes_and_one_set_to_exchange_ignores_them(org):
+    o = org
+    o.sb.admin.set_act_direction(ADMIN, entityname="appointment", attributename="location", syncdirection="to-crm")
+    o.sb.admin.set_act_direction(ADMIN, entityname="appointment", attributename="subject", syncdirection=1)
+    a = appointment(o, location="CRM room")
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    assert (item.fields["subject"], item.fields["location"]) == ("Review", None)  # ToCRM: not written to Exchange
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, subject="Renamed in Outlook", location="Room 5")
+    cycle(o)
+    row = o.act_row("appointment", a)
+    assert (row["subject"], row["location"]) == ("Review", "Room 5")  # the subject's change is not read
+    o.act_update("appointment", a, subject="Renamed in the CRM", location="Room 9")
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    assert (item.fields["subject"], item.fields["location"]) == ("Renamed in the CRM", "Room 5")
+    assert o.act_row("appointment", a)["location"] == "Room 9"  # the CRM's own value stays
+
+
+def test_a_field_set_to_none_is_not_synchronized_either_way(org):
+    o = org
+    o.sb.admin.set_act_direction(ADMIN, entityname="contact", attributename="jobtitle", syncdirection="none")
+    c = o.act_add("contact", ALICE, firstname="Dana", lastname="Scully", jobtitle="Agent")
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "contact"))
+    assert (item.fields["lastname"], item.fields["jobtitle"]) == ("Scully", None)
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "contact", item.item_id, jobtitle="Director", telephone1="555-0199")
+    cycle(o)
+    row = o.act_row("contact", c)
+    assert (row["jobtitle"], row["telephone1"]) == ("Agent", "555-0199")
+    o.act_update("contact", c, jobtitle="Special agent")
+    cycle(o)
+    assert one(o.exchange_items(ALICE, "contact")).fields["jobtitle"] == "Director"
+    o.exchange_add(ALICE, "contact", categories=(TRACKED_CATEGORY,), firstname="Walter", lastname="Skinner",
+                   jobtitle="Assistant director")
+    cycle(o)
+    made = next(r for r in o.act_rows("contact") if r["lastname"] == "Skinner")
+    assert made["jobtitle"] is None  # a tracked item brings only the fields that go to the CRM
+
+
+def test_directions_are_listed_and_set_by_a_system_administrator_only(tmp_path):
+    import json
+
+    from trial import all_rows, refused, runner
+
+    from simulator.cli import app
+
+    path = tmp_path / "act.db"
+    url = f"sqlite:///{path}"
+    build_org(db_url=url).sb.close()
+
+    def sss(*args: str):
+        return runner.invoke(app, [*args, "--db", str(path)])
+
+    listed = {(r["table"], r["field"]): r for r in json.loads(sss("act", "directions", "--json").output)}
+    assert (listed[("appointment", "subject")]["direction"], listed[("appointment", "freebusy")]["direction"]) == (
+        "Bidirectional", "ToExchange")
+    assert all(r["default"] for r in listed.values())
+    done = sss("act", "direction", "--table", "task", "--field", "description", "--direction", "to-crm", "--as", ADMIN)
+    assert done.exit_code == 0, done.output
+    listed = {(r["table"], r["field"]): r for r in json.loads(sss("act", "directions", "--json").output)}
+    assert listed[("task", "description")] == {"table": "task", "field": "description", "syncdirection": 2,
+                                               "direction": "ToCRM", "default": False}
+    before = all_rows(url)
+    d = ("act", "direction", "--as", ADMIN)
+    refused(None, sss(*d, "--table", "meeting", "--field", "subject", "--direction", "none"), "--table", "meeting")
+    refused(None, sss(*d, "--table", "task", "--field", "colour", "--direction", "none"), "--field", "colour")
+    refused(None, sss(*d, "--table", "task", "--field", "subject", "--direction", "sideways"), "--direction",
+            "bidirectional")
+    refused(None, sss(*d, "--table", "appointment", "--field", "freebusy", "--direction", "to-crm"), "--direction",
+            "ToExchange")
+    refused(None, sss("act", "direction", "--table", "task", "--field", "subject", "--direction", "none", "--as",
+                      "alice"), "--as", "System Administrator")
+    assert all_rows(url) == before
 
 
 # -- the schedule -------------------------------------------------------------------------------------

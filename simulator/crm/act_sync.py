@@ -15,7 +15,17 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 
-from engine.ports import ACT_DERIVED, ACT_FIELDS, ActCommit, ActLink, ActRecord, ActSnapshot, MailboxWork
+from engine.ports import (
+    ACT_DERIVED,
+    ACT_DIRECTIONS,
+    ACT_FIELDS,
+    ActCommit,
+    ActLink,
+    ActRecord,
+    ActSnapshot,
+    MailboxWork,
+    SyncDirection,
+)
 from simulator.crm.models import (
     ActivityParty,
     ActSyncMapping,
@@ -25,6 +35,7 @@ from simulator.crm.models import (
     Contact,
     ExchangeSyncIdMapping,
     ParticipationType,
+    SyncAttributeMapping,
     Task,
     TaskState,
     UserQuery,
@@ -38,6 +49,7 @@ MAP = ActSyncMapping.__table__
 STATE = ActSyncState.__table__
 UQ = UserQuery.__table__
 X = ExchangeSyncIdMapping.__table__
+SAM = SyncAttributeMapping.__table__
 TABLES = {"appointment": (APP, APP.c.activityid), "contact": (CON, CON.c.contactid), "task": (TSK, TSK.c.activityid)}
 ATTENDEES = (int(ParticipationType.REQUIRED), int(ParticipationType.OPTIONAL), int(ParticipationType.ORGANIZER))
 DONE = 100
@@ -182,6 +194,16 @@ def _attendees(conn, activityids: list[str]) -> dict[str, dict[int, list[str]]]:
     return out
 
 
+def directions(conn) -> dict[tuple[str, str], SyncDirection]:
+    """(table, field) -> its direction: the administrator's choices (``syncattributemapping``) over the
+    defaults."""
+    out = dict(ACT_DIRECTIONS)
+    for table, name, way in conn.execute(select(SAM.c.entityname, SAM.c.attributename, SAM.c.syncdirection)):
+        if (table, name) in out:
+            out[(table, name)] = SyncDirection(way)
+    return out
+
+
 def link_of(row) -> ActLink:
     """A mapping row as a link; its ``syncedfields`` keep the fields, organizer and owner as last synced."""
     base = json.loads(row["syncedfields"] or "{}")
@@ -226,7 +248,8 @@ class ActSyncMixin:
                 unmatched[link.crm_id] = record(link.kind, row, now) if row is not None else None
             states = {r[0]: r[1] for r in conn.execute(select(STATE.c.objecttypecode, STATE.c.syncstate).where(
                 STATE.c.mailboxid == mailbox.id))}
-        return ActSnapshot(userid, rows, links, unmatched, states)
+            ways = directions(conn)
+        return ActSnapshot(userid, rows, links, unmatched, states, ways)
 
     def act_new_id(self) -> str:
         return self.ids.new()

@@ -334,6 +334,16 @@ METHOD_FIELDS = ("incomingemaildeliverymethod", "outgoingemaildeliverymethod", "
 ORG_SWITCHES = tuple(k for k, v in SettingsInput.model_fields.items() if v.annotation == Switch)
 
 
+# ------------------------------------------------------------------------------ ACT (SPEC 3.6)
+class ActDirectionInput(Input):
+    """The direction of one field of appointments, contacts or tasks (the operation checks the names)."""
+
+    what: ClassVar[str] = "an ACT field's direction"
+    entityname: Text = field("--table", default=...)
+    attributename: Text = field("--field", default=...)
+    syncdirection: OptionValue = field("--direction", default=...)
+
+
 # ------------------------------------------------------------------------------ mailboxes (1.7 to 1.10)
 class MailboxesInput(Input):
     what: ClassVar[str] = "a selection of mailboxes"

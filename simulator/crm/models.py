@@ -563,6 +563,23 @@ class ActSyncState(SQLModel, table=True):
     syncstate: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class SyncAttributeMapping(SQLModel, table=True):
+    """The direction an administrator chose for one ACT field (SPEC 3.6): ``entityname`` the table
+    (appointment, contact, task), ``attributename`` the field as the CRM names it, ``syncdirection`` 0 None,
+    1 ToExchange, 2 ToCRM, 3 Bidirectional. A field without a row syncs in its default direction
+    (:data:`engine.ports.ACT_DIRECTIONS`)."""
+
+    __tablename__ = "syncattributemapping"
+    __table_args__ = (Index("ux_syncattributemapping_field", "entityname", "attributename", unique=True),)
+
+    syncattributemappingid: str = Field(primary_key=True)
+    entityname: str
+    attributename: str
+    syncdirection: int
+    modifiedon: datetime | None = _dt()
+    modifiedby: str | None = None
+
+
 class AsyncOperation(SQLModel, table=True):
     __tablename__ = "asyncoperation"
 
