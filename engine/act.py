@@ -243,7 +243,8 @@ class _Cycle:
             return
         if unmatched:  # matches no sync filter any more: a logical delete
             self._unlink(link, unlinked_now)
-            await self._delete_in_exchange(link)
+            if not self.org.physicalandlogicaldeletesdiffer:  # else the Exchange copy stays, unlinked
+                await self._delete_in_exchange(link)
             return
         crm_changed = row.versionnumber != link.crmversion
         if not crm_changed and item is None:

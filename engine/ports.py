@@ -120,6 +120,8 @@ class OrgSettings:
     notifymailboxownerofemailserverlevelalerts: bool = False
     tracksentitems: bool = False
     organizationid: str = ""  # stamped on Exchange mailboxes whose ACT this organization syncs (1.11)
+    # ACT (3.6): a logical delete (the row matches no sync filter any more) only unlinks the Exchange copy
+    physicalandlogicaldeletesdiffer: bool = False
 
 
 @dataclass(slots=True)

@@ -478,6 +478,7 @@ SWITCH_OPTIONS = {
     "tracking_token": "trackingtokenenabled",
     "smart_matching": "enablesmartmatching",
     "track_sent_items": "tracksentitems",
+    "physical_logical_deletes_differ": "physicalandlogicaldeletesdiffer",
     "alerts_errors": "generatealertsforerrors",
     "alerts_warnings": "generatealertsforwarnings",
     "alerts_information": "generatealertsforinformation",
@@ -500,6 +501,9 @@ def settings_set(
     smart_matching: bool | None = typer.Option(None, "--smart-matching/--no-smart-matching", help="Smart matching."),
     track_sent_items: bool | None = typer.Option(None, "--track-sent-items/--no-track-sent-items",
                                                  help="Also track the Sent Items folder."),
+    physical_logical_deletes_differ: bool | None = typer.Option(
+        None, "--physical-logical-deletes-differ/--no-physical-logical-deletes-differ",
+        help="ACT: a row that stops matching the sync filters only unlinks its Exchange copy (else deletes it)."),
     alerts_errors: bool | None = typer.Option(None, "--alerts-errors/--no-alerts-errors", help="Error alerts."),
     alerts_warnings: bool | None = typer.Option(None, "--alerts-warnings/--no-alerts-warnings", help="Warning alerts."),
     alerts_information: bool | None = typer.Option(None, "--alerts-information/--no-alerts-information",

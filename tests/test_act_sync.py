@@ -362,6 +362,47 @@ def test_a_row_that_stops_matching_the_filters_is_a_logical_delete(org):
     assert o.act_row("contact", c) is not None
 
 
+def test_when_physical_and_logical_deletes_differ_a_logical_delete_only_unlinks_the_exchange_copy(org):
+    o = org
+    o.sb.admin.set_settings(ADMIN, physicalandlogicaldeletesdiffer=True)
+    c = o.act_add("contact", ALICE, firstname="Dana", lastname="Scully")
+    t = o.act_add("task", ALICE, subject="Call back")
+    cycle(o)
+    with o.sb.db.begin() as conn:  # the contact is reassigned to Bob: Alice's filters no longer return it
+        from simulator.crm.act_sync import update_row
+        update_row(conn, "contact", c, {}, o.sb.clock.now())
+        conn.execute(update(o_contact()).where(o_contact().c.contactid == c).values(ownerid=o.users[BOB]))
+    o.act_delete("task", t)  # a physical delete still reaches Exchange
+    cycle(o)
+    kept = one(o.exchange_items(ALICE, "contact"))
+    assert kept.fields["lastname"] == "Scully" and o.exchange_items(ALICE, "task") == []
+    assert [m.objectid for m in o.act_links(ALICE)] == []
+    assert [i.crm_id for i in o.exchange_items(BOB, "contact")] == [c]
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "contact", kept.item_id, jobtitle="Former contact")  # unlinked: goes nowhere
+    cycle(o)
+    assert o.act_row("contact", c)["jobtitle"] is None
+    assert [r["lastname"] for r in o.act_rows("contact") if r["lastname"]] == ["Scully"]  # and no new row
+
+
+def test_physical_and_logical_deletes_differ_is_an_org_setting_of_sss_settings_set(tmp_path):
+    import json
+
+    from trial import runner
+
+    from simulator.cli import app
+
+    path = tmp_path / "act.db"
+    build_org(db_url=f"sqlite:///{path}").sb.close()
+    shown = json.loads(runner.invoke(app, ["settings", "show", "--json", "--db", str(path)]).output)
+    assert shown["physicalandlogicaldeletesdiffer"] is False
+    done = runner.invoke(app, ["settings", "set", "--physical-logical-deletes-differ", "--as", ADMIN, "--db",
+                               str(path)])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(runner.invoke(app, ["settings", "show", "--json", "--db", str(path)]).output)
+    assert shown["physicalandlogicaldeletesdiffer"] is True
+
+
 def o_contact():
     from simulator.crm.models import Contact
     return Contact.__table__

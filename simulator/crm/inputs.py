@@ -322,6 +322,7 @@ class SettingsInput(Input):
     trackingtokenenabled: Switch = field("--tracking-token")
     enablesmartmatching: Switch = field("--smart-matching")
     tracksentitems: Switch = field("--track-sent-items")
+    physicalandlogicaldeletesdiffer: Switch = field("--physical-logical-deletes-differ")
     generatealertsforerrors: Switch = field("--alerts-errors")
     generatealertsforwarnings: Switch = field("--alerts-warnings")
     generatealertsforinformation: Switch = field("--alerts-information")

@@ -220,6 +220,8 @@ class Organization(SQLModel, table=True):
     trackingtokennext: int = 1
     enablesmartmatching: bool = False
     tracksentitems: bool = False
+    # ACT (SPEC 3.6): a row that stops matching the sync filters only unlinks its Exchange copy
+    physicalandlogicaldeletesdiffer: bool = False
     generatealertsforerrors: bool = True
     generatealertsforwarnings: bool = False
     generatealertsforinformation: bool = True
