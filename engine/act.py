@@ -117,6 +117,20 @@ APPOINTMENT_DONE = (1, 2)  # appointment statecode Completed, Canceled
 TASK_DONE = 100  # percentcomplete of a completed task
 
 
+ACT_FOLDER_NOT_ACCESSIBLE = "ActFolderNotAccessible"
+ACT_FOLDER_NAMES = {"calendar": "Calendar", "contacts": "Contacts", "tasks": "Tasks"}
+
+
+def act_folder_error(mailbox: str, folder: str, cause: SyncError) -> SyncError:
+    """The permanent error of a Test & Enable whose ACT test cannot reach one of the ACT folders."""
+    return SyncError(
+        ACT_FOLDER_NOT_ACCESSIBLE,
+        f"The {ACT_FOLDER_NAMES.get(folder, folder)} folder of the Exchange mailbox {mailbox} cannot be reached "
+        f"for appointments, contacts and tasks ({cause.code}: {cause.detail}). Give the connecting account access "
+        "to it, then test and enable the mailbox again",
+    )
+
+
 def another_org_error(mailbox: str, other_org: str) -> SyncError:
     """The permanent error for a mailbox whose ACT another organization syncs."""
     return SyncError(

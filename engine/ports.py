@@ -511,6 +511,11 @@ class ExchangePort(Protocol):
         """Stamp ``org_id`` (and the time now) on the Exchange mailbox, replacing any claim."""
         ...
 
+    async def check_folder(self, mailbox: str, folder: str) -> None:
+        """Read a distinguished folder of the mailbox (GetFolder), e.g. ``calendar``: an error when the
+        mailbox cannot reach it."""
+        ...
+
     async def act_changes(self, mailbox: str, kind: str, sync_state: str | None) -> ActChanges:
         """The items of the kind's default folder created, updated or deleted since ``sync_state``
         (None: from the start, every item as created), and the state to pass next time."""
