@@ -326,10 +326,12 @@ ACT_EXCHANGE_ONLY = frozenset({("appointment", "freebusy"), ("appointment", "rem
 # The attendees of an appointment are its activity parties 5 and 6, as sorted tuples of addresses (None:
 # none): a meeting in Exchange shows who the CRM invited.
 ACT_ATTENDEES = {"requiredattendees": 5, "optionalattendees": 6}  # field -> participation type
-# The direction of each field unless the administrator chose another one.
+# The direction of each field unless the administrator chose another one: both ways, but for the
+# fields worked out from the CRM row. Attendees go both ways: those changed in Exchange become the
+# appointment's activity parties (resolved to users or contacts as email addresses are, else kept as
+# addresses).
 ACT_DIRECTIONS: dict[tuple[str, str], SyncDirection] = {
-    (kind, name): SyncDirection.TO_EXCHANGE if (kind, name) in ACT_EXCHANGE_ONLY or name in ACT_ATTENDEES
-    else SyncDirection.BIDIRECTIONAL
+    (kind, name): SyncDirection.TO_EXCHANGE if (kind, name) in ACT_EXCHANGE_ONLY else SyncDirection.BIDIRECTIONAL
     for kind, names in ACT_FIELDS.items() for name in names}
 ACT_DERIVED = frozenset({"freebusy", "reminderset", *ACT_ATTENDEES})  # no column of the CRM row holds them
 TRACKED_CATEGORY = "Tracked to Dynamics 365"  # an Exchange item with it becomes a CRM row

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import unavailable_reason
 from sqlalchemy import update
-from support import ADMIN, ALICE, BOB, START, Org, build_org
+from support import ADMIN, ALICE, BOB, CARL, START, STRANGER, Org, build_org
 from test_engine_ews import FakeTokens, tls  # noqa: F401  (tls is a fixture)
 from test_postgres import pg_db, pg_url  # noqa: F401  (fixtures)
 
@@ -110,6 +110,65 @@ def test_an_attendee_gets_the_appointment_too_and_exchange_shows_a_meeting_with_
     assert o.exchange_items(BOB, "appointment") == []
     item = one(o.exchange_items(ALICE, "appointment"))
     assert (item.fields["requiredattendees"], item.fields["optionalattendees"]) == (None, ("admin@contoso.example",))
+
+
+def parties(o: Org, activityid: str) -> set[tuple]:
+    """An appointment's attendees as activity parties: (type 5 or 6, record type, record id, address used)."""
+    from sqlmodel import Session, select
+
+    from simulator.crm.models import ActivityParty
+    with Session(o.sb.db) as s:
+        rows = s.exec(select(ActivityParty).where(ActivityParty.activityid == activityid,
+                                                  ActivityParty.participationtypemask.in_((5, 6)))).all()
+    return {(r.participationtypemask, r.partyobjecttypecode, r.partyid, r.addressused) for r in rows}
+
+
+def test_attendees_changed_in_exchange_become_activity_parties_resolved_like_email_addresses(org):
+    o = org
+    a = appointment(o, attendees={BOB: 5})
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, requiredattendees=(CARL.upper(), STRANGER),
+                    optionalattendees=(BOB,))
+    cycle(o)
+    assert parties(o, a) == {(5, "contact", o.records[CARL], CARL), (5, None, None, STRANGER),
+                             (6, "systemuser", o.users[BOB], BOB)}
+    link = one(o.act_links(ALICE))
+    assert link.lastchangedirection == "ToCrm" and link.crmversionnumber == 2
+    cycle(o)  # the CRM's new attendees reach Bob's copy; Alice's item is left as she made it
+    theirs = one(o.exchange_items(BOB, "appointment"))
+    assert (theirs.fields["requiredattendees"], theirs.fields["optionalattendees"]) == (
+        tuple(sorted((CARL, STRANGER))), (BOB,))
+    assert one(o.exchange_items(ALICE, "appointment")).change_key == one(o.act_links(ALICE)).exchangechangekey
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, optionalattendees=None)  # Bob is dropped in Outlook
+    cycle(o, 2)
+    assert {p[0] for p in parties(o, a)} == {5} and o.exchange_items(BOB, "appointment") == []
+
+
+def test_attendees_set_to_exchange_only_ignore_changes_made_in_exchange(org):
+    o = org
+    o.sb.admin.set_act_direction(ADMIN, entityname="appointment", attributename="requiredattendees",
+                                 syncdirection="to-exchange")
+    a = appointment(o, attendees={BOB: 5})
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, requiredattendees=(CARL,), optionalattendees=(BOB,))
+    cycle(o)
+    assert parties(o, a) == {(5, "systemuser", o.users[BOB], None), (6, "systemuser", o.users[BOB], BOB)}
+
+
+def test_a_tracked_meeting_brings_its_attendees_to_the_new_appointment(org):
+    o = org
+    o.exchange_add(ALICE, "appointment", categories=(TRACKED_CATEGORY,), subject="Tracked meeting",
+                   scheduledstart=IN_2_DAYS, scheduledend=IN_2_DAYS + timedelta(hours=1),
+                   requiredattendees=(BOB, STRANGER))
+    cycle(o, 2)
+    [row] = o.act_rows("appointment")
+    assert parties(o, row["activityid"]) == {(5, "systemuser", o.users[BOB], BOB), (5, None, None, STRANGER)}
+    assert [i.fields["subject"] for i in o.exchange_items(BOB, "appointment")] == ["Tracked meeting"]
 
 
 def test_an_appointment_without_organizer_fails_alone_with_an_item_level_row_and_alert(org):
@@ -574,6 +633,32 @@ def test_round_trip_over_exchangelib(tls):  # noqa: F811
             await port._call(ALICE, remove)
             await o.sb.run_for(CYCLE)
             assert o.act_row("appointment", a) is None  # future, organized by Alice: deleted
+    try:
+        asyncio.run(go())
+    finally:
+        o.sb.close()
+
+
+def test_attendees_changed_over_exchangelib_reach_the_crm(tls):  # noqa: F811
+    from exchangelib import Attendee, Mailbox
+
+    o = build_org()
+
+    async def go():
+        async with Wire(o, tls) as port:
+            a = appointment(o, attendees={BOB: 5})
+            await o.sb.run_for(CYCLE)
+            o.sb.clock.advance(60)
+
+            def invite(account):  # as a user would: exchangelib's own save
+                item = next(iter(account.calendar.all()))
+                item.required_attendees = [Attendee(mailbox=Mailbox(email_address=CARL), response_type="Unknown")]
+                item.optional_attendees = [Attendee(mailbox=Mailbox(email_address=BOB), response_type="Unknown")]
+                item.save(update_fields=["required_attendees", "optional_attendees"])
+            await port._call(ALICE, invite)
+            await o.sb.run_for(CYCLE)
+            assert parties(o, a) == {(5, "contact", o.records[CARL], CARL), (6, "systemuser", o.users[BOB], BOB)}
+            assert one(o.act_links(ALICE)).lastchangedirection == "ToCrm"
     try:
         asyncio.run(go())
     finally:
