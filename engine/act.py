@@ -25,11 +25,18 @@ and last name, job title, business phone; task: subject, description, due day, p
 * **CRM -> Exchange**: a row of a filter without a link is created in Exchange (carrying its CRM id
   as an extended property) and linked; an appointment without organizer is not: an item-level row and
   the alert "Appointments can't be synchronized because the Organizer field is not present". A linked
-  row that matches no filter any more is a logical delete: the Exchange copy is deleted.
+  row that matches no filter any more is a logical delete: the Exchange copy is deleted, or only
+  unlinked when the organization says physical and logical deletes differ
+  (``OrgSettings.physicalandlogicaldeletesdiffer``).
 * **Exchange -> CRM**: an item not linked becomes a CRM row (owned by the user; for an appointment,
   organized by the user) only when it carries the category "Tracked to Dynamics 365" and no CRM id (a
   copy of a linked item carries its original's id and is ignored); the item is then stamped with the
   new row's id.
+* **Directions.** Each field goes the way the snapshot says (``ActSnapshot.directions``: the
+  administrator's choices in ``syncattributemapping`` over :data:`engine.ports.ACT_DIRECTIONS`):
+  Bidirectional, ToExchange (Exchange's value is not read), ToCRM (the CRM's value is not read) or
+  None (neither). A new Exchange item gets only the fields that go to Exchange, a row made from a tracked
+  item only those that go to the CRM.
 * **Linked items** change field by field against the fields as last synced (kept on the link): a field
   changed on one side goes to the other; changed on both sides to different values, the later
   modification wins (CRM ``modifiedon`` against Exchange's last-modified time), the CRM on a tie, and
@@ -51,14 +58,14 @@ and last name, job title, business phone; task: subject, description, due day, p
   after a busy cycle, stretching with ``noactcount`` when quiet, never under the profile's minimum
   polling interval.
 
-* An appointment's free/busy status, reminder and attendees go one way, CRM to Exchange
-  (:data:`engine.ports.ACT_DIRECTIONS`): Completed or Canceled appointments show as Free with no
-  reminder, there is no reminder once the start is more than 7 days past, and an appointment with
-  attendees (activity parties 5 and 6) is a meeting with those required and optional attendees
-  (no invitation is sent: each attendee's own mailbox syncs the appointment through its filters).
-
-Not built: attendee changes made in Exchange are not carried to the CRM, the org switch "physical and logical deletes differ" (a logical delete always deletes the Exchange copy),
-and directions chosen per field by an administrator (the directions are fixed).
+* An appointment's free/busy status and reminder go one way, CRM to Exchange (or not at all:
+  :data:`engine.ports.ACT_EXCHANGE_ONLY`): Completed or Canceled appointments show as Free with no
+  reminder, and there is no reminder once the start is more than 7 days past.
+* An appointment with attendees (activity parties 5 and 6) is a meeting with those required and
+  optional attendees (no invitation is sent: each attendee's own mailbox syncs the appointment through
+  its filters). Attendees changed in Exchange go to the CRM as any field does: the CRM port makes them
+  the appointment's parties, each address resolved to a user or a contact as email addresses are, or
+  kept as the address alone.
 
 Where the claim lives in Exchange
 ---------------------------------
