@@ -25,11 +25,18 @@ and last name, job title, business phone; task: subject, description, due day, p
 * **CRM -> Exchange**: a row of a filter without a link is created in Exchange (carrying its CRM id
   as an extended property) and linked; an appointment without organizer is not: an item-level row and
   the alert "Appointments can't be synchronized because the Organizer field is not present". A linked
-  row that matches no filter any more is a logical delete: the Exchange copy is deleted.
+  row that matches no filter any more is a logical delete: the Exchange copy is deleted, or only
+  unlinked when the organization says physical and logical deletes differ
+  (``OrgSettings.physicalandlogicaldeletesdiffer``).
 * **Exchange -> CRM**: an item not linked becomes a CRM row (owned by the user; for an appointment,
   organized by the user) only when it carries the category "Tracked to Dynamics 365" and no CRM id (a
   copy of a linked item carries its original's id and is ignored); the item is then stamped with the
   new row's id.
+* **Directions.** Each field goes the way the snapshot says (``ActSnapshot.directions``: the
+  administrator's choices in ``syncattributemapping`` over :data:`engine.ports.ACT_DIRECTIONS`):
+  Bidirectional, ToExchange (Exchange's value is not read), ToCRM (the CRM's value is not read) or
+  None (neither). A new Exchange item gets only the fields that go to Exchange, a row made from a tracked
+  item only those that go to the CRM.
 * **Linked items** change field by field against the fields as last synced (kept on the link): a field
   changed on one side goes to the other; changed on both sides to different values, the later
   modification wins (CRM ``modifiedon`` against Exchange's last-modified time), the CRM on a tie, and
@@ -51,14 +58,14 @@ and last name, job title, business phone; task: subject, description, due day, p
   after a busy cycle, stretching with ``noactcount`` when quiet, never under the profile's minimum
   polling interval.
 
-* An appointment's free/busy status, reminder and attendees go one way, CRM to Exchange
-  (:data:`engine.ports.ACT_DIRECTIONS`): Completed or Canceled appointments show as Free with no
-  reminder, there is no reminder once the start is more than 7 days past, and an appointment with
-  attendees (activity parties 5 and 6) is a meeting with those required and optional attendees
-  (no invitation is sent: each attendee's own mailbox syncs the appointment through its filters).
-
-Not built: attendee changes made in Exchange are not carried to the CRM, the org switch "physical and logical deletes differ" (a logical delete always deletes the Exchange copy),
-and directions chosen per field by an administrator (the directions are fixed).
+* An appointment's free/busy status and reminder go one way, CRM to Exchange (or not at all:
+  :data:`engine.ports.ACT_EXCHANGE_ONLY`): Completed or Canceled appointments show as Free with no
+  reminder, and there is no reminder once the start is more than 7 days past.
+* An appointment with attendees (activity parties 5 and 6) is a meeting with those required and
+  optional attendees (no invitation is sent: each attendee's own mailbox syncs the appointment through
+  its filters). Attendees changed in Exchange go to the CRM as any field does: the CRM port makes them
+  the appointment's parties, each address resolved to a user or a contact as email addresses are, or
+  kept as the address alone.
 
 Where the claim lives in Exchange
 ---------------------------------
@@ -81,6 +88,7 @@ from datetime import datetime
 from engine.alerts import level_enabled
 from engine.errors import KNOWN_ERRORS, Scope, SyncError
 from engine.ports import (
+    ACT_ATTENDEES,
     ACT_DERIVED,
     ACT_DIRECTIONS,
     ACT_FIELDS,
@@ -100,6 +108,7 @@ from engine.ports import (
     ItemOutcomeKind,
     MailboxWork,
     OrgSettings,
+    SyncDirection,
 )
 
 ACT_PROPERTY_SET_ID = "5e6b2a4c-8d1f-4c3a-9b7e-2f0d6c5a1e93"  # lowercase, as EWS clients compare it
@@ -113,6 +122,20 @@ ORGANIZER_MISSING = "AppointmentOrganizerMissing"
 ORGANIZER_MISSING_TEXT = "Appointments can't be synchronized because the Organizer field is not present"
 APPOINTMENT_DONE = (1, 2)  # appointment statecode Completed, Canceled
 TASK_DONE = 100  # percentcomplete of a completed task
+
+
+ACT_FOLDER_NOT_ACCESSIBLE = "ActFolderNotAccessible"
+ACT_FOLDER_NAMES = {"calendar": "Calendar", "contacts": "Contacts", "tasks": "Tasks"}
+
+
+def act_folder_error(mailbox: str, folder: str, cause: SyncError) -> SyncError:
+    """The permanent error of a Test & Enable whose ACT test cannot reach one of the ACT folders."""
+    return SyncError(
+        ACT_FOLDER_NOT_ACCESSIBLE,
+        f"The {ACT_FOLDER_NAMES.get(folder, folder)} folder of the Exchange mailbox {mailbox} cannot be reached "
+        f"for appointments, contacts and tasks ({cause.code}: {cause.detail}). Give the connecting account access "
+        "to it, then test and enable the mailbox again",
+    )
 
 
 def another_org_error(mailbox: str, other_org: str) -> SyncError:
@@ -189,6 +212,7 @@ class _Cycle:
     async def run(self) -> None:
         snap = self.crm.act_snapshot(self.mailbox)
         self.user = snap.userid
+        self.directions = snap.directions
         changed: dict[str, ActItem] = {}
         deleted: set[str] = set()
         states: dict[str, str] = {}
@@ -240,7 +264,8 @@ class _Cycle:
             return
         if unmatched:  # matches no sync filter any more: a logical delete
             self._unlink(link, unlinked_now)
-            await self._delete_in_exchange(link)
+            if not self.org.physicalandlogicaldeletesdiffer:  # else the Exchange copy stays, unlinked
+                await self._delete_in_exchange(link)
             return
         crm_changed = row.versionnumber != link.crmversion
         if not crm_changed and item is None:
@@ -293,12 +318,18 @@ class _Cycle:
             b = base.get(name)
             c = row.fields.get(name) if crm_changed else b
             e = item.fields.get(name) if item is not None else b
-            if ACT_DIRECTIONS.get((link.kind, name)) == "ToExchange":  # one way: Exchange's value is not read
+            way = self._direction(link.kind, name)
+            if way is SyncDirection.NONE:  # not synchronized: neither side's value is read
+                merged[name] = b
+            elif way is SyncDirection.TO_EXCHANGE:  # one way: Exchange's value is not read
                 merged[name] = c
                 if c != b:
                     to_exchange[name] = c
-                continue
-            if c == e:
+            elif way is SyncDirection.TO_CRM:  # one way: the CRM's value is not read
+                merged[name] = e
+                if e != b:
+                    to_crm[name] = e
+            elif c == e:
                 merged[name] = c
             elif e == b:
                 merged[name] = to_exchange[name] = c
@@ -343,9 +374,10 @@ class _Cycle:
         if row.kind == "appointment" and not row.organizer:
             self._item_failed(row.kind, "", row.crm_id, SyncError(ORGANIZER_MISSING, ORGANIZER_MISSING_TEXT))
             return
+        fields = {name: value if self._direction(row.kind, name).to_exchange else None  # what goes to Exchange
+                  for name, value in row.fields.items()}
         try:
-            made = await self.exchange.create_act_item(self.address, ActItem(row.kind, dict(row.fields),
-                                                                             crm_id=row.crm_id))
+            made = await self.exchange.create_act_item(self.address, ActItem(row.kind, fields, crm_id=row.crm_id))
         except SyncError as exc:
             self._item_failed(row.kind, "", row.crm_id, exc)
             if _cuts_cycle(exc):
@@ -353,7 +385,7 @@ class _Cycle:
             return
         self.result.to_exchange += 1
         self.commit.links.append(ActLink(row.kind, row.crm_id, made.item_id, made.change_key, row.versionnumber,
-                                         dict(row.fields), row.organizer, row.ownerid, "ToExchange"))
+                                         fields, row.organizer, row.ownerid, "ToExchange"))
 
     async def _tracked(self, item: ActItem) -> None:
         """An Exchange item not linked: a CRM row only when it carries the tracking category (a copy of
@@ -361,7 +393,8 @@ class _Cycle:
         of the row made from it."""
         if TRACKED_CATEGORY not in item.categories or item.crm_id is not None:
             return
-        fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind] if name not in ACT_DERIVED}
+        fields = {name: item.fields.get(name) for name in ACT_FIELDS[item.kind]  # what goes to the CRM
+                  if self._direction(item.kind, name).to_crm and (name not in ACT_DERIVED or name in ACT_ATTENDEES)}
         crm_id = self.crm.act_new_id()
         change_key = item.change_key
         try:
@@ -376,6 +409,9 @@ class _Cycle:
                        self.user if item.kind == "appointment" else None, self.user, "ToCrm")
         self.commit.creates.append(ActCreate(item.kind, fields, link))
         self.result.to_crm += 1
+
+    def _direction(self, kind: str, name: str) -> SyncDirection:
+        return self.directions.get((kind, name), ACT_DIRECTIONS[(kind, name)])
 
     def _item_failed(self, kind: str, item_id: str, crm_id: str | None, error: SyncError) -> None:
         """An item-level row, and an alert on the mailbox (once per code and cycle)."""

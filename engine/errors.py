@@ -46,6 +46,8 @@ KNOWN_ERRORS: dict[str, ErrorKind] = dict(
            "The email address is not approved; an administrator must approve it before mail is processed"),
         _k("ConfiguredWithAnotherOrganization", P, Scope.MAILBOX,
            "The Exchange mailbox syncs appointments, contacts and tasks with another organization"),
+        _k("ActFolderNotAccessible", P, Scope.MAILBOX,
+           "A Calendar, Contacts or Tasks folder of the Exchange mailbox cannot be reached"),
         # EWS response codes.
         _k("ErrorExceededConnectionCount", T, Scope.MAILBOX, "Too many concurrent connections to the mailbox"),
         _k("ErrorServerBusy", T, Scope.MAILBOX, "Exchange is busy and asked to back off"),

@@ -850,6 +850,17 @@ class EwsExchange:
 
         return await self._call(mailbox, read)
 
+    async def check_folder(self, mailbox: str, folder: str) -> None:
+        def read(account: Account) -> None:
+            target = self._new_folder(account, account.primary_smtp_address, folder)
+            found = list(FolderCollection(account=account, folders=[target]).get_folders(additional_fields=set()))
+            if not found:
+                raise ExchangeError("ErrorFolderNotFound", f"GetFolder returned no {folder} for {mailbox}")
+            if isinstance(found[0], Exception):
+                raise found[0]
+
+        await self._call(mailbox, read)
+
     async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
         now = (self.clock if self.clock is not None else RealClock()).now()
         stamp = _utc(now)

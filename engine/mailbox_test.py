@@ -33,7 +33,11 @@ server-side sync, and only for user mailboxes) checks the organization claim of 
 Exchange mailbox: an unclaimed mailbox, or one this organization holds, is stamped with this
 organization's id; one held by another organization fails with
 ``ConfiguredWithAnotherOrganization`` unless ``this_org_only`` ("Sync items with Exchange from
-this org only") is ticked, which overwrites the other organization's stamp.
+this org only") is ticked, which overwrites the other organization's stamp. It then reads the
+Calendar, Contacts and Tasks folders as the impersonated mailbox: a folder that cannot be reached
+fails ACT with ``ActFolderNotAccessible``, whose text names the folder and Exchange's answer (a
+transient answer such as Exchange busy puts the test off, as for the other workloads). The claim is
+stamped only when the folders can be reached.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ from datetime import datetime, timedelta
 
 from engine import alerts as alert_rules
 from engine import schedule
-from engine.act import CONFIGURED_WITH_ANOTHER_ORG, another_org_error
+from engine.act import CONFIGURED_WITH_ANOTHER_ORG, act_folder_error, another_org_error
 from engine.clock import Clock
-from engine.errors import SyncError
+from engine.errors import KNOWN_ERRORS, SyncError
 from engine.ports import (
+    ACT_FOLDERS,
     WORKLOAD_COLUMNS,
     Alert,
     ExchangePort,
@@ -156,10 +161,18 @@ async def _test_outgoing(exchange: ExchangePort, clock: Clock, mailbox: MailboxW
 
 
 async def _test_act(exchange: ExchangePort, org: OrgSettings, mailbox: MailboxWork, this_org_only: bool) -> None:
-    """Claim the Exchange mailbox's ACT for this organization, or fail when another one holds it."""
+    """Claim the Exchange mailbox's ACT for this organization, or fail when another one holds it or a
+    folder ACT syncs with cannot be reached."""
     claim = await exchange.get_act_org(mailbox.emailaddress)
     if claim is not None and claim.org_id != org.organizationid and not this_org_only:
         raise another_org_error(mailbox.emailaddress, claim.org_id)
+    for folder in ACT_FOLDERS.values():
+        try:
+            await exchange.check_folder(mailbox.emailaddress, folder)
+        except SyncError as exc:
+            if exc.transient and exc.code in KNOWN_ERRORS:  # busy, throttled, unavailable: test again later
+                raise
+            raise act_folder_error(mailbox.emailaddress, folder, exc) from None
     await exchange.set_act_org(mailbox.emailaddress, org.organizationid)
 
 

@@ -120,6 +120,8 @@ class OrgSettings:
     notifymailboxownerofemailserverlevelalerts: bool = False
     tracksentitems: bool = False
     organizationid: str = ""  # stamped on Exchange mailboxes whose ACT this organization syncs (1.11)
+    # ACT (3.6): a logical delete (the row matches no sync filter any more) only unlinks the Exchange copy
+    physicalandlogicaldeletesdiffer: bool = False
 
 
 @dataclass(slots=True)
@@ -296,15 +298,42 @@ ACT_FIELDS = {
     "contact": ("firstname", "lastname", "jobtitle", "telephone1"),
     "task": ("subject", "description", "scheduledend", "percentcomplete"),
 }
-# Fields that go one way only (the others sync both ways): an appointment's free/busy status ("Free" when
-# Completed or Canceled, else "Busy") and whether Exchange reminds of it (not when Completed, Canceled, or
-# started more than 7 days ago) are derived from the CRM row and only written to Exchange.
-# The attendees of an appointment (its activity parties 5 and 6, as sorted tuples of addresses; None: none)
-# go one way too: a meeting in Exchange shows who the CRM invited.
-ACT_DIRECTIONS = {("appointment", "freebusy"): "ToExchange", ("appointment", "reminderset"): "ToExchange",
-                  ("appointment", "requiredattendees"): "ToExchange",
-                  ("appointment", "optionalattendees"): "ToExchange"}
-ACT_DERIVED = frozenset(name for _, name in ACT_DIRECTIONS)  # no CRM column holds them
+
+
+class SyncDirection(IntEnum):
+    """Which way an ACT field synchronizes (``syncattributemapping.syncdirection``), as the
+    administrator chooses it per table and field (SPEC 3.6)."""
+
+    NONE = 0  # not synchronized
+    TO_EXCHANGE = 1
+    TO_CRM = 2
+    BIDIRECTIONAL = 3
+
+    @property
+    def to_exchange(self) -> bool:
+        return self in (SyncDirection.TO_EXCHANGE, SyncDirection.BIDIRECTIONAL)
+
+    @property
+    def to_crm(self) -> bool:
+        return self in (SyncDirection.TO_CRM, SyncDirection.BIDIRECTIONAL)
+
+
+# Fields without a CRM column that are derived from the CRM row and only written to Exchange: an
+# appointment's free/busy status ("Free" when Completed or Canceled, else "Busy") and whether Exchange
+# reminds of it (not when Completed, Canceled, or started more than 7 days ago). Their direction may only
+# be ToExchange or None.
+ACT_EXCHANGE_ONLY = frozenset({("appointment", "freebusy"), ("appointment", "reminderset")})
+# The attendees of an appointment are its activity parties 5 and 6, as sorted tuples of addresses (None:
+# none): a meeting in Exchange shows who the CRM invited.
+ACT_ATTENDEES = {"requiredattendees": 5, "optionalattendees": 6}  # field -> participation type
+# The direction of each field unless the administrator chose another one: both ways, but for the
+# fields worked out from the CRM row. Attendees go both ways: those changed in Exchange become the
+# appointment's activity parties (resolved to users or contacts as email addresses are, else kept as
+# addresses).
+ACT_DIRECTIONS: dict[tuple[str, str], SyncDirection] = {
+    (kind, name): SyncDirection.TO_EXCHANGE if (kind, name) in ACT_EXCHANGE_ONLY else SyncDirection.BIDIRECTIONAL
+    for kind, names in ACT_FIELDS.items() for name in names}
+ACT_DERIVED = frozenset({"freebusy", "reminderset", *ACT_ATTENDEES})  # no column of the CRM row holds them
 TRACKED_CATEGORY = "Tracked to Dynamics 365"  # an Exchange item with it becomes a CRM row
 
 
@@ -369,6 +398,8 @@ class ActSnapshot:
     links: list[ActLink]
     unmatched: dict[str, ActRecord | None]  # linked rows that match no filter now (None: deleted)
     sync_states: dict[str, str]  # table -> Exchange sync state of its folder
+    # (table, field) -> its direction: the administrator's choices over ACT_DIRECTIONS
+    directions: dict[tuple[str, str], SyncDirection] = field(default_factory=lambda: dict(ACT_DIRECTIONS))
 
 
 @dataclass(slots=True)
@@ -480,6 +511,11 @@ class ExchangePort(Protocol):
 
     async def set_act_org(self, mailbox: str, org_id: str) -> ActOrgClaim:
         """Stamp ``org_id`` (and the time now) on the Exchange mailbox, replacing any claim."""
+        ...
+
+    async def check_folder(self, mailbox: str, folder: str) -> None:
+        """Read a distinguished folder of the mailbox (GetFolder), e.g. ``calendar``: an error when the
+        mailbox cannot reach it."""
         ...
 
     async def act_changes(self, mailbox: str, kind: str, sync_state: str | None) -> ActChanges:

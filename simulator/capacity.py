@@ -408,6 +408,9 @@ class MeteredExchange:
     async def set_act_org(self, mailbox, *args):
         return await self._metered(mailbox, self.inner.set_act_org(mailbox, *args))
 
+    async def check_folder(self, mailbox, *args):
+        return await self._metered(mailbox, self.inner.check_folder(mailbox, *args))
+
     async def ews_url_for(self, mailbox):  # Autodiscover, not an EWS request: not counted
         return await self.inner.ews_url_for(mailbox)
 

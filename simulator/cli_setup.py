@@ -478,6 +478,7 @@ SWITCH_OPTIONS = {
     "tracking_token": "trackingtokenenabled",
     "smart_matching": "enablesmartmatching",
     "track_sent_items": "tracksentitems",
+    "physical_logical_deletes_differ": "physicalandlogicaldeletesdiffer",
     "alerts_errors": "generatealertsforerrors",
     "alerts_warnings": "generatealertsforwarnings",
     "alerts_information": "generatealertsforinformation",
@@ -500,6 +501,9 @@ def settings_set(
     smart_matching: bool | None = typer.Option(None, "--smart-matching/--no-smart-matching", help="Smart matching."),
     track_sent_items: bool | None = typer.Option(None, "--track-sent-items/--no-track-sent-items",
                                                  help="Also track the Sent Items folder."),
+    physical_logical_deletes_differ: bool | None = typer.Option(
+        None, "--physical-logical-deletes-differ/--no-physical-logical-deletes-differ",
+        help="ACT: a row that stops matching the sync filters only unlinks its Exchange copy (else deletes it)."),
     alerts_errors: bool | None = typer.Option(None, "--alerts-errors/--no-alerts-errors", help="Error alerts."),
     alerts_warnings: bool | None = typer.Option(None, "--alerts-warnings/--no-alerts-warnings", help="Warning alerts."),
     alerts_information: bool | None = typer.Option(None, "--alerts-information/--no-alerts-information",
@@ -1212,3 +1216,36 @@ def act_filter_delete(ref: str = _filter_ref_option(), as_user: str = _filter_as
     with _Refused(derived=_FILTER_DERIVED):
         view = _in_sandbox(db, lambda ws: ws.admin.delete_sync_filter(as_user, ref))
     _say(f"Sync filter {view['name']!r} ({view['returnedtypecode']}) deleted.")
+@act_app.command("direction")
+def act_direction(
+    table: str = typer.Option(..., "--table", help="appointment, contact or task."),
+    field_name: str = typer.Option(..., "--field", help="A synchronized field, named as the CRM column (sss act "
+                                   "directions lists them)."),
+    direction: str = typer.Option(..., "--direction", help="none, to-exchange, to-crm or bidirectional (or 0-3)."),
+    as_user: str = typer.Option(..., "--as", metavar="USER", help="A System Administrator."),
+    db: str = _db_option(),
+) -> None:
+    """Choose which way a field of appointments, contacts or tasks synchronizes (System Administrator)."""
+    with _Refused("act direction"):
+        view = _in_sandbox(db, lambda ws: ws.admin.set_act_direction(
+            as_user, entityname=table, attributename=field_name, syncdirection=direction))
+    _say(f"{view.table} {view.field}: {view.direction}{' (the default)' if view.default else ''}; the next ACT "
+         "cycle of each mailbox follows it.")
+
+
+@act_app.command("directions")
+def act_directions(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
+    """The direction of every synchronized field of appointments, contacts and tasks."""
+    with _Refused():
+        rows = _in_sandbox(db, lambda ws: ws.admin.act_directions())
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    table = Table(title="ACT field directions")
+    for col in ("table", "field", "direction", "default"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.table, r.field, r.direction, "yes" if r.default else "changed")
+    Console(highlight=False).print(table)

@@ -218,6 +218,9 @@ class ProfilePorts:
     async def set_act_org(self, mailbox, org_id):
         return await self.port(mailbox).set_act_org(mailbox, org_id)
 
+    async def check_folder(self, mailbox, folder):
+        return await self.port(mailbox).check_folder(mailbox, folder)
+
     async def act_changes(self, mailbox, kind, sync_state):
         return await self.port(mailbox).act_changes(mailbox, kind, sync_state)
 

@@ -22,7 +22,13 @@ from test_engine_ews import Env, make_store, run_env, tls  # noqa: F401  (tls is
 from test_wire import _alerts, _enabled_wire, _mailbox
 
 from engine import schedule
-from engine.act import ACT_ORG_ID_NAME, ACT_PROPERTY_SET_ID, ACT_STAMPED_ON_NAME, CONFIGURED_WITH_ANOTHER_ORG
+from engine.act import (
+    ACT_FOLDER_NOT_ACCESSIBLE,
+    ACT_ORG_ID_NAME,
+    ACT_PROPERTY_SET_ID,
+    ACT_STAMPED_ON_NAME,
+    CONFIGURED_WITH_ANOTHER_ORG,
+)
 from engine.errors import ExchangeError
 from engine.ports import ActOrgClaim, OrgSettings, Status, Workload
 from simulator.crm.models import Mailbox
@@ -297,6 +303,52 @@ def test_another_orgs_claim_fails_act_only_with_an_alert_for_mailbox_and_profile
     assert [e.subject for e in o.received()] == ["still tracked"]
     assert o.starts(ALICE, "ACT") == [] and o.starts(ALICE)
     assert o.sb.store.act_org(ALICE) == claimed
+
+
+def _lose_folder(store, address: str, key: str) -> None:
+    """The mailbox's distinguished folder ``key`` can no longer be found (as when the connecting account
+    lost its access to it): GetFolder answers ErrorFolderNotFound, in process and over EWS alike."""
+    mbx = store.mailbox(address)
+    mbx.full_tree()
+    mbx.distinguished.pop(key)
+
+
+def test_the_act_test_fails_naming_a_folder_it_cannot_reach_and_does_not_claim(make_org):
+    o = make_org(test=False)
+    _lose_folder(o.sb.store, ALICE, "tasks")
+    [alice, bob] = o.test_and_enable([ALICE, BOB])
+    assert (alice.incoming, alice.outgoing, alice.act) == (Status.SUCCESS, Status.SUCCESS, Status.FAILURE)
+    error = alice.errors["ACT"]
+    assert error.code == ACT_FOLDER_NOT_ACCESSIBLE and "Tasks folder" in error.detail and ALICE in error.detail
+    assert "ErrorFolderNotFound" in error.detail
+    assert o.sb.store.act_org(ALICE) is None  # not claimed
+    mb = o.mailbox(ALICE)
+    assert (mb.actstatus, mb.enabledforact, mb.lastsyncerrorcode) == (2, False, ACT_FOLDER_NOT_ACCESSIBLE)
+    assert mb.enabledforincomingemail and mb.enabledforoutgoingemail
+    alerts = [a for a in o.alerts() if a.tracecode == ACT_FOLDER_NOT_ACCESSIBLE]
+    assert {(a.level, a.regardingobjectid) for a in alerts} == {(3, o.mailboxes[ALICE])}
+    assert all("Tasks folder" in a.text for a in alerts)
+    assert bob.act is Status.SUCCESS  # the other mailbox is not concerned
+
+
+def test_the_act_test_over_exchangelib_fails_naming_the_folder_too(tmp_path):
+    async def go():
+        wire = await _enabled_wire(tmp_path)
+        try:
+            _lose_folder(wire.sb.store, ALICE, "contacts")
+            box = _mailbox(wire.sb, ALICE)
+            calls = wire.ews.calls.get("GetFolder", 0)
+            [result] = await wire.sb.admin.test_and_enable("admin", [box["mailboxid"]])
+            assert result.act is Status.FAILURE and (result.incoming, result.outgoing) == (Status.SUCCESS,) * 2
+            error = result.errors["ACT"]
+            assert error.code == ACT_FOLDER_NOT_ACCESSIBLE and "Contacts folder" in error.detail
+            assert wire.ews.calls.get("GetFolder", 0) > calls  # read over EWS
+            box = _mailbox(wire.sb, ALICE)
+            assert (box["actstatus"], box["enabledforact"]) == (2, False)
+        finally:
+            await wire.stop()
+
+    asyncio.run(go())
 
 
 def test_this_org_only_overwrites_the_other_orgs_claim(make_org):

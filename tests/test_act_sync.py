@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import unavailable_reason
 from sqlalchemy import update
-from support import ALICE, BOB, START, Org, build_org
+from support import ADMIN, ALICE, BOB, CARL, START, STRANGER, Org, build_org
 from test_engine_ews import FakeTokens, tls  # noqa: F401  (tls is a fixture)
 from test_postgres import pg_db, pg_url  # noqa: F401  (fixtures)
 
@@ -110,6 +110,65 @@ def test_an_attendee_gets_the_appointment_too_and_exchange_shows_a_meeting_with_
     assert o.exchange_items(BOB, "appointment") == []
     item = one(o.exchange_items(ALICE, "appointment"))
     assert (item.fields["requiredattendees"], item.fields["optionalattendees"]) == (None, ("admin@contoso.example",))
+
+
+def parties(o: Org, activityid: str) -> set[tuple]:
+    """An appointment's attendees as activity parties: (type 5 or 6, record type, record id, address used)."""
+    from sqlmodel import Session, select
+
+    from simulator.crm.models import ActivityParty
+    with Session(o.sb.db) as s:
+        rows = s.exec(select(ActivityParty).where(ActivityParty.activityid == activityid,
+                                                  ActivityParty.participationtypemask.in_((5, 6)))).all()
+    return {(r.participationtypemask, r.partyobjecttypecode, r.partyid, r.addressused) for r in rows}
+
+
+def test_attendees_changed_in_exchange_become_activity_parties_resolved_like_email_addresses(org):
+    o = org
+    a = appointment(o, attendees={BOB: 5})
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, requiredattendees=(CARL.upper(), STRANGER),
+                    optionalattendees=(BOB,))
+    cycle(o)
+    assert parties(o, a) == {(5, "contact", o.records[CARL], CARL), (5, None, None, STRANGER),
+                             (6, "systemuser", o.users[BOB], BOB)}
+    link = one(o.act_links(ALICE))
+    assert link.lastchangedirection == "ToCrm" and link.crmversionnumber == 2
+    cycle(o)  # the CRM's new attendees reach Bob's copy; Alice's item is left as she made it
+    theirs = one(o.exchange_items(BOB, "appointment"))
+    assert (theirs.fields["requiredattendees"], theirs.fields["optionalattendees"]) == (
+        tuple(sorted((CARL, STRANGER))), (BOB,))
+    assert one(o.exchange_items(ALICE, "appointment")).change_key == one(o.act_links(ALICE)).exchangechangekey
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, optionalattendees=None)  # Bob is dropped in Outlook
+    cycle(o, 2)
+    assert {p[0] for p in parties(o, a)} == {5} and o.exchange_items(BOB, "appointment") == []
+
+
+def test_attendees_set_to_exchange_only_ignore_changes_made_in_exchange(org):
+    o = org
+    o.sb.admin.set_act_direction(ADMIN, entityname="appointment", attributename="requiredattendees",
+                                 syncdirection="to-exchange")
+    a = appointment(o, attendees={BOB: 5})
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, requiredattendees=(CARL,), optionalattendees=(BOB,))
+    cycle(o)
+    assert parties(o, a) == {(5, "systemuser", o.users[BOB], None), (6, "systemuser", o.users[BOB], BOB)}
+
+
+def test_a_tracked_meeting_brings_its_attendees_to_the_new_appointment(org):
+    o = org
+    o.exchange_add(ALICE, "appointment", categories=(TRACKED_CATEGORY,), subject="Tracked meeting",
+                   scheduledstart=IN_2_DAYS, scheduledend=IN_2_DAYS + timedelta(hours=1),
+                   requiredattendees=(BOB, STRANGER))
+    cycle(o, 2)
+    [row] = o.act_rows("appointment")
+    assert parties(o, row["activityid"]) == {(5, "systemuser", o.users[BOB], BOB), (5, None, None, STRANGER)}
+    assert [i.fields["subject"] for i in o.exchange_items(BOB, "appointment")] == ["Tracked meeting"]
 
 
 def test_an_appointment_without_organizer_fails_alone_with_an_item_level_row_and_alert(org):
@@ -362,9 +421,129 @@ def test_a_row_that_stops_matching_the_filters_is_a_logical_delete(org):
     assert o.act_row("contact", c) is not None
 
 
+def test_when_physical_and_logical_deletes_differ_a_logical_delete_only_unlinks_the_exchange_copy(org):
+    o = org
+    o.sb.admin.set_settings(ADMIN, physicalandlogicaldeletesdiffer=True)
+    c = o.act_add("contact", ALICE, firstname="Dana", lastname="Scully")
+    t = o.act_add("task", ALICE, subject="Call back")
+    cycle(o)
+    with o.sb.db.begin() as conn:  # the contact is reassigned to Bob: Alice's filters no longer return it
+        from simulator.crm.act_sync import update_row
+        update_row(conn, "contact", c, {}, o.sb.clock.now())
+        conn.execute(update(o_contact()).where(o_contact().c.contactid == c).values(ownerid=o.users[BOB]))
+    o.act_delete("task", t)  # a physical delete still reaches Exchange
+    cycle(o)
+    kept = one(o.exchange_items(ALICE, "contact"))
+    assert kept.fields["lastname"] == "Scully" and o.exchange_items(ALICE, "task") == []
+    assert [m.objectid for m in o.act_links(ALICE)] == []
+    assert [i.crm_id for i in o.exchange_items(BOB, "contact")] == [c]
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "contact", kept.item_id, jobtitle="Former contact")  # unlinked: goes nowhere
+    cycle(o)
+    assert o.act_row("contact", c)["jobtitle"] is None
+    assert [r["lastname"] for r in o.act_rows("contact") if r["lastname"]] == ["Scully"]  # and no new row
+
+
+def test_physical_and_logical_deletes_differ_is_an_org_setting_of_sss_settings_set(tmp_path):
+    import json
+
+    from trial import runner
+
+    from simulator.cli import app
+
+    path = tmp_path / "act.db"
+    build_org(db_url=f"sqlite:///{path}").sb.close()
+    shown = json.loads(runner.invoke(app, ["settings", "show", "--json", "--db", str(path)]).output)
+    assert shown["physicalandlogicaldeletesdiffer"] is False
+    done = runner.invoke(app, ["settings", "set", "--physical-logical-deletes-differ", "--as", ADMIN, "--db",
+                               str(path)])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(runner.invoke(app, ["settings", "show", "--json", "--db", str(path)]).output)
+    assert shown["physicalandlogicaldeletesdiffer"] is True
+
+
 def o_contact():
     from simulator.crm.models import Contact
     return Contact.__table__
+
+
+# -- field directions chosen by the administrator -----------------------------------------------------
+def test_a_field_set_to_crm_only_takes_exchange_changes_and_one_set_to_exchange_ignores_them(org):
+    o = org
+    o.sb.admin.set_act_direction(ADMIN, entityname="appointment", attributename="location", syncdirection="to-crm")
+    o.sb.admin.set_act_direction(ADMIN, entityname="appointment", attributename="subject", syncdirection=1)
+    a = appointment(o, location="CRM room")
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    assert (item.fields["subject"], item.fields["location"]) == ("Review", None)  # ToCRM: not written to Exchange
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "appointment", item.item_id, subject="Renamed in Outlook", location="Room 5")
+    cycle(o)
+    row = o.act_row("appointment", a)
+    assert (row["subject"], row["location"]) == ("Review", "Room 5")  # the subject's change is not read
+    o.act_update("appointment", a, subject="Renamed in the CRM", location="Room 9")
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "appointment"))
+    assert (item.fields["subject"], item.fields["location"]) == ("Renamed in the CRM", "Room 5")
+    assert o.act_row("appointment", a)["location"] == "Room 9"  # the CRM's own value stays
+
+
+def test_a_field_set_to_none_is_not_synchronized_either_way(org):
+    o = org
+    o.sb.admin.set_act_direction(ADMIN, entityname="contact", attributename="jobtitle", syncdirection="none")
+    c = o.act_add("contact", ALICE, firstname="Dana", lastname="Scully", jobtitle="Agent")
+    cycle(o)
+    item = one(o.exchange_items(ALICE, "contact"))
+    assert (item.fields["lastname"], item.fields["jobtitle"]) == ("Scully", None)
+    o.sb.clock.advance(30)
+    o.exchange_edit(ALICE, "contact", item.item_id, jobtitle="Director", telephone1="555-0199")
+    cycle(o)
+    row = o.act_row("contact", c)
+    assert (row["jobtitle"], row["telephone1"]) == ("Agent", "555-0199")
+    o.act_update("contact", c, jobtitle="Special agent")
+    cycle(o)
+    assert one(o.exchange_items(ALICE, "contact")).fields["jobtitle"] == "Director"
+    o.exchange_add(ALICE, "contact", categories=(TRACKED_CATEGORY,), firstname="Walter", lastname="Skinner",
+                   jobtitle="Assistant director")
+    cycle(o)
+    made = next(r for r in o.act_rows("contact") if r["lastname"] == "Skinner")
+    assert made["jobtitle"] is None  # a tracked item brings only the fields that go to the CRM
+
+
+def test_directions_are_listed_and_set_by_a_system_administrator_only(tmp_path):
+    import json
+
+    from trial import all_rows, refused, runner
+
+    from simulator.cli import app
+
+    path = tmp_path / "act.db"
+    url = f"sqlite:///{path}"
+    build_org(db_url=url).sb.close()
+
+    def sss(*args: str):
+        return runner.invoke(app, [*args, "--db", str(path)])
+
+    listed = {(r["table"], r["field"]): r for r in json.loads(sss("act", "directions", "--json").output)}
+    assert (listed[("appointment", "subject")]["direction"], listed[("appointment", "freebusy")]["direction"]) == (
+        "Bidirectional", "ToExchange")
+    assert all(r["default"] for r in listed.values())
+    done = sss("act", "direction", "--table", "task", "--field", "description", "--direction", "to-crm", "--as", ADMIN)
+    assert done.exit_code == 0, done.output
+    listed = {(r["table"], r["field"]): r for r in json.loads(sss("act", "directions", "--json").output)}
+    assert listed[("task", "description")] == {"table": "task", "field": "description", "syncdirection": 2,
+                                               "direction": "ToCRM", "default": False}
+    before = all_rows(url)
+    d = ("act", "direction", "--as", ADMIN)
+    refused(None, sss(*d, "--table", "meeting", "--field", "subject", "--direction", "none"), "--table", "meeting")
+    refused(None, sss(*d, "--table", "task", "--field", "colour", "--direction", "none"), "--field", "colour")
+    refused(None, sss(*d, "--table", "task", "--field", "subject", "--direction", "sideways"), "--direction",
+            "bidirectional")
+    refused(None, sss(*d, "--table", "appointment", "--field", "freebusy", "--direction", "to-crm"), "--direction",
+            "ToExchange")
+    refused(None, sss("act", "direction", "--table", "task", "--field", "subject", "--direction", "none", "--as",
+                      "alice"), "--as", "System Administrator")
+    assert all_rows(url) == before
 
 
 # -- the schedule -------------------------------------------------------------------------------------
@@ -454,6 +633,32 @@ def test_round_trip_over_exchangelib(tls):  # noqa: F811
             await port._call(ALICE, remove)
             await o.sb.run_for(CYCLE)
             assert o.act_row("appointment", a) is None  # future, organized by Alice: deleted
+    try:
+        asyncio.run(go())
+    finally:
+        o.sb.close()
+
+
+def test_attendees_changed_over_exchangelib_reach_the_crm(tls):  # noqa: F811
+    from exchangelib import Attendee, Mailbox
+
+    o = build_org()
+
+    async def go():
+        async with Wire(o, tls) as port:
+            a = appointment(o, attendees={BOB: 5})
+            await o.sb.run_for(CYCLE)
+            o.sb.clock.advance(60)
+
+            def invite(account):  # as a user would: exchangelib's own save
+                item = next(iter(account.calendar.all()))
+                item.required_attendees = [Attendee(mailbox=Mailbox(email_address=CARL), response_type="Unknown")]
+                item.optional_attendees = [Attendee(mailbox=Mailbox(email_address=BOB), response_type="Unknown")]
+                item.save(update_fields=["required_attendees", "optional_attendees"])
+            await port._call(ALICE, invite)
+            await o.sb.run_for(CYCLE)
+            assert parties(o, a) == {(5, "contact", o.records[CARL], CARL), (6, "systemuser", o.users[BOB], BOB)}
+            assert one(o.act_links(ALICE)).lastchangedirection == "ToCrm"
     try:
         asyncio.run(go())
     finally:

@@ -55,6 +55,18 @@ def test_a_database_of_the_first_layout_is_refused_and_left_as_it_was(tmp_path):
     assert "exchangejournal" not in tables
 
 
+def test_a_database_of_schema_version_3_without_act_field_directions_is_refused(tmp_path):
+    path = tmp_path / "v3.db"
+    make_engine(sqlite_url(path)).dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE simulatorstate SET value = '3' WHERE key = 'schema'")
+        conn.execute("DROP TABLE syncattributemapping")
+    before = _dump(path)
+    with pytest.raises(DatabaseError, match=rf"older sss-sim \(schema version 3; this one reads version {SCHEMA_VERSION}\)"):
+        make_engine(sqlite_url(path))
+    assert _dump(path) == before
+
+
 def test_a_newer_schema_is_refused_with_its_version(tmp_path):
     path = tmp_path / "newer.db"
     make_engine(sqlite_url(path)).dispose()

@@ -15,7 +15,19 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 
-from engine.ports import ACT_DERIVED, ACT_FIELDS, ActCommit, ActLink, ActRecord, ActSnapshot, MailboxWork
+from engine.ports import (
+    ACT_ATTENDEES,
+    ACT_DERIVED,
+    ACT_DIRECTIONS,
+    ACT_FIELDS,
+    ActCommit,
+    ActLink,
+    ActRecord,
+    ActSnapshot,
+    MailboxWork,
+    SyncDirection,
+)
+from simulator.crm.directory import Party
 from simulator.crm.models import (
     ActivityParty,
     ActSyncMapping,
@@ -25,6 +37,7 @@ from simulator.crm.models import (
     Contact,
     ExchangeSyncIdMapping,
     ParticipationType,
+    SyncAttributeMapping,
     Task,
     TaskState,
     UserQuery,
@@ -38,6 +51,7 @@ MAP = ActSyncMapping.__table__
 STATE = ActSyncState.__table__
 UQ = UserQuery.__table__
 X = ExchangeSyncIdMapping.__table__
+SAM = SyncAttributeMapping.__table__
 TABLES = {"appointment": (APP, APP.c.activityid), "contact": (CON, CON.c.contactid), "task": (TSK, TSK.c.activityid)}
 ATTENDEES = (int(ParticipationType.REQUIRED), int(ParticipationType.OPTIONAL), int(ParticipationType.ORGANIZER))
 DONE = 100
@@ -117,14 +131,27 @@ def create_row(conn, kind: str, crm_id: str, ownerid: str, fields: dict[str, obj
         _parties(conn, crm_id, values.get("organizer"), attendees or {})
 
 
-def _parties(conn, activityid: str, organizer: str | None, attendees: dict[str, int]) -> None:
-    conn.execute(delete(PTY).where(PTY.c.activityid == activityid))
+def _parties(conn, activityid: str, organizer: str | None, attendees: dict[str, int] | None) -> None:
+    """The organizer's party row, and (unless ``attendees`` is None) the attendees' (user id -> 5 or 6)."""
+    masks = [int(ParticipationType.ORGANIZER)] + ([] if attendees is None else list(ATTENDEES[:2]))
+    conn.execute(delete(PTY).where(PTY.c.activityid == activityid, PTY.c.participationtypemask.in_(masks)))
     rows = [{"activityid": activityid, "participationtypemask": int(ParticipationType.ORGANIZER),
              "partyid": organizer, "partyobjecttypecode": "systemuser"}] if organizer else []
     rows += [{"activityid": activityid, "participationtypemask": int(mask), "partyid": uid,
-              "partyobjecttypecode": "systemuser"} for uid, mask in attendees.items()]
+              "partyobjecttypecode": "systemuser"} for uid, mask in (attendees or {}).items()]
     if rows:
         conn.execute(insert(PTY), rows)
+
+
+def set_attendees(conn, activityid: str, mask: int, parties: list[tuple[str, Party | None]]) -> None:
+    """Replace an appointment's required (5) or optional (6) attendees: (address, the user or contact it
+    resolves to, or None: kept as the address only)."""
+    conn.execute(delete(PTY).where(PTY.c.activityid == activityid, PTY.c.participationtypemask == mask))
+    if parties:
+        conn.execute(insert(PTY), [{"activityid": activityid, "participationtypemask": mask,
+                                    "partyid": party.id if party else None,
+                                    "partyobjecttypecode": party.typecode if party else None, "addressused": address}
+                                   for address, party in parties])
 
 
 def update_row(conn, kind: str, crm_id: str, fields: dict[str, object], now: datetime,
@@ -139,11 +166,7 @@ def update_row(conn, kind: str, crm_id: str, fields: dict[str, object], now: dat
     values.update({"modifiedon": now, "versionnumber": version})
     conn.execute(update(table).where(key == crm_id).values(**values))
     if kind == "appointment" and ("organizer" in values or attendees is not None):
-        if attendees is None:
-            attendees = {r.partyid: r.participationtypemask for r in conn.execute(select(PTY).where(
-                PTY.c.activityid == crm_id, PTY.c.participationtypemask.in_(ATTENDEES[:2])))}
-        organizer = values.get("organizer", current["organizer"])
-        _parties(conn, crm_id, organizer, attendees)
+        _parties(conn, crm_id, values.get("organizer", current["organizer"]), attendees)
     return version
 
 
@@ -167,18 +190,33 @@ def _decode(fields: dict[str, object]) -> dict[str, object]:
 
 
 def _attendees(conn, activityids: list[str]) -> dict[str, dict[int, list[str]]]:
-    """activity id -> participation type (5, 6) -> the attendees' addresses."""
+    """activity id -> participation type (5, 6) -> the attendees' addresses (a user's or contact's own, else
+    the address the party was made from)."""
     from simulator.crm.models import SystemUser
 
     out: dict[str, dict[int, list[str]]] = {}
     if not activityids:
         return out
     U = SystemUser.__table__
-    for activityid, mask, address in conn.execute(
-            select(PTY.c.activityid, PTY.c.participationtypemask, U.c.internalemailaddress)
-            .join(U, U.c.systemuserid == PTY.c.partyid)
+    parties = PTY.outerjoin(U, and_(U.c.systemuserid == PTY.c.partyid, PTY.c.partyobjecttypecode == "systemuser")) \
+        .outerjoin(CON, and_(CON.c.contactid == PTY.c.partyid, PTY.c.partyobjecttypecode == "contact"))
+    for activityid, mask, user, contact, used in conn.execute(
+            select(PTY.c.activityid, PTY.c.participationtypemask, U.c.internalemailaddress, CON.c.emailaddress1,
+                   PTY.c.addressused).select_from(parties)
             .where(PTY.c.activityid.in_(activityids), PTY.c.participationtypemask.in_(ATTENDEES[:2]))):
-        out.setdefault(activityid, {}).setdefault(mask, []).append(address.lower())
+        address = user or contact or used
+        if address:
+            out.setdefault(activityid, {}).setdefault(mask, []).append(address.lower())
+    return out
+
+
+def directions(conn) -> dict[tuple[str, str], SyncDirection]:
+    """(table, field) -> its direction: the administrator's choices (``syncattributemapping``) over the
+    defaults."""
+    out = dict(ACT_DIRECTIONS)
+    for table, name, way in conn.execute(select(SAM.c.entityname, SAM.c.attributename, SAM.c.syncdirection)):
+        if (table, name) in out:
+            out[(table, name)] = SyncDirection(way)
     return out
 
 
@@ -226,26 +264,46 @@ class ActSyncMixin:
                 unmatched[link.crm_id] = record(link.kind, row, now) if row is not None else None
             states = {r[0]: r[1] for r in conn.execute(select(STATE.c.objecttypecode, STATE.c.syncstate).where(
                 STATE.c.mailboxid == mailbox.id))}
-        return ActSnapshot(userid, rows, links, unmatched, states)
+            ways = directions(conn)
+        return ActSnapshot(userid, rows, links, unmatched, states, ways)
 
     def act_new_id(self) -> str:
         return self.ids.new()
 
+    def _attendee_parties(self, commit: ActCommit) -> dict[str, Party | None]:
+        """The user or contact each attendee address of the commit resolves to (as email addresses resolve;
+        None: neither), read before the commit's transaction."""
+        changes = [fields for kind, _, fields in commit.updates if kind == "appointment"]
+        changes += [c.fields for c in commit.creates if c.kind == "appointment"]
+        addresses = {a for fields in changes for name in ACT_ATTENDEES if fields.get(name) for a in fields[name]}
+        return {a: self.resolve(a, among=("systemuser", "contact")) for a in sorted(addresses)}
+
     def act_commit(self, mailbox: MailboxWork, commit: ActCommit) -> None:
         now = self.clock.now()
         userid = mailbox.regardingobjectid
+        resolved = self._attendee_parties(commit)
+
+        def attendees(conn, crm_id: str, fields: dict[str, object]) -> None:  # changed in Exchange: the parties
+            for name, mask in ACT_ATTENDEES.items():
+                if name in fields:
+                    set_attendees(conn, crm_id, mask, [(a, resolved[a]) for a in fields[name] or ()])
+
         with self._begin() as conn:
             versions: dict[str, int] = {}
             for kind, crm_id, fields in commit.updates:
                 version = update_row(conn, kind, crm_id, fields, now)
                 if version is not None:
                     versions[crm_id] = version
+                    if kind == "appointment":
+                        attendees(conn, crm_id, fields)
             for create in commit.creates:
                 crm_id = create.link.crm_id or self.ids.new()
                 fields = dict(create.fields)
                 if create.kind == "appointment":
                     fields["organizer"] = userid
                 create_row(conn, create.kind, crm_id, userid, fields, now)
+                if create.kind == "appointment":
+                    attendees(conn, crm_id, fields)
                 create.link.crm_id = crm_id
                 create.link.crmversion = 1
                 commit.links.append(create.link)

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from engine.clock import Clock
 from engine.ports import ExchangePort
 from simulator.crm.act_filters import SyncFiltersMixin
+from simulator.crm.admin_act import ActAdminMixin, FieldDirection  # noqa: F401  (re-exported)
 from simulator.crm.admin_enable import (  # noqa: F401  (re-exported)
     ALERT_EMAIL_WINDOW,
     JOB_PROGRESS_STEPS,
@@ -63,7 +64,8 @@ from simulator.crm.operations import (  # noqa: F401  (the roles and privileges 
 from simulator.crm.platform import IdFactory, Platform
 
 
-class Admin(OrgMixin, ProfilesMixin, SettingsMixin, MailboxesMixin, EnableMixin, ViewsMixin, SyncFiltersMixin):
+class Admin(OrgMixin, ProfilesMixin, SettingsMixin, MailboxesMixin, EnableMixin, ViewsMixin, ActAdminMixin,
+            SyncFiltersMixin):
     """Administrative operations; each takes the acting user (``as_user``: a domain name or id).
 
     ``probe`` does the service checks of Test Connection (wire mode gives one); ``exchange``
@@ -73,8 +75,9 @@ class Admin(OrgMixin, ProfilesMixin, SettingsMixin, MailboxesMixin, EnableMixin,
     users, roles, records; the acting user's checks), :mod:`~simulator.crm.admin_profiles` (email
     server profiles, Test Connection), :mod:`~simulator.crm.admin_settings` (organization settings),
     :mod:`~simulator.crm.admin_mailboxes` (mailboxes, approval), :mod:`~simulator.crm.admin_enable`
-    (Test & Enable, async jobs), :mod:`~simulator.crm.admin_views` (views),
-    :mod:`~simulator.crm.act_filters` (users' ACT sync filters).
+    (Test & Enable, async jobs), :mod:`~simulator.crm.admin_views` (views), :mod:`~simulator.crm.admin_act`
+    (the directions of the fields of appointments, contacts and tasks), :mod:`~simulator.crm.act_filters` (users'
+    ACT sync filters).
     """
 
     def __init__(self, db: Engine, clock: Clock, platform: Platform, exchange: ExchangePort,

@@ -98,8 +98,17 @@ class OrgMixin:
         return privs
 
     def _check(self, session: Session, who: str, operation: str) -> SystemUser:
-        """The acting user, when it holds every privilege the operation declares (see OPERATIONS)."""
+        """The acting user, when it holds every privilege (or the security role) the operation declares
+        (see OPERATIONS)."""
         user = self._user(session, who)
+        role = OPERATIONS[operation].role
+        if role is not None:
+            roles = session.exec(select(SecurityRole.name).join(
+                SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
+                SystemUserRoles.systemuserid == user.systemuserid)).all()
+            if role not in roles:
+                raise PrivilegeError(f"user {user.domainname} does not have the {role} security role, which "
+                                     f"`sss {operation}` needs", "as_user")
         missing = [p for p in OPERATIONS[operation].privileges if p not in self._privileges(session, user)]
         if missing:
             names = ", ".join(f"{p} ({PRIVILEGE_NAMES.get(p, p)})" for p in missing)

@@ -19,8 +19,9 @@ MEMORY_URL = "sqlite://"
 _STATE = models.SimulatorState.__table__
 # The layout of the tables. 1: the first release, whose Exchange store was a JSON document saved at
 # the end of each command; 2: the durable world (the store as a journal, written as it changes);
-# 3: the ACT item sync (appointment, task, userquery, actsyncmapping, actsyncstate; contact's synced fields).
-SCHEMA_VERSION = 3
+# 3: the ACT item sync (appointment, task, userquery, actsyncmapping, actsyncstate; contact's synced fields);
+# 4: ACT field directions chosen by the administrator (syncattributemapping).
+SCHEMA_VERSION = 4
 SCHEMA_KEY = "schema"
 BUSY_TIMEOUT_S = 30  # SQLite: how long a writer waits for another process's write to finish
 

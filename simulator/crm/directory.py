@@ -58,9 +58,10 @@ class DirectoryMixin:
         self._entity_owner = owner
         return self._directory
 
-    def resolve(self, address: str | None) -> Party | None:
-        """The record an address resolves to: users first, then queues, contacts, accounts, leads."""
+    def resolve(self, address: str | None, among: tuple[str, ...] | None = None) -> Party | None:
+        """The record an address resolves to: users first, then queues, contacts, accounts, leads
+        (``among``: only records of these types, e.g. ``("systemuser", "contact")``)."""
         if not address:
             return None
-        parties = self._load_directory().get(address.lower())
-        return parties[0] if parties else None
+        parties = self._load_directory().get(address.lower()) or []
+        return next((p for p in parties if among is None or p.typecode in among), None)

@@ -322,6 +322,7 @@ class SettingsInput(Input):
     trackingtokenenabled: Switch = field("--tracking-token")
     enablesmartmatching: Switch = field("--smart-matching")
     tracksentitems: Switch = field("--track-sent-items")
+    physicalandlogicaldeletesdiffer: Switch = field("--physical-logical-deletes-differ")
     generatealertsforerrors: Switch = field("--alerts-errors")
     generatealertsforwarnings: Switch = field("--alerts-warnings")
     generatealertsforinformation: Switch = field("--alerts-information")
@@ -332,6 +333,16 @@ class SettingsInput(Input):
 
 METHOD_FIELDS = ("incomingemaildeliverymethod", "outgoingemaildeliverymethod", "actdeliverymethod")
 ORG_SWITCHES = tuple(k for k, v in SettingsInput.model_fields.items() if v.annotation == Switch)
+
+
+# ------------------------------------------------------------------------------ ACT (SPEC 3.6)
+class ActDirectionInput(Input):
+    """The direction of one field of appointments, contacts or tasks (the operation checks the names)."""
+
+    what: ClassVar[str] = "an ACT field's direction"
+    entityname: Text = field("--table", default=...)
+    attributename: Text = field("--field", default=...)
+    syncdirection: OptionValue = field("--direction", default=...)
 
 
 # ------------------------------------------------------------------------------ mailboxes (1.7 to 1.10)

@@ -220,6 +220,8 @@ class Organization(SQLModel, table=True):
     trackingtokennext: int = 1
     enablesmartmatching: bool = False
     tracksentitems: bool = False
+    # ACT (SPEC 3.6): a row that stops matching the sync filters only unlinks its Exchange copy
+    physicalandlogicaldeletesdiffer: bool = False
     generatealertsforerrors: bool = True
     generatealertsforwarnings: bool = False
     generatealertsforinformation: bool = True
@@ -561,6 +563,23 @@ class ActSyncState(SQLModel, table=True):
     mailboxid: str = Field(primary_key=True)
     objecttypecode: str = Field(primary_key=True)  # appointment | contact | task
     syncstate: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SyncAttributeMapping(SQLModel, table=True):
+    """The direction an administrator chose for one ACT field (SPEC 3.6): ``entityname`` the table
+    (appointment, contact, task), ``attributename`` the field as the CRM names it, ``syncdirection`` 0 None,
+    1 ToExchange, 2 ToCRM, 3 Bidirectional. A field without a row syncs in its default direction
+    (:data:`engine.ports.ACT_DIRECTIONS`)."""
+
+    __tablename__ = "syncattributemapping"
+    __table_args__ = (Index("ux_syncattributemapping_field", "entityname", "attributename", unique=True),)
+
+    syncattributemappingid: str = Field(primary_key=True)
+    entityname: str
+    attributename: str
+    syncdirection: int
+    modifiedon: datetime | None = _dt()
+    modifiedby: str | None = None
 
 
 class AsyncOperation(SQLModel, table=True):

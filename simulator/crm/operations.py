@@ -116,6 +116,9 @@ _OPERATIONS = (
               step="test-enable", needs=("mailbox-settings",)),
     Operation("profile test-enable", "Test & Enable every mailbox of a profile (a job).", None, MAILBOX_ADMIN,
               step="test-enable", needs=("mailbox-settings",)),
+    Operation("act direction", "Choose which way a field of appointments, contacts or tasks synchronizes.",
+              inputs.ActDirectionInput, role=SYSTEM_ADMINISTRATOR),
+    Operation("act directions", "The direction of every field of appointments, contacts and tasks."),
 )
 OPERATIONS: dict[str, Operation] = {op.name: op for op in _OPERATIONS}
 

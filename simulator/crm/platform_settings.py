@@ -13,6 +13,7 @@ _ORG_COLUMNS = [  # named as the fields of OrgSettings
     _ORG.c.requireapprovalforuseremail, _ORG.c.requireapprovalforqueueemail, _ORG.c.generatealertsforerrors,
     _ORG.c.generatealertsforwarnings, _ORG.c.generatealertsforinformation,
     _ORG.c.notifymailboxownerofemailserverlevelalerts, _ORG.c.tracksentitems, _ORG.c.organizationid,
+    _ORG.c.physicalandlogicaldeletesdiffer,
 ]
 _PROFILE_COLUMNS = [
     PRO.c.emailserverprofileid, PRO.c.name, PRO.c.ownerid, PRO.c.statecode, PRO.c.minpollingintervalinminutes,

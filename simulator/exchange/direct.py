@@ -118,6 +118,14 @@ class DirectExchange:
         except StoreError as exc:
             raise ExchangeError(exc.code, exc.message) from None
 
+    async def check_folder(self, mailbox: str, folder: str) -> None:
+        if (fault := self._enter("check_folder", mailbox)) is not None:
+            await self._suffer(fault)
+        try:
+            self.store.mailbox(mailbox).folder(folder)
+        except StoreError as exc:
+            raise ExchangeError(exc.code, exc.message) from None
+
     async def find_sent(self, mailbox: str, message_id: str) -> str | None:
         if (fault := self._enter("find_sent", mailbox)) is not None:
             await self._suffer(fault)
