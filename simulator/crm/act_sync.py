@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
 from engine.ports import (
     ACT_ATTENDEES,
@@ -38,6 +38,7 @@ from simulator.crm.models import (
     ExchangeSyncIdMapping,
     ParticipationType,
     SyncAttributeMapping,
+    SystemUser,
     Task,
     TaskState,
     UserQuery,
@@ -56,6 +57,26 @@ TABLES = {"appointment": (APP, APP.c.activityid), "contact": (CON, CON.c.contact
 ATTENDEES = (int(ParticipationType.REQUIRED), int(ParticipationType.OPTIONAL), int(ParticipationType.ORGANIZER))
 DONE = 100
 REMINDER_PAST = timedelta(days=7)  # no reminder for an appointment that started longer ago than this
+
+# The snapshot's reads, built once: an ACT cycle runs them for every mailbox every few minutes, and
+# building and keying a statement each time cost several times what SQLite spends running it.
+_USER = bindparam("userid")
+_FILTERED_TABLES = select(UQ.c.returnedtypecode).where(UQ.c.ownerid == _USER, UQ.c.statecode == 0)
+_OWNED = {kind: select(table).where(table.c.ownerid == _USER) for kind, (table, _) in TABLES.items()}
+_OWNED["appointment"] = select(APP).where(or_(
+    APP.c.ownerid == _USER, APP.c.organizer == _USER,
+    APP.c.activityid.in_(select(PTY.c.activityid).where(PTY.c.partyid == _USER,
+                                                        PTY.c.participationtypemask.in_(ATTENDEES)))))
+_BY_ID = {kind: select(table).where(key == bindparam("crm_id")) for kind, (table, key) in TABLES.items()}
+_LINKS = select(MAP).where(MAP.c.mailboxid == bindparam("mailboxid")).order_by(MAP.c.actsyncmappingid)
+_STATES = select(STATE.c.objecttypecode, STATE.c.syncstate).where(STATE.c.mailboxid == bindparam("mailboxid"))
+_DIRECTIONS = select(SAM.c.entityname, SAM.c.attributename, SAM.c.syncdirection)
+_USERS = SystemUser.__table__
+_ATTENDEES = select(PTY.c.activityid, PTY.c.participationtypemask, _USERS.c.internalemailaddress,
+                    CON.c.emailaddress1, PTY.c.addressused).select_from(
+    PTY.outerjoin(_USERS, and_(_USERS.c.systemuserid == PTY.c.partyid, PTY.c.partyobjecttypecode == "systemuser"))
+    .outerjoin(CON, and_(CON.c.contactid == PTY.c.partyid, PTY.c.partyobjecttypecode == "contact"))).where(
+    PTY.c.activityid.in_(bindparam("ids", expanding=True)), PTY.c.participationtypemask.in_(ATTENDEES[:2]))
 
 
 def _day(value: datetime | None) -> datetime | None:
@@ -192,18 +213,11 @@ def _decode(fields: dict[str, object]) -> dict[str, object]:
 def _attendees(conn, activityids: list[str]) -> dict[str, dict[int, list[str]]]:
     """activity id -> participation type (5, 6) -> the attendees' addresses (a user's or contact's own, else
     the address the party was made from)."""
-    from simulator.crm.models import SystemUser
 
     out: dict[str, dict[int, list[str]]] = {}
     if not activityids:
         return out
-    U = SystemUser.__table__
-    parties = PTY.outerjoin(U, and_(U.c.systemuserid == PTY.c.partyid, PTY.c.partyobjecttypecode == "systemuser")) \
-        .outerjoin(CON, and_(CON.c.contactid == PTY.c.partyid, PTY.c.partyobjecttypecode == "contact"))
-    for activityid, mask, user, contact, used in conn.execute(
-            select(PTY.c.activityid, PTY.c.participationtypemask, U.c.internalemailaddress, CON.c.emailaddress1,
-                   PTY.c.addressused).select_from(parties)
-            .where(PTY.c.activityid.in_(activityids), PTY.c.participationtypemask.in_(ATTENDEES[:2]))):
+    for activityid, mask, user, contact, used in conn.execute(_ATTENDEES, {"ids": activityids}):
         address = user or contact or used
         if address:
             out.setdefault(activityid, {}).setdefault(mask, []).append(address.lower())
@@ -214,7 +228,7 @@ def directions(conn) -> dict[tuple[str, str], SyncDirection]:
     """(table, field) -> its direction: the administrator's choices (``syncattributemapping``) over the
     defaults."""
     out = dict(ACT_DIRECTIONS)
-    for table, name, way in conn.execute(select(SAM.c.entityname, SAM.c.attributename, SAM.c.syncdirection)):
+    for table, name, way in conn.execute(_DIRECTIONS):
         if (table, name) in out:
             out[(table, name)] = SyncDirection(way)
     return out
@@ -232,19 +246,14 @@ class ActSyncMixin:
     """ACT's CrmPort messages. Uses ``self.db``, ``self.clock``, ``self.ids`` and ``self._begin``."""
 
     def _matching(self, conn, kind: str, userid: str):
-        table, _ = TABLES[kind]
-        if kind != "appointment":
-            return conn.execute(select(table).where(table.c.ownerid == userid)).mappings().all()
-        attended = select(PTY.c.activityid).where(PTY.c.partyid == userid, PTY.c.participationtypemask.in_(ATTENDEES))
-        return conn.execute(select(APP).where(or_(APP.c.ownerid == userid, APP.c.organizer == userid,
-                                                  APP.c.activityid.in_(attended)))).mappings().all()
+        """The rows of ``kind`` the user's filters return: owned (appointments: also organized or attended)."""
+        return conn.execute(_OWNED[kind], {"userid": userid}).mappings().all()
 
     def act_snapshot(self, mailbox: MailboxWork) -> ActSnapshot:
         now = self.clock.now()
         userid = mailbox.regardingobjectid
         with self.db.connect() as conn:
-            tables = {r[0] for r in conn.execute(select(UQ.c.returnedtypecode).where(
-                UQ.c.ownerid == userid, UQ.c.statecode == 0))}
+            tables = {r[0] for r in conn.execute(_FILTERED_TABLES, {"userid": userid})}
             rows: dict[str, ActRecord] = {}
             for kind in ACT_FIELDS:
                 if kind in tables:
@@ -253,17 +262,14 @@ class ActSyncMixin:
                     for row in matching:
                         rec = record(kind, row, now, parties)
                         rows[rec.crm_id] = rec
-            links = [link_of(r) for r in conn.execute(select(MAP).where(MAP.c.mailboxid == mailbox.id)
-                                                      .order_by(MAP.c.actsyncmappingid)).mappings()]
+            links = [link_of(r) for r in conn.execute(_LINKS, {"mailboxid": mailbox.id}).mappings()]
             unmatched: dict[str, ActRecord | None] = {}
             for link in links:
                 if link.crm_id in rows:
                     continue
-                table, key = TABLES[link.kind]
-                row = conn.execute(select(table).where(key == link.crm_id)).mappings().first()
+                row = conn.execute(_BY_ID[link.kind], {"crm_id": link.crm_id}).mappings().first()
                 unmatched[link.crm_id] = record(link.kind, row, now) if row is not None else None
-            states = {r[0]: r[1] for r in conn.execute(select(STATE.c.objecttypecode, STATE.c.syncstate).where(
-                STATE.c.mailboxid == mailbox.id))}
+            states = {r[0]: r[1] for r in conn.execute(_STATES, {"mailboxid": mailbox.id})}
             ways = directions(conn)
         return ActSnapshot(userid, rows, links, unmatched, states, ways)
 
