@@ -150,6 +150,24 @@ def host_main(url: str, hostid: str, seed: int, hours: float, mailboxes: int, pe
         out.put({"host": hostid, "failed": f"{type(exc).__name__}: {exc}"})
 
 
+def reachable(url: str) -> None:
+    """Raise :class:`Unavailable` (one line) when the database cannot be reached."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from simulator.crm.db import make_engine
+
+    try:
+        engine = make_engine(url, create=False)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unavailable(f"--postgres-url: cannot reach the database ({first}); give the URL of an empty "
+                          "PostgreSQL database") from None
+
+
 def measure(url: str, data: Path | None, hosts: int, args: argparse.Namespace) -> dict[str, Any]:
     from simulator.bulk_org import build
     from simulator.crm.db import drop_all, make_engine
@@ -219,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         url, data = stack.enter_context(postgres(args.postgres_url or os.environ.get("SSS_TEST_POSTGRES_URL")))
         if args.postgres_data:
             data = Path(args.postgres_data)
+        reachable(url)
         for hosts in args.hosts:
             runs = [measure(url, data, hosts, args) for _ in range(args.repeat)]
             walls = [r["wall_seconds"] for r in runs]
