@@ -113,9 +113,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_repeat(parser: argparse.ArgumentParser, default: int = 1, help_extra: str = "") -> None:
-    """``--repeat N`` and ``--starved-below F`` (the share of a core under which a measurement is refused)."""
-    parser.add_argument("--repeat", type=int, default=default, metavar="N",
+def add_repeat(parser: argparse.ArgumentParser, default: int = 1, help_extra: str = "",
+               aliases: tuple[str, ...] = ()) -> None:
+    """``--repeat N`` (``aliases``: the older name a benchmark had for it) and ``--starved-below F``
+    (the share of a core under which a measurement is refused)."""
+    parser.add_argument("--repeat", *aliases, dest="repeat", type=int, default=default, metavar="N",
                         help=f"measure N times; report the least and the median (default {default}){help_extra}")
     parser.add_argument("--starved-below", type=float, default=STARVED_BELOW, metavar="F",
                         help=f"refuse to report when a CPU-bound floor or probe got less than this share of a "
