@@ -14,11 +14,26 @@ Two configurations are reported in BENCHMARKS.md: the default (10 emails per mai
 light mail, the run is nearly all polling) and a mail-heavy one (``--emails-per-mailbox-day 100``,
 where tracking email is a real share of the work). The metrics mean the same in both.
 
-Run phase (timed): ``Sandbox.run_for(hours)`` on SQLite (a temporary file by default) with
-``record_events=False``. ``mailbox_polls`` counts workload cycles (incoming and outgoing);
+With ``--act`` the same run is made twice on fresh databases, first without and then with ACT
+(appointments, contacts and tasks): every mailbox's ACT workload is switched on as Test & Enable
+leaves it (delivery method server-side sync, status Success, enabled, due now; the Exchange
+mailbox is claimed at its first cycle), every user has the default sync filters, and the seeded
+traffic generator of ``sss demo`` (:class:`simulator.traffic.TrafficPlan`, its ACT rate only, no
+mail of its own) makes and changes meetings, contacts and tasks on both sides,
+``--act-per-user-day`` a user and day. ``act_items_per_s`` counts items synchronized either way
+(created, changed or deleted in Exchange or in the CRM) per second of the run phase.
+
+Run phase (timed, wall and CPU time of this process): ``Sandbox.run_for(hours)`` on SQLite (a
+temporary file by default) with ``record_events=False``. ``mailbox_polls`` counts workload cycles (incoming, outgoing and, with ``--act``, ACT);
 ``floor_polls_per_s`` is a bare heap loop doing the same number of polls (pop the due time,
 a trivial check, push the next time five minutes later), the least any scheduler in Python
 can cost.
+
+``--repeat N`` makes N runs (each on a new database; with ``--act`` ACT off and on alternate) and
+reports the least and the median wall and CPU time, the figures of the median run and the best
+rates. The floor is CPU-bound: when it gets less than half a core (``--starved-below``) the
+process was starved and the benchmark refuses to report (one line, exit status 3); a fixed probe
+loop is checked the same way before each run.
 """
 
 from __future__ import annotations
@@ -28,31 +43,73 @@ import asyncio
 import gc
 import heapq
 import os
+import random
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from datetime import timedelta
 
-from benchmarks.report import print_json
-from simulator.bulk_org import build, schedule_traffic
+from sqlalchemy import insert, update
+
+from benchmarks.report import (
+    Parser,
+    Timing,
+    add_repeat,
+    check_probe,
+    check_repeat,
+    check_share,
+    least,
+    main_guard,
+    median_index,
+    print_json,
+    spread,
+    timed,
+)
+from engine.ports import ActMethod, Status
+from simulator.bulk_org import BulkOrg, build, schedule_traffic
 from simulator.crm.db import sqlite_url
+from simulator.crm.models import DEFAULT_SYNC_FILTERS, Mailbox, UserQuery, default_filter
 from simulator.sandbox import Sandbox
+from simulator.traffic import Party, TrafficMix, TrafficPlan
+
+DEMO_ACT_PER_USER_DAY = 4.0  # what `sss demo` uses
+NO_MAIL = TrafficMix(inbound_per_mailbox_day=0.0, outgoing_per_user_day=0.0, old_mail=0, duplicates=0, malformed=0)
 
 
-def floor_loop(polls: int, mailboxes: int, cadence_s: float = 300.0) -> float:
-    """Seconds a bare heap scheduler takes for ``polls`` polls of ``mailboxes`` mailboxes."""
+def enable_act(org: BulkOrg, hours: float, per_user_day: float, seed: int) -> TrafficPlan:
+    """Switch every mailbox's ACT workload on as Test & Enable leaves it, give every user the default
+    sync filters, and schedule seeded ACT traffic (no mail) on the sandbox's agenda."""
+    sb = org.sandbox
+    M = Mailbox.__table__
+    with sb.db.begin() as conn:
+        conn.execute(update(M).values(actdeliverymethod=int(ActMethod.SSS), actstatus=int(Status.SUCCESS),
+                                      enabledforact=True, receivingpostponeduntilforact=M.c.receivingpostponeduntil))
+        conn.execute(insert(UserQuery.__table__), [
+            default_filter(uid, name, table).model_dump() for uid in org.userids for name, table in DEFAULT_SYNC_FILTERS
+        ])
+    users = [Party(addr, uid) for addr, uid in zip(org.addresses, org.userids, strict=True)]
+    plan = TrafficPlan(sb, random.Random(f"act-traffic-{seed}"), users=users, queues=[], contacts=org.contacts,
+                       mix=NO_MAIL, act_per_user_day=per_user_day)
+    start = sb.clock.now()
+    plan.schedule(start, start + timedelta(hours=hours))
+    return plan
+
+
+def floor_loop(polls: int, mailboxes: int, cadence_s: float = 300.0) -> Timing:
+    """Wall and CPU time a bare heap scheduler takes for ``polls`` polls of ``mailboxes`` mailboxes."""
     heap = [(0.0, i) for i in range(mailboxes)]
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
     done = 0
-    t0 = time.perf_counter()
-    while done < polls:
-        due, i = pop(heap)
-        if due >= 0.0:  # the trivial check
-            done += 1
-        push(heap, (due + cadence_s, i))
-    return time.perf_counter() - t0
+    with timed() as t:
+        while done < polls:
+            due, i = pop(heap)
+            if due >= 0.0:  # the trivial check
+                done += 1
+            push(heap, (due + cadence_s, i))
+    return t
 
 
 def peak_rss_mb() -> float:
@@ -64,7 +121,8 @@ async def _run(sb: Sandbox, hours: float) -> None:
 
 
 def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path: str | None,
-        profile: str | None = None) -> dict:
+        profile: str | None = None, act_per_user_day: float | None = None) -> dict:
+    """One measured run; ``act_per_user_day`` None leaves ACT off (as the bulk organization has it)."""
     tmpdir = None
     if db_path is None:
         tmpdir = tempfile.mkdtemp(prefix="sss-bench-")
@@ -73,25 +131,29 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
         t0 = time.perf_counter()
         setup = build(mailboxes, seed, sqlite_url(db_path))
         schedule_traffic(setup, hours, per_mailbox_day, seed)
+        plan = enable_act(setup, hours, act_per_user_day, seed) if act_per_user_day is not None else None
         setup_s = time.perf_counter() - t0
         sb = setup.sandbox
         gc.collect()
         gc.freeze()  # the setup's objects live to the end: keep the collector off them
-        t1 = time.perf_counter()
-        if profile:
-            import cProfile
+        check_probe("the probe before the run")
+        with timed() as run_t:
+            if profile:
+                import cProfile
 
-            cProfile.runctx("asyncio.run(_run(sb, hours))", globals(), {"sb": sb, "hours": hours,
-                                                                         "_run": _run, "asyncio": asyncio},
-                            filename=profile)
-        else:
-            asyncio.run(_run(sb, hours))
-        wall = time.perf_counter() - t1
+                cProfile.runctx("asyncio.run(_run(sb, hours))", globals(), {"sb": sb, "hours": hours,
+                                                                             "_run": _run, "asyncio": asyncio},
+                                filename=profile)
+            else:
+                asyncio.run(_run(sb, hours))
+        gc.unfreeze()
+        wall, cpu = run_t.wall, run_t.cpu
         stats = sb.engine.stats
         polls = stats.polls
-        floor_s = floor_loop(polls, mailboxes)
+        floor_t = floor_loop(polls, mailboxes)
+        floor_share = check_share(floor_t, "the floor (bare heap loop)")
         polls_per_s = polls / wall if wall else 0.0
-        floor_polls_per_s = polls / floor_s if floor_s else 0.0
+        floor_polls_per_s = polls / floor_t.wall if floor_t.wall else 0.0
         result = dict(
             mailboxes=mailboxes, hours=hours, seed=seed, emails_per_mailbox_day=per_mailbox_day,
             db=db_path if tmpdir is None else "temporary SQLite file",
@@ -101,13 +163,27 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
             emails_tracked=stats.emails_tracked,
             emails_skipped=sum(stats.emails_skipped.values()),
             emails_per_s=round(stats.emails_tracked / wall, 1) if wall else 0.0,
+            polls_by_workload=dict(sorted(stats.polls_by_workload.items())),
             errors=sum(stats.errors.values()),
             peak_rss_mb=round(peak_rss_mb(), 1),
             floor_polls_per_s=round(floor_polls_per_s, 1),
             ratio_to_floor=round(floor_polls_per_s / polls_per_s, 2) if polls_per_s else None,
             setup_seconds=round(setup_s, 2),
             wall_seconds=round(wall, 2),
+            cpu_seconds=round(cpu, 2),
+            run_cpu_share=round(run_t.share, 3),
+            floor_cpu_share=round(floor_share, 3) if floor_share is not None else None,
         )
+        if plan is not None:
+            act_items = stats.act_to_exchange + stats.act_to_crm
+            result.update(
+                act_per_user_day=act_per_user_day,
+                act_changes_made=sum(n for k, n in plan.counts.items() if k.startswith("act_")),
+                act_to_exchange=stats.act_to_exchange, act_to_crm=stats.act_to_crm,
+                act_conflicts=stats.act_conflicts, act_failed=stats.act_failed,
+                act_items_per_s=round(act_items / wall, 1) if wall else 0.0,
+                act_items_per_cpu_s=round(act_items / cpu, 1) if cpu else 0.0,
+            )
         sb.close()
         return result
     finally:
@@ -115,44 +191,91 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _table(result: dict) -> None:
+def repeated(n: int, *args, act_per_user_day: float | None = None) -> dict:
+    """``n`` runs of :func:`run`: the figures of the run with the median wall time, the least and the
+    median of each time measured (wall, CPU), and the best rates (of the fastest run)."""
+    runs = [run(*args, act_per_user_day=act_per_user_day) for _ in range(n)]
+    return combine(runs)
+
+
+def combine(runs: list[dict]) -> dict:
+    walls = [r["wall_seconds"] for r in runs]
+    result = dict(runs[median_index(walls)])
+    result.update(
+        repeat=len(runs),
+        wall_seconds=spread(walls, 2), cpu_seconds=spread([r["cpu_seconds"] for r in runs], 2),
+        polls_per_s_best=max(r["polls_per_s"] for r in runs),
+        floor_cpu_share=least(r["floor_cpu_share"] for r in runs),
+        runs_polls_per_s=[r["polls_per_s"] for r in runs],
+    )
+    if "act_items_per_s" in result:
+        result.update(act_items_per_s_best=max(r["act_items_per_s"] for r in runs),
+                      act_items_per_cpu_s_best=max(r["act_items_per_cpu_s"] for r in runs))
+    return result
+
+
+def _rows(result: dict) -> list[tuple[str, str]]:
     rows = [
         ("mailboxes", f"{result['mailboxes']:,}"),
         ("simulated hours", f"{result['hours']:g}"),
         ("emails per mailbox and day", f"{result['emails_per_mailbox_day']:g}"),
+        ("ACT changes per user and day", f"{result['act_per_user_day']:g}" if "act_per_user_day" in result else "off"),
         ("seed", str(result["seed"])),
         ("database", result["db"]),
         ("setup", f"{result['setup_seconds']:.2f} s"),
-        ("run (wall)", f"{result['wall_seconds']:.2f} s"),
+        ("repeats", str(result["repeat"])),
+        ("run (wall), least / median", f"{result['wall_seconds']['min']:.2f} / {result['wall_seconds']['median']:.2f} s"),
+        ("run (CPU), least / median", f"{result['cpu_seconds']['min']:.2f} / {result['cpu_seconds']['median']:.2f} s"),
         ("mailbox polls", f"{result['mailbox_polls']:,}"),
-        ("polls / s", f"{result['polls_per_s']:,.0f}"),
+        ("  of them ACT", f"{result['polls_by_workload'].get('ACT', 0):,}"),
+        ("polls / s (median run; best)", f"{result['polls_per_s']:,.0f}; {result['polls_per_s_best']:,.0f}"),
         ("emails delivered", f"{result['emails_delivered']:,}"),
         ("emails tracked", f"{result['emails_tracked']:,}"),
         ("emails skipped", f"{result['emails_skipped']:,}"),
         ("emails tracked / s", f"{result['emails_per_s']:,.0f}"),
+    ]
+    if "act_per_user_day" in result:
+        rows += [
+            ("ACT changes made by users", f"{result['act_changes_made']:,}"),
+            ("ACT items to Exchange / to CRM", f"{result['act_to_exchange']:,} / {result['act_to_crm']:,}"),
+            ("ACT conflicts / failed", f"{result['act_conflicts']:,} / {result['act_failed']:,}"),
+            ("ACT items / s (wall; best)", f"{result['act_items_per_s']:,.1f}; {result['act_items_per_s_best']:,.1f}"),
+            ("ACT items / CPU s (median; best)",
+             f"{result['act_items_per_cpu_s']:,.1f}; {result['act_items_per_cpu_s_best']:,.1f}"),
+        ]
+    rows += [
         ("errors", f"{result['errors']:,}"),
         ("floor (bare heap loop) polls / s", f"{result['floor_polls_per_s']:,.0f}"),
         ("ratio to floor", f"{result['ratio_to_floor']}x"),
+        ("floor's share of a core (least)",
+         "too short to judge" if result["floor_cpu_share"] is None else f"{result['floor_cpu_share']:.0%}"),
         ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
     ]
+    return rows
+
+
+def _table(results: list[tuple[str, dict]]) -> None:
+    columns = [(title, dict(_rows(r))) for title, r in results]
+    keys = list(dict.fromkeys(k for _, r in results for k, _ in _rows(r)))
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:  # pragma: no cover - rich is a dependency
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            print(f"{k:<{width}}  {v}")
+        width = max(len(k) for k in keys)
+        for k in keys:
+            print(f"{k:<{width}}  " + "  ".join(c.get(k, "") for _, c in columns))
         return
     table = Table(title="SSS engine, direct mode, virtual time")
     table.add_column("measure")
-    table.add_column("value", justify="right")
-    for k, v in rows:
-        table.add_row(k, v)
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    for k in keys:
+        table.add_row(k, *(c.get(k, "") for _, c in columns))
     Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.simulation", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.simulation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--mailboxes", type=int, default=1000)
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -160,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=None, help="SQLite file to use (default: a temporary file)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--profile", default=None, help="write a cProfile of the run phase to this file")
+    add_repeat(parser, help_extra="; with --act, ACT off and on alternate")
+    parser.add_argument("--act", action="store_true",
+                        help="also run with ACT on (appointments, contacts and tasks) and report both runs")
+    parser.add_argument("--act-per-user-day", type=float, default=DEMO_ACT_PER_USER_DAY,
+                        help=f"with --act: ACT changes each user makes a day (default {DEMO_ACT_PER_USER_DAY:g}, "
+                             "as sss demo)")
     args = parser.parse_args(argv)
     if args.mailboxes < 1:
         parser.error("--mailboxes: must be at least 1")
@@ -167,13 +296,47 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--hours: must be more than 0")
     if args.emails_per_mailbox_day < 0:
         parser.error("--emails-per-mailbox-day: must not be negative")
+    check_repeat(parser, args)
+    if args.profile and args.repeat > 1:
+        parser.error("--profile: profiles one run; leave --repeat out")
+    if args.mailboxes > 1_000_000:
+        parser.error("--mailboxes: at most 1,000,000")
+    if args.hours > 24 * 366:
+        parser.error("--hours: at most a year (8784)")
+    if not 0 < args.act_per_user_day <= 1000:
+        parser.error("--act-per-user-day: give a number above 0 and at most 1000")
+    if args.db is not None and args.act:
+        parser.error("--db: not with --act (the two runs each need a new database); leave --db out")
+    if args.db is not None and args.repeat > 1:
+        parser.error("--db: not with --repeat (each run needs a new database); leave --db out")
     if args.db is not None and os.path.exists(args.db):
         parser.error(f"--db: {args.db} exists; give a new file")
-    result = run(args.mailboxes, args.hours, args.seed, args.emails_per_mailbox_day, args.db, args.profile)
+    return main_guard(parser.prog, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    common = (args.mailboxes, args.hours, args.seed, args.emails_per_mailbox_day, args.db, args.profile)
+    if not args.act:
+        result = repeated(args.repeat, *common)
+        print_json(result) if args.json else _table([("value", result)])
+        return 0
+    offs, ons = [], []
+    for i in range(args.repeat):  # off, on, on, off, ...: the machine's drift hits both alike
+        order = ((offs, None), (ons, args.act_per_user_day))
+        for runs, act in order if i % 2 == 0 else reversed(order):
+            runs.append(run(*common, act_per_user_day=act))
+    without, with_act = combine(offs), combine(ons)
+    result = dict(
+        without_act=without, with_act=with_act,
+        polls_per_s_ratio=round(with_act["polls_per_s"] / without["polls_per_s"], 3) if without["polls_per_s"] else None,
+        cpu_seconds_added_by_act=round(with_act["cpu_seconds"]["median"] - without["cpu_seconds"]["median"], 2),
+    )
     if args.json:
         print_json(result)
     else:
-        _table(result)
+        _table([("ACT off", without), ("ACT on", with_act)])
+        print(f"polls/s with ACT / without: {result['polls_per_s_ratio']}; "
+              f"CPU added by ACT: {result['cpu_seconds_added_by_act']} s")
     return 0
 
 

@@ -1,7 +1,7 @@
 """SMTP ingest throughput of SmtpIngress against a do-nothing aiosmtpd server.
 
     python -m benchmarks.smtp --json
-    python -m benchmarks.smtp --messages 5000 --rounds 5 --profile
+    python -m benchmarks.smtp --messages 5000 --repeat 5 --profile
 
 What is measured: a client sends ``--messages`` messages of about 2 KB (one envelope
 recipient each, a unique Message-ID) over one persistent smtplib connection, and the time
@@ -17,7 +17,7 @@ How: both servers run in this process's event loop (``loop.create_server``, as i
 sandbox); the client runs in a separate, long-lived process (multiprocessing, spawn), so
 client and server do not share a GIL and each has a core of its own (the design notes
 measure on 2 cores). The same client process serves every run. Runs alternate between the
-floor and the ingress (ABBA order per round) and the median over ``--rounds`` is reported,
+floor and the ingress (ABBA order per round) and the median over ``--repeat`` is reported,
 so drift of the machine hits both sides alike. Each ingress run gets a fresh store. A few
 messages are sent before timing starts (connection set up, code paths warm).
 
@@ -46,7 +46,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from benchmarks.report import environment, print_json
+from benchmarks.report import (
+    Parser,
+    add_repeat,
+    check_probe,
+    check_repeat,
+    environment,
+    main_guard,
+    print_json,
+)
 from engine.clock import VirtualClock
 from simulator.exchange.smtp import DEFAULT_HOSTNAME, SmtpIngress
 from simulator.exchange.store import ExchangeStore, IdSource
@@ -187,6 +195,7 @@ async def measure(client: Client, kind: str, mode: str, n: int, profile: cProfil
         store = new_store()
         server = await SmtpIngress(store, host=HOST).start()
     try:
+        check_probe("the probe before a run")
         if profile is not None:
             profile.enable()
         cpu = time.process_time()
@@ -222,8 +231,12 @@ async def compare(client: Client, mode: str, n: int, rounds: int) -> dict[str, A
         "messages_per_s": round(i, 1),
         "floor_messages_per_s": round(f, 1),
         "ratio": round(i / f, 3),
+        "messages_per_s_best": round(max(ingress), 1),
+        "floor_messages_per_s_best": round(max(floor), 1),
+        "server_cpu_us_per_message_least": round(min(cpu for _, cpu in runs["ingress"]), 1),
+        "floor_server_cpu_us_per_message_least": round(min(cpu for _, cpu in runs["floor"]), 1),
         "messages": n,
-        "rounds": rounds,
+        "repeat": rounds,
         "runs_messages_per_s": [round(x, 1) for x in ingress],
         "runs_floor_messages_per_s": [round(x, 1) for x in floor],
     }
@@ -233,10 +246,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     client = Client()
     try:
-        persistent = await compare(client, "persistent", args.messages, args.rounds)
+        persistent = await compare(client, "persistent", args.messages, args.repeat)
         per_connection = None
         if args.connection_messages > 0:
-            per_connection = await compare(client, "per_connection", args.connection_messages, args.rounds)
+            per_connection = await compare(client, "per_connection", args.connection_messages, args.repeat)
         profile_text = None
         if args.profile:
             prof = cProfile.Profile()
@@ -250,9 +263,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "messages_per_s": persistent["messages_per_s"],
         "floor_messages_per_s": persistent["floor_messages_per_s"],
         "ratio": persistent["ratio"],
+        "messages_per_s_best": persistent["messages_per_s_best"],
+        "floor_messages_per_s_best": persistent["floor_messages_per_s_best"],
+        "server_cpu_us_per_message_least": persistent["server_cpu_us_per_message_least"],
         "messages": args.messages,
         "message_bytes": len(make_message(0)),
-        "rounds": args.rounds,
+        "repeat": args.repeat,
         "runs_messages_per_s": persistent["runs_messages_per_s"],
         "runs_floor_messages_per_s": persistent["runs_floor_messages_per_s"],
         "server_cpu_us_per_message": persistent["server_cpu_us_per_message"],
@@ -269,16 +285,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.smtp", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.smtp", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per run, one connection")
     parser.add_argument("--connection-messages", type=int, default=600,
                         help="messages per run with a new connection each (0: skip this variant)")
-    parser.add_argument("--rounds", type=int, default=5, help="runs per server and variant (median)")
+    add_repeat(parser, default=5, aliases=("--rounds",), help_extra="; per server and variant, ABBA")
     parser.add_argument("--profile", action="store_true", help="cProfile one ingress run (to stderr)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    if args.messages < 1 or args.rounds < 1:
-        parser.error("--messages and --rounds must be at least 1")
+    check_repeat(parser, args)
+    if not 1 <= args.messages <= 1_000_000:
+        parser.error("--messages: give a whole number from 1 to 1000000")
+    if not 0 <= args.connection_messages <= 1_000_000:
+        parser.error("--connection-messages: give a whole number from 0 (skip that variant) to 1000000")
+    return main_guard(parser.prog, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     result = asyncio.run(run(args))
     if args.json:
         print_json(result)
@@ -286,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("one connection", result)]
     if result["new_connection_per_message"]:
         rows.append(("new connection per message", result["new_connection_per_message"]))
-    print(f"SMTP ingest, {result['message_bytes']} B messages, median of {result['rounds']} runs "
+    print(f"SMTP ingest, {result['message_bytes']} B messages, median of {result['repeat']} runs "
           f"({result['messages']} messages per one-connection run)")
     print(f"{'variant':<28}{'ingress msg/s':>14}{'floor msg/s':>12}{'ratio':>7}"
           f"{'ingress cpu us':>16}{'floor cpu us':>14}{'cpu ratio':>10}")
@@ -294,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<28}{r['messages_per_s']:>14.1f}{r['floor_messages_per_s']:>12.1f}{r['ratio']:>7.3f}"
               f"{r['server_cpu_us_per_message']:>16.1f}{r['floor_server_cpu_us_per_message']:>14.1f}"
               f"{r['cpu_ratio']:>10.3f}")
-    print(f"wall time {result['wall_seconds']} s, load average {result['load_average_1min']}")
+    print(f"best run: ingress {result['messages_per_s_best']} msg/s, floor {result['floor_messages_per_s_best']} msg/s; "
+          f"least ingress CPU {result['server_cpu_us_per_message_least']} us/message")
+    print(f"wall time {result['wall_seconds']} s, CPU {result['cpu_seconds']} s, load average "
+          f"{result['load_average_1min']}")
     return 0
 
 
