@@ -1084,18 +1084,26 @@ def act_delete(
     _say(f"{kind.capitalize()} {crm_id} deleted.")
 
 
+def _act_rows(db: str, read, as_json: bool) -> list[dict] | None:
+    """Rows an ACT listing reads (``read(conn)``); printed as JSON, and None, with ``--json``."""
+    with _Refused():
+        def action(ws):
+            with ws.sb.db.connect() as conn:
+                return read(conn)
+        rows = _in_sandbox(db, action)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return None
+    return rows
+
+
 @act_app.command("links")
 def act_links(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
     """The ACT item-level mappings: CRM row, Exchange item, last direction and conflict."""
     from simulator.crm import act_sync
 
-    with _Refused():
-        def action(ws):
-            with ws.sb.db.connect() as conn:
-                return act_sync.links(conn)
-        rows = _in_sandbox(db, action)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+    rows = _act_rows(db, act_sync.links, as_json)
+    if rows is None:
         return
     table = Table(title="ACT links")
     for col in ("table", "CRM id", "Exchange item", "last change", "conflict"):
@@ -1111,13 +1119,8 @@ def act_failures(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     """The ACT item-level failures (appointments, contacts and tasks): mailbox, item, error and retries."""
     from simulator.crm import act_sync
 
-    with _Refused():
-        def action(ws):
-            with ws.sb.db.connect() as conn:
-                return act_sync.failures(conn)
-        rows = _in_sandbox(db, action)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+    rows = _act_rows(db, act_sync.failures, as_json)
+    if rows is None:
         return
     if not rows:
         _say("No ACT item-level failures.")
