@@ -104,7 +104,7 @@ from simulator.crm.models import (
     UserQuery,
     UTCDateTime,
 )
-from simulator.crm.operations import OPERATIONS, SYSTEM_ADMINISTRATOR
+from simulator.crm.operations import OPERATIONS, SYSTEM_ADMINISTRATOR, role_names
 from simulator.identity.service import CRM_APP_ID, IdentityError, InvalidToken
 from simulator.web import BodyError, json_object
 
@@ -661,9 +661,7 @@ class DataverseApi:
             user = session.get(SystemUser, uid)
             if user is None:
                 user = self._new_application_user(session, uid, name, roles)
-            held = tuple(session.exec(select_rows(SecurityRole.name).join(
-                SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
-                SystemUserRoles.systemuserid == uid).order_by(SecurityRole.name)).all())
+            held = tuple(role_names(session, uid))
             domainname = user.domainname
             s2s.save_identity(session, work)
             session.commit()
@@ -737,9 +735,7 @@ class DataverseApi:
         wanted = header.strip().strip("{}").strip()
         with Session(self.sb.db) as session:
             target = session.get(SystemUser, wanted) if wanted else None
-            roles = session.exec(select_rows(SecurityRole.name).join(
-                SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
-                SystemUserRoles.systemuserid == application_user.systemuserid)).all()
+            roles = role_names(session, application_user.systemuserid)
         if target is None:
             raise ODataError(400, INVALID_ARGUMENT, f"{ON_BEHALF_HEADER}: {inputs.show(header)} is not the "
                                                     f"systemuserid of a user of the organization")

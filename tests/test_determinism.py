@@ -11,23 +11,7 @@ from pathlib import Path
 SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_properties import run_scenario
-sc = {"seed": 7, "minpoll": 2, "move": True, "jitter": True, "warnings": True, "profile_hours": 30,
-      "alice_start_hours": 3,
-      "messages": [
-          {"kind": "plain", "to": ["alice@contoso.example", "support@contoso.example"], "sender": "carl@fabrikam.example", "at": -60},
-          {"kind": "malformed", "to": ["alice@contoso.example"], "sender": "carl@fabrikam.example", "at": 5},
-          {"kind": "noid", "to": ["bob@contoso.example", "support@contoso.example"], "sender": "lena@prospect.example", "at": 12},
-          {"kind": "dup", "to": ["support@contoso.example"], "sender": "carl@fabrikam.example", "at": 20},
-          {"kind": "bcc", "to": ["alice@contoso.example"], "sender": "someone@elsewhere.example", "at": 33},
-          {"kind": "reply", "to": ["bob@contoso.example"], "sender": "carl@fabrikam.example", "at": 47}],
-      "faults": [{"code": "ErrorServerBusy", "operation": "*", "mailbox": None, "count": None,
-                  "probability": 0.3, "backoff_ms": None},
-                 {"code": "IsvAborted", "operation": "create_email", "mailbox": None, "count": 1,
-                  "probability": 1.0, "backoff_ms": None}],
-      "test_faults": [{"code": "ErrorServerBusy", "operation": "get_act_org", "mailbox": "alice@contoso.example",
-                       "count": 2}],
-      "sends": [["alice@contoso.example", "carl@fabrikam.example", 3], ["bob@contoso.example", "alice@contoso.example", 9]]}
+from test_properties import DETERMINISM_SCENARIO as sc, run_scenario
 out = run_scenario(sc)
 print(json.dumps(out.o.sb.events))
 """

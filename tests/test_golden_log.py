@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_properties import run_scenario
+from test_properties import DETERMINISM_SCENARIO, run_scenario
 
 from simulator import bulk_org
 
@@ -71,25 +71,6 @@ def test_a_seeded_bulk_organization_gives_the_golden_event_log(wake_every_s):
 
 
 def test_the_determinism_scenario_gives_the_golden_event_log():
-    sc = {"seed": 7, "minpoll": 2, "move": True, "jitter": True, "warnings": True, "profile_hours": 30,
-          "alice_start_hours": 3,
-          "messages": [
-              {"kind": "plain", "to": ["alice@contoso.example", "support@contoso.example"],
-               "sender": "carl@fabrikam.example", "at": -60},
-              {"kind": "malformed", "to": ["alice@contoso.example"], "sender": "carl@fabrikam.example", "at": 5},
-              {"kind": "noid", "to": ["bob@contoso.example", "support@contoso.example"],
-               "sender": "lena@prospect.example", "at": 12},
-              {"kind": "dup", "to": ["support@contoso.example"], "sender": "carl@fabrikam.example", "at": 20},
-              {"kind": "bcc", "to": ["alice@contoso.example"], "sender": "someone@elsewhere.example", "at": 33},
-              {"kind": "reply", "to": ["bob@contoso.example"], "sender": "carl@fabrikam.example", "at": 47}],
-          "faults": [{"code": "ErrorServerBusy", "operation": "*", "mailbox": None, "count": None,
-                      "probability": 0.3, "backoff_ms": None},
-                     {"code": "IsvAborted", "operation": "create_email", "mailbox": None, "count": 1,
-                      "probability": 1.0, "backoff_ms": None}],
-          "test_faults": [{"code": "ErrorServerBusy", "operation": "get_act_org",
-                           "mailbox": "alice@contoso.example", "count": 2}],
-          "sends": [["alice@contoso.example", "carl@fabrikam.example", 3],
-                    ["bob@contoso.example", "alice@contoso.example", 9]]}
-    events = run_scenario(sc).o.sb.events
+    events = run_scenario(DETERMINISM_SCENARIO).o.sb.events
     assert any(e[1] == "test" for e in events) and any(e[0] == "send" for e in events)
     _check("determinism-scenario", events)

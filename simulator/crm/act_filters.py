@@ -18,8 +18,8 @@ from typing import Any
 from sqlmodel import Session, select
 
 from simulator.crm.errors import ConflictError, PrivilegeError, UnknownUserError, ValidationError
-from simulator.crm.models import ACT_TABLES, SecurityRole, SystemUser, SystemUserRoles, UserQuery
-from simulator.crm.operations import SYSTEM_ADMINISTRATOR
+from simulator.crm.models import ACT_TABLES, SystemUser, UserQuery
+from simulator.crm.operations import SYSTEM_ADMINISTRATOR, role_names
 
 MAX_NAME = 200
 ACTIVE, INACTIVE = 0, 1
@@ -47,10 +47,7 @@ class SyncFiltersMixin:
         """A user edits their own filters; only a System Administrator edits another user's."""
         if acting.systemuserid == owner.systemuserid:
             return
-        roles = session.exec(select(SecurityRole.name).join(
-            SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
-            SystemUserRoles.systemuserid == acting.systemuserid)).all()
-        if SYSTEM_ADMINISTRATOR not in roles:
+        if SYSTEM_ADMINISTRATOR not in role_names(session, acting.systemuserid):
             raise PrivilegeError(f"user {acting.domainname} may change only their own sync filters, not those of "
                                  f"{owner.domainname} (that needs the {SYSTEM_ADMINISTRATOR} role)", "as_user")
 

@@ -48,6 +48,7 @@ from simulator.crm.operations import (
     PRV_READ_MAILBOX,
     SALESPERSON,
     SYSTEM_ADMINISTRATOR,
+    role_names,
 )
 
 
@@ -102,13 +103,9 @@ class OrgMixin:
         (see OPERATIONS)."""
         user = self._user(session, who)
         role = OPERATIONS[operation].role
-        if role is not None:
-            roles = session.exec(select(SecurityRole.name).join(
-                SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
-                SystemUserRoles.systemuserid == user.systemuserid)).all()
-            if role not in roles:
-                raise PrivilegeError(f"user {user.domainname} does not have the {role} security role, which "
-                                     f"`sss {operation}` needs", "as_user")
+        if role is not None and role not in role_names(session, user.systemuserid):
+            raise PrivilegeError(f"user {user.domainname} does not have the {role} security role, which "
+                                 f"`sss {operation}` needs", "as_user")
         missing = [p for p in OPERATIONS[operation].privileges if p not in self._privileges(session, user)]
         if missing:
             names = ", ".join(f"{p} ({PRIVILEGE_NAMES.get(p, p)})" for p in missing)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlmodel import Session, select
+
 from simulator.crm import inputs
 from simulator.crm.errors import OutOfOrderError
 
@@ -180,3 +182,12 @@ def out_of_order(step: str, problem: str, field: str | None = None) -> OutOfOrde
     to do first and its command."""
     s = STEP[step]
     return OutOfOrderError(f"{problem}: do step {s.section} ({s.title}) first, with {s.command}", field)
+
+
+def role_names(session: Session, userid: str) -> list[str]:
+    """The names of the security roles a user holds."""
+    from simulator.crm.models import SecurityRole, SystemUserRoles
+
+    return list(session.exec(select(SecurityRole.name).join(
+        SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
+        SystemUserRoles.systemuserid == userid).order_by(SecurityRole.name)).all())

@@ -49,11 +49,10 @@ from simulator.crm.models import (
     Organization,
     S2SCertificate,
     S2SConfiguration,
-    SecurityRole,
     SimulatorState,
     SystemUser,
-    SystemUserRoles,
 )
+from simulator.crm.operations import role_names
 from simulator.identity import certs
 from simulator.identity.certs import CertificateError
 from simulator.identity.service import ACS_PRINCIPAL_ID, CRM_APP_ID, IdentityError, IdentityService, Tenant
@@ -246,10 +245,7 @@ def require_system_administrator(session: Session, who: str | None) -> SystemUse
         raise S2SError("unknown_user", f"no user {who!r} in the organization", "as_user")
     if user.isdisabled:
         raise S2SError("disabled_user", f"user {who!r} is disabled", "as_user")
-    roles = session.exec(select(SecurityRole.name).join(
-        SystemUserRoles, SystemUserRoles.roleid == SecurityRole.roleid).where(
-        SystemUserRoles.systemuserid == user.systemuserid)).all()
-    if SYSTEM_ADMINISTRATOR not in roles:
+    if SYSTEM_ADMINISTRATOR not in role_names(session, user.systemuserid):
         raise S2SPrivilegeError("not_system_administrator", f"user {user.domainname} does not have the "
                                 f"{SYSTEM_ADMINISTRATOR} security role, which this step needs", "as_user")
     return user
