@@ -63,6 +63,9 @@ class BulkOrg:
     sends_queued: int = 0  # emails the users have sent so far (Pending Send until the engine submits them)
 
 
+BUILD_CHUNK = 10_000  # mailboxes written per transaction while building
+
+
 def profile_name(index: int) -> str:
     return PROFILE_NAME if index == 0 else f"{PROFILE_NAME} {index + 1}"
 
@@ -88,38 +91,43 @@ def build(mailboxes: int, seed: int, db_url: str, *, profiles: int = 1,
 
     ids = sb.ids
     spread = random.Random(f"first-cycle-{seed}")
-    users, boxes, addresses, userids, profile_of = [], [], [], [], {}
-    for i in range(mailboxes):
-        due = now + timedelta(seconds=spread.uniform(0, first_cycle_within_s)) if first_cycle_within_s else now
-        uid = ids.new()
-        addr = f"user{i:06d}@{DOMAIN}"
-        addresses.append(addr)
-        userids.append(uid)
-        p = i * profiles // mailboxes
-        profile_of[addr] = p
-        users.append(dict(systemuserid=uid, fullname=f"User {i}", domainname=f"user{i:06d}",
-                          internalemailaddress=addr, isdisabled=False,
-                          incomingemailfilteringmethod=int(TrackSetting.ALL)))
-        boxes.append(dict(
-            mailboxid=ids.new(), name=f"User {i}", emailaddress=addr, ownerid=uid, regardingobjectid=uid,
-            regardingobjecttypecode="systemuser", emailserverprofile=pids[p],
-            incomingemaildeliverymethod=int(IncomingMethod.SSS), outgoingemaildeliverymethod=int(OutgoingMethod.SSS),
-            emailrouteraccessapproval=int(Approval.APPROVED),
-            incomingemailstatus=int(Status.SUCCESS), outgoingemailstatus=int(Status.SUCCESS),
-            mailboxstatus=int(Status.SUCCESS), enabledforincomingemail=True, enabledforoutgoingemail=True,
-            testmailboxaccesscompletedon=now, processemailreceivedafter=profile_date,
-            receivingpostponeduntil=due, postponesendinguntil=due, postponemailboxprocessinguntil=due,
-        ))
+    addresses, userids, profile_of = [], [], {}
+    # In chunks, so that a million mailboxes do not hold a million row dicts (and one journal row
+    # of a million Exchange mailboxes) in memory at once; the ids are drawn in the same order.
+    for first in range(0, mailboxes, BUILD_CHUNK):
+        users, boxes = [], []
+        for i in range(first, min(first + BUILD_CHUNK, mailboxes)):
+            due = now + timedelta(seconds=spread.uniform(0, first_cycle_within_s)) if first_cycle_within_s else now
+            uid = ids.new()
+            addr = f"user{i:06d}@{DOMAIN}"
+            addresses.append(addr)
+            userids.append(uid)
+            p = i * profiles // mailboxes
+            profile_of[addr] = p
+            users.append(dict(systemuserid=uid, fullname=f"User {i}", domainname=f"user{i:06d}",
+                              internalemailaddress=addr, isdisabled=False,
+                              incomingemailfilteringmethod=int(TrackSetting.ALL)))
+            boxes.append(dict(
+                mailboxid=ids.new(), name=f"User {i}", emailaddress=addr, ownerid=uid, regardingobjectid=uid,
+                regardingobjecttypecode="systemuser", emailserverprofile=pids[p],
+                incomingemaildeliverymethod=int(IncomingMethod.SSS), outgoingemaildeliverymethod=int(OutgoingMethod.SSS),
+                emailrouteraccessapproval=int(Approval.APPROVED),
+                incomingemailstatus=int(Status.SUCCESS), outgoingemailstatus=int(Status.SUCCESS),
+                mailboxstatus=int(Status.SUCCESS), enabledforincomingemail=True, enabledforoutgoingemail=True,
+                testmailboxaccesscompletedon=now, processemailreceivedafter=profile_date,
+                receivingpostponeduntil=due, postponesendinguntil=due, postponemailboxprocessinguntil=due,
+            ))
+        with sb.db.begin() as conn:
+            conn.execute(insert(SystemUser.__table__), users)
+            conn.execute(insert(Mailbox.__table__), boxes)
+        with sb.store.operation():  # one journal row per chunk
+            for addr in addresses[first:]:
+                sb.store.add_mailbox(addr)
     contacts = [f"contact{i:06d}@{PARTNER_DOMAIN}" for i in range(max(1, mailboxes // 10))]
     with sb.db.begin() as conn:
-        conn.execute(insert(SystemUser.__table__), users)
-        conn.execute(insert(Mailbox.__table__), boxes)
         conn.execute(insert(Contact.__table__), [
             dict(contactid=ids.new(), fullname=f"Contact {i}", emailaddress1=addr) for i, addr in enumerate(contacts)
         ])
-    with sb.store.operation():  # one journal row for the whole setup
-        for addr in addresses:
-            sb.store.add_mailbox(addr)
     sb.crm.invalidate_directory()
     return BulkOrg(sb, addresses, contacts, pids, [profile_name(i) for i in range(profiles)], profile_of, userids)
 

@@ -243,7 +243,7 @@ def store_content(store: ExchangeStore) -> list:
                       i.item_class) for item_id, i in f.items.items()]
             folders.append((folder_id, f.name, f.parent_id, f.distinguished, items, list(f.order), list(f.journal)))
         out.append((address, mbx.display_name, mbx.root_id, folders, dict(mbx.distinguished), dict(mbx.item_folder),
-                    mbx.act_org_id, mbx.act_org_stamped_on, list(mbx.sent_times), list(mbx.recipients_day),
+                    mbx.act_org_id, mbx.act_org_stamped_on, list(mbx.sent_times or ()), mbx.recipients_day,
                     mbx.last_inbox_received))
     out.append([(sender, list(to), message_record(data)) for sender, to, data in store.outbound])
     out.append(store._max_seq)

@@ -38,6 +38,22 @@ def test_mailbox_has_the_distinguished_folders(store):
         assert mbx.folder(name).distinguished == name
 
 
+def test_a_poll_makes_only_the_inbox_and_a_listing_shows_every_folder_in_order(store):
+    """The folders a mailbox is made with exist from the start (same ids, parents, order), but only
+    those looked at take memory: a poll of the Inbox holds one folder, not ten."""
+    mbx = store.mailbox(A)
+    named = list(mbx.distinguished.items())
+    store.find(A, "inbox", None)
+    assert [f.distinguished for f in mbx._folders.values()] == ["inbox"]
+    tasks = mbx.folder_by_id(mbx.distinguished["tasks"])  # made by id, out of order
+    assert tasks.name == "Tasks" and tasks.parent_id == mbx.distinguished["msgfolderroot"]
+    assert not tasks._items and not tasks._journal  # an empty folder holds no containers
+    listed = list(mbx.folders.values())  # a listing makes the rest, in the mailbox's own order
+    assert [(f.distinguished, f.folder_id) for f in listed] == named
+    assert listed[0].parent_id is None and all(f.system for f in listed)
+    assert mbx.folder("tasks") is tasks  # made once: the one made by id is the listed one
+
+
 def test_unknown_mailbox_is_error_non_existent_mailbox(store):
     with pytest.raises(StoreError) as exc:
         store.mailbox("nobody@contoso.example")

@@ -230,9 +230,32 @@ class Folder:
     system: bool = False  # one of the mailbox's own folders (MAILBOX_TREE): not deleted, moved or renamed
     version: int = 0  # how many times it was renamed, moved or given properties: its change key follows
     kept: dict[str, str] | None = None  # properties kept as the client wrote them (XML text), see ews.fields
-    items: dict[str, Item] = field(default_factory=dict)
-    order: list[tuple[datetime, int, str]] = field(default_factory=list)  # (received, seq, item id), sorted
-    journal: list[tuple[str, str]] = field(default_factory=list)  # (change, item id), append-only
+    # Made on first use (see the properties below): most folders of a large organization stay empty,
+    # and three empty containers per folder were most of a mailbox's memory.
+    _items: dict[str, Item] | None = None
+    _order: list[tuple[datetime, int, str]] | None = None
+    _journal: list[tuple[str, str]] | None = None
+
+    @property
+    def items(self) -> dict[str, Item]:
+        """The folder's items by id."""
+        if self._items is None:
+            self._items = {}
+        return self._items
+
+    @property
+    def order(self) -> list[tuple[datetime, int, str]]:
+        """(received, seq, item id) of the items, sorted."""
+        if self._order is None:
+            self._order = []
+        return self._order
+
+    @property
+    def journal(self) -> list[tuple[str, str]]:
+        """(change, item id), append-only: what SyncFolderItems reads."""
+        if self._journal is None:
+            self._journal = []
+        return self._journal
 
     def add(self, item: Item) -> None:
         self.items[item.item_id] = item
@@ -263,11 +286,13 @@ class Folder:
 
     def after(self, when: datetime | None, limit: int) -> list[Item]:
         """Items received strictly after ``when``, oldest first, at most ``limit``."""
-        order = self.order
+        order = self._order
+        if not order:  # (a look at an empty folder makes nothing)
+            return []
         if when is None:
             start = 0
         else:
-            if not order or order[-1][0] <= when:
+            if order[-1][0] <= when:
                 return []
             start = bisect.bisect_right(order, (when, float("inf")))
         items = self.items
@@ -279,15 +304,61 @@ class ExchangeMailbox:
     address: str
     display_name: str
     root_id: str
-    folders: dict[str, Folder] = field(default_factory=dict)
+    _folders: dict[str, Folder] = field(default_factory=dict)  # the folders made so far, by id (see folders)
     distinguished: dict[str, str] = field(default_factory=dict)  # name -> folder id
     item_folder: dict[str, str] = field(default_factory=dict)  # item id -> folder id
     act_org_id: str | None = None  # SPEC 1.11: the organization that syncs ACT
     act_org_stamped_on: datetime | None = None
-    sent_times: deque = field(default_factory=deque)
-    recipients_day: list = field(default_factory=lambda: [None, 0])  # [date, count]
+    # what the sending quotas count (None until the mailbox first sends: most never do)
+    sent_times: deque | None = None  # when the last minute's messages were sent
+    recipients_day: list | None = None  # [date, recipients that day]
     last_inbox_received: datetime | None = None
-    settings: MailboxSettings = field(default_factory=MailboxSettings)  # rules, OOF (events below)
+    _settings: MailboxSettings | None = None  # made on first use (see settings)
+    # How many of the folders the mailbox's event names are not made yet. They are made one by one
+    # when looked up by id or name (a poll opens the Inbox only), and all at once when something
+    # lists the folders: a large organization does not hold ten folders per mailbox in memory.
+    _unmade: int = 0
+
+    @property
+    def settings(self) -> MailboxSettings:
+        """Inbox rules, Out of Office and the rest (made when first used)."""
+        if self._settings is None:
+            self._settings = MailboxSettings()
+        return self._settings
+
+    @property
+    def folders(self) -> dict[str, Folder]:
+        """Every folder of the mailbox by id, in the order they were made (the folders its event
+        names first)."""
+        if self._unmade:
+            self._make_named()
+        return self._folders
+
+    def _make_named(self) -> None:
+        """Make the folders the mailbox's event names that are not made yet, keeping their order."""
+        made, self._folders = self._folders, {}
+        for key, folder_id in self.distinguished.items():  # (only those folders while any is unmade)
+            folder = made.get(folder_id)
+            if folder is None:
+                spec = FOLDER_SPECS[key]
+                parent = self.distinguished.get(spec.parent) if spec.parent else None
+                folder = Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
+            self._folders[folder_id] = folder
+        self._unmade = 0
+
+    def _make_one(self, folder_id: str) -> Folder | None:
+        """The folder with this id if the mailbox's event names it and it is not made yet."""
+        for key, named_id in self.distinguished.items():
+            if named_id == folder_id:
+                if self._unmade == 1:  # the last one: keep the folders in their order
+                    self._make_named()
+                    return self._folders[folder_id]
+                spec = FOLDER_SPECS[key]
+                parent = self.distinguished.get(spec.parent) if spec.parent else None
+                folder = self._folders[folder_id] = Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
+                self._unmade -= 1
+                return folder
+        return None
 
     @property
     def has_tree(self) -> bool:
@@ -312,10 +383,13 @@ class ExchangeMailbox:
 
     def folder_by_id(self, folder_id: str) -> Folder | None:
         """The folder with this id, making the mailbox's own folders first if the id is one of theirs."""
-        folder = self.folders.get(folder_id)
-        if folder is None and folder_id.startswith(SYSTEM_ID_PREFIX):
-            self.full_tree()
-            folder = self.folders.get(folder_id)
+        folder = self._folders.get(folder_id)
+        if folder is None:
+            if self._unmade:
+                folder = self._make_one(folder_id)
+            if folder is None and folder_id.startswith(SYSTEM_ID_PREFIX):
+                self.full_tree()
+                folder = self._folders.get(folder_id)
         return folder
 
     def folder(self, folder_ref: str) -> Folder:
@@ -331,11 +405,11 @@ class ExchangeMailbox:
         folder_id = self.item_folder.get(item_id)
         if folder_id is None:
             raise StoreError("ErrorItemNotFound", f"item {item_id!r} does not exist in {self.address}")
-        return self.folders[folder_id].items[item_id]
+        return self._folders[folder_id].items[item_id]  # (an item's folder is made)
 
     def take_out(self, item: Item) -> None:
         """Remove an item from its folder (a delete, or the source side of a move)."""
-        self.folders[item.folder_id].remove(item)
+        self._folders[item.folder_id].remove(item)
         del self.item_folder[item.item_id]
 
 
@@ -420,17 +494,15 @@ class ExchangeStore:
                 item.modified = _when(ev["t"])
             # a change of the read flag alone is its own kind of change (SyncFolderItems: ReadFlagChange)
             only_read = ev.get("r") is not None and ev.get("c") is None and not {"s", "b", "ks"} & ev.keys()
-            mbx.folders[item.folder_id].journal.append(("read" if only_read else "update", item.item_id))
+            mbx._folders[item.folder_id].journal.append(("read" if only_read else "update", item.item_id))
             return item
         elif kind == "mbx":
             # the folders made with the mailbox, top first: [id, key] (journals older than the whole
             # tree start at the Top of Information Store, whose parent they do not name)
             mbx = ExchangeMailbox(ev["a"], ev["n"], ev["f"][0][0])
-            for folder_id, key in ev["f"]:
-                spec = FOLDER_SPECS[key]
-                parent = mbx.distinguished.get(spec.parent) if spec.parent else None
-                mbx.folders[folder_id] = Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
+            for folder_id, key in ev["f"]:  # (made on first look: ExchangeMailbox.folders)
                 mbx.distinguished[key] = folder_id
+            mbx._unmade = len(ev["f"])
             self.mailboxes[mbx.address] = mbx
             return mbx
         elif kind == "fld":
@@ -447,6 +519,8 @@ class ExchangeStore:
             mbx.act_org_stamped_on = _when(ev["t"])
         elif kind == "sent":
             now = _when(ev["t"])
+            if mbx.sent_times is None:
+                mbx.sent_times, mbx.recipients_day = deque(), [None, 0]
             window = mbx.sent_times
             while window and (now - window[0]).total_seconds() >= 60:
                 window.popleft()
@@ -501,9 +575,10 @@ class ExchangeStore:
                 mbx = self.mailboxes[address]
                 new = floor + _ONE_US
                 placement[3] = new
-                item = mbx.folders[folder_id].items.get(item_id)
+                folder = mbx.folder_by_id(folder_id)
+                item = folder.items.get(item_id) if folder is not None else None
                 if item is not None:
-                    mbx.folders[folder_id].retime(item, new)
+                    folder.retime(item, new)
                 latest[address] = new
                 if mbx.last_inbox_received is None or new > mbx.last_inbox_received:
                     mbx.last_inbox_received = new
@@ -861,12 +936,12 @@ class ExchangeStore:
         recipients = [a for a in (normalize_address(r) for r in data.to + data.cc + data.bcc) if a]
         if not recipients:
             raise StoreError("ErrorInvalidRecipients", "the message has no valid recipient")
-        window = mbx.sent_times
+        window = mbx.sent_times or ()
         recent = sum(1 for t in window if (now - t).total_seconds() < 60)
         if recent >= SEND_PER_MINUTE:
             raise StoreError("ErrorSubmissionQuotaExceeded",
                              f"{address} already sent {SEND_PER_MINUTE} messages in the last minute")
-        day = mbx.recipients_day
+        day = mbx.recipients_day or (None, 0)
         today = day[1] if day[0] == now.date() else 0
         if today + len(recipients) > RECIPIENTS_PER_DAY:
             raise StoreError("ErrorSubmissionQuotaExceeded",
