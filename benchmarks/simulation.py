@@ -27,7 +27,11 @@ Run phase (timed, wall and CPU time of this process): ``Sandbox.run_for(hours)``
 temporary file by default) with ``record_events=False``. ``mailbox_polls`` counts workload cycles (incoming, outgoing and, with ``--act``, ACT);
 ``floor_polls_per_s`` is a bare heap loop doing the same number of polls (pop the due time,
 a trivial check, push the next time five minutes later), the least any scheduler in Python
-can cost.
+can cost. The database floor (``db_floor_*``, ``ratio_to_db_floor``) is a bare loop in raw sqlite3
+that leases and releases as many mailbox rows as the engine leased (``mailbox_leases``), in
+batches of 2,000 with a commit each, on a table of the five integer columns a lease needs: the
+least a scheduler whose state is in the database can cost. ``polls_per_cpu_s`` and
+``emails_per_cpu_s`` divide by the run's CPU time, which moves less with the machine's load.
 
 ``--repeat N`` makes N runs (each on a new database; with ``--act`` ACT off and on alternate) and
 reports the least and the median wall and CPU time, the figures of the median run and the best
@@ -46,6 +50,7 @@ import os
 import random
 import resource
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -112,8 +117,57 @@ def floor_loop(polls: int, mailboxes: int, cadence_s: float = 300.0) -> Timing:
     return t
 
 
+def db_floor_loop(leases: int, mailboxes: int, directory: str, batch: int = 2000,
+                  cadence_s: int = 300) -> Timing:
+    """Wall and CPU time a bare loop in raw sqlite3 takes to lease and release ``leases`` mailbox
+    rows, the way the engine's batches do: on a table of the few integer columns a lease needs
+    (id, due time, state, host, leased at), each batch is one ``UPDATE ... RETURNING`` of up to
+    ``batch`` due free rows, one executemany that frees them with the next due time, and one commit,
+    with the sandbox's pragmas. What a database-backed scheduler in Python cannot go below."""
+    path = os.path.join(directory, "floor.db")
+    con = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=OFF", "wal_autocheckpoint=10000", "cache_size=-65536"):
+        con.execute(f"PRAGMA {pragma}")
+    con.execute("CREATE TABLE lease (id INTEGER PRIMARY KEY, due INTEGER NOT NULL, state INTEGER NOT NULL,"
+                " host TEXT, leased INTEGER)")
+    con.execute("CREATE INDEX lease_due ON lease (due, id) WHERE state = 0")
+    con.executemany("INSERT INTO lease VALUES (?, 0, 0, NULL, NULL)", ((i,) for i in range(mailboxes)))
+    lease_sql = ("UPDATE lease SET state = 1, host = 'floor', leased = :now WHERE id IN "
+                 "(SELECT id FROM lease WHERE state = 0 AND due <= :now ORDER BY due, id LIMIT :n) RETURNING id, due")
+    release_sql = "UPDATE lease SET state = 0, host = NULL, due = ? WHERE id = ? AND host = 'floor'"
+    now, done = 0, 0
+    with timed() as t:
+        while done < leases:
+            con.execute("BEGIN")
+            rows = con.execute(lease_sql, {"now": now, "n": min(batch, leases - done)}).fetchall()
+            con.execute("COMMIT")
+            if not rows:  # nothing due: on to the next due time
+                now = con.execute("SELECT min(due) FROM lease WHERE state = 0").fetchone()[0]
+                continue
+            con.execute("BEGIN")
+            con.executemany(release_sql, [(now + cadence_s, r[0]) for r in rows])
+            con.execute("COMMIT")
+            done += len(rows)
+    con.close()
+    return t
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def _count_leases(sb: Sandbox) -> list[int]:
+    """Count the mailbox rows the engine leases (what the database floor repeats)."""
+    crm, count = sb.engine.crm, [0]
+    lease_due = crm.lease_due
+
+    def counted(*args, **kwargs):
+        rows = lease_due(*args, **kwargs)
+        count[0] += len(rows)
+        return rows
+
+    crm.lease_due = counted
+    return count
 
 
 async def _run(sb: Sandbox, hours: float) -> None:
@@ -137,6 +191,7 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
         gc.collect()
         gc.freeze()  # the setup's objects live to the end: keep the collector off them
         check_probe("the probe before the run")
+        leased = _count_leases(sb)
         with timed() as run_t:
             if profile:
                 import cProfile
@@ -152,6 +207,7 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
         polls = stats.polls
         floor_t = floor_loop(polls, mailboxes)
         floor_share = check_share(floor_t, "the floor (bare heap loop)")
+        db_floor_t = db_floor_loop(leased[0], mailboxes, os.path.dirname(os.path.abspath(db_path)))
         polls_per_s = polls / wall if wall else 0.0
         floor_polls_per_s = polls / floor_t.wall if floor_t.wall else 0.0
         result = dict(
@@ -168,6 +224,12 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
             peak_rss_mb=round(peak_rss_mb(), 1),
             floor_polls_per_s=round(floor_polls_per_s, 1),
             ratio_to_floor=round(floor_polls_per_s / polls_per_s, 2) if polls_per_s else None,
+            mailbox_leases=leased[0],
+            db_floor_cpu_seconds=round(db_floor_t.cpu, 2),
+            polls_per_cpu_s=round(polls / cpu, 1) if cpu else 0.0,
+            db_floor_polls_per_cpu_s=round(polls / db_floor_t.cpu, 1) if db_floor_t.cpu else 0.0,
+            ratio_to_db_floor=round(cpu / db_floor_t.cpu, 2) if db_floor_t.cpu else None,
+            emails_per_cpu_s=round(stats.emails_tracked / cpu, 1) if cpu else 0.0,
             setup_seconds=round(setup_s, 2),
             wall_seconds=round(wall, 2),
             cpu_seconds=round(cpu, 2),
@@ -233,6 +295,7 @@ def _rows(result: dict) -> list[tuple[str, str]]:
         ("emails tracked", f"{result['emails_tracked']:,}"),
         ("emails skipped", f"{result['emails_skipped']:,}"),
         ("emails tracked / s", f"{result['emails_per_s']:,.0f}"),
+        ("emails tracked / CPU s", f"{result['emails_per_cpu_s']:,.0f}"),
     ]
     if "act_per_user_day" in result:
         rows += [
@@ -245,6 +308,10 @@ def _rows(result: dict) -> list[tuple[str, str]]:
         ]
     rows += [
         ("errors", f"{result['errors']:,}"),
+        ("polls / CPU s", f"{result['polls_per_cpu_s']:,.0f}"),
+        ("database floor: leases (raw sqlite3)", f"{result['mailbox_leases']:,} in {result['db_floor_cpu_seconds']:.2f} s CPU"),
+        ("database floor polls / CPU s", f"{result['db_floor_polls_per_cpu_s']:,.0f}"),
+        ("ratio to database floor (CPU)", f"{result['ratio_to_db_floor']}x"),
         ("floor (bare heap loop) polls / s", f"{result['floor_polls_per_s']:,.0f}"),
         ("ratio to floor", f"{result['ratio_to_floor']}x"),
         ("floor's share of a core (least)",
