@@ -155,31 +155,32 @@ def schedule_traffic(org: BulkOrg, hours: float, per_mailbox_day: float, seed: i
     start = sb.clock.now()
     _, total, pick_minute = _minutes(hours, per_mailbox_day, len(org.addresses), shape,
                                      start.hour + start.minute / 60)
-    buckets: dict[int, list[MessageData]] = {}
+    # The plan keeps what was drawn (a small tuple of shared strings); each message is made when
+    # its minute comes, so a long run does not hold every message it will deliver from the start.
+    buckets: dict[int, list[tuple[int, str, tuple[str, ...], str]]] = {}
     for n in range(total):
         to = rng.choice(org.addresses)
         cc = (rng.choice(org.addresses),) if rng.random() < CC_SHARE else ()
         sender = rng.choice(org.contacts)
-        minute = pick_minute(rng)
-        msg = MessageData(
-            subject=f"Order {n}: question about delivery", sender=sender, to=(to,), cc=cc,
-            message_id=f"{n:08d}.{seed}@{PARTNER_DOMAIN}", date=start + timedelta(minutes=minute),
-            body=f"Hello, could you confirm the delivery date of order {n}? Thanks.",
-        )
-        buckets.setdefault(minute, []).append(msg)
+        buckets.setdefault(pick_minute(rng), []).append((n, to, cc, sender))
     org.messages += total
 
-    def batch(msgs: list[MessageData]):
+    def batch(minute: int, drawn: list[tuple[int, str, tuple[str, ...], str]]):
         def deliver() -> None:
             placed = 0
+            date = start + timedelta(minutes=minute)
             with sb.store.operation():  # the minute's batch is one transaction of the journal
-                for m in msgs:
-                    placed += len(sb.store.deliver(m))
+                for n, to, cc, sender in drawn:
+                    placed += len(sb.store.deliver(MessageData(
+                        subject=f"Order {n}: question about delivery", sender=sender, to=(to,), cc=cc,
+                        message_id=f"{n:08d}.{seed}@{PARTNER_DOMAIN}", date=date,
+                        body=f"Hello, could you confirm the delivery date of order {n}? Thanks.",
+                    )))
             org.delivered_items += placed
         return deliver
 
     for minute in sorted(buckets):
-        sb.at(start + timedelta(minutes=minute, seconds=1), batch(buckets[minute]))
+        sb.at(start + timedelta(minutes=minute, seconds=1), batch(minute, buckets[minute]))
 
 
 def schedule_sends(org: BulkOrg, hours: float, per_mailbox_day: float, seed: int, shape: str = "flat") -> None:
