@@ -23,6 +23,7 @@ import tempfile
 import types
 import typing
 from collections import deque
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -324,7 +325,7 @@ def _sample(hint, depth: int = 0):
         if len(args) == 2 and args[1] is Ellipsis:
             return (_sample(args[0], depth + 1), _sample(args[0], depth + 2))
         return tuple(_sample(a, depth + 1) for a in args)
-    if origin is dict:
+    if origin is dict or origin is Mapping:
         return {_sample(args[0], depth + 1): _sample(args[1], depth + 1)}
     if origin is deque:
         return deque([_sample(args[0], depth + 1)])
