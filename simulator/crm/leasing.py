@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -15,20 +16,24 @@ from simulator.crm.platform_sql import E, M
 
 LEASE_TIMEOUT = timedelta(minutes=30)  # a lease older than this is forcibly unlocked
 
+# The lease's columns, in the order of MailboxWork's fields (checked below), so that a row makes
+# one positionally: a MailboxWork by 34 keywords cost more than the rest of the row's conversion.
 _LEASE_COLUMNS = [
-    M.c.mailboxid, M.c.emailaddress, M.c.ownerid, M.c.regardingobjectid, M.c.regardingobjecttypecode,
-    M.c.emailserverprofile, M.c.statecode, M.c.incomingemaildeliverymethod, M.c.outgoingemaildeliverymethod,
+    M.c.mailboxid.label("id"), M.c.emailaddress, M.c.ownerid, M.c.regardingobjectid, M.c.regardingobjecttypecode,
+    M.c.emailserverprofile.label("profileid"), (M.c.statecode == 0).label("active"),
+    M.c.incomingemaildeliverymethod, M.c.outgoingemaildeliverymethod,
     M.c.enabledforincomingemail, M.c.enabledforoutgoingemail, M.c.incomingemailstatus,
     M.c.outgoingemailstatus, M.c.emailrouteraccessapproval, M.c.processemailreceivedafter,
     M.c.receivingpostponeduntil, M.c.postponesendinguntil, M.c.lastincomingstartedon,
     M.c.lastoutgoingstartedon, M.c.noemailcount, M.c.incomingtransientfailurecount,
-    M.c.outgoingtransientfailurecount, M.c.undeliverablefolder, M.c.ewsurl, M.c.transientfailurecount,
+    M.c.outgoingtransientfailurecount, M.c.undeliverablefolder, M.c.ewsurl,
     M.c.actdeliverymethod, M.c.enabledforact, M.c.actstatus, M.c.receivingpostponeduntilforact,
     M.c.lastactstartedon, M.c.noactcount, M.c.acttransientfailurecount,
     # a Test & Enable put off by a transient error (engine.mailbox_test)
     M.c.testemailconfigurationscheduled, M.c.testemailconfigurationretrycount,
     M.c.orgmarkedasprimaryforexchangesync,
 ]
+assert [c.key for c in _LEASE_COLUMNS] == [f.name for f in dataclasses.fields(MailboxWork)]
 
 
 def _lease_statement(postgres: bool):
@@ -84,23 +89,6 @@ def _update_statement(shape: tuple[str, ...], *, release: bool = False):
     return update(M).where(*where).values(values)
 
 
-def _mailbox_work(r) -> MailboxWork:
-    """A row of ``_LEASE_COLUMNS`` as the engine's MailboxWork."""
-    return MailboxWork(
-        id=r[0], emailaddress=r[1], ownerid=r[2], regardingobjectid=r[3], regardingobjecttypecode=r[4],
-        profileid=r[5], active=r[6] == 0, incomingemaildeliverymethod=r[7],
-        outgoingemaildeliverymethod=r[8], enabledforincomingemail=r[9], enabledforoutgoingemail=r[10],
-        incomingemailstatus=r[11], outgoingemailstatus=r[12], emailrouteraccessapproval=r[13],
-        processemailreceivedafter=r[14], receivingpostponeduntil=r[15], postponesendinguntil=r[16],
-        lastincomingstartedon=r[17], lastoutgoingstartedon=r[18], noemailcount=r[19],
-        incomingtransientfailurecount=r[20], outgoingtransientfailurecount=r[21],
-        undeliverablefolder=r[22], ewsurl=r[23], actdeliverymethod=r[25], enabledforact=r[26], actstatus=r[27],
-        receivingpostponeduntilforact=r[28], lastactstartedon=r[29], noactcount=r[30],
-        acttransientfailurecount=r[31], testemailconfigurationscheduled=r[32],
-        testemailconfigurationretrycount=r[33], orgmarkedasprimaryforexchangesync=r[34],
-    )
-
-
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -140,7 +128,7 @@ class LeasingMixin:
         world = self.world
         try:
             with self._begin() as conn:
-                rows = lease.fetchall(conn, params, _LEASE_COLUMNS)
+                works = lease.fetchall(conn, params, _LEASE_COLUMNS, MailboxWork)
                 self._pending_senders = {r[0] for r in senders.fetchall(conn, {})}
                 if world is not None:  # what other processes delivered, before the batch reads it
                     world.sync(conn)
@@ -148,9 +136,8 @@ class LeasingMixin:
             if world is not None:
                 world.reload()
             raise
-        if rows and world is not None:
+        if works and world is not None:
             world.begin_batch()
-        works = [_mailbox_work(r) for r in rows]
         works.sort(key=lambda w: (w.receivingpostponeduntil or now, w.id))
         if works and self._keep_reader and self._reader is None:
             self._reader = self.db.connect()
@@ -160,7 +147,7 @@ class LeasingMixin:
         """The same view of mailboxes as a lease gives, without leasing them (in the given order)."""
         with self.db.connect() as conn:
             rows = conn.execute(select(*_LEASE_COLUMNS).where(M.c.mailboxid.in_(mailboxids))).all()
-        by_id = {r[0]: _mailbox_work(r) for r in rows}
+        by_id = {r[0]: MailboxWork(*r) for r in rows}
         return [by_id[i] for i in mailboxids if i in by_id]
 
     def release(self, hostid: str, updates: list[MailboxUpdate]) -> None:
