@@ -119,7 +119,7 @@ def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: Prof
     ``known``: whether incoming, outgoing and ACT are :func:`eligible` for ``values``, where the caller
     knows it already (the engine's cycle does); None: asked here."""
     due = None
-    for (workload, f), ok in zip(_EMAIL_FIELDS, known):
+    for (workload, f), ok in zip(_EMAIL_FIELDS, known[:2], strict=True):
         if eligible(workload, mailbox, values, profile, org) if ok is None else ok:
             name = f["next"]
             at = (values[name] if name in values else getattr(mailbox, name)) or DUE_NOW
