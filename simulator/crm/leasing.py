@@ -65,6 +65,9 @@ def _lease_statement(postgres: bool):
     )
 
 
+_NEXT_DUE_COLUMNS = [M.c.postponemailboxprocessinguntil, M.c.processinglastattemptedon]  # their types
+
+
 def _next_due_statement():
     """One query: the earliest due time of a free mailbox and the oldest lease.
 
@@ -106,7 +109,7 @@ class LeasingMixin:
     def next_due(self) -> datetime | None:
         with self.db.connect() as conn:
             free, locked = self._prepared(("next_due",), _next_due_statement).fetchall(
-                conn, {}, [M.c.postponemailboxprocessinguntil, M.c.processinglastattemptedon])[0]
+                conn, {}, _NEXT_DUE_COLUMNS)[0]
         free = _aware(free)
         self.oldest_lease = _aware(locked)
         if locked is not None:

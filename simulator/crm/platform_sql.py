@@ -97,7 +97,8 @@ class Prepared:
 
     def fetchall(self, conn, row: dict, columns: list | None = None, make=None) -> list:
         """The rows, each value through the result processor of ``columns[i]``'s type when given;
-        with ``make`` (and ``columns``), each row as ``make(*values)``."""
+        with ``make`` (and ``columns``), each row as ``make(*values)``. Pass the same ``columns`` list
+        each time: the rows' converter is made again whenever another list comes."""
         if not self.ok:
             rows = conn.execute(self.stmt, row)
             return [make(*r) for r in rows] if make is not None else [tuple(r) for r in rows]
