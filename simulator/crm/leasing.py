@@ -80,6 +80,13 @@ def _next_due_statement():
     return select(free, locked)
 
 
+def _pending_senders_statement():
+    """The mailboxes with email to send. The codes are literals: an expanding IN would take every
+    lease through SQLAlchemy's execution instead of the prepared statement."""
+    codes = [literal_column(str(int(code))) for code in (EmailStatus.PENDING_SEND, EmailStatus.SENDING)]
+    return select(E.c.sendermailboxid).where(E.c.statuscode.in_(codes)).distinct()
+
+
 def _update_statement(shape: tuple[str, ...], *, release: bool = False):
     """UPDATE of one mailbox (by id) setting the columns of ``shape``; with ``release``, of a mailbox
     leased by the host ``b_hostid``, which it frees."""
@@ -126,8 +133,7 @@ class LeasingMixin:
     def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]:
         params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
         lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
-        senders = self._prepared(("pending_senders",), lambda: select(E.c.sendermailboxid).where(
-            E.c.statuscode.in_((EmailStatus.PENDING_SEND, EmailStatus.SENDING))).distinct())
+        senders = self._prepared(("pending_senders",), _pending_senders_statement)
         world = self.world
         try:
             with self._begin() as conn:
