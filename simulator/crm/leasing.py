@@ -36,17 +36,28 @@ _LEASE_COLUMNS = [
 assert [c.key for c in _LEASE_COLUMNS] == [f.name for f in dataclasses.fields(MailboxWork)]
 
 
+def _due_select():
+    """The due mailboxes: free, or leased longer ago than ``:stale``, with a due time at or before ``:now``."""
+    now = bindparam("now", type_=M.c.processinglastattemptedon.type)
+    stale = bindparam("stale", type_=M.c.processinglastattemptedon.type)
+    return select(M.c.mailboxid).where(
+        M.c.postponemailboxprocessinguntil <= now,
+        or_(M.c.processingstatecode == 0,
+            and_(M.c.processingstatecode == 1, M.c.processinglastattemptedon < stale)),
+    )
+
+
+def _any_due_statement():
+    """One due mailbox if there is any: a read before the lease, so that a look finding nothing due
+    (the engine looks at every instant something happens) costs no write transaction."""
+    return _due_select().limit(1)
+
+
 def _lease_statement(postgres: bool):
     """Take up to ``:limit`` due mailboxes (free, or leased longer ago than ``:stale``) for ``:hostid``."""
     now = bindparam("now", type_=M.c.processinglastattemptedon.type)
-    stale = bindparam("stale", type_=M.c.processinglastattemptedon.type)
     due = (
-        select(M.c.mailboxid)
-        .where(
-            M.c.postponemailboxprocessinguntil <= now,
-            or_(M.c.processingstatecode == 0,
-                and_(M.c.processingstatecode == 1, M.c.processinglastattemptedon < stale)),
-        )
+        _due_select()
         .order_by(M.c.postponemailboxprocessinguntil, M.c.mailboxid)
         .limit(bindparam("limit", type_=M.c.forcedunlockcount.type))
     )
@@ -134,6 +145,9 @@ class LeasingMixin:
         params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
         lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
         senders = self._prepared(("pending_senders",), _pending_senders_statement)
+        with self.db.connect() as conn:
+            if not self._prepared(("any_due",), _any_due_statement).fetchall(conn, params):
+                return []  # the batch would be empty: nothing of it is read, nothing to catch up on
         world = self.world
         try:
             with self._begin() as conn:
