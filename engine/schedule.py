@@ -34,8 +34,8 @@ def cadence_delay(found_items: bool, noemailcount: int) -> int:
     """Seconds from the end of a successful cycle to the next one, before the floor."""
     if found_items:
         return BUSY_S
-    extra = max(0, noemailcount - 1) * IDLE_STEP_S
-    return min(CADENCE_S + extra, IDLE_MAX_S)
+    delay = CADENCE_S + (noemailcount - 1) * IDLE_STEP_S if noemailcount > 1 else CADENCE_S
+    return delay if delay < IDLE_MAX_S else IDLE_MAX_S
 
 
 def act_cadence_delay(found_items: bool, noactcount: int, incoming_enabled: bool) -> int:
@@ -60,29 +60,33 @@ def error_delay(backoff_ms: int | float | None, rng: random.Random | None = None
     return delay
 
 
-# timedelta objects of the few whole delays used over and over (built once: the hot path adds them)
-_SHARED: dict[tuple[str, int], timedelta] = {}
+# timedelta objects of the few whole delays used over and over (built once: the hot path adds them),
+# one table per unit; a whole float finds the entry of its int (timedelta(seconds=300.0) is that of 300)
+_SECONDS: dict[float, timedelta] = {}
+_MINUTES: dict[float, timedelta] = {}
+_SHARED_MAX = 4096
 
 
-def _shared(unit: str, amount: float) -> timedelta:
-    if type(amount) is not int:
-        return timedelta(**{unit: amount})
-    td = _SHARED.get((unit, amount))
-    if td is None:
-        if len(_SHARED) >= 4096:
-            _SHARED.clear()
-        td = _SHARED[(unit, amount)] = timedelta(**{unit: amount})
+def _new_shared(table: dict[float, timedelta], unit: str, amount: float) -> timedelta:
+    """A delay not in ``table`` yet: kept there when whole (fractions, e.g. jitter, are not)."""
+    td = timedelta(**{unit: amount})
+    if type(amount) is int:
+        if len(table) >= _SHARED_MAX:
+            table.clear()
+        table[amount] = td
     return td
 
 
 def seconds(delay_s: float) -> timedelta:
     """``timedelta(seconds=delay_s)``, shared for whole seconds."""
-    return _shared("seconds", delay_s)
+    td = _SECONDS.get(delay_s)
+    return td if td is not None else _new_shared(_SECONDS, "seconds", delay_s)
 
 
 def minutes(count: int) -> timedelta:
     """``timedelta(minutes=count)``, shared for whole minutes."""
-    return _shared("minutes", count)
+    td = _MINUTES.get(count)
+    return td if td is not None else _new_shared(_MINUTES, "minutes", count)
 
 
 def next_run(started: datetime, ended: datetime, delay_s: float, min_polling_minutes: int) -> datetime:

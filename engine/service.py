@@ -112,19 +112,23 @@ _NAMES = {w: w.name for w in Workload}  # Enum.name is a property: slow on the h
 
 
 def finish_values(mailbox: MailboxWork, values: dict[str, object], profile: ProfileSettings | None,
-                  org: OrgSettings) -> None:
+                  org: OrgSettings, known: tuple[bool | None, bool | None, bool | None] = (None, None, None)) -> None:
     """Derive `postponemailboxprocessinguntil` and `mailboxstatus` (incoming, outgoing and ACT) from the
-    workload columns."""
+    workload columns.
+
+    ``known``: whether incoming, outgoing and ACT are :func:`eligible` for ``values``, where the caller
+    knows it already (the engine's cycle does); None: asked here."""
     due = None
-    for workload, f in _EMAIL_FIELDS:
-        if eligible(workload, mailbox, values, profile, org):
+    for (workload, f), ok in zip(_EMAIL_FIELDS, known[:2], strict=True):
+        if eligible(workload, mailbox, values, profile, org) if ok is None else ok:
             name = f["next"]
             at = (values[name] if name in values else getattr(mailbox, name)) or DUE_NOW
             if due is None or at < due:
                 due = at
     # ACT only when it is (or is being) switched on: a mailbox without it pays one test
-    if (mailbox.enabledforact or values.get("enabledforact")) and eligible(
-            Workload.ACT, mailbox, values, profile, org):
+    ok = known[2]
+    if (mailbox.enabledforact or values.get("enabledforact")) and (
+            eligible(Workload.ACT, mailbox, values, profile, org) if ok is None else ok):
         at = _get(mailbox, values, "receivingpostponeduntilforact") or DUE_NOW
         if due is None or at < due:
             due = at
@@ -292,15 +296,26 @@ class SyncService:
         values: dict[str, object] = {}
         profile = profiles.get(mailbox.profileid) if mailbox.profileid else None
         try:
+            known: tuple[bool | None, bool | None, bool | None] = (None, None, None)
             if profile is not None:
                 async with self._semaphore(profile):
                     if mailbox.testemailconfigurationscheduled:
                         mailbox = await self._scheduled_test(mailbox, profile, org, now, values, alerts)
-                    for workload in (Workload.INCOMING, Workload.OUTGOING):
-                        await self._maybe_run(workload, mailbox, profile, org, now, values, alerts)
+                    # Eligibility is asked once per workload and cycle: a workload's own columns are
+                    # the only ones of its test that a cycle changes, and _maybe_run says how.
+                    ok_in = eligible(Workload.INCOMING, mailbox, values, profile, org)
+                    if ok_in:
+                        ok_in = await self._maybe_run(Workload.INCOMING, mailbox, profile, org, now, values, alerts)
+                    ok_out = eligible(Workload.OUTGOING, mailbox, values, profile, org)
+                    if ok_out:
+                        ok_out = await self._maybe_run(Workload.OUTGOING, mailbox, profile, org, now, values, alerts)
+                    ok_act = None
                     if mailbox.enabledforact:
-                        await self._maybe_run(Workload.ACT, mailbox, profile, org, now, values, alerts)
-            finish_values(mailbox, values, profile, org)
+                        ok_act = eligible(Workload.ACT, mailbox, values, profile, org)
+                        if ok_act:
+                            ok_act = await self._maybe_run(Workload.ACT, mailbox, profile, org, now, values, alerts)
+                    known = (ok_in, ok_out, ok_act)
+            finish_values(mailbox, values, profile, org, known)
         finally:
             self._in_flight.discard(mailbox.id)
         return MailboxUpdate(mailbox.id, values)
@@ -332,19 +347,19 @@ class SyncService:
         return dataclasses.replace(mailbox, **{k: v for k, v in values.items() if k in _WORK_FIELDS})
 
     async def _maybe_run(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings,
-                         org: OrgSettings, now: datetime, values: dict[str, object], alerts: list[Alert]) -> None:
+                         org: OrgSettings, now: datetime, values: dict[str, object], alerts: list[Alert]) -> bool:
+        """Run an :func:`eligible` workload's cycle if it is due; whether it is still eligible after
+        (only an error that disables it makes it not)."""
         f = _FIELDS[workload]
         next_at = getattr(mailbox, f["next"])
-        if next_at is not None and next_at > now:  # not due (the cheaper test first; neither writes)
-            return
-        if not eligible(workload, mailbox, values, profile, org):
-            return
+        if next_at is not None and next_at > now:  # not due
+            return True
         last = getattr(mailbox, f["started"])
         if last is not None:
             floor = last + schedule.minutes(profile.minpollingintervalinminutes)
             if floor > now:  # the profile's minimum polling interval is a hard floor
                 values[f["next"]] = floor
-                return
+                return True
         start = now
         values[f["started"]] = start
         if (profile.useautodiscover and self._port_discovers and mailbox.ewsurl is None
@@ -392,8 +407,8 @@ class SyncService:
         end = self.clock.now()
         if error is None:
             self._on_success(workload, mailbox, profile, org, start, end, found, values)
-        else:
-            self._on_error(workload, mailbox, profile, org, start, end, error, values, alerts)
+            return True
+        return not self._on_error(workload, mailbox, profile, org, start, end, error, values, alerts)
 
     def _port(self, profile: ProfileSettings) -> ExchangePort:
         """The Exchange port for the profile's mailboxes (one per profile and settings, reused)."""
@@ -468,7 +483,8 @@ class SyncService:
 
     def _on_error(self, workload: Workload, mailbox: MailboxWork, profile: ProfileSettings, org: OrgSettings,
                   start: datetime, end: datetime, error: SyncError, values: dict[str, object],
-                  alerts: list[Alert]) -> None:
+                  alerts: list[Alert]) -> bool:
+        """Record a failed cycle; whether the workload was disabled."""
         f = _FIELDS[workload]
         st = self.stats
         st.errors[error.code] += 1
@@ -494,3 +510,4 @@ class SyncService:
         self._log(end.isoformat(), "error", mailbox.emailaddress, workload.name, error.code, disable)
         alerts.extend(alert_rules.for_error(org, mailbox, profile, workload, error, disabled=disable,
                                             attempts=count))
+        return disable

@@ -41,7 +41,7 @@ class Prepared:
     what the database does. The SQL text still comes from Core, and each value still goes
     through its column type's bind processor (UTC datetimes, booleans)."""
 
-    __slots__ = ("sql", "_params", "_positional", "ok", "stmt", "params")
+    __slots__ = ("sql", "_params", "_positional", "ok", "stmt", "params", "_convert")
 
     def __init__(self, stmt, dialect, column_keys: list[str] | None = None) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
@@ -58,6 +58,7 @@ class Prepared:
         self.ok = not (getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None)
                        or getattr(compiled, "literal_execute_params", None) or compiled.post_compile_params)
         self.params = self._make_params()
+        self._convert = None  # (columns, make, converter) of the last fetchall with columns
 
     def _make_params(self):
         """``row dict -> DBAPI parameters``, generated once: one expression per parameter."""
@@ -94,27 +95,42 @@ class Prepared:
             cursor.execute(self.sql, self.params(row))
             return cursor.rowcount
 
-    def fetchall(self, conn, row: dict, columns: list | None = None) -> list[tuple]:
-        """The rows, each value through the result processor of ``columns[i]``'s type when given."""
+    def fetchall(self, conn, row: dict, columns: list | None = None, make=None) -> list:
+        """The rows, each value through the result processor of ``columns[i]``'s type when given;
+        with ``make`` (and ``columns``), each row as ``make(*values)``. Pass the same ``columns`` list
+        each time: the rows' converter is made again whenever another list comes."""
         if not self.ok:
-            return [tuple(r) for r in conn.execute(self.stmt, row)]
+            rows = conn.execute(self.stmt, row)
+            return [make(*r) for r in rows] if make is not None else [tuple(r) for r in rows]
         with _cursor(conn) as cursor:
             cursor.execute(self.sql, self.params(row))
             rows = cursor.fetchall()
         if columns is None or not rows:
             return rows
-        dialect = conn.dialect
-        procs = [(i, c.type._cached_result_processor(dialect, None)) for i, c in enumerate(columns)]
-        procs = [(i, p) for i, p in procs if p is not None]
-        if not procs:
-            return rows
-        out = []
-        for r in rows:
-            r = list(r)
-            for i, p in procs:
-                r[i] = p(r[i])
-            out.append(r)
-        return out
+        convert = self._convert
+        if convert is None or convert[0] is not columns or convert[1] is not make:
+            convert = self._convert = (columns, make, _make_convert(columns, conn.dialect, make))
+        return convert[2](rows)
+
+
+def _make_convert(columns: list, dialect, make):
+    """``DBAPI rows -> rows``, generated once: one expression per value, through its column type's
+    result processor where it has one, the row made by ``make`` (a tuple without)."""
+    namespace: dict = {"make": make}
+    parts = []
+    for i, column in enumerate(columns):
+        proc = column.type._cached_result_processor(dialect, None)
+        if proc is None:
+            parts.append(f"r[{i}]")
+        else:
+            namespace[f"p{i}"] = proc
+            parts.append(f"p{i}(r[{i}])")
+    if make is None:
+        body = f"[({', '.join(parts)},) for r in rows]"
+    else:
+        body = f"[make({', '.join(parts)}) for r in rows]"
+    exec(f"def convert(rows):\n    return {body}\n", namespace)  # noqa: S102 - no outside text
+    return namespace["convert"]
 
 
 def _cursor(conn):
