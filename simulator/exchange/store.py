@@ -339,12 +339,14 @@ class ExchangeMailbox:
         made, self._folders = self._folders, {}
         for key, folder_id in self.distinguished.items():  # (only those folders while any is unmade)
             folder = made.get(folder_id)
-            if folder is None:
-                spec = FOLDER_SPECS[key]
-                parent = self.distinguished.get(spec.parent) if spec.parent else None
-                folder = Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
-            self._folders[folder_id] = folder
+            self._folders[folder_id] = folder if folder is not None else self._named_folder(key, folder_id)
         self._unmade = 0
+
+    def _named_folder(self, key: str, folder_id: str) -> Folder:
+        """The folder the mailbox's event names under ``key`` (its parent is named there too)."""
+        spec = FOLDER_SPECS[key]
+        parent = self.distinguished.get(spec.parent) if spec.parent else None
+        return Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
 
     def _make_one(self, folder_id: str) -> Folder | None:
         """The folder with this id if the mailbox's event names it and it is not made yet."""
@@ -353,9 +355,7 @@ class ExchangeMailbox:
                 if self._unmade == 1:  # the last one: keep the folders in their order
                     self._make_named()
                     return self._folders[folder_id]
-                spec = FOLDER_SPECS[key]
-                parent = self.distinguished.get(spec.parent) if spec.parent else None
-                folder = self._folders[folder_id] = Folder(folder_id, spec.name, parent, key, spec.folder_class, True)
+                folder = self._folders[folder_id] = self._named_folder(key, folder_id)
                 self._unmade -= 1
                 return folder
         return None
