@@ -57,7 +57,8 @@ DUE_NOW = datetime(2000, 1, 1, tzinfo=UTC)  # "never run yet": due at once
 
 @dataclass
 class EngineStats:
-    polls: int = 0
+    cycles: int = 0  # mailboxes leased: one mailbox cycle runs all of that mailbox's due workloads
+    polls: int = 0  # workload cycles (incoming, outgoing, ACT) started
     polls_by_workload: Counter = field(default_factory=Counter)
     emails_tracked: int = 0
     emails_skipped: Counter = field(default_factory=Counter)  # by reason
@@ -239,6 +240,7 @@ class SyncService:
             batch = self.crm.lease_due(self.hostid, now, self.lease_batch)
             if not batch:
                 return self.stats.polls - started
+            self.stats.cycles += len(batch)
             alerts: list[Alert] = []
             updates: list[MailboxUpdate | None] = []
             suspended: list[tuple[int, asyncio.Future]] = []

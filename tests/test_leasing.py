@@ -300,3 +300,25 @@ def test_a_host_presumed_dead_loses_its_leases_and_its_late_batch_is_dropped(tmp
     assert _tracked(host_a) == {"m1@fabrikam.example": 1}
     host_a.close()
     host_b.close()
+
+
+def test_the_engine_counts_each_leased_mailbox_as_one_cycle_and_each_workload_as_one_poll(org):
+    """``stats.cycles`` is what the benchmark's database floor repeats: one per mailbox leased."""
+    spy = LeaseSpy(org)
+    engine = org.sb.engine
+    engine.exchange = spy
+    leased: list[int] = []
+    lease_due = engine.crm.lease_due
+
+    def counting(*args, **kwargs):
+        rows = lease_due(*args, **kwargs)
+        leased.append(len(rows))
+        return rows
+
+    engine.crm.lease_due = counting
+    org.run_for(3600)
+    stats = engine.stats
+    assert sum(leased) > len(org.mailboxes)  # every mailbox was leased, and some more than once
+    assert stats.cycles == sum(leased)
+    assert stats.polls_by_workload["INCOMING"] == len(spy.seen)
+    assert stats.polls == sum(stats.polls_by_workload.values()) > stats.cycles
