@@ -8,7 +8,7 @@ from sqlalchemy import insert, select
 from engine.alerts import level_enabled
 from engine.errors import Nature, kind_of
 from engine.ports import Alert, AlertLevel, ItemOutcome, ItemOutcomeKind, ItemProperties, MailboxWork
-from simulator.crm.correlation import Correlated, conversation_base, duplicate_key, message_key
+from simulator.crm.correlation import Correlated, ItemKeys
 from simulator.crm.models import (
     EMAIL_STATE_OF_STATUS,
     CorrelationMethod,
@@ -20,6 +20,15 @@ from simulator.crm.models import (
 from simulator.crm.platform_sql import E, P
 
 MAX_MESSAGE_BYTES = 150 * 1024 * 1024
+_RECEIVED_STATE = EMAIL_STATE_OF_STATUS[EmailStatus.RECEIVED]
+
+
+def _first_party(directory: dict, address: str | None):
+    """What ``resolve(address)`` gives, from the loaded address book."""
+    if not address:
+        return None
+    parties = directory.get(address.lower())
+    return parties[0] if parties else None
 
 
 class ActivitiesMixin:
@@ -32,17 +41,19 @@ class ActivitiesMixin:
     def deliver_incoming(self, mailbox: MailboxWork, items: list[ItemProperties]) -> list[ItemOutcome]:
         if not items:
             return []
-        self._load_directory()
+        directory = self._load_directory()
         self._tracking_prefix()
-        _, correlation_on, smart_on = self._prefix_cache
-        known_dups, by_msgkey, by_token, by_conv = self._lookup_correlations(items)
+        correlation_on, smart_on = self._prefix_cache[1:3]
+        keys = [self._item_keys(item) for item in items]
+        known_dups, by_msgkey, by_token, by_conv = self._lookup_correlations(keys)
         setting = self._track.get(mailbox.regardingobjectid, TrackSetting.ALL)
+        ownerid = self._entity_owner.get(mailbox.regardingobjectid, mailbox.ownerid)
         now = self.clock.now()
         outcomes: list[ItemOutcome] = []
         self._refused = []
-        for item in items:
-            outcomes.append(self._deliver_one(mailbox, item, setting, now, known_dups, by_msgkey, by_token,
-                                              by_conv, correlation_on, smart_on))
+        for item, item_keys in zip(items, keys, strict=True):
+            outcomes.append(self._deliver_one(mailbox, item, item_keys, directory, setting, ownerid, now, known_dups,
+                                              by_msgkey, by_token, by_conv, correlation_on, smart_on))
         if self._refused:
             self._alert_refusals(mailbox, self._refused)
         return outcomes
@@ -74,30 +85,32 @@ class ActivitiesMixin:
             alerts.append(Alert(level, mailbox.id, "mailbox", mailbox.ownerid, code, text))
         self.write_alerts(alerts)
 
-    def _deliver_one(self, mailbox, item, setting, now, known_dups, by_msgkey, by_token, by_conv,
-                     correlation_on, smart_on) -> ItemOutcome:
+    def _deliver_one(self, mailbox: MailboxWork, item: ItemProperties, keys: ItemKeys, directory, setting: int,
+                     ownerid: str, now, known_dups, by_msgkey, by_token, by_conv, correlation_on,
+                     smart_on) -> ItemOutcome:
         fail, skip = ItemOutcomeKind.FAILED, ItemOutcomeKind.SKIPPED
         if item.parse_error:
             return ItemOutcome(item.item_id, fail, "MalformedMessage", f"The message cannot be read: {item.parse_error}.")
         if item.size > MAX_MESSAGE_BYTES:
             return ItemOutcome(item.item_id, fail, "MessageTooLarge",
                                f"The message has {item.size} bytes; at most {MAX_MESSAGE_BYTES} become an activity.")
-        dupkey = duplicate_key(item)
+        dupkey = keys.dupkey
         if dupkey in known_dups or dupkey in self._dupkeys:
             return ItemOutcome(item.item_id, skip, "Duplicate", "The organization already tracks this message.")
         outgoing = item.folder == "sentitems"
-        recipients = [(addr, self.resolve(addr)) for addr in (*item.to, *item.cc)]
-        sender = self.resolve(item.sender)
+        # each address resolved once, as ``resolve`` does (the first record of the address)
+        recipients = [_first_party(directory, addr) for addr in (*item.to, *item.cc)]
+        sender = _first_party(directory, item.sender)
         if outgoing:
             matched = sender is not None and sender.id == mailbox.regardingobjectid
         else:
-            matched = any(p is not None and p.typecode in ("systemuser", "queue") for _, p in recipients)
+            matched = any(p is not None and p.typecode in ("systemuser", "queue") for p in recipients)
         if not matched:
             return ItemOutcome(item.item_id, skip, "NoRecipientMatch",
                                "No recipient resolves to a user or queue of the organization.")
         correlated, method = None, CorrelationMethod.NONE
         if correlation_on:
-            correlated, method = self._correlate(item, by_msgkey, by_token, by_conv, smart_on)
+            correlated, method = self._correlate(item, keys, by_msgkey, by_token, by_conv, smart_on)
         if setting == TrackSetting.NONE:
             return ItemOutcome(item.item_id, skip, "TrackingDisabled",
                                "The receiving user or queue tracks no incoming email.")
@@ -116,38 +129,35 @@ class ActivitiesMixin:
             if refused is not None:
                 return refused
         activityid = self.ids.new()
-        mkey = message_key(item.message_id)
-        row = dict(
-            activityid=activityid, subject=item.subject[:400], description=item.body[:100_000],
-            sender=item.sender, torecipients=";".join(item.to + item.cc), messageid=item.message_id,
-            dupkey=dupkey, messageidkey=mkey, inreplyto=item.in_reply_to,
-            conversationindex=conversation_base(item.thread_index), directioncode=outgoing,
-            statecode=EMAIL_STATE_OF_STATUS[EmailStatus.RECEIVED], statuscode=EmailStatus.RECEIVED,
-            ownerid=self._entity_owner.get(mailbox.regardingobjectid, mailbox.ownerid),
-            regardingobjectid=correlated.regardingobjectid if correlated else None,
-            regardingobjecttypecode=correlated.regardingobjecttypecode if correlated else None,
-            correlatedactivityid=correlated.activityid if correlated else None, correlationmethod=int(method),
-            acceptingentityid=mailbox.regardingobjectid, acceptingentitytypecode=mailbox.regardingobjecttypecode,
-            receivingmailboxid=mailbox.id, sendermailboxid=None, exchangeitemid=item.item_id,
-            deliveryattempts=0, trackingtoken=None, senton=item.date or item.received, createdon=now,
-            modifiedon=now,
-        )
-        self._emails.append(row)
+        mkey, conv = keys.msgkey, keys.conv
+        if correlated is not None:
+            regarding, regardingtype, correlatedid = (correlated.regardingobjectid, correlated.regardingobjecttypecode,
+                                                      correlated.activityid)
+        else:
+            regarding = regardingtype = correlatedid = None
+        # the values in the order of EMAIL_COLUMNS (platform_sql)
+        self._emails.append((
+            activityid, item.subject[:400], item.body[:100_000], item.sender, ";".join(item.to + item.cc),
+            item.message_id, dupkey, mkey, item.in_reply_to, conv, outgoing, _RECEIVED_STATE, EmailStatus.RECEIVED,
+            ownerid, regarding, regardingtype, correlatedid, int(method), mailbox.regardingobjectid,
+            mailbox.regardingobjecttypecode, mailbox.id, None, item.item_id, 0, None, item.date or item.received,
+            now, now,
+        ))
         self._dupkeys.add(dupkey)
-        corr = Correlated(activityid, row["regardingobjectid"], row["regardingobjecttypecode"])
-        if mkey is not None:
-            self._by_msgkey.setdefault(mkey, corr)
-        if row["conversationindex"] is not None:
-            self._by_conv.setdefault(row["conversationindex"], corr)
-        self._parties.append(dict(activityid=activityid, participationtypemask=ParticipationType.SENDER,
-                                  partyid=sender.id if sender else None,
-                                  partyobjecttypecode=sender.typecode if sender else None, addressused=item.sender))
-        for mask, addrs in ((ParticipationType.TO, item.to), (ParticipationType.CC, item.cc)):
-            for addr in addrs:
-                p = self.resolve(addr)
-                self._parties.append(dict(activityid=activityid, participationtypemask=mask,
-                                          partyid=p.id if p else None, partyobjecttypecode=p.typecode if p else None,
-                                          addressused=addr))
+        if mkey is not None or conv is not None:
+            corr = Correlated(activityid, regarding, regardingtype)
+            if mkey is not None:
+                self._by_msgkey.setdefault(mkey, corr)
+            if conv is not None:
+                self._by_conv.setdefault(conv, corr)
+        # the values in the order of PARTY_COLUMNS: the sender, then the To and Cc recipients
+        parties = self._parties
+        parties.append((activityid, ParticipationType.SENDER, sender.id if sender else None,
+                        sender.typecode if sender else None, item.sender))
+        n_to = len(item.to)
+        for i, (addr, p) in enumerate(zip((*item.to, *item.cc), recipients, strict=True)):
+            parties.append((activityid, ParticipationType.TO if i < n_to else ParticipationType.CC,
+                            p.id if p else None, p.typecode if p else None, addr))
         return ItemOutcome(item.item_id, ItemOutcomeKind.TRACKED, None, "", activityid, int(method))
 
     def create_email(self, *, sender_userid: str, to: list[str], subject: str, body: str = "",
