@@ -87,3 +87,21 @@ def test_an_items_keys_are_made_once_and_agree_with_the_single_ones():
     assert item_keys(item) == (duplicate_key(item), message_key("<ABC@example.com>"))
     bare = ItemProperties("i2", WHEN, None, "Hi", "x@y", date=WHEN, body="text")
     assert item_keys(bare) == (duplicate_key(bare), None)
+
+
+def test_an_emails_message_key_is_its_duplicate_key(org):
+    """The In-Reply-To look-up finds a tracked or sent email through the duplicate key's index, which
+    holds when every email with a message key has it as its duplicate key too."""
+    from support import BOB, CARL, msg
+
+    aid = org.sb.crm.create_email(sender_userid=org.users[BOB], to=[CARL], subject="Quote")
+    org.sb.crm.send_email(aid)
+    org.deliver(msg("with an id"))
+    org.deliver(msg("without an id", message_id=None))
+    org.run_for(600)
+    with org.sb.db.connect() as conn:
+        rows = conn.execute(select(E.c.subject, E.c.dupkey, E.c.messageidkey, E.c.statuscode)).all()
+    keyed = [r for r in rows if r.messageidkey is not None]
+    assert {r.subject for r in keyed} >= {"with an id"} and any(r.statuscode == 3 for r in keyed)  # received, sent
+    assert all(r.dupkey == r.messageidkey for r in keyed)
+    assert [r.messageidkey for r in rows if r.subject == "without an id"] == [None]

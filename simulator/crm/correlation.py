@@ -26,6 +26,12 @@ def _select_dupkeys(column: str, binds: list):
 
 
 def _select_correlation(column: str, binds: list):
+    if column == "messageidkey":
+        # A row's message key, when it has one, is also its duplicate key (both are the hash of its
+        # own Message-ID, see item_keys and the Sent update of sends.py), so the unique duplicate key
+        # index finds it and the message key needs no index of its own (one less to write per email).
+        return select(E.c.messageidkey, E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode).where(
+            E.c.dupkey.in_(binds), E.c.messageidkey.is_not(None))
     stmt = select(E.c[column], E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode).where(
         E.c[column].in_(binds))
     return stmt.order_by(E.c.createdon) if column == "conversationindex" else stmt

@@ -406,7 +406,8 @@ class Email(SQLModel, table=True):
     torecipients: str | None = None
     messageid: str | None = None
     dupkey: int | None = Field(default=None, sa_column=Column(BigInteger, index=True, unique=True))
-    messageidkey: int | None = Field(default=None, sa_column=Column(BigInteger, index=True))
+    # no index: set only with the Message-ID, and then equal to dupkey, whose index serves its look-ups
+    messageidkey: int | None = Field(default=None, sa_column=Column(BigInteger))
     inreplyto: str | None = None
     conversationindex: str | None = Field(default=None, index=True)
     directioncode: bool = False
