@@ -20,15 +20,14 @@ from simulator.crm.models import (
 from simulator.crm.platform_sql import E, P
 
 MAX_MESSAGE_BYTES = 150 * 1024 * 1024
+# looked up once here rather than as enum attributes for every item
+_RECEIVED = EmailStatus.RECEIVED
 _RECEIVED_STATE = EMAIL_STATE_OF_STATUS[EmailStatus.RECEIVED]
-
-
-def _first_party(directory: dict, address: str | None):
-    """What ``resolve(address)`` gives, from the loaded address book."""
-    if not address:
-        return None
-    parties = directory.get(address.lower())
-    return parties[0] if parties else None
+_TRACKED, _SKIPPED, _FAILED = ItemOutcomeKind.TRACKED, ItemOutcomeKind.SKIPPED, ItemOutcomeKind.FAILED
+_SENDER, _TO, _CC = ParticipationType.SENDER, ParticipationType.TO, ParticipationType.CC
+_NOT_CORRELATED = CorrelationMethod.NONE
+_TRACK_ALL = TrackSetting.ALL
+_INTERNAL = ("systemuser", "queue")  # recipients that make an email the organization's
 
 
 class ActivitiesMixin:
@@ -44,16 +43,17 @@ class ActivitiesMixin:
         directory = self._load_directory()
         self._tracking_prefix()
         correlation_on, smart_on = self._prefix_cache[1:3]
-        keys = [self._item_keys(item) for item in items]
+        item_keys = self._item_keys
+        keys = [item_keys(item) for item in items]
         known_dups, by_msgkey, by_token, by_conv = self._lookup_correlations(keys)
         setting = self._track.get(mailbox.regardingobjectid, TrackSetting.ALL)
         ownerid = self._entity_owner.get(mailbox.regardingobjectid, mailbox.ownerid)
         now = self.clock.now()
-        outcomes: list[ItemOutcome] = []
         self._refused = []
-        for item, item_keys in zip(items, keys, strict=True):
-            outcomes.append(self._deliver_one(mailbox, item, item_keys, directory, setting, ownerid, now, known_dups,
-                                              by_msgkey, by_token, by_conv, correlation_on, smart_on))
+        deliver_one = self._deliver_one
+        outcomes = [deliver_one(mailbox, item, item_keys, directory, setting, ownerid, now, known_dups, by_msgkey,
+                                by_token, by_conv, correlation_on, smart_on)
+                    for item, item_keys in zip(items, keys, strict=True)]
         if self._refused:
             self._alert_refusals(mailbox, self._refused)
         return outcomes
@@ -88,42 +88,40 @@ class ActivitiesMixin:
     def _deliver_one(self, mailbox: MailboxWork, item: ItemProperties, keys: ItemKeys, directory, setting: int,
                      ownerid: str, now, known_dups, by_msgkey, by_token, by_conv, correlation_on,
                      smart_on) -> ItemOutcome:
-        fail, skip = ItemOutcomeKind.FAILED, ItemOutcomeKind.SKIPPED
         if item.parse_error:
-            return ItemOutcome(item.item_id, fail, "MalformedMessage", f"The message cannot be read: {item.parse_error}.")
+            return ItemOutcome(item.item_id, _FAILED, "MalformedMessage",
+                               f"The message cannot be read: {item.parse_error}.")
         if item.size > MAX_MESSAGE_BYTES:
-            return ItemOutcome(item.item_id, fail, "MessageTooLarge",
+            return ItemOutcome(item.item_id, _FAILED, "MessageTooLarge",
                                f"The message has {item.size} bytes; at most {MAX_MESSAGE_BYTES} become an activity.")
         dupkey = keys.dupkey
         if dupkey in known_dups or dupkey in self._dupkeys:
-            return ItemOutcome(item.item_id, skip, "Duplicate", "The organization already tracks this message.")
+            return ItemOutcome(item.item_id, _SKIPPED, "Duplicate", "The organization already tracks this message.")
         outgoing = item.folder == "sentitems"
-        # each address resolved once, as ``resolve`` does (the first record of the address)
-        recipients = [_first_party(directory, addr) for addr in (*item.to, *item.cc)]
-        sender = _first_party(directory, item.sender)
+        # each address resolved once, to what ``resolve`` gives (the first record of the address)
+        addresses = item.to + item.cc
+        recipients = []
+        matched = False
+        for addr in addresses:
+            found = directory.get(addr.lower()) if addr else None
+            party = found[0] if found else None
+            recipients.append(party)
+            if party is not None and party.typecode in _INTERNAL:
+                matched = True
+        found = directory.get(item.sender.lower()) if item.sender else None
+        sender = found[0] if found else None
         if outgoing:
             matched = sender is not None and sender.id == mailbox.regardingobjectid
-        else:
-            matched = any(p is not None and p.typecode in ("systemuser", "queue") for p in recipients)
         if not matched:
-            return ItemOutcome(item.item_id, skip, "NoRecipientMatch",
+            return ItemOutcome(item.item_id, _SKIPPED, "NoRecipientMatch",
                                "No recipient resolves to a user or queue of the organization.")
-        correlated, method = None, CorrelationMethod.NONE
+        correlated, method = None, _NOT_CORRELATED
         if correlation_on:
             correlated, method = self._correlate(item, keys, by_msgkey, by_token, by_conv, smart_on)
-        if setting == TrackSetting.NONE:
-            return ItemOutcome(item.item_id, skip, "TrackingDisabled",
-                               "The receiving user or queue tracks no incoming email.")
-        if setting == TrackSetting.REPLIES_TO_CRM_EMAIL and correlated is None:
-            return ItemOutcome(item.item_id, skip, "NoCorrelationMatch",
-                               "The email does not answer an email tracked in the organization.")
-        if setting == TrackSetting.FROM_LEADS_CONTACTS_ACCOUNTS and (
-                sender is None or sender.typecode not in ("contact", "account", "lead")):
-            return ItemOutcome(item.item_id, skip, "NoSenderMatch",
-                               "The sender is not a lead, contact or account.")
-        if setting == TrackSetting.FROM_EMAIL_ENABLED_RECORDS and sender is None:
-            return ItemOutcome(item.item_id, skip, "NoSenderMatch",
-                               "The sender is not an email-enabled record of the organization.")
+        if setting != _TRACK_ALL:
+            skipped = self._track_setting_skips(item, setting, correlated, sender)
+            if skipped is not None:
+                return skipped
         if self.faults is not None and self.faults.rules:
             refused = self._plugin_refusal(mailbox, item)
             if refused is not None:
@@ -135,11 +133,12 @@ class ActivitiesMixin:
                                                       correlated.activityid)
         else:
             regarding = regardingtype = correlatedid = None
+        method = int(method)
         # the values in the order of EMAIL_COLUMNS (platform_sql)
         self._emails.append((
-            activityid, item.subject[:400], item.body[:100_000], item.sender, ";".join(item.to + item.cc),
-            item.message_id, dupkey, mkey, item.in_reply_to, conv, outgoing, _RECEIVED_STATE, EmailStatus.RECEIVED,
-            ownerid, regarding, regardingtype, correlatedid, int(method), mailbox.regardingobjectid,
+            activityid, item.subject[:400], item.body[:100_000], item.sender, ";".join(addresses),
+            item.message_id, dupkey, mkey, item.in_reply_to, conv, outgoing, _RECEIVED_STATE, _RECEIVED,
+            ownerid, regarding, regardingtype, correlatedid, method, mailbox.regardingobjectid,
             mailbox.regardingobjecttypecode, mailbox.id, None, item.item_id, 0, None, item.date or item.received,
             now, now,
         ))
@@ -152,13 +151,37 @@ class ActivitiesMixin:
                 self._by_conv.setdefault(conv, corr)
         # the values in the order of PARTY_COLUMNS: the sender, then the To and Cc recipients
         parties = self._parties
-        parties.append((activityid, ParticipationType.SENDER, sender.id if sender else None,
-                        sender.typecode if sender else None, item.sender))
+        if sender is not None:
+            parties.append((activityid, _SENDER, sender.id, sender.typecode, item.sender))
+        else:
+            parties.append((activityid, _SENDER, None, None, item.sender))
         n_to = len(item.to)
-        for i, (addr, p) in enumerate(zip((*item.to, *item.cc), recipients, strict=True)):
-            parties.append((activityid, ParticipationType.TO if i < n_to else ParticipationType.CC,
-                            p.id if p else None, p.typecode if p else None, addr))
-        return ItemOutcome(item.item_id, ItemOutcomeKind.TRACKED, None, "", activityid, int(method))
+        for i, addr in enumerate(addresses):
+            p = recipients[i]
+            mask = _TO if i < n_to else _CC
+            if p is not None:
+                parties.append((activityid, mask, p.id, p.typecode, addr))
+            else:
+                parties.append((activityid, mask, None, None, addr))
+        return ItemOutcome(item.item_id, _TRACKED, None, "", activityid, method)
+
+    @staticmethod
+    def _track_setting_skips(item: ItemProperties, setting: int, correlated, sender) -> ItemOutcome | None:
+        """The skip a receiving user's or queue's track setting other than "all email" gives, if any."""
+        if setting == TrackSetting.NONE:
+            return ItemOutcome(item.item_id, _SKIPPED, "TrackingDisabled",
+                               "The receiving user or queue tracks no incoming email.")
+        if setting == TrackSetting.REPLIES_TO_CRM_EMAIL and correlated is None:
+            return ItemOutcome(item.item_id, _SKIPPED, "NoCorrelationMatch",
+                               "The email does not answer an email tracked in the organization.")
+        if setting == TrackSetting.FROM_LEADS_CONTACTS_ACCOUNTS and (
+                sender is None or sender.typecode not in ("contact", "account", "lead")):
+            return ItemOutcome(item.item_id, _SKIPPED, "NoSenderMatch",
+                               "The sender is not a lead, contact or account.")
+        if setting == TrackSetting.FROM_EMAIL_ENABLED_RECORDS and sender is None:
+            return ItemOutcome(item.item_id, _SKIPPED, "NoSenderMatch",
+                               "The sender is not an email-enabled record of the organization.")
+        return None
 
     def create_email(self, *, sender_userid: str, to: list[str], subject: str, body: str = "",
                      cc: list[str] | None = None, regarding: tuple[str, str] | None = None,
