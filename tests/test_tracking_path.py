@@ -105,3 +105,23 @@ def test_an_emails_message_key_is_its_duplicate_key(org):
     assert {r.subject for r in keyed} >= {"with an id"} and any(r.statuscode == 3 for r in keyed)  # received, sent
     assert all(r.dupkey == r.messageidkey for r in keyed)
     assert [r.messageidkey for r in rows if r.subject == "without an id"] == [None]
+
+
+def test_the_correlation_look_ups_search_an_index():
+    """Each look-up of an incoming batch is an index search, the tracking token and conversation ones
+    on indexes that hold only the emails having one, the message key one on the duplicate key's."""
+    from simulator.crm.correlation import _select_correlation
+
+    engine = make_engine()
+    expected = {"trackingtoken": "ix_email_trackingtoken", "conversationindex": "ix_email_conversationindex",
+                "messageidkey": "ix_email_dupkey"}
+    with engine.connect() as conn:
+        for column, index in expected.items():
+            stmt = _select_correlation(column, [bindparam("k0"), bindparam("k1")])
+            sql = str(stmt.compile(dialect=engine.dialect))
+            plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, (1, 2)).all())
+            assert f"INDEX {index} " in plan, (column, plan)
+        partial = dict(conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE name IN ('ix_email_trackingtoken', "
+            "'ix_email_conversationindex')").all())
+    assert all("IS NOT NULL" in sql for sql in partial.values()) and len(partial) == 2
