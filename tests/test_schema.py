@@ -88,3 +88,16 @@ def test_the_cli_says_so_in_one_line(tmp_path, args):
     assert "schema version 1" in err and "another --db" in err, err
     assert "Traceback" not in result.output
     assert _dump(path) == before
+
+
+def test_a_file_database_hands_out_the_connection_returned_last(tmp_path):
+    """One connection does a batch's reads and writes in turn, so its page cache stays warm
+    (SQLite empties it when another connection committed in between)."""
+    engine = make_engine(sqlite_url(tmp_path / "pool.db"))
+    first, second = engine.connect(), engine.connect()
+    first_dbapi = first.connection.dbapi_connection
+    second.close()
+    first.close()  # returned last
+    with engine.connect() as again:
+        assert again.connection.dbapi_connection is first_dbapi
+    engine.dispose()

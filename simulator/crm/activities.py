@@ -8,7 +8,7 @@ from sqlalchemy import insert, select
 from engine.alerts import level_enabled
 from engine.errors import Nature, kind_of
 from engine.ports import Alert, AlertLevel, ItemOutcome, ItemOutcomeKind, ItemProperties, MailboxWork
-from simulator.crm.correlation import Correlated, conversation_base, duplicate_key, message_key
+from simulator.crm.correlation import Correlated, ItemKeys
 from simulator.crm.models import (
     EMAIL_STATE_OF_STATUS,
     CorrelationMethod,
@@ -20,6 +20,14 @@ from simulator.crm.models import (
 from simulator.crm.platform_sql import E, P
 
 MAX_MESSAGE_BYTES = 150 * 1024 * 1024
+# looked up once here rather than as enum attributes for every item
+_RECEIVED = EmailStatus.RECEIVED
+_RECEIVED_STATE = EMAIL_STATE_OF_STATUS[EmailStatus.RECEIVED]
+_TRACKED, _SKIPPED, _FAILED = ItemOutcomeKind.TRACKED, ItemOutcomeKind.SKIPPED, ItemOutcomeKind.FAILED
+_SENDER, _TO, _CC = ParticipationType.SENDER, ParticipationType.TO, ParticipationType.CC
+_NOT_CORRELATED = CorrelationMethod.NONE
+_TRACK_ALL = TrackSetting.ALL
+_INTERNAL = ("systemuser", "queue")  # recipients that make an email the organization's
 
 
 class ActivitiesMixin:
@@ -32,17 +40,20 @@ class ActivitiesMixin:
     def deliver_incoming(self, mailbox: MailboxWork, items: list[ItemProperties]) -> list[ItemOutcome]:
         if not items:
             return []
-        self._load_directory()
+        directory = self._load_directory()
         self._tracking_prefix()
-        _, correlation_on, smart_on = self._prefix_cache
-        known_dups, by_msgkey, by_token, by_conv = self._lookup_correlations(items)
+        correlation_on, smart_on = self._prefix_cache[1:3]
+        item_keys = self._item_keys
+        keys = [item_keys(item) for item in items]
+        known_dups, by_msgkey, by_token, by_conv = self._lookup_correlations(keys)
         setting = self._track.get(mailbox.regardingobjectid, TrackSetting.ALL)
+        ownerid = self._entity_owner.get(mailbox.regardingobjectid, mailbox.ownerid)
         now = self.clock.now()
-        outcomes: list[ItemOutcome] = []
         self._refused = []
-        for item in items:
-            outcomes.append(self._deliver_one(mailbox, item, setting, now, known_dups, by_msgkey, by_token,
-                                              by_conv, correlation_on, smart_on))
+        deliver_one = self._deliver_one
+        outcomes = [deliver_one(mailbox, item, item_keys, directory, setting, ownerid, now, known_dups, by_msgkey,
+                                by_token, by_conv, correlation_on, smart_on)
+                    for item, item_keys in zip(items, keys, strict=True)]
         if self._refused:
             self._alert_refusals(mailbox, self._refused)
         return outcomes
@@ -74,81 +85,103 @@ class ActivitiesMixin:
             alerts.append(Alert(level, mailbox.id, "mailbox", mailbox.ownerid, code, text))
         self.write_alerts(alerts)
 
-    def _deliver_one(self, mailbox, item, setting, now, known_dups, by_msgkey, by_token, by_conv,
-                     correlation_on, smart_on) -> ItemOutcome:
-        fail, skip = ItemOutcomeKind.FAILED, ItemOutcomeKind.SKIPPED
+    def _deliver_one(self, mailbox: MailboxWork, item: ItemProperties, keys: ItemKeys, directory, setting: int,
+                     ownerid: str, now, known_dups, by_msgkey, by_token, by_conv, correlation_on,
+                     smart_on) -> ItemOutcome:
         if item.parse_error:
-            return ItemOutcome(item.item_id, fail, "MalformedMessage", f"The message cannot be read: {item.parse_error}.")
+            return ItemOutcome(item.item_id, _FAILED, "MalformedMessage",
+                               f"The message cannot be read: {item.parse_error}.")
         if item.size > MAX_MESSAGE_BYTES:
-            return ItemOutcome(item.item_id, fail, "MessageTooLarge",
+            return ItemOutcome(item.item_id, _FAILED, "MessageTooLarge",
                                f"The message has {item.size} bytes; at most {MAX_MESSAGE_BYTES} become an activity.")
-        dupkey = duplicate_key(item)
+        dupkey = keys.dupkey
         if dupkey in known_dups or dupkey in self._dupkeys:
-            return ItemOutcome(item.item_id, skip, "Duplicate", "The organization already tracks this message.")
+            return ItemOutcome(item.item_id, _SKIPPED, "Duplicate", "The organization already tracks this message.")
         outgoing = item.folder == "sentitems"
-        recipients = [(addr, self.resolve(addr)) for addr in (*item.to, *item.cc)]
-        sender = self.resolve(item.sender)
+        # each address resolved once, to what ``resolve`` gives (the first record of the address)
+        addresses = item.to + item.cc
+        recipients = []
+        matched = False
+        for addr in addresses:
+            found = directory.get(addr.lower()) if addr else None
+            party = found[0] if found else None
+            recipients.append(party)
+            if party is not None and party.typecode in _INTERNAL:
+                matched = True
+        found = directory.get(item.sender.lower()) if item.sender else None
+        sender = found[0] if found else None
         if outgoing:
             matched = sender is not None and sender.id == mailbox.regardingobjectid
-        else:
-            matched = any(p is not None and p.typecode in ("systemuser", "queue") for _, p in recipients)
         if not matched:
-            return ItemOutcome(item.item_id, skip, "NoRecipientMatch",
+            return ItemOutcome(item.item_id, _SKIPPED, "NoRecipientMatch",
                                "No recipient resolves to a user or queue of the organization.")
-        correlated, method = None, CorrelationMethod.NONE
+        correlated, method = None, _NOT_CORRELATED
         if correlation_on:
-            correlated, method = self._correlate(item, by_msgkey, by_token, by_conv, smart_on)
-        if setting == TrackSetting.NONE:
-            return ItemOutcome(item.item_id, skip, "TrackingDisabled",
-                               "The receiving user or queue tracks no incoming email.")
-        if setting == TrackSetting.REPLIES_TO_CRM_EMAIL and correlated is None:
-            return ItemOutcome(item.item_id, skip, "NoCorrelationMatch",
-                               "The email does not answer an email tracked in the organization.")
-        if setting == TrackSetting.FROM_LEADS_CONTACTS_ACCOUNTS and (
-                sender is None or sender.typecode not in ("contact", "account", "lead")):
-            return ItemOutcome(item.item_id, skip, "NoSenderMatch",
-                               "The sender is not a lead, contact or account.")
-        if setting == TrackSetting.FROM_EMAIL_ENABLED_RECORDS and sender is None:
-            return ItemOutcome(item.item_id, skip, "NoSenderMatch",
-                               "The sender is not an email-enabled record of the organization.")
+            correlated, method = self._correlate(item, keys, by_msgkey, by_token, by_conv, smart_on)
+        if setting != _TRACK_ALL:
+            skipped = self._track_setting_skips(item, setting, correlated, sender)
+            if skipped is not None:
+                return skipped
         if self.faults is not None and self.faults.rules:
             refused = self._plugin_refusal(mailbox, item)
             if refused is not None:
                 return refused
         activityid = self.ids.new()
-        mkey = message_key(item.message_id)
-        row = dict(
-            activityid=activityid, subject=item.subject[:400], description=item.body[:100_000],
-            sender=item.sender, torecipients=";".join(item.to + item.cc), messageid=item.message_id,
-            dupkey=dupkey, messageidkey=mkey, inreplyto=item.in_reply_to,
-            conversationindex=conversation_base(item.thread_index), directioncode=outgoing,
-            statecode=EMAIL_STATE_OF_STATUS[EmailStatus.RECEIVED], statuscode=EmailStatus.RECEIVED,
-            ownerid=self._entity_owner.get(mailbox.regardingobjectid, mailbox.ownerid),
-            regardingobjectid=correlated.regardingobjectid if correlated else None,
-            regardingobjecttypecode=correlated.regardingobjecttypecode if correlated else None,
-            correlatedactivityid=correlated.activityid if correlated else None, correlationmethod=int(method),
-            acceptingentityid=mailbox.regardingobjectid, acceptingentitytypecode=mailbox.regardingobjecttypecode,
-            receivingmailboxid=mailbox.id, sendermailboxid=None, exchangeitemid=item.item_id,
-            deliveryattempts=0, trackingtoken=None, senton=item.date or item.received, createdon=now,
-            modifiedon=now,
-        )
-        self._emails.append(row)
+        mkey, conv = keys.msgkey, keys.conv
+        if correlated is not None:
+            regarding, regardingtype, correlatedid = (correlated.regardingobjectid, correlated.regardingobjecttypecode,
+                                                      correlated.activityid)
+        else:
+            regarding = regardingtype = correlatedid = None
+        method = int(method)
+        # the values in the order of EMAIL_COLUMNS (platform_sql)
+        self._emails.append((
+            activityid, item.subject[:400], item.body[:100_000], item.sender, ";".join(addresses),
+            item.message_id, dupkey, mkey, item.in_reply_to, conv, outgoing, _RECEIVED_STATE, _RECEIVED,
+            ownerid, regarding, regardingtype, correlatedid, method, mailbox.regardingobjectid,
+            mailbox.regardingobjecttypecode, mailbox.id, None, item.item_id, 0, None, item.date or item.received,
+            now, now,
+        ))
         self._dupkeys.add(dupkey)
-        corr = Correlated(activityid, row["regardingobjectid"], row["regardingobjecttypecode"])
-        if mkey is not None:
-            self._by_msgkey.setdefault(mkey, corr)
-        if row["conversationindex"] is not None:
-            self._by_conv.setdefault(row["conversationindex"], corr)
-        self._parties.append(dict(activityid=activityid, participationtypemask=ParticipationType.SENDER,
-                                  partyid=sender.id if sender else None,
-                                  partyobjecttypecode=sender.typecode if sender else None, addressused=item.sender))
-        for mask, addrs in ((ParticipationType.TO, item.to), (ParticipationType.CC, item.cc)):
-            for addr in addrs:
-                p = self.resolve(addr)
-                self._parties.append(dict(activityid=activityid, participationtypemask=mask,
-                                          partyid=p.id if p else None, partyobjecttypecode=p.typecode if p else None,
-                                          addressused=addr))
-        return ItemOutcome(item.item_id, ItemOutcomeKind.TRACKED, None, "", activityid, int(method))
+        if mkey is not None or conv is not None:
+            corr = Correlated(activityid, regarding, regardingtype)
+            if mkey is not None:
+                self._by_msgkey.setdefault(mkey, corr)
+            if conv is not None:
+                self._by_conv.setdefault(conv, corr)
+        # the values in the order of PARTY_COLUMNS: the sender, then the To and Cc recipients
+        parties = self._parties
+        if sender is not None:
+            parties.append((activityid, _SENDER, sender.id, sender.typecode, item.sender))
+        else:
+            parties.append((activityid, _SENDER, None, None, item.sender))
+        n_to = len(item.to)
+        for i, addr in enumerate(addresses):
+            p = recipients[i]
+            mask = _TO if i < n_to else _CC
+            if p is not None:
+                parties.append((activityid, mask, p.id, p.typecode, addr))
+            else:
+                parties.append((activityid, mask, None, None, addr))
+        return ItemOutcome(item.item_id, _TRACKED, None, "", activityid, method)
+
+    @staticmethod
+    def _track_setting_skips(item: ItemProperties, setting: int, correlated, sender) -> ItemOutcome | None:
+        """The skip a receiving user's or queue's track setting other than "all email" gives, if any."""
+        if setting == TrackSetting.NONE:
+            return ItemOutcome(item.item_id, _SKIPPED, "TrackingDisabled",
+                               "The receiving user or queue tracks no incoming email.")
+        if setting == TrackSetting.REPLIES_TO_CRM_EMAIL and correlated is None:
+            return ItemOutcome(item.item_id, _SKIPPED, "NoCorrelationMatch",
+                               "The email does not answer an email tracked in the organization.")
+        if setting == TrackSetting.FROM_LEADS_CONTACTS_ACCOUNTS and (
+                sender is None or sender.typecode not in ("contact", "account", "lead")):
+            return ItemOutcome(item.item_id, _SKIPPED, "NoSenderMatch",
+                               "The sender is not a lead, contact or account.")
+        if setting == TrackSetting.FROM_EMAIL_ENABLED_RECORDS and sender is None:
+            return ItemOutcome(item.item_id, _SKIPPED, "NoSenderMatch",
+                               "The sender is not an email-enabled record of the organization.")
+        return None
 
     def create_email(self, *, sender_userid: str, to: list[str], subject: str, body: str = "",
                      cc: list[str] | None = None, regarding: tuple[str, str] | None = None,

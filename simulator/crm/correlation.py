@@ -26,6 +26,12 @@ def _select_dupkeys(column: str, binds: list):
 
 
 def _select_correlation(column: str, binds: list):
+    if column == "messageidkey":
+        # A row's message key, when it has one, is also its duplicate key (both are the hash of its
+        # own Message-ID, see item_keys and the Sent update of sends.py), so the unique duplicate key
+        # index finds it and the message key needs no index of its own (one less to write per email).
+        return select(E.c.messageidkey, E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode).where(
+            E.c.dupkey.in_(binds), E.c.messageidkey.is_not(None))
     stmt = select(E.c[column], E.c.activityid, E.c.regardingobjectid, E.c.regardingobjecttypecode).where(
         E.c[column].in_(binds))
     return stmt.order_by(E.c.createdon) if column == "conversationindex" else stmt
@@ -39,11 +45,18 @@ def key64(text: str) -> int:
 
 def duplicate_key(item: ItemProperties) -> int:
     """SPEC 10.2: the normalized Message-ID, or a hash of sender, date, subject and body."""
+    return item_keys(item)[0]
+
+
+def item_keys(item: ItemProperties) -> tuple[int, int | None]:
+    """The item's duplicate key and the key of its own Message-ID (None without one): with a
+    Message-ID both are the same hash, made once."""
     message_id = normalize_message_id(item.message_id)
     if message_id:
-        return key64("mid:" + message_id)
+        key = key64("mid:" + message_id)
+        return key, key
     basis = "\x1f".join([item.sender or "", item.date.isoformat() if item.date else "", item.subject, item.body])
-    return key64("sha1:" + hashlib.sha1(basis.encode("utf-8", "replace")).hexdigest())
+    return key64("sha1:" + hashlib.sha1(basis.encode("utf-8", "replace")).hexdigest()), None
 
 
 def message_key(message_id: str | None) -> int | None:
@@ -78,6 +91,17 @@ class Correlated:
     regardingobjecttypecode: str | None
 
 
+@dataclass(slots=True)
+class ItemKeys:
+    """What the look-ups, correlation and the new row need of one item, worked out once per item."""
+
+    dupkey: int
+    msgkey: int | None  # of the item's own Message-ID
+    refkeys: tuple[int, ...]  # of its In-Reply-To and References, in that order
+    tokens: list[str]  # tracking tokens in its subject
+    conv: str | None  # its conversation (see conversation_base)
+
+
 class CorrelationMixin:
     """Duplicate and correlation lookups, the tracking token and smart matching.
 
@@ -85,21 +109,36 @@ class CorrelationMixin:
     ``self._dupkeys``, ``self._by_msgkey``, ``self._by_token``, ``self._by_conv``; caches the organization's tracking
     settings in ``self._prefix_cache`` until ``invalidate_settings``."""
 
-    def _lookup_correlations(self, items: list[ItemProperties]) -> tuple[set[int], dict[int, Correlated],
-                                                                      dict[str, Correlated], dict[str, Correlated]]:
-        dupkeys = {duplicate_key(i) for i in items}
-        msgkeys = {k for i in items for k in (message_key(r) for r in (i.in_reply_to, *i.references)) if k}
-        tokens = {t for i in items for t in self._tokens_in(i.subject)}
-        convs = {c for i in items if (c := conversation_base(i.thread_index))}
-        known_dups: set[int] = set(k for k in dupkeys if k in self._dupkeys)
+    def _item_keys(self, item: ItemProperties) -> ItemKeys:
+        dupkey, msgkey = item_keys(item)
+        if item.in_reply_to or item.references:
+            refkeys = tuple(k for k in (message_key(r) for r in (item.in_reply_to, *item.references))
+                            if k is not None)
+        else:
+            refkeys = ()
+        return ItemKeys(dupkey, msgkey, refkeys, self._tokens_in(item.subject), conversation_base(item.thread_index))
+
+    def _lookup_correlations(self, keys: list[ItemKeys]) -> tuple[set[int], dict[int, Correlated],
+                                                                 dict[str, Correlated], dict[str, Correlated]]:
+        pending_dups = self._dupkeys
+        dupkeys = {k.dupkey for k in keys}
+        known_dups: set[int] = {k for k in dupkeys if k in pending_dups}
+        by_msgkey: dict[int, Correlated] = {}
+        by_token: dict[str, Correlated] = {}
+        by_conv: dict[str, Correlated] = {}
+        if not any(k.refkeys or k.tokens or k.conv for k in keys):  # most mail: the duplicate check only
+            with self._reading() as conn:
+                known_dups.update(r[0] for r in self._select_in(conn, "dupkey", _select_dupkeys, dupkeys))
+            return known_dups, by_msgkey, by_token, by_conv
+        msgkeys = {r for k in keys for r in k.refkeys if r}
+        tokens = {t for k in keys for t in k.tokens}
+        convs = {k.conv for k in keys if k.conv}
         # the pending maps grow through a batch: look the (few) keys up rather than scan the maps
         pending_msg, pending_tok, pending_conv = self._by_msgkey, self._by_token, self._by_conv
-        by_msgkey = {k: pending_msg[k] for k in msgkeys if k in pending_msg}
-        by_token = {k: pending_tok[k] for k in tokens if k in pending_tok}
-        by_conv: dict[str, Correlated] = {}
+        by_msgkey.update((k, pending_msg[k]) for k in msgkeys if k in pending_msg)
+        by_token.update((k, pending_tok[k]) for k in tokens if k in pending_tok)
         with self._reading() as conn:
-            if dupkeys:
-                known_dups.update(r[0] for r in self._select_in(conn, "dupkey", _select_dupkeys, dupkeys))
+            known_dups.update(r[0] for r in self._select_in(conn, "dupkey", _select_dupkeys, dupkeys))
             if msgkeys:
                 for k, aid, reg, regtype in self._select_in(conn, "messageidkey", _select_correlation, msgkeys):
                     by_msgkey.setdefault(k, Correlated(aid, reg, regtype))
@@ -117,25 +156,28 @@ class CorrelationMixin:
 
     def _select_in(self, conn, column: str, build, values) -> list[tuple]:
         """Rows of ``build(column, binds)`` for the values, with one prepared statement per list length."""
-        values = list(values)
+        values = tuple(values)
         n = len(values)
-        prepared = self._prepared(("in", column, build.__name__, n),
-                                  lambda: build(column, [bindparam(f"k{i}") for i in range(n)]))
-        return prepared.fetchall(conn, {f"k{i}": v for i, v in enumerate(values)})
+        key = ("in", column, build.__name__, n)
+        prepared = self._statements.get(key)
+        if prepared is None:
+            prepared = self._prepared(key, lambda: build(column, [bindparam(f"k{i}") for i in range(n)]))
+        return prepared.fetchall_values(conn, values)
 
     def _tokens_in(self, subject: str) -> list[str]:
         prefix = self._tracking_prefix()
-        if not prefix or not subject:
+        if not prefix or not subject or prefix + ":" not in subject:  # no token can match
             return []
-        return re.findall(re.escape(prefix) + r":\d{7,}", subject)
+        return self._prefix_cache[3].findall(subject)
 
     def _tracking_prefix(self) -> str | None:
         if not hasattr(self, "_prefix_cache"):
             with self.db.connect() as conn:
                 row = self._org_row(conn)
-            self._prefix_cache = (row["trackingprefix"] if row and row["trackingtokenenabled"] else None,
-                                  bool(row and row["emailcorrelationenabled"]),
-                                  bool(row and row["enablesmartmatching"]))
+            prefix = row["trackingprefix"] if row and row["trackingtokenenabled"] else None
+            self._prefix_cache = (prefix, bool(row and row["emailcorrelationenabled"]),
+                                  bool(row and row["enablesmartmatching"]),
+                                  re.compile(re.escape(prefix) + r":\d{7,}") if prefix else None)
         return self._prefix_cache[0]
 
     def invalidate_settings(self) -> None:
@@ -167,18 +209,18 @@ class CorrelationMixin:
                 return Correlated(aid, reg, regtype)
         return None
 
-    def _correlate(self, item: ItemProperties, by_msgkey: dict[int, Correlated], by_token: dict[str, Correlated],
-                   by_conv: dict[str, Correlated], smart_on: bool) -> tuple[Correlated | None, CorrelationMethod]:
+    def _correlate(self, item: ItemProperties, keys: ItemKeys, by_msgkey: dict[int, Correlated],
+                   by_token: dict[str, Correlated], by_conv: dict[str, Correlated],
+                   smart_on: bool) -> tuple[Correlated | None, CorrelationMethod]:
         """The tracked email an incoming item answers and how it was found, in this order: In-Reply-To
         and References, the tracking token in the subject, the conversation index, smart matching."""
-        for ref in (item.in_reply_to, *item.references):
-            k = message_key(ref)
-            if k is not None and k in by_msgkey:
+        for k in keys.refkeys:
+            if k in by_msgkey:
                 return by_msgkey[k], CorrelationMethod.IN_REPLY_TO
-        for tok in self._tokens_in(item.subject):
+        for tok in keys.tokens:
             if tok in by_token:
                 return by_token[tok], CorrelationMethod.TRACKING_TOKEN
-        conv = conversation_base(item.thread_index)
+        conv = keys.conv
         if conv and conv in by_conv:
             return by_conv[conv], CorrelationMethod.CONVERSATION_INDEX
         if smart_on:

@@ -68,6 +68,12 @@ def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = T
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
+        else:
+            # Hand out the connection returned last. SQLite drops a connection's page cache when
+            # another connection has committed since its last read; with the pool's default
+            # (first in, first out) the lease, the batch's look-ups and the release took turns on
+            # two connections, so each started cold and read the index pages again.
+            kwargs["pool_use_lifo"] = True
     try:
         engine = create_engine(url, **kwargs)
     except Exception as exc:  # unknown dialect, missing driver

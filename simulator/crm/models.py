@@ -396,8 +396,16 @@ class Mailbox(SQLModel, table=True):
 
 class Email(SQLModel, table=True):
     __tablename__ = "email"
-    # pending sends per sender mailbox, asked for at every lease
-    __table_args__ = (Index("ix_email_pending", "statuscode", "sendermailboxid"),)
+    # pending sends per sender mailbox, asked for at every lease; the tracking token and conversation
+    # indexes hold only the emails that have one (most received email has no token, mail without a
+    # Thread-Index no conversation): an index entry for NULL was written with every email for nothing
+    __table_args__ = (
+        Index("ix_email_pending", "statuscode", "sendermailboxid"),
+        Index("ix_email_trackingtoken", "trackingtoken", sqlite_where=text("trackingtoken IS NOT NULL"),
+              postgresql_where=text("trackingtoken IS NOT NULL")),
+        Index("ix_email_conversationindex", "conversationindex", sqlite_where=text("conversationindex IS NOT NULL"),
+              postgresql_where=text("conversationindex IS NOT NULL")),
+    )
 
     activityid: str = Field(primary_key=True)
     subject: str | None = None
@@ -406,9 +414,10 @@ class Email(SQLModel, table=True):
     torecipients: str | None = None
     messageid: str | None = None
     dupkey: int | None = Field(default=None, sa_column=Column(BigInteger, index=True, unique=True))
-    messageidkey: int | None = Field(default=None, sa_column=Column(BigInteger, index=True))
+    # no index: set only with the Message-ID, and then equal to dupkey, whose index serves its look-ups
+    messageidkey: int | None = Field(default=None, sa_column=Column(BigInteger))
     inreplyto: str | None = None
-    conversationindex: str | None = Field(default=None, index=True)
+    conversationindex: str | None = None
     directioncode: bool = False
     statecode: int = 0
     statuscode: int = 1
@@ -423,7 +432,7 @@ class Email(SQLModel, table=True):
     sendermailboxid: str | None = None
     exchangeitemid: str | None = None
     deliveryattempts: int = 0
-    trackingtoken: str | None = Field(default=None, index=True)
+    trackingtoken: str | None = None
     senton: datetime | None = _dt()
     createdon: datetime | None = _dt()
     modifiedon: datetime | None = _dt()

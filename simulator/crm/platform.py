@@ -17,7 +17,6 @@ over the SQL database of the fake organization, and the one object every caller 
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 
@@ -36,6 +35,10 @@ from simulator.crm.sends import SendsMixin
 from simulator.faults import FaultInjector
 
 __all__ = ["LEASE_TIMEOUT", "IdFactory", "Platform", "Prepared"]
+
+# a version 4 GUID of 128 random bits: the variant (RFC 4122) and version fields overwritten
+_UUID4_KEEP = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
 
 
 class IdFactory:
@@ -63,7 +66,9 @@ class IdFactory:
             epoch = self._epoch if isinstance(self._epoch, int) else self._epoch()
             rng = self._rng = random.Random(f"crm-ids-{self._seed}" if epoch == 1
                                             else f"crm-ids-{self._seed}-epoch-{epoch}")
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        # what str(uuid.UUID(int=bits, version=4)) gives, without making the UUID object
+        h = "%032x" % ((rng.getrandbits(128) & _UUID4_KEEP) | _UUID4_SET)
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Platform(StorageMixin, SettingsMixin, DirectoryMixin, LeasingMixin, CorrelationMixin,

@@ -8,6 +8,7 @@ The hot paths use SQLAlchemy Core; the duplicate check and correlation also look
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,17 @@ T = TraceLog.__table__
 X = ExchangeSyncIdMapping.__table__
 PRO = EmailServerProfile.__table__
 
+# the columns of the pending rows of received email and of their parties, in the order each row
+# tuple keeps its values (every column of the email; the party's id is the table's own counter)
+EMAIL_COLUMNS = (
+    "activityid", "subject", "description", "sender", "torecipients", "messageid", "dupkey", "messageidkey",
+    "inreplyto", "conversationindex", "directioncode", "statecode", "statuscode", "ownerid", "regardingobjectid",
+    "regardingobjecttypecode", "correlatedactivityid", "correlationmethod", "acceptingentityid",
+    "acceptingentitytypecode", "receivingmailboxid", "sendermailboxid", "exchangeitemid", "deliveryattempts",
+    "trackingtoken", "senton", "createdon", "modifiedon",
+)
+PARTY_COLUMNS = ("activityid", "participationtypemask", "partyid", "partyobjecttypecode", "addressused")
+
 if TYPE_CHECKING:
     from simulator.crm.correlation import Correlated
 
@@ -41,7 +53,7 @@ class Prepared:
     what the database does. The SQL text still comes from Core, and each value still goes
     through its column type's bind processor (UTC datetimes, booleans)."""
 
-    __slots__ = ("sql", "_params", "_positional", "ok", "stmt", "params", "_convert")
+    __slots__ = ("sql", "_params", "_positional", "ok", "stmt", "params", "_convert", "_values_direct", "_tuples")
 
     def __init__(self, stmt, dialect, column_keys: list[str] | None = None) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
@@ -59,6 +71,35 @@ class Prepared:
                        or getattr(compiled, "literal_execute_params", None) or compiled.post_compile_params)
         self.params = self._make_params()
         self._convert = None  # (columns, make, converter) of the last fetchall with columns
+        # parameters k0, k1, ... in this order, none converted: a tuple of values is what the DBAPI takes
+        self._values_direct = self.ok and self._positional and all(
+            name == f"k{i}" and proc is None for i, (name, _, proc, _) in enumerate(self._params))
+        self._tuples = None  # (columns, converter) of the last executemany_tuples
+
+    def _make_tuple_params(self, columns: tuple[str, ...]):
+        """``row tuple (in the order of columns) -> DBAPI parameters``, generated once; None when the
+        tuple is already what the DBAPI takes (positional, same order, nothing to convert)."""
+        index = {name: i for i, name in enumerate(columns)}
+        if self._positional and [key for _, key, _, _ in self._params] == list(columns) and all(
+                proc is None for _, _, proc, _ in self._params):
+            return None
+        namespace: dict = {}
+        parts = []
+        for i, (name, key, proc, const) in enumerate(self._params):
+            if key in index:
+                value = f"r[{index[key]}]"
+            else:
+                namespace[f"c{i}"] = const
+                value = f"c{i}"
+            if proc is not None:
+                namespace[f"p{i}"] = proc
+                value = f"p{i}({value})"
+            parts.append(value if self._positional else f"{name!r}: {value}")
+        body = f"({', '.join(parts)},)" if self._positional else f"{{{', '.join(parts)}}}"
+        if self._positional and not parts:
+            body = "()"
+        exec(f"def params(r):\n    return {body}\n", namespace)  # noqa: S102 - names come from Core
+        return namespace["params"]
 
     def _make_params(self):
         """``row dict -> DBAPI parameters``, generated once: one expression per parameter."""
@@ -86,6 +127,38 @@ class Prepared:
             return
         with _cursor(conn) as cursor:
             cursor.executemany(self.sql, [self.params(r) for r in rows])
+
+    def executemany_tuples(self, conn, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """``executemany`` of rows kept as tuples, each value in the place its name has in ``columns``
+        (the hot path builds no dict per row). Pass the same ``columns`` tuple each time."""
+        if not rows:
+            return
+        if not self.ok:
+            conn.execute(self.stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+            return
+        made = self._tuples
+        if made is None or made[0] is not columns:
+            made = self._tuples = (columns, self._make_tuple_params(columns))
+        convert = made[1]
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(self.sql, rows if convert is None else [convert(r) for r in rows])
+        finally:
+            cursor.close()
+
+    def fetchall_values(self, conn, values: tuple) -> list:
+        """``fetchall`` of a statement whose parameters are k0, k1, ..., given in that order."""
+        if not self._values_direct:
+            return self.fetchall(conn, {f"k{i}": v for i, v in enumerate(values)})
+        dbapi = conn.connection.dbapi_connection
+        if type(dbapi) is sqlite3.Connection:  # its execute makes and drops the cursor in C
+            return dbapi.execute(self.sql, values).fetchall()
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(self.sql, values)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
     def execute(self, conn, row: dict) -> int:
         """Run once; the number of rows the statement changed."""
@@ -161,8 +234,8 @@ class StorageMixin:
     ``_by_msgkey``, ``_by_token``, ``_by_conv``)."""
 
     def _reset_pending(self) -> None:
-        self._emails: list[dict] = []
-        self._parties: list[dict] = []
+        self._emails: list[tuple] = []  # values in the order of EMAIL_COLUMNS
+        self._parties: list[tuple] = []  # values in the order of PARTY_COLUMNS
         self._item_rows: list[dict] = []
         self._send_updates: list[dict] = []
         self._attempt_updates: list[dict] = []
@@ -210,11 +283,18 @@ class StorageMixin:
                 prepared = self._statements[key] = Prepared(insert(table), self.db.dialect, list(shape))
             prepared.executemany(conn, group)
 
+    def _insert_tuples(self, conn, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        key = ("insert tuples", table.name, columns)
+        prepared = self._statements.get(key)
+        if prepared is None:
+            prepared = self._statements[key] = Prepared(insert(table), self.db.dialect, list(columns))
+        prepared.executemany_tuples(conn, columns, rows)
+
     def _flush(self, conn) -> None:
         if self._emails:
-            self._insert_many(conn, E, self._emails)
+            self._insert_tuples(conn, E, EMAIL_COLUMNS, self._emails)
         if self._parties:
-            self._insert_many(conn, P, self._parties)
+            self._insert_tuples(conn, P, PARTY_COLUMNS, self._parties)
         if self._item_rows:
             self._insert_many(conn, X, self._item_rows)
         by_id = update(E).where(E.c.activityid == bindparam("b_activityid"))
