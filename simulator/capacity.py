@@ -839,6 +839,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 img { max-width: 100%; }
+.wide { overflow-x: auto; }
 .note { color: #555; font-size: 0.92em; }
 </style></head><body>
 <h1>Capacity: {{ title }}</h1>
@@ -852,9 +853,9 @@ the same inputs give the same figures on any machine, except the CPU cost, which
 {% endfor %}</table>
 
 <h2>Summary</h2>
-<table><tr>{% for h in summary_head %}<th>{{ h }}</th>{% endfor %}</tr>
+<div class="wide"><table><tr>{% for h in summary_head %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in summary_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 <p class="note">Latency in minutes (nearest-rank percentiles of the emails tracked during the run). Backlog: Inbox
 items delivered but not yet an activity, skipped or failed, at the end of a simulated minute.</p>
 
