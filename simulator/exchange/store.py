@@ -27,6 +27,7 @@ from typing import Any
 from engine.clock import Clock, parse_instant
 from engine.ports import ActOrgClaim, ItemProperties
 from simulator.exchange.mime import MessageData, normalize_address, parse_message
+from simulator.exchange.spill import SPILL
 
 DISTINGUISHED = ("inbox", "sentitems", "drafts", "deleteditems", "outbox", "calendar", "contacts", "tasks")
 
@@ -182,17 +183,45 @@ class IdSource:
         return f"{kind}A{tag}{next(self._counter):08x}"
 
 
-@dataclass(slots=True, eq=False)
 class Item:
-    item_id: str
-    folder_id: str
-    received: datetime
-    data: MessageData
-    seq: int
-    categories: list[str] = field(default_factory=list)
-    is_read: bool = False
-    version: int = 0  # how many times the item was updated: its change key changes with it
-    modified: datetime | None = None  # when it was last updated (None: never; LastModifiedTime is then its arrival)
+    """A stored item: its ids, times and flags in memory, its message (:attr:`data`) in the
+    process's message spill (:mod:`simulator.exchange.spill`) once the store keeps it there."""
+
+    __slots__ = ("item_id", "folder_id", "received", "_data", "_ref", "seq", "categories", "is_read", "version",
+                 "modified")
+    FIELDS = ("item_id", "folder_id", "received", "data", "seq", "categories", "is_read", "version", "modified")
+
+    def __init__(self, item_id: str, folder_id: str, received: datetime, data: MessageData | None, seq: int,
+                 categories: list[str] | None = None, is_read: bool = False, version: int = 0,
+                 modified: datetime | None = None, *, ref: int | None = None) -> None:
+        self.item_id = item_id
+        self.folder_id = folder_id
+        self.received = received
+        self._data = data  # the message in memory, or None: it is in the spill at _ref
+        self._ref = ref
+        self.seq = seq
+        self.categories = categories if categories is not None else []
+        self.is_read = is_read
+        self.version = version  # how many times the item was updated: its change key changes with it
+        self.modified = modified  # when it was last updated (None: never; LastModifiedTime is then its arrival)
+
+    def __repr__(self) -> str:
+        return f"Item({self.item_id!r}, folder {self.folder_id!r}, received {self.received.isoformat()})"
+
+    @property
+    def data(self) -> MessageData:
+        """The item's message (read back from the spill: treat it as read-only, change it with
+        :meth:`ExchangeStore.update`)."""
+        data = self._data
+        return data if data is not None else SPILL.load(self._ref)
+
+    @data.setter
+    def data(self, data: MessageData) -> None:
+        self._data, self._ref = data, None
+
+    def keep(self, data: MessageData | None, ref: int | None) -> None:
+        """Hold the message as the store placed it: ``ref`` into the spill, or ``data`` itself."""
+        self._data, self._ref = (None, ref) if ref is not None else (data, None)
 
     @property
     def item_class(self) -> str:
@@ -431,6 +460,7 @@ class ExchangeStore:
         self.journal = None  # callable(list of events): where finished operations go (the world)
         self._events: list[dict] = []
         self._depth = 0
+        self.spills = True  # messages of stored items go to the spill (False: they stay in memory)
 
     def reset(self) -> None:
         """Forget every mailbox (before the world replays its journal again)."""
@@ -461,6 +491,10 @@ class ExchangeStore:
             self._events.append(event)
         return result
 
+    def _spilled(self, data: MessageData) -> int | None:
+        """Write a message placed in the store to the spill: its ref, or None to keep it in memory."""
+        return SPILL.put(data) if self.spills else None
+
     def _next_seq(self) -> int:
         seq = next(self._seq)
         while seq <= self._max_seq:
@@ -487,8 +521,10 @@ class ExchangeStore:
                 # a new MessageData: a copy made by CopyItem shares the old one and keeps it
                 kept = {**item.data.kept, **ev.get("ks", {})}
                 addresses = {k: v if k == "sender" else tuple(v) for k, v in ev.get("n", {}).items()}
-                item.data = dataclasses.replace(item.data, subject=ev.get("s", item.data.subject),
-                                                body=ev.get("b", item.data.body), kept=kept, **addresses)
+                data = item.data
+                data = dataclasses.replace(data, subject=ev.get("s", data.subject), body=ev.get("b", data.body),
+                                           kept=kept, **addresses)
+                item.keep(data, self._spilled(data))
             item.version += 1
             if ev.get("t") is not None:
                 item.modified = _when(ev["t"])
@@ -539,16 +575,19 @@ class ExchangeStore:
         if src is not None:  # a move or copy: the message of an existing item
             mbx = self.mailboxes[src[0]]
             source = mbx.item(src[1])
-            data = source.data
+            data, ref = source._data, source._ref  # (the copy shares the message)
             if ev.get("mv"):
                 mbx.take_out(source)
         else:
             data = ev["m"]
+            ref = self._spilled(data)
+            if ref is not None:
+                data = None
         placed = []
         for address, folder_id, item_id, received, seq, categories, is_read, arrival in ev["p"]:
             mbx = self.mailboxes[address]
             received = _when(received)
-            item = Item(item_id, folder_id, received, data, seq, list(categories), is_read)
+            item = Item(item_id, folder_id, received, data, seq, list(categories), is_read, ref=ref)
             mbx.folder_by_id(folder_id).add(item)
             mbx.item_folder[item_id] = folder_id
             if arrival and (mbx.last_inbox_received is None or received > mbx.last_inbox_received):
@@ -557,6 +596,7 @@ class ExchangeStore:
                 self._max_seq = seq
             placed.append(item)
         if ev.get("x"):
+            data = ev["m"]  # (a message sent, never a move or a copy)
             self.outbound.append((data.sender or "", tuple(ev["x"]), data))
         return placed
 
