@@ -169,7 +169,7 @@ def test_a_reopened_sandbox_holds_the_same_store_field_by_field(tmp_path):
         # spot checks of what the field-by-field comparison covers
         inbox_b = loaded.get(B, ids["raw_b"]).data
         # one message, shared as in the original: one record of the message spill
-        assert loaded.get(A, ids["moved"])._ref == loaded.get(B, ids["raw_b"])._ref is not None
+        assert loaded.get(A, ids["moved"]).ref == loaded.get(B, ids["raw_b"]).ref is not None
         assert loaded.outbound[0][2] == inbox_b
         assert isinstance(inbox_b.raw, bytes) and inbox_b.raw == RAW
         assert isinstance(inbox_b.references, tuple)
