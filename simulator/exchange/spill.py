@@ -100,10 +100,8 @@ class MessageSpill:
         self._buffer = bytearray()
 
     def _open(self) -> int:
-        handle = tempfile.TemporaryFile(prefix="sss-messages-", dir=self._directory)
-        fd = os.dup(handle.fileno())
-        handle.close()
-        return fd
+        with tempfile.TemporaryFile(prefix="sss-messages-", dir=self._directory) as handle:
+            return os.dup(handle.fileno())  # (the file lives on through its descriptor)
 
     def _after_fork(self) -> None:
         """In a forked process: the file is shared with the parent, which goes on appending to it.
@@ -123,10 +121,12 @@ class MessageSpill:
         if data is not None:
             return data
         data = _message(pickle.loads(self._read(ref >> _LENGTH_BITS, ref & _LENGTH_MASK)))
-        cache = self._cache
-        if len(cache) >= self._cache_size:
-            del cache[next(iter(cache))]
-        cache[ref] = data
+        if self._cache_size:
+            with self._lock:
+                cache = self._cache
+                if len(cache) >= self._cache_size:
+                    del cache[next(iter(cache))]  # the oldest
+                cache[ref] = data
         return data
 
     def _read(self, at: int, length: int) -> bytes:

@@ -392,11 +392,11 @@ class ChangeJournal(Sequence):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return list(zip(map(CHANGES.__getitem__, self._changes[index]), self._ids[index]))
+            return list(zip(map(CHANGES.__getitem__, self._changes[index]), self._ids[index], strict=True))
         return CHANGES[self._changes[index]], self._ids[index]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return zip(map(CHANGES.__getitem__, self._changes), self._ids)
+        return zip(map(CHANGES.__getitem__, self._changes), self._ids, strict=True)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ChangeJournal):
