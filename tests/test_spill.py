@@ -69,6 +69,27 @@ def test_a_message_reads_back_equal_field_by_field(spill):
     assert plain.extra_headers is NOTHING_KEPT and plain.kept is NOTHING_KEPT
 
 
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("data", [
+    MessageData(subject="naive", date=datetime(2026, 1, 5, 7, 30, 1, 999)),
+    MessageData(subject="utc", date=datetime(2026, 1, 5, 7, 30, tzinfo=UTC)),
+    MessageData(subject="odd offset", date=datetime(2026, 1, 5, 7, 30, tzinfo=timezone(timedelta(hours=-3, seconds=7)))),
+    MessageData(subject="fold", date=datetime(2026, 1, 5, 7, 30, fold=1, tzinfo=timezone(timedelta(hours=2)))),
+    # pickled whole: a named zone, a str subclass, raw bytes that are not bytes
+    MessageData(subject="named", date=datetime(2026, 1, 5, 7, 30, tzinfo=timezone(timedelta(hours=-5), "EST"))),
+    MessageData(subject=_Text("a str subclass"), to=(_Text("a@b.example"),)),
+    MessageData(subject="bytearray", raw=bytearray(b"raw")),
+])
+def test_dates_and_odd_values_read_back_exactly(spill, data):
+    back = spill.load(spill.put(data))
+    _same(back, data)
+    if data.date is not None:
+        assert back.date.tzname() == data.date.tzname() and back.date.fold == data.date.fold
+
+
 def test_messages_past_the_buffer_and_larger_than_it_come_back_from_the_file(spill, tmp_path):
     small = [MessageData(subject=f"m{i}", body="x" * 300) for i in range(400)]
     refs = [spill.put(d) for d in small]

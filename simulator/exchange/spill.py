@@ -18,28 +18,80 @@ messages to a file of its own (see :meth:`MessageSpill._after_fork`).
 
 from __future__ import annotations
 
+import marshal
+import operator
 import os
 import pickle
 import tempfile
 import threading
 from dataclasses import fields
+from datetime import UTC, datetime, timedelta, timezone
 
 from simulator.exchange.mime import NOTHING_KEPT, MessageData
 
 _FIELDS = tuple(f.name for f in fields(MessageData))
-_MAPPINGS = frozenset({"extra_headers", "kept"})  # NOTHING_KEPT is written as None, read back as itself
+_VALUES = operator.attrgetter(*_FIELDS)
+_DATE, _EXTRA, _KEPT, _RAW = (_FIELDS.index(name) for name in ("date", "extra_headers", "kept", "raw"))
 _FLUSH_AT = 64 * 1024  # bytes gathered before one write to the file
 _LENGTH_BITS = 32  # a ref: offset << 32 | length (a message is at most 150 MB)
 _LENGTH_MASK = (1 << _LENGTH_BITS) - 1
+_ONE_US = timedelta(microseconds=1)
+# A record is the message's fields in order, marshalled (fast, and exact for str, bytes, tuples and
+# dicts of str), the date as numbers and the shared empty mapping as None; a message with a value
+# marshal does not write exactly (a str subclass, a date in a named time zone...) is pickled whole.
+_MARSHALLED, _PICKLED = b"M", b"P"
 
 
-def _record(data: MessageData) -> tuple:
-    return tuple(None if name in _MAPPINGS and value is NOTHING_KEPT else value
-                 for name, value in zip(_FIELDS, (getattr(data, n) for n in _FIELDS), strict=True))
+def _date_numbers(date: datetime) -> tuple | None:
+    """A datetime as numbers marshal writes (its offset in microseconds, None when naive), or None
+    when it is not a plain datetime with no zone, UTC or a fixed offset."""
+    tz = date.tzinfo
+    if type(date) is not datetime:
+        return None
+    if tz is None or tz is UTC:
+        offset = None if tz is None else 0
+    elif type(tz) is timezone:
+        delta = tz.utcoffset(None)
+        if tz.tzname(None) != timezone(delta).tzname(None):  # a named zone: not rebuilt by its offset
+            return None
+        offset = delta // _ONE_US
+    else:
+        return None
+    return (date.year, date.month, date.day, date.hour, date.minute, date.second, date.microsecond, date.fold,
+            offset)
 
 
-def _message(record: tuple) -> MessageData:
-    data = MessageData(*record)
+def _from_numbers(numbers: tuple) -> datetime:
+    *parts, fold, offset = numbers
+    tz = None if offset is None else UTC if offset == 0 else timezone(offset * _ONE_US)
+    return datetime(*parts, tzinfo=tz, fold=fold)
+
+
+def _encode(data: MessageData) -> bytes:
+    values = list(_VALUES(data))
+    if values[_EXTRA] is NOTHING_KEPT:
+        values[_EXTRA] = None
+    if values[_KEPT] is NOTHING_KEPT:
+        values[_KEPT] = None
+    date = values[_DATE]
+    numbers = _date_numbers(date) if date is not None else None
+    if (date is None or numbers is not None) and type(values[_RAW]) in (bytes, type(None)):
+        values[_DATE] = numbers  # (and the raw bytes as they are: marshal writes any bytes-like as bytes)
+        try:
+            return _MARSHALLED + marshal.dumps(tuple(values), 4)
+        except ValueError:  # a value marshal does not take
+            values[_DATE] = date
+    return _PICKLED + pickle.dumps(tuple(values), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode(blob: bytes) -> MessageData:
+    if blob[:1] == _MARSHALLED:
+        values = marshal.loads(memoryview(blob)[1:])
+        data = MessageData(*values)
+        if values[_DATE] is not None:
+            data.date = _from_numbers(values[_DATE])
+    else:
+        data = MessageData(*pickle.loads(memoryview(blob)[1:]))
     if data.extra_headers is None:
         data.extra_headers = NOTHING_KEPT
     if data.kept is None:
@@ -67,8 +119,8 @@ class MessageSpill:
     def put(self, data: MessageData) -> int | None:
         """Write ``data``; its ref, or None when it cannot be written (the caller keeps it itself)."""
         try:
-            blob = pickle.dumps(_record(data), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # a value pickle does not take (a caller's own Mapping, say): not spilled
+            blob = _encode(data)
+        except Exception:  # a value neither marshal nor pickle takes (a caller's own Mapping, say): not spilled
             return None
         if len(blob) > _LENGTH_MASK:
             return None
@@ -120,7 +172,7 @@ class MessageSpill:
         data = self._cache.get(ref)
         if data is not None:
             return data
-        data = _message(pickle.loads(self._read(ref >> _LENGTH_BITS, ref & _LENGTH_MASK)))
+        data = _decode(self._read(ref >> _LENGTH_BITS, ref & _LENGTH_MASK))
         if self._cache_size:
             with self._lock:
                 cache = self._cache
