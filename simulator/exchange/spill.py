@@ -61,10 +61,19 @@ def _date_numbers(date: datetime) -> tuple | None:
             offset)
 
 
+_last_date: tuple = (None, None)  # the numbers read last and their datetime (mail often shares a date)
+
+
 def _from_numbers(numbers: tuple) -> datetime:
+    global _last_date
+    last = _last_date
+    if numbers == last[0]:
+        return last[1]  # (a datetime is immutable: sharing it is safe)
     *parts, fold, offset = numbers
     tz = None if offset is None else UTC if offset == 0 else timezone(offset * _ONE_US)
-    return datetime(*parts, tzinfo=tz, fold=fold)
+    date = datetime(*parts, tzinfo=tz, fold=fold)
+    _last_date = (numbers, date)  # (one assignment: a thread sees the pair whole)
+    return date
 
 
 def _encode(data: MessageData) -> bytes:
@@ -78,7 +87,7 @@ def _encode(data: MessageData) -> bytes:
     if (date is None or numbers is not None) and type(values[_RAW]) in (bytes, type(None)):
         values[_DATE] = numbers  # (and the raw bytes as they are: marshal writes any bytes-like as bytes)
         try:
-            return _MARSHALLED + marshal.dumps(tuple(values), 4)
+            return _MARSHALLED + marshal.dumps(tuple(values), 2)  # (version 2: no table of shared values)
         except ValueError:  # a value marshal does not take
             values[_DATE] = date
     return _PICKLED + pickle.dumps(tuple(values), protocol=pickle.HIGHEST_PROTOCOL)
@@ -102,8 +111,8 @@ def _decode(blob: bytes) -> MessageData:
 class MessageSpill:
     """Messages written to an append-only file and read back by ref.
 
-    ``cache``: how many messages read back are kept (the last ones), so a request that looks at
-    an item's properties one by one reads it once."""
+    ``cache``: how many messages read back are kept (then the cache starts again), so a request
+    that looks at an item's properties one by one reads it once."""
 
     def __init__(self, directory: str | None = None, cache: int = 256) -> None:
         self._directory = directory
@@ -177,7 +186,7 @@ class MessageSpill:
             with self._lock:
                 cache = self._cache
                 if len(cache) >= self._cache_size:
-                    del cache[next(iter(cache))]  # the oldest
+                    cache.clear()  # (cheaper than evicting the oldest one by one)
                 cache[ref] = data
         return data
 
