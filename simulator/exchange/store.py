@@ -17,8 +17,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import itertools
+import operator
+import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +29,7 @@ from typing import Any
 from engine.clock import Clock, parse_instant
 from engine.ports import ActOrgClaim, ItemProperties
 from simulator.exchange.mime import MessageData, normalize_address, parse_message
+from simulator.exchange.spill import SPILL
 
 DISTINGUISHED = ("inbox", "sentitems", "drafts", "deleteditems", "outbox", "calendar", "contacts", "tasks")
 
@@ -182,17 +185,60 @@ class IdSource:
         return f"{kind}A{tag}{next(self._counter):08x}"
 
 
-@dataclass(slots=True, eq=False)
 class Item:
-    item_id: str
-    folder_id: str
-    received: datetime
-    data: MessageData
-    seq: int
-    categories: list[str] = field(default_factory=list)
-    is_read: bool = False
-    version: int = 0  # how many times the item was updated: its change key changes with it
-    modified: datetime | None = None  # when it was last updated (None: never; LastModifiedTime is then its arrival)
+    """A stored item: its ids, times and flags in memory, its message (:attr:`data`) in the
+    process's message spill (:mod:`simulator.exchange.spill`) once the store keeps it there."""
+
+    __slots__ = ("item_id", "folder_id", "received", "_message", "seq", "_categories", "is_read", "version", "modified")
+    FIELDS = ("item_id", "folder_id", "received", "data", "seq", "categories", "is_read", "version", "modified")
+
+    def __init__(self, item_id: str, folder_id: str, received: datetime, data: MessageData | None, seq: int,
+                 categories: list[str] | None = None, is_read: bool = False, version: int = 0,
+                 modified: datetime | None = None, *, ref: int | None = None) -> None:
+        self.item_id = item_id
+        self.folder_id = folder_id
+        self.received = received
+        self._message = ref if ref is not None else data  # the message, or its ref in the spill (an int)
+        self.seq = seq
+        self.categories = categories if categories is not None else []
+        self.is_read = is_read
+        self.version = version  # how many times the item was updated: its change key changes with it
+        self.modified = modified  # when it was last updated (None: never; LastModifiedTime is then its arrival)
+
+    def __repr__(self) -> str:
+        return f"Item({self.item_id!r}, folder {self.folder_id!r}, received {self.received.isoformat()})"
+
+    @property
+    def categories(self) -> list[str]:
+        """The item's categories (a new list: change them with :meth:`ExchangeStore.update`)."""
+        return list(self._categories)
+
+    @categories.setter
+    def categories(self, categories) -> None:
+        # a tuple, the empty one shared, and each name interned: most items have none, and the
+        # others mostly the same one ("Tracked to Dynamics 365"), also when replayed from JSON
+        self._categories = tuple(sys.intern(c) if type(c) is str else c for c in categories) if categories else ()
+
+    @property
+    def data(self) -> MessageData:
+        """The item's message (read back from the spill: treat it as read-only, change it with
+        :meth:`ExchangeStore.update`)."""
+        message = self._message
+        return SPILL.load(message) if type(message) is int else message
+
+    @data.setter
+    def data(self, data: MessageData) -> None:
+        self._message = data
+
+    @property
+    def ref(self) -> int | None:
+        """Where the message is in the spill (None: the item holds it in memory)."""
+        message = self._message
+        return message if type(message) is int else None
+
+    def keep(self, data: MessageData | None, ref: int | None) -> None:
+        """Hold the message as the store placed it: ``ref`` into the spill, or ``data`` itself."""
+        self._message = ref if ref is not None else data
 
     @property
     def item_class(self) -> str:
@@ -214,7 +260,7 @@ class Item:
             body=d.body,
             size=d.stored_size,
             date=d.date,
-            categories=tuple(self.categories),
+            categories=self._categories,
             parse_error=d.parse_error,
             folder=folder_kind,
         )
@@ -233,8 +279,8 @@ class Folder:
     # Made on first use (see the properties below): most folders of a large organization stay empty,
     # and three empty containers per folder were most of a mailbox's memory.
     _items: dict[str, Item] | None = None
-    _order: list[tuple[datetime, int, str]] | None = None
-    _journal: list[tuple[str, str]] | None = None
+    _order: list[Item] | None = None  # sorted by (received, seq, item id): see order
+    _journal: ChangeJournal | None = None
 
     @property
     def items(self) -> dict[str, Item]:
@@ -244,33 +290,34 @@ class Folder:
         return self._items
 
     @property
-    def order(self) -> list[tuple[datetime, int, str]]:
-        """(received, seq, item id) of the items, sorted."""
-        if self._order is None:
-            self._order = []
-        return self._order
+    def order(self) -> Sequence[tuple[datetime, int, str]]:
+        """(received, seq, item id) of the items, sorted (made as they are read: the folder keeps
+        its items in that order, not a tuple per item)."""
+        return _OrderView(self._order or [])
 
     @property
-    def journal(self) -> list[tuple[str, str]]:
+    def journal(self) -> ChangeJournal:
         """(change, item id), append-only: what SyncFolderItems reads."""
         if self._journal is None:
-            self._journal = []
+            self._journal = ChangeJournal()
         return self._journal
 
     def add(self, item: Item) -> None:
         self.items[item.item_id] = item
-        key = (item.received, item.seq, item.item_id)
-        if not self.order or key > self.order[-1]:
-            self.order.append(key)
+        order = self._order
+        if order is None:
+            order = self._order = []
+        if not order or _order_key(item) > _order_key(order[-1]):
+            order.append(item)
         else:
-            bisect.insort(self.order, key)
+            bisect.insort(order, item, key=_order_key)
         self.journal.append(("create", item.item_id))
 
     def _unorder(self, item: Item) -> None:
-        key = (item.received, item.seq, item.item_id)
-        i = bisect.bisect_left(self.order, key)
-        if i < len(self.order) and self.order[i] == key:
-            self.order.pop(i)
+        order = self._order or []
+        i = bisect.bisect_left(order, _order_key(item), key=_order_key)
+        if i < len(order) and order[i] is item:
+            order.pop(i)
 
     def remove(self, item: Item) -> None:
         del self.items[item.item_id]
@@ -282,7 +329,7 @@ class Folder:
         is still the one its ``create`` entry names)."""
         self._unorder(item)
         item.received = received
-        bisect.insort(self.order, (received, item.seq, item.item_id))
+        bisect.insort(self._order, item, key=_order_key)
 
     def after(self, when: datetime | None, limit: int) -> list[Item]:
         """Items received strictly after ``when``, oldest first, at most ``limit``."""
@@ -292,11 +339,74 @@ class Folder:
         if when is None:
             start = 0
         else:
-            if order[-1][0] <= when:
+            if order[-1].received <= when:
                 return []
-            start = bisect.bisect_right(order, (when, float("inf")))
-        items = self.items
-        return [items[item_id] for _, _, item_id in order[start : start + limit]]
+            start = bisect.bisect_right(order, (when, float("inf")), key=_order_key)
+        return order[start : start + limit]
+
+
+_order_key = operator.attrgetter("received", "seq", "item_id")
+
+
+class _OrderView(Sequence):
+    """A folder's items in their order, read as (received, seq, item id)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[Item]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [_order_key(item) for item in self._items[index]]
+        return _order_key(self._items[index])
+
+    def __iter__(self) -> Iterator[tuple[datetime, int, str]]:
+        return map(_order_key, self._items)
+
+
+CHANGES = ("create", "delete", "read", "update")  # what a folder's change journal records
+_CHANGE_CODES = {change: code for code, change in enumerate(CHANGES)}
+
+
+class ChangeJournal(Sequence):
+    """A folder's change journal: (change, item id) entries, append-only. Kept as a list of ids and
+    a byte per entry for the change, not a tuple per entry (a large organization has millions)."""
+
+    __slots__ = ("_ids", "_changes")
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._changes = bytearray()
+
+    def append(self, entry: tuple[str, str]) -> None:
+        change, item_id = entry
+        self._changes.append(_CHANGE_CODES[change])
+        self._ids.append(item_id)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(zip(map(CHANGES.__getitem__, self._changes[index]), self._ids[index], strict=True))
+        return CHANGES[self._changes[index]], self._ids[index]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return zip(map(CHANGES.__getitem__, self._changes), self._ids, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChangeJournal):
+            return self._ids == other._ids and self._changes == other._changes
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"ChangeJournal({list(self)!r})"
 
 
 @dataclass(slots=True, eq=False)
@@ -306,7 +416,6 @@ class ExchangeMailbox:
     root_id: str
     _folders: dict[str, Folder] = field(default_factory=dict)  # the folders made so far, by id (see folders)
     distinguished: dict[str, str] = field(default_factory=dict)  # name -> folder id
-    item_folder: dict[str, str] = field(default_factory=dict)  # item id -> folder id
     act_org_id: str | None = None  # SPEC 1.11: the organization that syncs ACT
     act_org_stamped_on: datetime | None = None
     # what the sending quotas count (None until the mailbox first sends: most never do)
@@ -401,16 +510,32 @@ class ExchangeMailbox:
             raise StoreError("ErrorFolderNotFound", f"folder {folder_ref!r} does not exist in {self.address}")
         return folder
 
+    def find_item(self, item_id: str) -> Item | None:
+        """The item with this id in any of the mailbox's folders (an item's folder is made), or None.
+        (A look in each folder rather than an index of item ids: a mailbox has a few folders and
+        the index cost a dict entry per item.)"""
+        for folder in self._folders.values():
+            items = folder._items
+            if items:
+                item = items.get(item_id)
+                if item is not None:
+                    return item
+        return None
+
     def item(self, item_id: str) -> Item:
-        folder_id = self.item_folder.get(item_id)
-        if folder_id is None:
+        item = self.find_item(item_id)
+        if item is None:
             raise StoreError("ErrorItemNotFound", f"item {item_id!r} does not exist in {self.address}")
-        return self._folders[folder_id].items[item_id]  # (an item's folder is made)
+        return item
+
+    @property
+    def item_folder(self) -> dict[str, str]:
+        """Item id -> folder id of every item of the mailbox (made when asked)."""
+        return {item_id: folder.folder_id for folder in self._folders.values() for item_id in (folder._items or ())}
 
     def take_out(self, item: Item) -> None:
         """Remove an item from its folder (a delete, or the source side of a move)."""
         self._folders[item.folder_id].remove(item)
-        del self.item_folder[item.item_id]
 
 
 class ExchangeStore:
@@ -431,6 +556,7 @@ class ExchangeStore:
         self.journal = None  # callable(list of events): where finished operations go (the world)
         self._events: list[dict] = []
         self._depth = 0
+        self.spills = True  # messages of stored items go to the spill (False: they stay in memory)
 
     def reset(self) -> None:
         """Forget every mailbox (before the world replays its journal again)."""
@@ -461,6 +587,10 @@ class ExchangeStore:
             self._events.append(event)
         return result
 
+    def _spilled(self, data: MessageData) -> int | None:
+        """Write a message placed in the store to the spill: its ref, or None to keep it in memory."""
+        return SPILL.put(data) if self.spills else None
+
     def _next_seq(self) -> int:
         seq = next(self._seq)
         while seq <= self._max_seq:
@@ -487,8 +617,10 @@ class ExchangeStore:
                 # a new MessageData: a copy made by CopyItem shares the old one and keeps it
                 kept = {**item.data.kept, **ev.get("ks", {})}
                 addresses = {k: v if k == "sender" else tuple(v) for k, v in ev.get("n", {}).items()}
-                item.data = dataclasses.replace(item.data, subject=ev.get("s", item.data.subject),
-                                                body=ev.get("b", item.data.body), kept=kept, **addresses)
+                data = item.data
+                data = dataclasses.replace(data, subject=ev.get("s", data.subject), body=ev.get("b", data.body),
+                                           kept=kept, **addresses)
+                item.keep(data, self._spilled(data))
             item.version += 1
             if ev.get("t") is not None:
                 item.modified = _when(ev["t"])
@@ -511,9 +643,7 @@ class ExchangeStore:
             mbx.folders[folder.folder_id] = folder
             return folder
         elif kind == "rmfld":
-            folder = mbx.folders.pop(ev["id"])
-            for item_id in folder.items:
-                mbx.item_folder.pop(item_id, None)
+            mbx.folders.pop(ev["id"])  # (with its items)
         elif kind == "act":
             mbx.act_org_id = ev["o"]
             mbx.act_org_stamped_on = _when(ev["t"])
@@ -539,24 +669,29 @@ class ExchangeStore:
         if src is not None:  # a move or copy: the message of an existing item
             mbx = self.mailboxes[src[0]]
             source = mbx.item(src[1])
-            data = source.data
+            data, ref = None, source._message  # (the copy shares the message, in the spill or not)
+            if type(ref) is not int:
+                data, ref = ref, None
             if ev.get("mv"):
                 mbx.take_out(source)
         else:
             data = ev["m"]
+            ref = self._spilled(data)
+            if ref is not None:
+                data = None
         placed = []
         for address, folder_id, item_id, received, seq, categories, is_read, arrival in ev["p"]:
             mbx = self.mailboxes[address]
             received = _when(received)
-            item = Item(item_id, folder_id, received, data, seq, list(categories), is_read)
+            item = Item(item_id, folder_id, received, data, seq, categories, is_read, ref=ref)
             mbx.folder_by_id(folder_id).add(item)
-            mbx.item_folder[item_id] = folder_id
             if arrival and (mbx.last_inbox_received is None or received > mbx.last_inbox_received):
                 mbx.last_inbox_received = received
             if seq > self._max_seq:
                 self._max_seq = seq
             placed.append(item)
         if ev.get("x"):
+            data = ev["m"]  # (a message sent, never a move or a copy)
             self.outbound.append((data.sender or "", tuple(ev["x"]), data))
         return placed
 

@@ -282,8 +282,7 @@ def get_persona(ctx: Context, req: etree._Element) -> etree._Element:
             raise ResponseError("ErrorInvalidRequest", "GetPersona needs an m:PersonaId")
         wanted = need_well_formed(ref.get("Id") or "", "persona id")
         item_id = "AAMk" + wanted[len(PERSONA_KIND):] if wanted.startswith(PERSONA_KIND) else None
-        folder_id = mbx.item_folder.get(item_id) if item_id else None
-        item = mbx.folders[folder_id].items[item_id] if folder_id else None
+        item = mbx.find_item(item_id) if item_id else None
         if item is None or item.data.item_type not in PERSON_TYPES:
             raise ResponseError("ErrorItemNotFound", f"no persona has the id {wanted!r} in {mbx.address}")
     except ResponseError as exc:
