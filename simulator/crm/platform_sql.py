@@ -83,39 +83,35 @@ class Prepared:
         if self._positional and [key for _, key, _, _ in self._params] == list(columns) and all(
                 proc is None for _, _, proc, _ in self._params):
             return None
-        namespace: dict = {}
-        parts = []
-        for i, (name, key, proc, const) in enumerate(self._params):
+
+        def value(i: int, key: str) -> str:
             if key in index:
-                value = f"r[{index[key]}]"
-            else:
-                namespace[f"c{i}"] = const
-                value = f"c{i}"
-            if proc is not None:
-                namespace[f"p{i}"] = proc
-                value = f"p{i}({value})"
-            parts.append(value if self._positional else f"{name!r}: {value}")
-        body = f"({', '.join(parts)},)" if self._positional else f"{{{', '.join(parts)}}}"
-        if self._positional and not parts:
-            body = "()"
-        exec(f"def params(r):\n    return {body}\n", namespace)  # noqa: S102 - names come from Core
-        return namespace["params"]
+                return f"r[{index[key]}]"
+            return f"c{i}"  # a parameter the columns do not name: its constant
+
+        return self._generate("r", value)
 
     def _make_params(self):
         """``row dict -> DBAPI parameters``, generated once: one expression per parameter."""
+        return self._generate("row", lambda i, key: f"row.get({key!r}, c{i})")
+
+    def _generate(self, arg: str, value) -> object:
+        """A function of ``arg`` returning the DBAPI parameters, one expression per parameter:
+        ``value(i, key)`` reads parameter ``i`` from ``arg`` (``c{i}`` is its constant),
+        passed through its bind processor when it has one."""
         namespace: dict = {}
         parts = []
         for i, (name, key, proc, const) in enumerate(self._params):
             namespace[f"c{i}"] = const
-            value = f"row.get({key!r}, c{i})"
+            source = value(i, key)
             if proc is not None:
                 namespace[f"p{i}"] = proc
-                value = f"p{i}({value})"
-            parts.append(value if self._positional else f"{name!r}: {value}")
+                source = f"p{i}({source})"
+            parts.append(source if self._positional else f"{name!r}: {source}")
         body = f"({', '.join(parts)},)" if self._positional else f"{{{', '.join(parts)}}}"
         if self._positional and not parts:
             body = "()"
-        exec(f"def params(row):\n    return {body}\n", namespace)  # noqa: S102 - names come from Core
+        exec(f"def params({arg}):\n    return {body}\n", namespace)  # noqa: S102 - names come from Core
         return namespace["params"]
 
     def executemany(self, conn, rows: list[dict]) -> None:
