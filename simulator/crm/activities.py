@@ -40,7 +40,7 @@ class ActivitiesMixin:
     def deliver_incoming(self, mailbox: MailboxWork, items: list[ItemProperties]) -> list[ItemOutcome]:
         if not items:
             return []
-        directory = self._load_directory()
+        self._load_directory()  # (also the track settings and owners read below)
         self._tracking_prefix()
         correlation_on, smart_on = self._prefix_cache[1:3]
         item_keys = self._item_keys
@@ -51,8 +51,8 @@ class ActivitiesMixin:
         now = self.clock.now()
         self._refused = []
         deliver_one = self._deliver_one
-        outcomes = [deliver_one(mailbox, item, item_keys, directory, setting, ownerid, now, known_dups, by_msgkey,
-                                by_token, by_conv, correlation_on, smart_on)
+        outcomes = [deliver_one(mailbox, item, item_keys, setting, ownerid, now, known_dups, by_msgkey, by_token,
+                                by_conv, correlation_on, smart_on)
                     for item, item_keys in zip(items, keys, strict=True)]
         if self._refused:
             self._alert_refusals(mailbox, self._refused)
@@ -85,7 +85,7 @@ class ActivitiesMixin:
             alerts.append(Alert(level, mailbox.id, "mailbox", mailbox.ownerid, code, text))
         self.write_alerts(alerts)
 
-    def _deliver_one(self, mailbox: MailboxWork, item: ItemProperties, keys: ItemKeys, directory, setting: int,
+    def _deliver_one(self, mailbox: MailboxWork, item: ItemProperties, keys: ItemKeys, setting: int,
                      ownerid: str, now, known_dups, by_msgkey, by_token, by_conv, correlation_on,
                      smart_on) -> ItemOutcome:
         if item.parse_error:
@@ -98,18 +98,12 @@ class ActivitiesMixin:
         if dupkey in known_dups or dupkey in self._dupkeys:
             return ItemOutcome(item.item_id, _SKIPPED, "Duplicate", "The organization already tracks this message.")
         outgoing = item.folder == "sentitems"
-        # each address resolved once, to what ``resolve`` gives (the first record of the address)
+        # each address resolved once: the recipients for the match and their party rows
+        resolve = self.resolve
         addresses = item.to + item.cc
-        recipients = []
-        matched = False
-        for addr in addresses:
-            found = directory.get(addr.lower()) if addr else None
-            party = found[0] if found else None
-            recipients.append(party)
-            if party is not None and party.typecode in _INTERNAL:
-                matched = True
-        found = directory.get(item.sender.lower()) if item.sender else None
-        sender = found[0] if found else None
+        recipients = [resolve(addr) for addr in addresses]
+        matched = any(p is not None and p.typecode in _INTERNAL for p in recipients)
+        sender = resolve(item.sender)
         if outgoing:
             matched = sender is not None and sender.id == mailbox.regardingobjectid
         if not matched:
@@ -151,18 +145,12 @@ class ActivitiesMixin:
                 self._by_conv.setdefault(conv, corr)
         # the values in the order of PARTY_COLUMNS: the sender, then the To and Cc recipients
         parties = self._parties
-        if sender is not None:
-            parties.append((activityid, _SENDER, sender.id, sender.typecode, item.sender))
-        else:
-            parties.append((activityid, _SENDER, None, None, item.sender))
         n_to = len(item.to)
-        for i, addr in enumerate(addresses):
-            p = recipients[i]
-            mask = _TO if i < n_to else _CC
-            if p is not None:
-                parties.append((activityid, mask, p.id, p.typecode, addr))
-            else:
-                parties.append((activityid, mask, None, None, addr))
+        parties.append((activityid, _SENDER, sender.id if sender else None, sender.typecode if sender else None,
+                        item.sender))
+        for i, (party, addr) in enumerate(zip(recipients, addresses, strict=True)):
+            parties.append((activityid, _TO if i < n_to else _CC, party.id if party else None,
+                            party.typecode if party else None, addr))
         return ItemOutcome(item.item_id, _TRACKED, None, "", activityid, method)
 
     @staticmethod

@@ -158,10 +158,8 @@ class CorrelationMixin:
         """Rows of ``build(column, binds)`` for the values, with one prepared statement per list length."""
         values = tuple(values)
         n = len(values)
-        key = ("in", column, build.__name__, n)
-        prepared = self._statements.get(key)
-        if prepared is None:
-            prepared = self._prepared(key, lambda: build(column, [bindparam(f"k{i}") for i in range(n)]))
+        prepared = self._prepared(("in", column, build.__name__, n),
+                                  lambda: build(column, [bindparam(f"k{i}") for i in range(n)]))
         return prepared.fetchall_values(conn, values)
 
     def _tokens_in(self, subject: str) -> list[str]:

@@ -63,5 +63,9 @@ class DirectoryMixin:
         (``among``: only records of these types, e.g. ``("systemuser", "contact")``)."""
         if not address:
             return None
-        parties = self._load_directory().get(address.lower()) or []
-        return next((p for p in parties if among is None or p.typecode in among), None)
+        parties = self._load_directory().get(address.lower())
+        if not parties:
+            return None
+        if among is None:  # (the tracking path's case: the first record, with no generator made)
+            return parties[0]
+        return next((p for p in parties if p.typecode in among), None)

@@ -136,11 +136,8 @@ class Prepared:
         if made is None or made[0] is not columns:
             made = self._tuples = (columns, self._make_tuple_params(columns))
         convert = made[1]
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
+        with _cursor(conn) as cursor:
             cursor.executemany(self.sql, rows if convert is None else [convert(r) for r in rows])
-        finally:
-            cursor.close()
 
     def fetchall_values(self, conn, values: tuple) -> list:
         """``fetchall`` of a statement whose parameters are k0, k1, ..., given in that order."""
@@ -149,12 +146,9 @@ class Prepared:
         dbapi = conn.connection.dbapi_connection
         if type(dbapi) is sqlite3.Connection:  # its execute makes and drops the cursor in C
             return dbapi.execute(self.sql, values).fetchall()
-        cursor = dbapi.cursor()
-        try:
+        with _cursor(conn) as cursor:
             cursor.execute(self.sql, values)
             return cursor.fetchall()
-        finally:
-            cursor.close()
 
     def execute(self, conn, row: dict) -> int:
         """Run once; the number of rows the statement changed."""
@@ -262,10 +256,10 @@ class StorageMixin:
         if reader is not None:
             reader.close()
 
-    def _prepared(self, key: tuple, build) -> Prepared:
+    def _prepared(self, key: tuple, build, column_keys: list[str] | None = None) -> Prepared:
         prepared = self._statements.get(key)
         if prepared is None:
-            prepared = self._statements[key] = Prepared(build(), self.db.dialect)
+            prepared = self._statements[key] = Prepared(build(), self.db.dialect, column_keys)
         return prepared
 
     def _insert_many(self, conn, table, rows: list[dict]) -> None:
@@ -273,18 +267,11 @@ class StorageMixin:
         for row in rows:
             shapes[tuple(row)].append(row)
         for shape, group in shapes.items():
-            key = ("insert", table.name, shape)
-            prepared = self._statements.get(key)
-            if prepared is None:
-                prepared = self._statements[key] = Prepared(insert(table), self.db.dialect, list(shape))
-            prepared.executemany(conn, group)
+            self._prepared(("insert", table.name, shape), lambda: insert(table), list(shape)).executemany(conn, group)
 
     def _insert_tuples(self, conn, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        key = ("insert tuples", table.name, columns)
-        prepared = self._statements.get(key)
-        if prepared is None:
-            prepared = self._statements[key] = Prepared(insert(table), self.db.dialect, list(columns))
-        prepared.executemany_tuples(conn, columns, rows)
+        self._prepared(("insert tuples", table.name, columns), lambda: insert(table),
+                       list(columns)).executemany_tuples(conn, columns, rows)
 
     def _flush(self, conn) -> None:
         if self._emails:
