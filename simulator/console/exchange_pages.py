@@ -116,7 +116,7 @@ class ExchangePages:
         rows = []
         for mbx in chosen[(page - 1) * size:page * size]:
             inbox = mbx.folders.get(mbx.distinguished.get("inbox", ""))
-            rows.append({"address": mbx.address, "name": mbx.display_name, "count": len(mbx.item_folder),
+            rows.append({"address": mbx.address, "name": mbx.display_name, "count": mbx.item_count(),
                          "inbox": len(inbox.items) if inbox else 0,
                          "unread": sum(not i.is_read for i in inbox.items.values()) if inbox else 0,
                          "last": mbx.last_inbox_received, "org": mbx.act_org_id})
@@ -146,10 +146,11 @@ class ExchangePages:
             page, size, _search = self.console._page_args(request)
         except Problem as p:
             page, size, problem_, status = 1, 50, p, p.status
-        total = len(folder.order)
+        ordered = folder.in_order
+        total = len(ordered)
         pages = max(1, math.ceil(total / size))
-        newest = folder.order[max(0, total - page * size):max(0, total - (page - 1) * size)]
-        rows = [item_row(folder.items[item_id]) for _r, _s, item_id in reversed(newest)]
+        newest = ordered[max(0, total - page * size):max(0, total - (page - 1) * size)]
+        rows = [item_row(item) for item in reversed(newest)]
         parent = mbx.folders.get(folder.parent_id or "")
         return self.console.render(
             request, "exchange_folder.html", status=status, user=user, mbx=mbx, folder=folder, rows=rows,
@@ -159,11 +160,10 @@ class ExchangePages:
 
     async def item(self, request: web.Request, user: str) -> web.StreamResponse:
         mbx = self._mailbox_or_404(request)
-        folder_id = mbx.item_folder.get(request.match_info["item"])
-        if folder_id is None:
+        item = mbx.find_item(request.match_info["item"])
+        if item is None:
             raise web.HTTPNotFound(text="no such item in this mailbox (moved items get a new id)")
-        folder = mbx.folders[folder_id]
-        item = folder.items[request.match_info["item"]]
+        folder = mbx.folders[item.folder_id]
         d = item.data
         headers = [("From", d.sender or ""), ("To", ", ".join(d.to)), ("Cc", ", ".join(d.cc)),
                    ("Bcc", ", ".join(d.bcc)), ("Subject", d.subject),

@@ -192,13 +192,13 @@ class Item:
     __slots__ = ("item_id", "folder_id", "received", "_message", "seq", "_categories", "is_read", "version", "modified")
     FIELDS = ("item_id", "folder_id", "received", "data", "seq", "categories", "is_read", "version", "modified")
 
-    def __init__(self, item_id: str, folder_id: str, received: datetime, data: MessageData | None, seq: int,
+    def __init__(self, item_id: str, folder_id: str, received: datetime, message: MessageData | int, seq: int,
                  categories: list[str] | None = None, is_read: bool = False, version: int = 0,
-                 modified: datetime | None = None, *, ref: int | None = None) -> None:
+                 modified: datetime | None = None) -> None:
         self.item_id = item_id
         self.folder_id = folder_id
         self.received = received
-        self._message = ref if ref is not None else data  # the message, or its ref in the spill (an int)
+        self._message = message  # the message, or its ref in the spill (an int): see ExchangeStore._held
         self.seq = seq
         self.categories = categories if categories is not None else []
         self.is_read = is_read
@@ -235,10 +235,6 @@ class Item:
         """Where the message is in the spill (None: the item holds it in memory)."""
         message = self._message
         return message if type(message) is int else None
-
-    def keep(self, data: MessageData | None, ref: int | None) -> None:
-        """Hold the message as the store placed it: ``ref`` into the spill, or ``data`` itself."""
-        self._message = ref if ref is not None else data
 
     @property
     def item_class(self) -> str:
@@ -288,6 +284,11 @@ class Folder:
         if self._items is None:
             self._items = {}
         return self._items
+
+    @property
+    def in_order(self) -> list[Item]:
+        """The items, oldest first (the folder's own list: do not change it)."""
+        return self._order or []
 
     @property
     def order(self) -> Sequence[tuple[datetime, int, str]]:
@@ -528,6 +529,10 @@ class ExchangeMailbox:
             raise StoreError("ErrorItemNotFound", f"item {item_id!r} does not exist in {self.address}")
         return item
 
+    def item_count(self) -> int:
+        """How many items the mailbox holds, in all its folders."""
+        return sum(len(folder._items) for folder in self._folders.values() if folder._items)
+
     @property
     def item_folder(self) -> dict[str, str]:
         """Item id -> folder id of every item of the mailbox (made when asked)."""
@@ -587,9 +592,11 @@ class ExchangeStore:
             self._events.append(event)
         return result
 
-    def _spilled(self, data: MessageData) -> int | None:
-        """Write a message placed in the store to the spill: its ref, or None to keep it in memory."""
-        return SPILL.put(data) if self.spills else None
+    def _held(self, data: MessageData) -> MessageData | int:
+        """What an item holds of a message placed in the store: its ref in the spill, or the message
+        itself (spills off, or a message the spill cannot take)."""
+        ref = SPILL.put(data) if self.spills else None
+        return data if ref is None else ref
 
     def _next_seq(self) -> int:
         seq = next(self._seq)
@@ -620,7 +627,7 @@ class ExchangeStore:
                 data = item.data
                 data = dataclasses.replace(data, subject=ev.get("s", data.subject), body=ev.get("b", data.body),
                                            kept=kept, **addresses)
-                item.keep(data, self._spilled(data))
+                item._message = self._held(data)
             item.version += 1
             if ev.get("t") is not None:
                 item.modified = _when(ev["t"])
@@ -669,29 +676,24 @@ class ExchangeStore:
         if src is not None:  # a move or copy: the message of an existing item
             mbx = self.mailboxes[src[0]]
             source = mbx.item(src[1])
-            data, ref = None, source._message  # (the copy shares the message, in the spill or not)
-            if type(ref) is not int:
-                data, ref = ref, None
+            held = source._message  # (the copy shares the message, in the spill or not)
             if ev.get("mv"):
                 mbx.take_out(source)
         else:
-            data = ev["m"]
-            ref = self._spilled(data)
-            if ref is not None:
-                data = None
+            held = self._held(ev["m"])
         placed = []
         for address, folder_id, item_id, received, seq, categories, is_read, arrival in ev["p"]:
             mbx = self.mailboxes[address]
             received = _when(received)
-            item = Item(item_id, folder_id, received, data, seq, categories, is_read, ref=ref)
+            item = Item(item_id, folder_id, received, held, seq, categories, is_read)
             mbx.folder_by_id(folder_id).add(item)
             if arrival and (mbx.last_inbox_received is None or received > mbx.last_inbox_received):
                 mbx.last_inbox_received = received
             if seq > self._max_seq:
                 self._max_seq = seq
             placed.append(item)
-        if ev.get("x"):
-            data = ev["m"]  # (a message sent, never a move or a copy)
+        if ev.get("x"):  # (a message sent, never a move or a copy)
+            data = ev["m"]
             self.outbound.append((data.sender or "", tuple(ev["x"]), data))
         return placed
 

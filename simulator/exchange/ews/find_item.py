@@ -20,11 +20,11 @@ def _candidates(folder: Folder, predicate) -> list[Item]:
     bound = predicate.received_after if predicate is not None else None
     if bound is not None:
         when, inclusive = bound
-        items = folder.after(when - timedelta(microseconds=1) if inclusive else when, len(folder.order) + 1)
+        items = folder.after(when - timedelta(microseconds=1) if inclusive else when, len(folder.in_order) + 1)
         if predicate.bound_only:  # the bisect already applied the whole restriction
             return items
     else:
-        items = [folder.items[item_id] for _, _, item_id in folder.order]
+        items = folder.in_order
     return [i for i in items if predicate(i)] if predicate is not None else items
 
 
