@@ -31,6 +31,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, bindparam, event, insert, or_, select, update
 
 from engine.clock import Clock, as_utc, parse_instant
@@ -73,14 +74,30 @@ def _encode_value(value: Any) -> Any:
     raise TypeError(f"cannot write a {type(value).__name__} to the Exchange journal")
 
 
+# orjson writes the same JSON several times faster (a mail-heavy run spends ~4 % of its time here);
+# datetimes and messages go through _encode_value as with json, so the text is the same. What it
+# cannot write as ASCII JSON (a lone surrogate, non-ASCII text, an integer beyond 64 bits, a key
+# that is not a string) is written by json as before: the journal stays ASCII either way.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def encode(events: list[dict]) -> str:
+    try:
+        out = orjson.dumps(events, default=_encode_value, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        out = None
+    if out is not None and out.isascii():
+        return out.decode("ascii")
     return json.dumps(events, default=_encode_value, separators=(",", ":"), ensure_ascii=True)
 
 
 def decode(text: str) -> list[dict]:
     from simulator.exchange.persist import message_from_record
 
-    events = json.loads(text)
+    try:
+        events = orjson.loads(text)
+    except orjson.JSONDecodeError:  # (e.g. an escaped lone surrogate, which orjson refuses and json reads)
+        events = json.loads(text)
     for ev in events:
         if "m" in ev:
             ev["m"] = message_from_record(ev["m"])

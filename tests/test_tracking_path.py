@@ -125,3 +125,30 @@ def test_the_correlation_look_ups_search_an_index():
             "SELECT name, sql FROM sqlite_master WHERE name IN ('ix_email_trackingtoken', "
             "'ix_email_conversationindex')").all())
     assert all("IS NOT NULL" in sql for sql in partial.values()) and len(partial) == 2
+
+
+def test_null_and_bool_parameters_reach_sqlite_as_before():
+    """The adapters simulator.crm.db registers (None and bool, to skip sqlite3's failed adapter
+    look-ups) bind exactly what sqlite3 binds without them: NULL, and the integers 1 and 0."""
+    import sqlite3
+
+    import simulator.crm.db  # noqa: F401  (registers the adapters)
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b, c)")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, True, False), (None, 1, 0)])
+    rows = conn.execute("SELECT typeof(a), a, typeof(b), b, typeof(c), c FROM t").fetchall()
+    assert rows == [("null", None, "integer", 1, "integer", 0)] * 2
+
+
+def test_a_tracked_emails_codes_are_written_as_plain_integers():
+    """The status, state and participation codes of a tracked email go to the driver as ints (an
+    enum member costs sqlite3 a failed adapter look-up) and read back as the enum values."""
+    from simulator.crm import activities
+    from simulator.crm.models import EmailStatus, ParticipationType
+
+    assert all(type(code) is int for code in (activities._RECEIVED, activities._RECEIVED_STATE,
+                                              activities._SENDER, activities._TO, activities._CC))
+    assert activities._RECEIVED == EmailStatus.RECEIVED
+    assert (activities._SENDER, activities._TO, activities._CC) == (
+        ParticipationType.SENDER, ParticipationType.TO, ParticipationType.CC)

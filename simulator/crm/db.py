@@ -6,6 +6,7 @@ SQLAlchemy URL (for example ``postgresql+psycopg://...``) selects that database.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, select
@@ -32,6 +33,15 @@ class DatabaseError(ValueError):
 
 def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
+
+
+# sqlite3 binds an int, float or str at once, but looks for an adapter (two failed attribute
+# look-ups, each raising and clearing an AttributeError) before it binds None as NULL: ~0.5 µs per
+# NULL, and a tracked email writes about ten. An adapter registered for None is found first and
+# gives None back (dict.get of an empty dict: a C call), so NULL is bound as before, at half the cost;
+# a bool (an int subclass, looked up the same way) is given as the int it is.
+sqlite3.register_adapter(type(None), {}.get)
+sqlite3.register_adapter(bool, int)
 
 
 def _tune_sqlite(dbapi_connection, _record, durable: bool = True) -> None:
