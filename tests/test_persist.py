@@ -36,7 +36,7 @@ from engine.errors import ExchangeError
 from simulator.crm.db import sqlite_url
 from simulator.exchange.mime import MessageData
 from simulator.exchange.persist import PersistError, message_from_record, message_record
-from simulator.exchange.store import ExchangeStore, Item, StoreError
+from simulator.exchange.store import ExchangeStore, Item, Outbound, StoreError
 from simulator.faults import FaultInjector, FaultRule, load_rules, rules_to_json
 from simulator.sandbox import Sandbox
 from simulator.world import _encode_value as world_encode_value
@@ -70,6 +70,8 @@ def assert_same(a, b, path: str = "store") -> None:
     if dataclasses.is_dataclass(a):
         for f in dataclasses.fields(a):
             assert_same(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
+    elif isinstance(a, Outbound):  # (its messages read back from the spill)
+        assert_same(list(a), list(b), path)
     elif isinstance(a, Item):  # (its message read back from the spill)
         for name in Item.FIELDS:
             assert_same(getattr(a, name), getattr(b, name), f"{path}.{name}")

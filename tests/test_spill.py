@@ -26,6 +26,8 @@ from simulator.exchange.spill import MessageSpill
 from simulator.exchange.store import ChangeJournal, ExchangeStore
 from simulator.sandbox import Sandbox
 
+EXT_PARTNER = "partner@fabrikam.example"
+
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 A = "a@contoso.example"
 B = "b@contoso.example"
@@ -164,6 +166,25 @@ def test_a_delivered_item_holds_a_ref_and_reads_back_what_was_delivered():
     props = store.find(A, "inbox", None)[0].properties()
     assert (props.subject, props.body, props.to, props.categories) == ("changed", "body", (A, B),
                                                                         ("Tracked to Dynamics 365",))
+
+
+def test_mail_sent_outside_the_sandbox_is_kept_as_its_sent_copys_ref():
+    """The outbound record holds the message where the Sent Items copy holds it (its ref in the
+    spill), not a second copy in memory; reading it gives the message that was sent."""
+    store = ExchangeStore(VirtualClock(T0))
+    store.add_mailbox(A)
+    sent = MessageData(subject="to a partner", sender=A, to=(EXT_PARTNER, B), body="hi", date=T0)
+    _, copy_id = store.send(A, sent)
+    copy = store.get(A, copy_id)
+    ((sender, recipients, held),) = store.outbound._sent
+    assert type(held) is int and held == copy.ref
+    assert (sender, recipients) == (A, (EXT_PARTNER, B))
+    (entry,) = store.outbound
+    _same(entry[2], copy.data)
+    assert store.outbound[-1] == entry and store.outbound[:] == [entry] and store.outbound == [entry]
+    store.send(A, MessageData(subject="second", sender=A, to=(EXT_PARTNER,)), save_copy=False)
+    assert [d.subject for _, _, d in store.outbound] == ["to a partner", "second"]
+    assert type(store.outbound._sent[-1][2]) is int  # without a saved copy, still in the spill
 
 
 def test_a_store_with_spills_off_keeps_the_message_itself():

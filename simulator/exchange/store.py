@@ -543,6 +543,48 @@ class ExchangeMailbox:
         self._folders[item.folder_id].remove(item)
 
 
+class Outbound(Sequence):
+    """Mail sent to addresses outside the sandbox, oldest first, as ``(sender, recipients, message)``.
+
+    Each message is kept as its sent copy's item keeps it (its ref in the spill, usually), so a long
+    run that sends a lot holds no message in memory for it; reading an entry reads the message back."""
+
+    def __init__(self) -> None:
+        self._sent: list[tuple[str, tuple[str, ...], MessageData | int]] = []
+
+    def add(self, sender: str, recipients: tuple[str, ...], held: MessageData | int) -> None:
+        self._sent.append((sender, recipients, held))
+
+    def clear(self) -> None:
+        self._sent.clear()
+
+    @staticmethod
+    def _read(entry: tuple[str, tuple[str, ...], MessageData | int]) -> tuple[str, tuple[str, ...], MessageData]:
+        sender, recipients, held = entry
+        return sender, recipients, SPILL.load(held) if type(held) is int else held
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._read(e) for e in self._sent[index]]
+        return self._read(self._sent[index])
+
+    def __iter__(self) -> Iterator[tuple[str, tuple[str, ...], MessageData]]:
+        return (self._read(e) for e in self._sent)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Outbound, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # (mutable)
+
+    def __repr__(self) -> str:
+        return f"Outbound({list(self)!r})"
+
+
 class ExchangeStore:
     """All Exchange Online mailboxes of the sandbox.
 
@@ -554,7 +596,7 @@ class ExchangeStore:
         self.clock = clock
         self.ids = ids or IdSource()
         self.mailboxes: dict[str, ExchangeMailbox] = {}
-        self.outbound: list[tuple[str, tuple[str, ...], MessageData]] = []  # external mail sent
+        self.outbound = Outbound()  # external mail sent
         self._seq = itertools.count(1)
         self._max_seq = 0
         self._message_ids = itertools.count(1)
@@ -692,9 +734,8 @@ class ExchangeStore:
             if seq > self._max_seq:
                 self._max_seq = seq
             placed.append(item)
-        if ev.get("x"):  # (a message sent, never a move or a copy)
-            data = ev["m"]
-            self.outbound.append((data.sender or "", tuple(ev["x"]), data))
+        if ev.get("x"):  # (a message sent, never a move or a copy): kept as its sent copy keeps it
+            self.outbound.add(ev["m"].sender or "", tuple(ev["x"]), held)
         return placed
 
     def arrivals_after(self, events: list[dict], latest: dict[str, datetime]) -> None:
