@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.report import Parser, print_json
+from benchmarks.report import CannotRun, Parser, main_guard, print_json
 
 ROOT = Path(__file__).resolve().parent.parent
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -60,18 +60,14 @@ with tempfile.TemporaryDirectory(prefix="sss-instr-") as folder:
 """
 
 
-class BenchmarkError(Exception):
-    """A missing tool, an unknown commit, a side that failed: one line for the user."""
-
-
 def _commit(rev: str) -> str:
     """The full hash of commit ``rev`` of this repository."""
     if shutil.which("git") is None:
-        raise BenchmarkError("git is not installed; install it (Debian: apt-get install git)")
+        raise CannotRun("git is not installed; install it (Debian: apt-get install git)")
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
                            capture_output=True, text=True)
     if found.returncode != 0:
-        raise BenchmarkError(f"--against: {rev!r} is not a commit of this repository; give a branch, tag or hash")
+        raise CannotRun(f"--against: {rev!r} is not a commit of this repository; give a branch, tag or hash")
     return found.stdout.strip()
 
 
@@ -97,7 +93,7 @@ def _finish(name: str, proc: subprocess.Popen, log: Path) -> dict:
     counted = _COLLECTED.findall(text)
     if proc.returncode != 0 or not counted or not out.strip():
         last = (err.strip().splitlines() or text.strip().splitlines() or ["no output"])[-1]
-        raise BenchmarkError(f"the run of {name} failed (exit {proc.returncode}): {last}")
+        raise CannotRun(f"the run of {name} failed (exit {proc.returncode}): {last}")
     did = json.loads(out.strip().splitlines()[-1])
     instructions = int(counted[-1])
     return {
@@ -113,7 +109,7 @@ def compare(args: argparse.Namespace) -> dict:
     commit = _commit(args.against)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
-            raise BenchmarkError(f"{tool} is not installed; install Valgrind (Debian: apt-get install valgrind)")
+            raise CannotRun(f"{tool} is not installed; install Valgrind (Debian: apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="sss-instr-") as folder:
         other_tree = Path(folder) / "against"
         other_tree.mkdir()
@@ -175,13 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--hours: {args.hours:g} is out of range; give more than 0 and at most 24")
     if not 0 <= args.emails_per_mailbox_day <= 10_000:
         parser.error(f"--emails-per-mailbox-day: {args.emails_per_mailbox_day:g} is out of range; give 0 to 10,000")
-    try:
+    def body() -> int:
         result = compare(args)
-    except BenchmarkError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return 2
-    print_json(result) if args.json else _table(result)
-    return 0
+        print_json(result) if args.json else _table(result)
+        return 0
+
+    return main_guard(parser.prog, body)
 
 
 if __name__ == "__main__":

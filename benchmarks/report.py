@@ -10,7 +10,8 @@ refusal to report figures from a starved process, one-line errors, and the JSON 
   machine, and its figures say nothing about the code. :func:`check_share` looks at a CPU-bound floor
   (or :func:`probe`, a fixed loop of pure Python) and raises :class:`Starved` when its CPU time is
   below :data:`STARVED_BELOW` of its wall time; :func:`main_guard` turns that into one line on stderr
-  and exit status 3, with nothing printed on stdout.
+  and exit status 3, with nothing printed on stdout; :class:`CannotRun` (a server, a tool or a commit
+  the benchmark needs is missing) becomes one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ MAX_REPEAT = 100
 
 class Starved(Exception):
     """The process got too little CPU while it measured: its figures would be the machine's load."""
+
+
+class CannotRun(Exception):
+    """Something the benchmark needs is not there (a server, a tool, a commit): one line, exit status 2."""
 
 
 @dataclass
@@ -134,9 +139,13 @@ def check_repeat(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def main_guard(prog: str, body: Callable[[], int]) -> int:
-    """Run a benchmark's main; a starved measurement becomes one line and exit status 3."""
+    """Run a benchmark's main; a starved measurement becomes one line and exit status 3, something
+    missing (:class:`CannotRun`) one line and exit status 2."""
     try:
         return body()
+    except CannotRun as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     except Starved as exc:
         print(f"{prog}: the machine is too loaded to measure: {exc}; nothing reported, run it again "
               f"when the machine is quieter (or lower --starved-below)", file=sys.stderr)

@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from benchmarks.report import (
+    CannotRun,
     Parser,
     add_repeat,
     check_probe,
@@ -64,7 +65,7 @@ PG_HELPER = Path(__file__).resolve().parent.parent / "tests" / "pg.py"
 HOST_TIMEOUT_S = 3600.0
 
 
-class Unavailable(Exception):
+class Unavailable(CannotRun):
     """No PostgreSQL to measure on."""
 
 
@@ -347,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                      "data folder")
 
     def body() -> int:
-        try:
-            result = run(args)
-        except Unavailable as exc:
-            print(f"{parser.prog}: {exc}", file=sys.stderr)
-            return 2
+        result = run(args)
         print_json(result) if args.json else _table(result)
         return 0
 

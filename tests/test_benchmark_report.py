@@ -27,6 +27,15 @@ def test_a_starved_benchmark_prints_one_line_and_exits_3(capsys):
     assert err.count("\n") == 1 and "too loaded to measure" in err and "10% of a core" in err
 
 
+def test_a_benchmark_missing_what_it_needs_prints_one_line_and_exits_2(capsys):
+    def body() -> int:
+        raise report.CannotRun("valgrind is not installed; install Valgrind")
+
+    assert report.main_guard("python -m benchmarks.x", body) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "python -m benchmarks.x: valgrind is not installed; install Valgrind\n"
+
+
 def test_repeats_report_the_least_and_the_median():
     assert report.spread([3.0, 1.0, 2.0, 10.0]) == {"min": 1.0, "median": 2.5}
     assert report.median_index([5.0, 1.0, 3.0]) == 2
