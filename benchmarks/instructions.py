@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.report import CannotRun, Parser, main_guard, print_json
+from benchmarks.report import CannotRun, Parser, measure_and_print
 
 ROOT = Path(__file__).resolve().parent.parent
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -171,12 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--hours: {args.hours:g} is out of range; give more than 0 and at most 24")
     if not 0 <= args.emails_per_mailbox_day <= 10_000:
         parser.error(f"--emails-per-mailbox-day: {args.emails_per_mailbox_day:g} is out of range; give 0 to 10,000")
-    def body() -> int:
-        result = compare(args)
-        print_json(result) if args.json else _table(result)
-        return 0
-
-    return main_guard(parser.prog, body)
+    return measure_and_print(parser.prog, lambda: compare(args), args.json, _table)
 
 
 if __name__ == "__main__":

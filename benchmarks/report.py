@@ -152,6 +152,17 @@ def main_guard(prog: str, body: Callable[[], int]) -> int:
         return STARVED_EXIT
 
 
+def measure_and_print(prog: str, measure: Callable[[], dict], as_json: bool, table: Callable[[dict], None]) -> int:
+    """A benchmark's last step: measure, then print the figures as JSON or as a table (under
+    :func:`main_guard`: a starved or impossible measurement is one line instead)."""
+    def body() -> int:
+        result = measure()
+        print_json(result) if as_json else table(result)
+        return 0
+
+    return main_guard(prog, body)
+
+
 def environment(started: float) -> dict:
     """How busy the machine was, which Python, the wall time since ``started`` (perf_counter) and
     the CPU time of this process so far."""

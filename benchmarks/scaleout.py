@@ -54,9 +54,8 @@ from benchmarks.report import (
     check_probe,
     check_repeat,
     environment,
-    main_guard,
+    measure_and_print,
     median_index,
-    print_json,
     spread,
     timed,
 )
@@ -347,12 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--postgres-data: {args.postgres_data} holds no postmaster.pid; give the running server's "
                      "data folder")
 
-    def body() -> int:
-        result = run(args)
-        print_json(result) if args.json else _table(result)
-        return 0
-
-    return main_guard(parser.prog, body)
+    return measure_and_print(parser.prog, lambda: run(args), args.json, _table)
 
 
 if __name__ == "__main__":
