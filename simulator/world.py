@@ -75,9 +75,11 @@ def _encode_value(value: Any) -> Any:
 
 
 # orjson writes the same JSON several times faster (a mail-heavy run spends ~4 % of its time here);
-# datetimes and messages go through _encode_value as with json, so the text is the same. What it
-# cannot write as ASCII JSON (a lone surrogate, non-ASCII text, an integer beyond 64 bits, a key
-# that is not a string) is written by json as before: the journal stays ASCII either way.
+# datetimes and messages go through _encode_value as with json, so the text is the same (a float in
+# exponent form would read 1e16 rather than 1e+16, the same number, and a NaN or an infinity null;
+# the store's events hold no floats).
+# What it cannot write as ASCII JSON (a lone surrogate, non-ASCII text, an integer beyond 64 bits, a
+# key that is not a string) is written by json as before: the journal stays ASCII either way.
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
