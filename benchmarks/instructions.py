@@ -26,6 +26,7 @@ run is about 50 times slower: 2,000 mailboxes x 1 h take a few minutes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -86,8 +87,6 @@ def _start(tree: Path, log: Path, args: argparse.Namespace) -> subprocess.Popen:
 
 
 def _finish(name: str, proc: subprocess.Popen, log: Path) -> dict:
-    import json
-
     out, err = proc.communicate()
     text = log.read_text(errors="replace") if log.exists() else ""
     counted = _COLLECTED.findall(text)

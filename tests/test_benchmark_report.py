@@ -3,6 +3,7 @@ benchmark. Nothing here is timed: the measurements are given, not taken."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import pytest
@@ -108,9 +109,8 @@ def test_the_same_code_counted_twice_gives_the_same_instructions():
                             "engine", "simulator", "benchmarks/simulation.py"], capture_output=True, text=True)
     if dirty.stdout.strip():
         pytest.skip("the engine or simulator has uncommitted changes: HEAD is not the code of this checkout")
-    args = instructions.Parser().parse_args([])  # (a namespace to fill in)
-    args.against, args.mailboxes, args.hours, args.emails_per_mailbox_day = "HEAD", 10, 0.25, 100.0
-    result = instructions.compare(args)
+    result = instructions.compare(argparse.Namespace(against="HEAD", mailboxes=10, hours=0.25,
+                                                     emails_per_mailbox_day=100.0))
     assert result["same_work"] and result["this"]["polls"] > 0 and result["this"]["emails_tracked"] > 0
     assert result["ratio"] == pytest.approx(1.0, abs=0.005)
     assert result["this"]["instructions_per_poll"] > 10_000  # (a poll is Python: far more than a few instructions)

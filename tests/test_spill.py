@@ -176,7 +176,7 @@ def test_mail_sent_outside_the_sandbox_is_kept_as_its_sent_copys_ref():
     sent = MessageData(subject="to a partner", sender=A, to=(EXT_PARTNER, B), body="hi", date=T0)
     _, copy_id = store.send(A, sent)
     copy = store.get(A, copy_id)
-    ((sender, recipients, held),) = store.outbound._sent
+    ((sender, recipients, held),) = store.outbound._entries
     assert type(held) is int and held == copy.ref
     assert (sender, recipients) == (A, (EXT_PARTNER, B))
     (entry,) = store.outbound
@@ -184,7 +184,7 @@ def test_mail_sent_outside_the_sandbox_is_kept_as_its_sent_copys_ref():
     assert store.outbound[-1] == entry and store.outbound[:] == [entry] and store.outbound == [entry]
     store.send(A, MessageData(subject="second", sender=A, to=(EXT_PARTNER,)), save_copy=False)
     assert [d.subject for _, _, d in store.outbound] == ["to a partner", "second"]
-    assert type(store.outbound._sent[-1][2]) is int  # without a saved copy, still in the spill
+    assert type(store.outbound._entries[-1][2]) is int  # without a saved copy, still in the spill
 
 
 def test_a_store_with_spills_off_keeps_the_message_itself():

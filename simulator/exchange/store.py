@@ -226,10 +226,6 @@ class Item:
         message = self._message
         return SPILL.load(message) if type(message) is int else message
 
-    @data.setter
-    def data(self, data: MessageData) -> None:
-        self._message = data
-
     @property
     def ref(self) -> int | None:
         """Where the message is in the spill (None: the item holds it in memory)."""
@@ -349,24 +345,33 @@ class Folder:
 _order_key = operator.attrgetter("received", "seq", "item_id")
 
 
-class _OrderView(Sequence):
-    """A folder's items in their order, read as (received, seq, item id)."""
+class _ReadList(Sequence):
+    """A list whose entries are read through the class's ``_read`` (a function of one entry): what
+    is kept compactly (an item, a message's ref) reads as the tuple the store's callers expect."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_entries",)
+    _read: Callable[[Any], Any]
 
-    def __init__(self, items: list[Item]) -> None:
-        self._items = items
+    def __init__(self, entries: list | None = None) -> None:
+        self._entries = entries if entries is not None else []
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._entries)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [_order_key(item) for item in self._items[index]]
-        return _order_key(self._items[index])
+            return [self._read(e) for e in self._entries[index]]
+        return self._read(self._entries[index])
 
-    def __iter__(self) -> Iterator[tuple[datetime, int, str]]:
-        return map(_order_key, self._items)
+    def __iter__(self) -> Iterator:
+        return map(self._read, self._entries)
+
+
+class _OrderView(_ReadList):
+    """A folder's items in their order, read as (received, seq, item id)."""
+
+    __slots__ = ()
+    _read = staticmethod(_order_key)
 
 
 CHANGES = ("create", "delete", "read", "update")  # what a folder's change journal records
@@ -543,36 +548,24 @@ class ExchangeMailbox:
         self._folders[item.folder_id].remove(item)
 
 
-class Outbound(Sequence):
+class Outbound(_ReadList):
     """Mail sent to addresses outside the sandbox, oldest first, as ``(sender, recipients, message)``.
 
     Each message is kept as its sent copy's item keeps it (its ref in the spill, usually), so a long
     run that sends a lot holds no message in memory for it; reading an entry reads the message back."""
 
-    def __init__(self) -> None:
-        self._sent: list[tuple[str, tuple[str, ...], MessageData | int]] = []
+    __slots__ = ()
 
     def add(self, sender: str, recipients: tuple[str, ...], held: MessageData | int) -> None:
-        self._sent.append((sender, recipients, held))
+        self._entries.append((sender, recipients, held))
 
     def clear(self) -> None:
-        self._sent.clear()
+        self._entries.clear()
 
     @staticmethod
     def _read(entry: tuple[str, tuple[str, ...], MessageData | int]) -> tuple[str, tuple[str, ...], MessageData]:
         sender, recipients, held = entry
         return sender, recipients, SPILL.load(held) if type(held) is int else held
-
-    def __len__(self) -> int:
-        return len(self._sent)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self._read(e) for e in self._sent[index]]
-        return self._read(self._sent[index])
-
-    def __iter__(self) -> Iterator[tuple[str, tuple[str, ...], MessageData]]:
-        return (self._read(e) for e in self._sent)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (Outbound, list, tuple)):
