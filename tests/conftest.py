@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import hang_dump
 import pytest
 from support import Org, build_org
 from trial import Trial
+
+hang_dump.install()
+_HANG_DUMP_S = hang_dump.limit_seconds()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test still running after ``SSS_TEST_HANG_DUMP_S`` seconds has its threads and event loops
+    written to stderr (tests/hang_dump.py)."""
+    if not _HANG_DUMP_S:
+        return (yield)
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    with hang_dump.Watchdog(item.nodeid, _HANG_DUMP_S, capture):
+        return (yield)
 
 
 @pytest.fixture
