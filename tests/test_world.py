@@ -408,6 +408,88 @@ def test_a_process_that_goes_on_after_a_failed_batch_leaves_nothing_of_it_behind
     assert (tracked, rows) == (1, []), f"tracked {tracked} times, item-level rows {rows}"
 
 
+def _release_fails_once(sb) -> list:
+    """The next release fails as it does when another host tracked a copy of the same message
+    first (a duplicate key at the commit); its mailboxes are freed and done again."""
+    flush = sb.crm._flush
+    failures = [sqlite3.IntegrityError("UNIQUE constraint failed: email.duplicatekey")]
+
+    def flush_failing_once(conn):
+        if failures:
+            raise failures.pop()
+        flush(conn)
+
+    sb.crm._flush = flush_failing_once
+    return failures
+
+
+def _count_replays(sb) -> list[int]:
+    replays = [0]
+    load = sb.world.load
+
+    def counted():
+        replays[0] += 1
+        load()
+
+    sb.world.load = counted
+    return replays
+
+
+def _exchange_items(sb) -> dict:
+    return {(address, folder_id): sorted(folder.items) for address, mbx in sb.store.mailboxes.items()
+            for folder_id, folder in mbx.folders.items()}
+
+
+def test_a_failed_batch_that_changed_nothing_in_exchange_keeps_the_view_and_tracks_once(tmp_path):
+    """A batch that only tracked mail made no Exchange operation: when its release fails, the view
+    in memory is kept (the journal is not replayed) and the mail is tracked once when it is done again.
+    (ACT is off: its cycles write the claim on the mailbox, an Exchange operation.)"""
+    o = build_org(SEED, db_url=sqlite_url(tmp_path / "world.db"))
+    for address in o.mailboxes:
+        o.set_mailbox(address, actdeliverymethod=2)
+    sb = o.sb
+    item = sb.deliver(msg("New mail", to=(ALICE,)))[ALICE]
+    failures = _release_fails_once(sb)
+    replays = _count_replays(sb)
+    items_before = _exchange_items(sb)
+    try:
+        run(sb.run_for(60))
+        assert not failures, "the release did not fail"
+        assert replays == [0], "the journal was replayed after a batch that changed nothing in it"
+        assert _exchange_items(sb) == items_before
+        run(sb.run_for(3600))
+        with sb.db.connect() as conn:
+            tracked = conn.execute(select(func.count()).where(E.c.exchangeitemid == item)).scalar_one()
+    finally:
+        sb.close()
+    assert tracked == 1
+    again = open_sandbox(tmp_path / "world.db")  # what is in memory is what the journal replays to
+    try:
+        assert _exchange_items(again) == items_before
+    finally:
+        again.close()
+
+
+def test_a_failed_batch_that_sent_mail_is_replayed_and_sends_once(tmp_path):
+    """A batch that sent an email put it in Sent Items in memory: when its release fails, the view
+    is rebuilt from the journal, and the email goes out once when its mailbox is done again."""
+    o = build_org(SEED, db_url=sqlite_url(tmp_path / "world.db"))
+    sb = o.sb
+    offer = sb.crm.create_email(sender_userid=o.users[ALICE], to=[CARL], subject="Offer")
+    sb.crm.send_email(offer)
+    failures = _release_fails_once(sb)
+    replays = _count_replays(sb)
+    try:
+        run(sb.run_for(60))
+        assert not failures, "the release did not fail"
+        assert replays == [1], "the view kept a send whose batch failed"
+        run(sb.run_for(3600))
+        sent = [d.subject for _, _, d in sb.store.outbound]
+    finally:
+        sb.close()
+    assert sent == ["Offer CRM:0000001"]
+
+
 # -- random interleavings ----------------------------------------------------------------------
 
 TRACKING = (ALICE, BOB, SUPPORT)
