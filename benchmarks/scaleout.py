@@ -13,9 +13,11 @@ keep a mailbox with one host at a time. The first host also delivers the seeded 
 ``benchmarks.simulation`` (``--emails-per-mailbox-day``, one batch per simulated minute); the others
 see it through the shared Exchange journal.
 
-Reported per configuration: polls (workload cycles of all hosts) per wall second from the start
-signal to the last host's end, the emails tracked (email rows in the database: the hosts' own
-counts include the copy of a message two hosts tracked at once, which the database keeps once),
+Reported per configuration: polls (workload cycles of all hosts whose batch committed) per wall
+second from the start signal to the last host's end, the polls redone (made in batches that were
+dropped and done again: a host's release fails when another host tracked a copy of one of its
+messages first), the emails tracked (email rows in the database, and the hosts' own counts of
+what they committed, which must agree),
 each host's share of the polls and its CPU seconds, the efficiency
 against one host (polls/s divided by hosts x the one-host polls/s: 1.0 is a perfect scale-out),
 and the database's own CPU: the PostgreSQL server processes' user and system time from /proc (the
@@ -144,8 +146,9 @@ def host_main(url: str, hostid: str, seed: int, hours: float, mailboxes: int, pe
         with timed() as t:
             asyncio.run(sb.run_for(hours * 3600))
         st = sb.engine.stats
-        out.put({"host": hostid, "polls": st.polls, "polls_by_workload": dict(st.polls_by_workload),
-                 "emails_tracked": st.emails_tracked, "errors": sum(st.errors.values()),
+        out.put({"host": hostid, "polls": st.polls - st.polls_dropped, "polls_redone": st.polls_dropped,
+                 "batches_dropped": st.batches_dropped, "polls_by_workload": dict(st.polls_by_workload),
+                 "emails_tracked": st.emails_tracked - st.emails_tracked_dropped, "errors": sum(st.errors.values()),
                  "wall_seconds": t.wall, "cpu_seconds": t.cpu})
         sb.close()
     except BaseException as exc:  # the parent reports it in one line
@@ -238,6 +241,8 @@ def measure(url: str, data: Path | None, hosts: int, args: argparse.Namespace) -
         "hosts": hosts,
         "polls": polls,
         "polls_per_s": round(polls / wall, 1),
+        "polls_redone": sum(r["polls_redone"] for r in results),
+        "batches_dropped": sum(r["batches_dropped"] for r in results),
         "wall_seconds": round(wall, 2),
         "emails_tracked": tracked_rows,
         "emails_tracked_by_hosts_own_count": sum(r["emails_tracked"] for r in results),
@@ -245,7 +250,8 @@ def measure(url: str, data: Path | None, hosts: int, args: argparse.Namespace) -
         "hosts_cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
         "db_cpu_seconds": round(db_cpu, 2) if db_cpu is not None else None,
         "db_cpu_ms_per_poll": round(db_cpu / polls * 1000, 3) if db_cpu is not None and polls else None,
-        "per_host": [{"host": r["host"], "polls": r["polls"], "share": round(r["polls"] / polls, 3) if polls else 0.0,
+        "per_host": [{"host": r["host"], "polls": r["polls"], "polls_redone": r["polls_redone"],
+                      "share": round(r["polls"] / polls, 3) if polls else 0.0,
                       "cpu_seconds": round(r["cpu_seconds"], 2), "wall_seconds": round(r["wall_seconds"], 2),
                       "emails_tracked": r["emails_tracked"]} for r in results],
     }
@@ -285,14 +291,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _table(r: dict[str, Any]) -> None:
     print(f"Engine hosts on one PostgreSQL database: {r['mailboxes']:,} mailboxes x {r['hours']:g} simulated h, "
           f"{r['emails_per_mailbox_day']:g} emails per mailbox and day, {r['database']}")
-    print(f"{'hosts':>5}{'polls':>10}{'wall s':>9}{'least':>8}{'polls/s':>10}{'best':>9}{'efficiency':>12}"
+    print(f"{'hosts':>5}{'polls':>10}{'redone':>8}{'wall s':>9}{'least':>8}{'polls/s':>10}{'best':>9}{'efficiency':>12}"
           f"{'hosts CPU s':>13}{'DB CPU s':>10}{'DB ms/poll':>12}  shares")
     for c in r["configurations"]:
         db = "?" if c["db_cpu_seconds"] is None else f"{c['db_cpu_seconds']:.2f}"
         dbp = "?" if c["db_cpu_ms_per_poll"] is None else f"{c['db_cpu_ms_per_poll']:.3f}"
         eff = "" if c["efficiency_vs_one_host"] is None else f"{c['efficiency_vs_one_host']:.3f}"
         shares = " ".join(f"{h['share']:.0%}" for h in c["per_host"])
-        print(f"{c['hosts']:>5}{c['polls']:>10,}{c['wall_seconds']['median']:>9.2f}{c['wall_seconds']['min']:>8.2f}"
+        print(f"{c['hosts']:>5}{c['polls']:>10,}{c['polls_redone']:>8,}{c['wall_seconds']['median']:>9.2f}{c['wall_seconds']['min']:>8.2f}"
               f"{c['polls_per_s']:>10,.0f}{c['polls_per_s_best']:>9,.0f}{eff:>12}{c['hosts_cpu_seconds']:>13.2f}"
               f"{db:>10}{dbp:>12}  {shares}")
     print("emails tracked (database rows; the hosts' own counts): " + ", ".join(

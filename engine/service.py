@@ -72,6 +72,11 @@ class EngineStats:
     act_to_crm: int = 0  # ACT rows created, updated or deleted in the CRM
     act_conflicts: int = 0  # items changed on both sides (SPEC 10.3)
     act_failed: int = 0  # item-level ACT failures
+    # batches whose release dropped them (another host tracked a copy of one of their messages
+    # first): their mailboxes are done again, so these polls and emails are counted twice above
+    batches_dropped: int = 0
+    polls_dropped: int = 0
+    emails_tracked_dropped: int = 0
 
 
 _FIELDS = WORKLOAD_COLUMNS
@@ -241,6 +246,7 @@ class SyncService:
             if not batch:
                 return self.stats.polls - started
             self.stats.cycles += len(batch)
+            polls_before, tracked_before = self.stats.polls, self.stats.emails_tracked
             alerts: list[Alert] = []
             updates: list[MailboxUpdate | None] = []
             suspended: list[tuple[int, asyncio.Future]] = []
@@ -259,7 +265,11 @@ class SyncService:
                 updates[i] = await task
             if alerts:
                 self.crm.write_alerts(alerts)
-            self.crm.release(self.hostid, updates)  # type: ignore[arg-type]  (all filled in now)
+            if not self.crm.release(self.hostid, updates):  # type: ignore[arg-type]  (all filled in now)
+                st = self.stats
+                st.batches_dropped += 1
+                st.polls_dropped += st.polls - polls_before
+                st.emails_tracked_dropped += st.emails_tracked - tracked_before
             if len(batch) < self.lease_batch:  # everything due now was in this batch: spare a lease
                 return self.stats.polls - started
 

@@ -463,6 +463,9 @@ def test_a_failed_batch_that_changed_nothing_in_exchange_keeps_the_view_and_trac
     finally:
         sb.close()
     assert tracked == 1
+    st = sb.engine.stats  # the engine counts the dropped batch's work apart
+    assert (st.batches_dropped, st.emails_tracked, st.emails_tracked_dropped) == (1, 2, 1)
+    assert 0 < st.polls_dropped < st.polls
     again = open_sandbox(tmp_path / "world.db")  # what is in memory is what the journal replays to
     try:
         assert _exchange_items(again) == items_before

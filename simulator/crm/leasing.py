@@ -173,8 +173,9 @@ class LeasingMixin:
         by_id = {r[0]: MailboxWork(*r) for r in rows}
         return [by_id[i] for i in mailboxids if i in by_id]
 
-    def release(self, hostid: str, updates: list[MailboxUpdate]) -> None:
-        """Write the batch in one transaction: pending rows, then the mailbox updates.
+    def release(self, hostid: str, updates: list[MailboxUpdate]) -> bool:
+        """Write the batch in one transaction: pending rows, then the mailbox updates; False when the
+        batch was dropped instead (see below).
 
         The updates are grouped by the set of columns they change; each group is one
         executemany of one cached statement (a handful of shapes cover a whole batch)."""
@@ -202,7 +203,7 @@ class LeasingMixin:
             with self._begin() as conn:
                 conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(
                     [u.mailboxid for u in updates])).values(processingstatecode=0, hostid=None))
-            return
+            return False
         finally:
             if not committed:
                 self._reset_pending()  # the batch's rows went with its transaction
@@ -210,6 +211,7 @@ class LeasingMixin:
                 world.end_batch(committed)
         self._purge_old_item_rows()
         self._after_errors(updates)
+        return True
 
     def abandon_batch(self) -> None:
         """A batch that will never reach its release (the engine failed half-way): forget its rows
