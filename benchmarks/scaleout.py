@@ -147,7 +147,7 @@ def host_main(url: str, hostid: str, seed: int, hours: float, mailboxes: int, pe
             asyncio.run(sb.run_for(hours * 3600))
         st = sb.engine.stats
         out.put({"host": hostid, "polls": st.polls - st.polls_dropped, "polls_redone": st.polls_dropped,
-                 "batches_dropped": st.batches_dropped, "polls_by_workload": dict(st.polls_by_workload),
+                 "cycles_dropped": st.cycles_dropped, "polls_by_workload": dict(st.polls_by_workload),
                  "emails_tracked": st.emails_tracked - st.emails_tracked_dropped, "errors": sum(st.errors.values()),
                  "wall_seconds": t.wall, "cpu_seconds": t.cpu})
         sb.close()
@@ -242,7 +242,7 @@ def measure(url: str, data: Path | None, hosts: int, args: argparse.Namespace) -
         "polls": polls,
         "polls_per_s": round(polls / wall, 1),
         "polls_redone": sum(r["polls_redone"] for r in results),
-        "batches_dropped": sum(r["batches_dropped"] for r in results),
+        "cycles_dropped": sum(r["cycles_dropped"] for r in results),
         "wall_seconds": round(wall, 2),
         "emails_tracked": tracked_rows,
         "emails_tracked_by_hosts_own_count": sum(r["emails_tracked"] for r in results),

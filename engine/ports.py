@@ -445,9 +445,9 @@ class CrmPort(Protocol):
 
     def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]: ...
 
-    def release(self, hostid: str, updates: list[MailboxUpdate]) -> bool:
-        """Write the batch and free its mailboxes; False when the batch was dropped instead (its
-        mailboxes are freed to be done again: another host tracked a copy of one of its messages first)."""
+    def release(self, hostid: str, updates: list[MailboxUpdate]) -> list[str]:
+        """Write the batch and free its mailboxes; returns those dropped instead, freed to be done
+        again (another host tracked a copy of one of their messages first); none: all committed."""
         ...
 
     def deliver_incoming(self, mailbox: MailboxWork, items: list[ItemProperties]) -> list[ItemOutcome]: ...

@@ -72,14 +72,15 @@ class EngineStats:
     act_to_crm: int = 0  # ACT rows created, updated or deleted in the CRM
     act_conflicts: int = 0  # items changed on both sides (SPEC 10.3)
     act_failed: int = 0  # item-level ACT failures
-    # batches whose release dropped them (another host tracked a copy of one of their messages
-    # first): their mailboxes are done again, so these polls and emails are counted twice above
-    batches_dropped: int = 0
+    # mailbox cycles a release dropped (another host tracked a copy of one of their messages
+    # first): those mailboxes are done again, so these polls and emails are counted twice above
+    cycles_dropped: int = 0
     polls_dropped: int = 0
     emails_tracked_dropped: int = 0
 
 
 _FIELDS = WORKLOAD_COLUMNS
+_STARTED = tuple(f["started"] for f in WORKLOAD_COLUMNS.values())  # written when the workload's cycle starts
 _EMAIL_FIELDS = ((Workload.INCOMING, _FIELDS[Workload.INCOMING]), (Workload.OUTGOING, _FIELDS[Workload.OUTGOING]))
 _USER_MAILBOX = schedule.USER_MAILBOX
 
@@ -208,6 +209,7 @@ class SyncService:
         self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._ports: dict[str, tuple[tuple, ExchangePort]] = {}
         self._in_flight: set[str] = set()
+        self._tracked_in_batch: dict[str, int] = {}  # mailbox id -> emails tracked in the running batch
         self._port_discovers = True  # does the Exchange port find EWS URLs (Autodiscover)?
 
     @property
@@ -246,7 +248,7 @@ class SyncService:
             if not batch:
                 return self.stats.polls - started
             self.stats.cycles += len(batch)
-            polls_before, tracked_before = self.stats.polls, self.stats.emails_tracked
+            self._tracked_in_batch.clear()
             alerts: list[Alert] = []
             updates: list[MailboxUpdate | None] = []
             suspended: list[tuple[int, asyncio.Future]] = []
@@ -265,13 +267,22 @@ class SyncService:
                 updates[i] = await task
             if alerts:
                 self.crm.write_alerts(alerts)
-            if not self.crm.release(self.hostid, updates):  # type: ignore[arg-type]  (all filled in now)
-                st = self.stats
-                st.batches_dropped += 1
-                st.polls_dropped += st.polls - polls_before
-                st.emails_tracked_dropped += st.emails_tracked - tracked_before
+            dropped = self.crm.release(self.hostid, updates)  # type: ignore[arg-type]  (all filled in now)
+            if dropped:
+                self._count_dropped(dropped, updates)  # type: ignore[arg-type]
             if len(batch) < self.lease_batch:  # everything due now was in this batch: spare a lease
                 return self.stats.polls - started
+
+    def _count_dropped(self, dropped: list[str], updates: list[MailboxUpdate]) -> None:
+        """Count the cycles of ``dropped`` mailboxes apart: the polls each made (a workload that
+        started wrote its start) and the emails it tracked."""
+        st = self.stats
+        gone = set(dropped)
+        for upd in updates:
+            if upd.mailboxid in gone:
+                st.cycles_dropped += 1
+                st.polls_dropped += sum(1 for name in _STARTED if name in upd.values)
+                st.emails_tracked_dropped += self._tracked_in_batch.get(upd.mailboxid, 0)
 
     async def run_forever(self, stop: asyncio.Event, idle_check_s: float = 60.0) -> None:
         """Poll until ``stop`` is set (real-time service)."""
@@ -446,6 +457,8 @@ class SyncService:
         values["itemsfailedforlastsync"] = result.failed
         st = self.stats
         st.emails_tracked += result.tracked
+        if result.tracked:
+            self._tracked_in_batch[mailbox.id] = self._tracked_in_batch.get(mailbox.id, 0) + result.tracked
         st.emails_undeliverable += result.failed
         for item, outcome in result.outcomes:
             if outcome.kind is ItemOutcomeKind.SKIPPED:

@@ -314,16 +314,16 @@ class World:
 
     def end_batch(self, committed: bool) -> None:
         """The batch's transaction ended; after a failure the view is rebuilt from the database,
-        unless the batch changed nothing in it (:meth:`_keep_view`)."""
+        unless the batch changed nothing in it (:meth:`keep_view_after_failure`)."""
         self.deferred = False
         if not committed:
-            if not self._keep_view():
+            if not self.keep_view_after_failure():
                 self.reload()
         elif self.pending:  # operations made after the release (none in the engine's own flow)
             self.commit()
         self._before_batch = None
 
-    def _keep_view(self) -> bool:
+    def keep_view_after_failure(self) -> bool:
         """After a batch whose transaction failed: whether the view in memory still is the database's.
 
         It is when the batch made no store operation and moved no fault rule (a batch tracking mail

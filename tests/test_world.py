@@ -45,6 +45,7 @@ from sqlalchemy.exc import OperationalError
 from support import ALICE, BOB, CARL, SUPPORT, build_org, msg
 
 from simulator.crm.db import sqlite_url
+from simulator.crm.platform_sql import EMAIL_COLUMNS
 from simulator.crm.models import Email, EmailStatus, ExchangeSyncIdMapping, Mailbox
 from simulator.sandbox import Sandbox
 
@@ -464,13 +465,60 @@ def test_a_failed_batch_that_changed_nothing_in_exchange_keeps_the_view_and_trac
         sb.close()
     assert tracked == 1
     st = sb.engine.stats  # the engine counts the dropped batch's work apart
-    assert (st.batches_dropped, st.emails_tracked, st.emails_tracked_dropped) == (1, 2, 1)
-    assert 0 < st.polls_dropped < st.polls
+    assert (st.emails_tracked, st.emails_tracked_dropped) == (2, 1)
+    assert st.cycles_dropped > 0 and 0 < st.polls_dropped < st.polls
     again = open_sandbox(tmp_path / "world.db")  # what is in memory is what the journal replays to
     try:
         assert _exchange_items(again) == items_before
     finally:
         again.close()
+
+
+def test_a_mailbox_whose_mail_another_host_tracked_first_is_dropped_alone(tmp_path):
+    """Two hosts track the two copies of one message at once: the second release fails on the
+    duplicate key. Only the mailbox whose message the other host tracked is dropped and done again
+    (it then skips its copy as a duplicate); the rest of the batch is written."""
+    o = build_org(SEED, db_url=sqlite_url(tmp_path / "world.db"))
+    for address in o.mailboxes:
+        o.set_mailbox(address, actdeliverymethod=2)
+    sb = o.sb
+    copied = sb.deliver(msg("Quote", to=(ALICE,)))[ALICE]
+    other = sb.deliver(msg("Question", to=(SUPPORT,)))[SUPPORT]
+    write_release = sb.crm._write_release
+    raced = []
+
+    def other_host_first(hostid, updates, free=()):
+        if not raced:  # the other host commits its copy of Alice's message before this release
+            mine = next(e for e in sb.crm._emails if e[EMAIL_COLUMNS.index("exchangeitemid")] == copied)
+            theirs = list(mine)
+            theirs[0] = "00000000-0000-4000-8000-00000000beef"
+            theirs[EMAIL_COLUMNS.index("receivingmailboxid")] = None  # the other copy: another mailbox, item
+            theirs[EMAIL_COLUMNS.index("exchangeitemid")] = "AAMk-the-other-copy"
+            with sb.db.begin() as conn:
+                sb.crm._insert_tuples(conn, E, EMAIL_COLUMNS, [tuple(theirs)])
+            raced.append(mine[0])
+        return write_release(hostid, updates, free)
+
+    sb.crm._write_release = other_host_first
+    replays = _count_replays(sb)
+    try:
+        run(sb.run_for(60))
+        assert raced, "the race was not set up"
+        st = sb.engine.stats
+        assert (st.cycles_dropped, st.emails_tracked_dropped) == (1, 1), "more than Alice's cycle was dropped"
+        assert replays == [0]
+        with sb.db.connect() as conn:
+            assert conn.execute(select(func.count()).where(E.c.exchangeitemid == other)).scalar_one() == 1
+            assert conn.execute(select(func.count()).where(E.c.exchangeitemid == copied)).scalar_one() == 0
+        run(sb.run_for(3600))
+        with sb.db.connect() as conn:
+            copies = conn.execute(select(E.c.activityid).where(E.c.subject == "Quote")).scalars().all()
+            questions = conn.execute(select(func.count()).where(E.c.subject == "Question")).scalar_one()
+    finally:
+        sb.close()
+    assert copies == ["00000000-0000-4000-8000-00000000beef"], "the message is tracked once, by the other host"
+    assert questions == 1
+    assert st.emails_skipped["Duplicate"] == 1  # Alice's cycle, done again, skips her copy
 
 
 def test_a_failed_batch_that_sent_mail_is_replayed_and_sends_once(tmp_path):

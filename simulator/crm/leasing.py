@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.ports import MailboxUpdate, MailboxWork
 from simulator.crm.models import EmailStatus
-from simulator.crm.platform_sql import E, M
+from simulator.crm.platform_sql import EMAIL_COLUMNS, E, M
 
 LEASE_TIMEOUT = timedelta(minutes=30)  # a lease older than this is forcibly unlocked
 
@@ -34,6 +34,10 @@ _LEASE_COLUMNS = [
     M.c.orgmarkedasprimaryforexchangesync,
 ]
 assert [c.key for c in _LEASE_COLUMNS] == [f.name for f in dataclasses.fields(MailboxWork)]
+
+# where a pending email row (a tuple in the order of EMAIL_COLUMNS) holds what splitting a batch reads
+_ACTIVITY, _DUPKEY, _CORRELATED, _MAILBOX = (EMAIL_COLUMNS.index(name) for name in (
+    "activityid", "dupkey", "correlatedactivityid", "receivingmailboxid"))
 
 
 def _due_select():
@@ -173,37 +177,45 @@ class LeasingMixin:
         by_id = {r[0]: MailboxWork(*r) for r in rows}
         return [by_id[i] for i in mailboxids if i in by_id]
 
-    def release(self, hostid: str, updates: list[MailboxUpdate]) -> bool:
-        """Write the batch in one transaction: pending rows, then the mailbox updates; False when the
-        batch was dropped instead (see below).
+    def release(self, hostid: str, updates: list[MailboxUpdate]) -> list[str]:
+        """Write the batch in one transaction: pending rows, then the mailbox updates; returns the
+        mailboxes dropped to be done again (none: the whole batch committed).
 
-        The updates are grouped by the set of columns they change; each group is one
-        executemany of one cached statement (a handful of shapes cover a whole batch)."""
-        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
-        for upd in updates:
-            # a shape is the columns in the order the engine set them: the cycles of a batch take the
-            # same few paths, and that spares sorting every mailbox's names
-            shapes[tuple(upd.values)].append({**upd.values, "b_mailboxid": upd.mailboxid, "b_hostid": hostid})
+        Two hosts can track the two copies of one message at once (each in its own mailbox); the
+        second to commit fails on the duplicate key. Only the mailboxes whose mail another host
+        tracked first are then dropped (:meth:`_lost_to_other_hosts`), and the rest of the batch is
+        written again; where that cannot be told apart (the batch changed Exchange, or sent mail),
+        the whole batch is dropped. A dropped mailbox is freed and done again, so nothing is lost
+        and nothing is done twice. (A host whose leases were forced open, presumed dead, meets the
+        same failure when the other host tracked their mail first.)"""
         self._close_reader()
         world = self.world
+        # the pending rows as the batch made them: _flush hands them over and starts new lists
+        made = (self._emails, self._parties, self._item_rows, self._send_updates, self._attempt_updates)
+        dropped: list[str] = []
         committed = False
         try:
-            with self._begin() as conn:
-                self._flush(conn)
-                for shape, rows in shapes.items():
-                    self._prepared(("release", shape),
-                                   lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
-                if world is not None:  # the batch's Exchange changes commit with its CRM rows
-                    world.sync(conn, reading=False)
+            try:
+                self._write_release(hostid, updates)
+            except (IntegrityError, self.db.dialect.dbapi.IntegrityError):
+                lost = self._lost_to_other_hosts(updates, made)
+                dropped = [u.mailboxid for u in updates] if lost is None else sorted(lost)
+                if lost is None:
+                    with self._begin() as conn:
+                        conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(dropped)).values(
+                            processingstatecode=0, hostid=None))
+                    return dropped
+                updates = [u for u in updates if u.mailboxid not in lost]
+                self._write_release(hostid, updates, free=dropped)
             committed = True
         except (IntegrityError, self.db.dialect.dbapi.IntegrityError):
-            # Another host forced some of these leases open (this one was presumed dead) and tracked
-            # their mail first. The whole batch is dropped (its Exchange changes with it) and its
-            # mailboxes freed: they are done again, so nothing is lost and nothing is done twice.
+            # (written again, it failed again: another host won a second race meanwhile) all of it is
+            # dropped
+            dropped = [u.mailboxid for u in updates] + dropped
             with self._begin() as conn:
-                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(
-                    [u.mailboxid for u in updates])).values(processingstatecode=0, hostid=None))
-            return False
+                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(dropped)).values(
+                    processingstatecode=0, hostid=None))
+            return dropped
         finally:
             if not committed:
                 self._reset_pending()  # the batch's rows went with its transaction
@@ -211,7 +223,59 @@ class LeasingMixin:
                 world.end_batch(committed)
         self._purge_old_item_rows()
         self._after_errors(updates)
-        return True
+        return dropped
+
+    def _write_release(self, hostid: str, updates: list[MailboxUpdate], free: list[str] = ()) -> None:
+        """The release's transaction: the pending rows, the mailbox updates (grouped by the set of
+        columns they change, each group one executemany of one cached statement: a handful of shapes
+        cover a whole batch), the mailboxes in ``free`` freed unchanged, the batch's Exchange changes."""
+        shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for upd in updates:
+            # a shape is the columns in the order the engine set them: the cycles of a batch take the
+            # same few paths, and that spares sorting every mailbox's names
+            shapes[tuple(upd.values)].append({**upd.values, "b_mailboxid": upd.mailboxid, "b_hostid": hostid})
+        world = self.world
+        with self._begin() as conn:
+            self._flush(conn)
+            for shape, rows in shapes.items():
+                self._prepared(("release", shape),
+                               lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
+            if free:
+                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(free)).values(
+                    processingstatecode=0, hostid=None))
+            if world is not None:  # the batch's Exchange changes commit with its CRM rows
+                world.sync(conn, reading=False)
+
+    def _lost_to_other_hosts(self, updates: list[MailboxUpdate], made: tuple) -> set[str] | None:
+        """After a release failed on a duplicate key: the mailboxes of the batch whose tracked mail
+        another host has tracked meanwhile, with the pending rows set again without theirs; None
+        when the batch cannot be split (it changed Exchange or sent mail, no tracked message is
+        in the database now, or every mailbox is concerned).
+
+        An email correlated to a dropped one goes with it, and its mailbox too."""
+        emails, parties, item_rows, send_updates, attempt_updates = made
+        if send_updates or attempt_updates:
+            return None
+        if self.world is not None and not self.world.keep_view_after_failure():
+            return None
+        keys = [e[_DUPKEY] for e in emails if e[_DUPKEY] is not None]
+        if not keys:
+            return None
+        with self.db.connect() as conn:
+            taken = set(conn.execute(select(E.c.dupkey).where(E.c.dupkey.in_(keys))).scalars())
+        lost = {e[_MAILBOX] for e in emails if e[_DUPKEY] in taken}
+        while True:
+            gone = {e[_ACTIVITY] for e in emails if e[_MAILBOX] in lost}
+            more = {e[_MAILBOX] for e in emails if e[_CORRELATED] in gone} - lost
+            if not more:
+                break
+            lost |= more
+        if not lost or len(lost) >= len(updates):
+            return None
+        self._emails = [e for e in emails if e[_MAILBOX] not in lost]
+        self._parties = [p for p in parties if p[0] not in gone]
+        self._item_rows = [r for r in item_rows if r["mailboxid"] not in lost]
+        return lost
 
     def abandon_batch(self) -> None:
         """A batch that will never reach its release (the engine failed half-way): forget its rows
