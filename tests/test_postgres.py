@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from pg import postgres_server, unavailable_reason
+from races import OTHER_HOSTS_ACTIVITY, another_host_tracks_first
 from sqlalchemy import select, update
 
 from engine.service import SyncService
@@ -17,6 +19,7 @@ from simulator.crm.models import Email, Mailbox, TraceLog
 from simulator.crm.platform import Platform
 from simulator.exchange.mime import MessageData
 from simulator.sandbox import Sandbox
+from simulator.testing import ALICE, SUPPORT, build_org, msg
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
@@ -154,3 +157,68 @@ def test_two_engines_sharing_postgresql_split_the_work_without_overlap(pg_db):
     assert polls > 0
     assert first.stats.polls > 0 and second.stats.polls > 0, "both hosts should have taken work"
     assert overlaps == []
+
+
+def test_a_release_that_loses_a_race_on_postgresql_drops_that_mailbox_alone(pg_db):
+    """The race of two hosts tracking the two copies of one message, on PostgreSQL (the release's
+    executemany fails in psycopg's pipeline mode): only the mailbox whose message the other host
+    tracked is done again."""
+    o = build_org(0, db_url=pg_db)
+    for address in o.mailboxes:
+        o.set_mailbox(address, actdeliverymethod=2)  # (ACT's claim is an Exchange change: no split)
+    sb = o.sb
+    copied = sb.deliver(msg("Quote", to=(ALICE,)))[ALICE]
+    other = sb.deliver(msg("Question", to=(SUPPORT,)))[SUPPORT]
+    raced = another_host_tracks_first(sb, copied)
+    try:
+        asyncio.run(sb.run_for(3600))
+        E = Email.__table__
+        with sb.db.connect() as conn:
+            quotes = conn.execute(select(E.c.activityid).where(E.c.subject == "Quote")).scalars().all()
+            questions = conn.execute(select(E.c.exchangeitemid).where(E.c.subject == "Question")).scalars().all()
+    finally:
+        sb.close()
+    assert raced, "the race was not set up"
+    assert quotes == [OTHER_HOSTS_ACTIVITY] and questions == [other]
+    st = sb.engine.stats
+    assert (st.cycles_dropped, st.emails_tracked_dropped, st.emails_skipped["Duplicate"]) == (1, 1, 1)
+
+
+def test_a_duplicate_key_in_a_long_executemany_prints_no_pipeline_warning(pg_db, caplog):
+    """psycopg warns that it could not end its pipeline when a row early in a long executemany
+    fails (a release that lost a race does that); the failure is handled, so the warning is not
+    printed. Other warnings of psycopg still are."""
+    import psycopg
+
+    engine = make_engine(pg_db)  # (a PostgreSQL engine puts the filter on psycopg's logger)
+    psycopg_log = logging.getLogger("psycopg")
+    filters = [f for f in psycopg_log.filters if type(f).__name__ == "_QuietPipelineAbort"]
+    assert len(filters) == 1
+
+    def conflict() -> None:
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("CREATE TEMPORARY TABLE race (k integer PRIMARY KEY)")
+            cur.execute("INSERT INTO race VALUES (1)")
+            with pytest.raises(psycopg.IntegrityError):
+                cur.executemany("INSERT INTO race VALUES (%s)", [(1,)] + [(k,) for k in range(2, 500)])
+            raw.rollback()
+        finally:
+            raw.close()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="psycopg"):
+            psycopg_log.removeFilter(filters[0])  # first without it: the scenario makes the warning
+            conflict()
+            assert "error ignored terminating" in caplog.text
+            caplog.clear()
+            psycopg_log.addFilter(filters[0])
+            conflict()
+            assert "error ignored terminating" not in caplog.text
+            psycopg_log.warning("error ignored terminating %r: %s", "<Pipeline>", OSError("the connection is lost"))
+            assert "the connection is lost" in caplog.text
+    finally:
+        if filters[0] not in psycopg_log.filters:
+            psycopg_log.addFilter(filters[0])
+        engine.dispose()

@@ -40,12 +40,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from races import OTHER_HOSTS_ACTIVITY, another_host_tracks_first
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from support import ALICE, BOB, CARL, SUPPORT, build_org, msg
 
 from simulator.crm.db import sqlite_url
-from simulator.crm.platform_sql import EMAIL_COLUMNS
 from simulator.crm.models import Email, EmailStatus, ExchangeSyncIdMapping, Mailbox
 from simulator.sandbox import Sandbox
 
@@ -484,22 +484,7 @@ def test_a_mailbox_whose_mail_another_host_tracked_first_is_dropped_alone(tmp_pa
     sb = o.sb
     copied = sb.deliver(msg("Quote", to=(ALICE,)))[ALICE]
     other = sb.deliver(msg("Question", to=(SUPPORT,)))[SUPPORT]
-    write_release = sb.crm._write_release
-    raced = []
-
-    def other_host_first(hostid, updates, free=()):
-        if not raced:  # the other host commits its copy of Alice's message before this release
-            mine = next(e for e in sb.crm._emails if e[EMAIL_COLUMNS.index("exchangeitemid")] == copied)
-            theirs = list(mine)
-            theirs[0] = "00000000-0000-4000-8000-00000000beef"
-            theirs[EMAIL_COLUMNS.index("receivingmailboxid")] = None  # the other copy: another mailbox, item
-            theirs[EMAIL_COLUMNS.index("exchangeitemid")] = "AAMk-the-other-copy"
-            with sb.db.begin() as conn:
-                sb.crm._insert_tuples(conn, E, EMAIL_COLUMNS, [tuple(theirs)])
-            raced.append(mine[0])
-        return write_release(hostid, updates, free)
-
-    sb.crm._write_release = other_host_first
+    raced = another_host_tracks_first(sb, copied)
     replays = _count_replays(sb)
     try:
         run(sb.run_for(60))
@@ -516,7 +501,7 @@ def test_a_mailbox_whose_mail_another_host_tracked_first_is_dropped_alone(tmp_pa
             questions = conn.execute(select(func.count()).where(E.c.subject == "Question")).scalar_one()
     finally:
         sb.close()
-    assert copies == ["00000000-0000-4000-8000-00000000beef"], "the message is tracked once, by the other host"
+    assert copies == [OTHER_HOSTS_ACTIVITY], "the message is tracked once, by the other host"
     assert questions == 1
     assert st.emails_skipped["Duplicate"] == 1  # Alice's cycle, done again, skips her copy
 

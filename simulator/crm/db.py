@@ -6,6 +6,7 @@ SQLAlchemy URL (for example ``postgresql+psycopg://...``) selects that database.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def sqlite_url(path: str | Path) -> str:
 # a bool (an int subclass, looked up the same way) is given as the int it is.
 sqlite3.register_adapter(type(None), {}.get)
 sqlite3.register_adapter(bool, int)
+
+
+class _QuietPipelineAbort(logging.Filter):
+    """psycopg warns "error ignored terminating <Pipeline>: pipeline aborted" when a statement of an
+    executemany in pipeline mode failed and the pipeline cannot end cleanly; the statement's own
+    error is raised all the same. A release that loses a race to another host fails that way and is
+    handled (simulator/crm/leasing.py), so the warning only printed a line on stderr for each race."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ignored = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+        return not (record.msg == "error ignored terminating %r: %s"
+                    and type(ignored).__name__ == "PipelineAborted")
+
+
+def _quiet_pipeline_abort() -> None:
+    log = logging.getLogger("psycopg")
+    if not any(isinstance(f, _QuietPipelineAbort) for f in log.filters):
+        log.addFilter(_QuietPipelineAbort())
 
 
 def _tune_sqlite(dbapi_connection, _record, durable: bool = True) -> None:
@@ -90,6 +109,8 @@ def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = T
         raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _tune_sqlite if durable else _tune_sqlite_fast)
+    elif engine.dialect.driver == "psycopg":
+        _quiet_pipeline_abort()
     if create:
         try:
             stamped = check_schema(engine)
