@@ -73,7 +73,8 @@ class EngineStats:
     act_conflicts: int = 0  # items changed on both sides (SPEC 10.3)
     act_failed: int = 0  # item-level ACT failures
     # mailbox cycles a release dropped (another host tracked a copy of one of their messages
-    # first): those mailboxes are done again, so these polls and emails are counted twice above
+    # first): those mailboxes are done again, so these polls are counted twice in ``polls``; the
+    # emails they had tracked are taken out of ``emails_tracked`` (their activities were not written)
     cycles_dropped: int = 0
     polls_dropped: int = 0
     emails_tracked_dropped: int = 0
@@ -275,14 +276,16 @@ class SyncService:
 
     def _count_dropped(self, dropped: list[str], updates: list[MailboxUpdate]) -> None:
         """Count the cycles of ``dropped`` mailboxes apart: the polls each made (a workload that
-        started wrote its start) and the emails it tracked."""
+        started wrote its start) and the emails it tracked, which are not tracked after all."""
         st = self.stats
         gone = set(dropped)
         for upd in updates:
             if upd.mailboxid in gone:
                 st.cycles_dropped += 1
                 st.polls_dropped += sum(1 for name in _STARTED if name in upd.values)
-                st.emails_tracked_dropped += self._tracked_in_batch.get(upd.mailboxid, 0)
+                tracked = self._tracked_in_batch.get(upd.mailboxid, 0)
+                st.emails_tracked -= tracked
+                st.emails_tracked_dropped += tracked
 
     async def run_forever(self, stop: asyncio.Event, idle_check_s: float = 60.0) -> None:
         """Poll until ``stop`` is set (real-time service)."""

@@ -860,6 +860,9 @@ def run_engine(
     if stats.act_to_exchange or stats.act_to_crm or stats.act_failed:
         _say(f"ACT: {stats.act_to_exchange} item(s) to Exchange, {stats.act_to_crm} to the CRM, "
              f"{stats.act_conflicts} conflict(s), {stats.act_failed} failed.")
+    if stats.cycles_dropped:
+        _say(f"{stats.cycles_dropped} mailbox cycle(s) were done again: another engine host had tracked a copy "
+             f"of their mail first (their {stats.polls_dropped} poll(s) are counted above, their email once).")
     for code, n in sorted(stats.errors.items()):
         _say(f"  [red]{code}[/red]: {n}")
 

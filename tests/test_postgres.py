@@ -182,6 +182,7 @@ def test_a_release_that_loses_a_race_on_postgresql_drops_that_mailbox_alone(pg_d
     assert quotes == [OTHER_HOSTS_ACTIVITY] and questions == [other]
     st = sb.engine.stats
     assert (st.cycles_dropped, st.emails_tracked_dropped, st.emails_skipped["Duplicate"]) == (1, 1, 1)
+    assert st.emails_tracked == 1  # the question; the quote went to the other host
 
 
 def test_a_duplicate_key_in_a_long_executemany_prints_no_pipeline_warning(pg_db, caplog):
