@@ -153,7 +153,7 @@ class World:
         self._clock_saved: datetime | None = None
         self._faults_version: int | None = None
         self._faults_seen = faults.changes
-        self.operations = 0  # store operations finished in this process (a failed batch: did it make any?)
+        self._operations = 0  # store operations finished in this process (a failed batch: did it make any?)
         self._before_batch: tuple | None = None  # what a failed batch that made none restores (end_batch)
         faults.bind(clock)  # timed rules read the sandbox clock
         store.journal = self._finished
@@ -233,7 +233,7 @@ class World:
     def _finished(self, events: list[dict]) -> None:
         """A store operation ended: write it now, or with the caller's transaction when deferred."""
         self.pending.append(events)
-        self.operations += 1
+        self._operations += 1
         if not self.deferred:
             self.commit()
 
@@ -310,7 +310,7 @@ class World:
         if self.engine_defers:
             self.deferred = True
             self._before_batch = (None if self.pending else (
-                self.operations, self.faults.changes, self._faults_seen, self._faults_version, self._clock_saved))
+                self._operations, self.faults.changes, self._faults_seen, self._faults_version, self._clock_saved))
 
     def end_batch(self, committed: bool) -> None:
         """The batch's transaction ended; after a failure the view is rebuilt from the database,
@@ -336,7 +336,7 @@ class World:
         if before is None or self.pending:
             return False
         operations, changes, seen, version, clock_saved = before
-        if self.operations != operations or self.faults.changes != changes:
+        if self._operations != operations or self.faults.changes != changes:
             return False
         self._faults_seen, self._faults_version, self._clock_saved = seen, version, clock_saved
         return True

@@ -29,3 +29,15 @@ def another_host_tracks_first(sb, item_id: str) -> list[str]:
 
     sb.crm._write_release = other_host_first
     return raced
+
+
+def org_without_act(db_url: str):
+    """The suite's organization (seed 0) in ``db_url`` with ACT off in every mailbox: an ACT cycle
+    writes the claim on the mailbox, an Exchange operation, which a batch that only tracks mail
+    does not make."""
+    from simulator.testing import build_org
+
+    o = build_org(0, db_url=db_url)
+    for address in o.mailboxes:
+        o.set_mailbox(address, actdeliverymethod=2)
+    return o

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from pg import postgres_server, unavailable_reason
-from races import OTHER_HOSTS_ACTIVITY, another_host_tracks_first
+from races import OTHER_HOSTS_ACTIVITY, another_host_tracks_first, org_without_act
 from sqlalchemy import select, update
 
 from engine.service import SyncService
@@ -19,7 +19,7 @@ from simulator.crm.models import Email, Mailbox, TraceLog
 from simulator.crm.platform import Platform
 from simulator.exchange.mime import MessageData
 from simulator.sandbox import Sandbox
-from simulator.testing import ALICE, SUPPORT, build_org, msg
+from simulator.testing import ALICE, SUPPORT, msg
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
@@ -163,10 +163,7 @@ def test_a_release_that_loses_a_race_on_postgresql_drops_that_mailbox_alone(pg_d
     """The race of two hosts tracking the two copies of one message, on PostgreSQL (the release's
     executemany fails in psycopg's pipeline mode): only the mailbox whose message the other host
     tracked is done again."""
-    o = build_org(0, db_url=pg_db)
-    for address in o.mailboxes:
-        o.set_mailbox(address, actdeliverymethod=2)  # (ACT's claim is an Exchange change: no split)
-    sb = o.sb
+    sb = org_without_act(pg_db).sb
     copied = sb.deliver(msg("Quote", to=(ALICE,)))[ALICE]
     other = sb.deliver(msg("Question", to=(SUPPORT,)))[SUPPORT]
     raced = another_host_tracks_first(sb, copied)

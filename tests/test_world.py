@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from races import OTHER_HOSTS_ACTIVITY, another_host_tracks_first
+from races import OTHER_HOSTS_ACTIVITY, another_host_tracks_first, org_without_act
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from support import ALICE, BOB, CARL, SUPPORT, build_org, msg
@@ -443,12 +443,8 @@ def _exchange_items(sb) -> dict:
 
 def test_a_failed_batch_that_changed_nothing_in_exchange_keeps_the_view_and_tracks_once(tmp_path):
     """A batch that only tracked mail made no Exchange operation: when its release fails, the view
-    in memory is kept (the journal is not replayed) and the mail is tracked once when it is done again.
-    (ACT is off: its cycles write the claim on the mailbox, an Exchange operation.)"""
-    o = build_org(SEED, db_url=sqlite_url(tmp_path / "world.db"))
-    for address in o.mailboxes:
-        o.set_mailbox(address, actdeliverymethod=2)
-    sb = o.sb
+    in memory is kept (the journal is not replayed) and the mail is tracked once when it is done again."""
+    sb = org_without_act(sqlite_url(tmp_path / "world.db")).sb
     item = sb.deliver(msg("New mail", to=(ALICE,)))[ALICE]
     failures = _release_fails_once(sb)
     replays = _count_replays(sb)
@@ -478,10 +474,7 @@ def test_a_mailbox_whose_mail_another_host_tracked_first_is_dropped_alone(tmp_pa
     """Two hosts track the two copies of one message at once: the second release fails on the
     duplicate key. Only the mailbox whose message the other host tracked is dropped and done again
     (it then skips its copy as a duplicate); the rest of the batch is written."""
-    o = build_org(SEED, db_url=sqlite_url(tmp_path / "world.db"))
-    for address in o.mailboxes:
-        o.set_mailbox(address, actdeliverymethod=2)
-    sb = o.sb
+    sb = org_without_act(sqlite_url(tmp_path / "world.db")).sb
     copied = sb.deliver(msg("Quote", to=(ALICE,)))[ALICE]
     other = sb.deliver(msg("Question", to=(SUPPORT,)))[SUPPORT]
     raced = another_host_tracks_first(sb, copied)

@@ -192,6 +192,7 @@ class LeasingMixin:
         world = self.world
         # the pending rows as the batch made them: _flush hands them over and starts new lists
         made = (self._emails, self._parties, self._item_rows, self._send_updates, self._attempt_updates)
+        batch = updates
         dropped: list[str] = []
         committed = False
         try:
@@ -199,22 +200,17 @@ class LeasingMixin:
                 self._write_release(hostid, updates)
             except (IntegrityError, self.db.dialect.dbapi.IntegrityError):
                 lost = self._lost_to_other_hosts(updates, made)
-                dropped = [u.mailboxid for u in updates] if lost is None else sorted(lost)
                 if lost is None:
-                    with self._begin() as conn:
-                        conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(dropped)).values(
-                            processingstatecode=0, hostid=None))
-                    return dropped
+                    raise  # the whole batch goes (below)
+                dropped = sorted(lost)
                 updates = [u for u in updates if u.mailboxid not in lost]
                 self._write_release(hostid, updates, free=dropped)
             committed = True
         except (IntegrityError, self.db.dialect.dbapi.IntegrityError):
-            # (written again, it failed again: another host won a second race meanwhile) all of it is
-            # dropped
-            dropped = [u.mailboxid for u in updates] + dropped
+            # not to be split, or written again it failed again (another host won a second race)
+            dropped = [u.mailboxid for u in batch]
             with self._begin() as conn:
-                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(dropped)).values(
-                    processingstatecode=0, hostid=None))
+                self._free(conn, hostid, dropped)
             return dropped
         finally:
             if not committed:
@@ -241,10 +237,15 @@ class LeasingMixin:
                 self._prepared(("release", shape),
                                lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
             if free:
-                conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(free)).values(
-                    processingstatecode=0, hostid=None))
+                self._free(conn, hostid, free)
             if world is not None:  # the batch's Exchange changes commit with its CRM rows
                 world.sync(conn, reading=False)
+
+    @staticmethod
+    def _free(conn, hostid: str, mailboxids: list[str]) -> None:
+        """Free the mailboxes ``hostid`` leased, unchanged: they are done again."""
+        conn.execute(update(M).where(M.c.hostid == hostid, M.c.mailboxid.in_(mailboxids)).values(
+            processingstatecode=0, hostid=None))
 
     def _lost_to_other_hosts(self, updates: list[MailboxUpdate], made: tuple) -> set[str] | None:
         """After a release failed on a duplicate key: the mailboxes of the batch whose tracked mail
