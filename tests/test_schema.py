@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from simulator.cli import app
-from simulator.crm.db import SCHEMA_VERSION, DatabaseError, make_engine, sqlite_url
+from simulator.crm.db import PAGE_SIZE, SCHEMA_VERSION, DatabaseError, make_engine, sqlite_url
 
 
 def _schema(path: Path) -> str | None:
@@ -40,6 +40,41 @@ def test_a_new_database_records_the_schema_version(tmp_path):
     make_engine(sqlite_url(path)).dispose()
     assert _schema(path) == str(SCHEMA_VERSION)
     make_engine(sqlite_url(path)).dispose()  # and opens again
+    assert _schema(path) == str(SCHEMA_VERSION)
+
+
+def _page_size(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_new_database_takes_the_sandbox_page_size(tmp_path, durable):
+    path = tmp_path / "new.db"
+    make_engine(sqlite_url(path), durable=durable).dispose()
+    assert _page_size(path) == PAGE_SIZE != 4096
+
+
+def test_a_database_made_with_4_kib_pages_keeps_them_and_its_rows(tmp_path):
+    """Databases made before the page size changed open as they are, and stay writable."""
+    path = tmp_path / "old.db"
+    make_engine(sqlite_url(path)).dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO simulatorstate (key, value) VALUES ('kept', 'yes')")
+    conn.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    assert _page_size(path) == 4096
+    engine = make_engine(sqlite_url(path), durable=False)
+    with engine.begin() as c:
+        c.exec_driver_sql("INSERT INTO simulatorstate (key, value) VALUES ('written', 'after')")
+        assert c.exec_driver_sql("SELECT value FROM simulatorstate WHERE key = 'kept'").scalar() == "yes"
+    engine.dispose()
+    assert _page_size(path) == 4096
     assert _schema(path) == str(SCHEMA_VERSION)
 
 
