@@ -30,8 +30,14 @@ a trivial check, push the next time five minutes later), the least any scheduler
 can cost. The database floor (``db_floor_*``, ``ratio_to_db_floor``) is a bare loop in raw sqlite3
 that leases and releases as many mailbox rows as the engine leased (``mailbox_leases``), in
 batches of 2,000 with a commit each, on a table of the five integer columns a lease needs: the
-least a scheduler whose state is in the database can cost. ``polls_per_cpu_s`` and
-``emails_per_cpu_s`` divide by the run's CPU time, which moves less with the machine's load.
+least a scheduler whose state is in the database can cost. The mailbox-row floor
+(``db_row_floor_*``, ``ratio_to_db_row_floor``) runs the engine's own lease and release statements
+(:mod:`simulator.crm.leasing`) as many times, in raw sqlite3, on a copy of the run's mailbox table,
+each release writing what a quiet cycle writes: what the mailbox row as SPEC section 1 has it costs
+before any of the engine's code. The first floor against the second is the schema's share; the
+second against the run is the engine's own (its Python, the fake Exchange, the email rows).
+``polls_per_cpu_s`` and ``emails_per_cpu_s`` divide by the run's CPU time, which moves less with
+the machine's load.
 
 ``--repeat N`` makes N runs (each on a new database; with ``--act`` ACT off and on alternate) and
 reports the least and the median wall and CPU time, the figures of the median run and the best
@@ -54,9 +60,10 @@ import sqlite3
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import insert, update
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from benchmarks.report import (
     Parser,
@@ -74,7 +81,8 @@ from benchmarks.report import (
 )
 from engine.ports import ActMethod, Status
 from simulator.bulk_org import BulkOrg, build, schedule_traffic
-from simulator.crm.db import sqlite_url
+from simulator.crm.db import sqlite_url, tune_new_sqlite
+from simulator.crm.leasing import LEASE_TIMEOUT, lease_statement, release_statement
 from simulator.crm.models import DEFAULT_SYNC_FILTERS, Mailbox, UserQuery, default_filter
 from simulator.sandbox import Sandbox
 from simulator.traffic import Party, TrafficMix, TrafficPlan
@@ -126,8 +134,7 @@ def db_floor_loop(leases: int, mailboxes: int, directory: str, batch: int = 2000
     with the sandbox's pragmas. What a database-backed scheduler in Python cannot go below."""
     path = os.path.join(directory, "floor.db")
     con = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=OFF", "wal_autocheckpoint=10000", "cache_size=-65536"):
-        con.execute(f"PRAGMA {pragma}")
+    tune_new_sqlite(con)
     con.execute("CREATE TABLE lease (id INTEGER PRIMARY KEY, due INTEGER NOT NULL, state INTEGER NOT NULL,"
                 " host TEXT, leased INTEGER)")
     con.execute("CREATE INDEX lease_due ON lease (due, id) WHERE state = 0")
@@ -149,6 +156,79 @@ def db_floor_loop(leases: int, mailboxes: int, directory: str, batch: int = 2000
             con.execute("COMMIT")
             done += len(rows)
     con.close()
+    return t
+
+
+# What a quiet cycle (incoming and outgoing ran and found nothing) writes to its mailbox at the
+# release, in the order the engine sets the columns (tests/test_benchmark_report.py checks it
+# against the engine's own release).
+QUIET_CYCLE = (
+    "lastincomingstartedon", "itemsprocessedforlastsync", "itemsfailedforlastsync", "noemailcount",
+    "receivingpostponeduntil", "incomingtransientfailurecount", "incomingemailstatus", "transientfailurecount",
+    "lastsuccessfulsynccompletedon", "lastoutgoingstartedon", "postponesendinguntil",
+    "outgoingtransientfailurecount", "outgoingemailstatus", "postponemailboxprocessinguntil", "mailboxstatus",
+)
+
+
+def db_row_floor_loop(leases: int, db_path: str, directory: str, batch: int = 2000,
+                      cadence_s: int = 300) -> Timing:
+    """Wall and CPU time the engine's own lease and release statements take in raw sqlite3 for
+    ``leases`` mailboxes, with no engine code around them: on a copy of the run's mailbox table
+    (every mailbox column of SPEC 1, the same indexes, the sandbox's pragmas), each batch leases up
+    to ``batch`` due mailboxes (the lease's ``UPDATE ... RETURNING`` of the columns a cycle reads),
+    commits, releases each with what a quiet cycle writes (one executemany) and commits. What this
+    schema costs a database-backed scheduler; the run's database is not changed."""
+    path = os.path.join(directory, "rowfloor.db")
+    con = sqlite3.connect(path, isolation_level=None)
+    tune_new_sqlite(con)
+    con.execute("ATTACH DATABASE ? AS run", (db_path,))
+    for (sql,) in con.execute("SELECT sql FROM run.sqlite_master WHERE tbl_name = 'mailbox' AND sql IS NOT NULL"
+                              " ORDER BY type = 'index'").fetchall():
+        con.execute(sql)  # the table first, then its indexes
+    con.execute("INSERT INTO main.mailbox SELECT * FROM run.mailbox")
+    con.execute("DETACH DATABASE run")
+    dialect = sqlite_dialect.dialect()  # "?" parameters, bound by position as the engine binds them
+    lease = lease_statement(postgres=False).compile(dialect=dialect)
+    release = release_statement(QUIET_CYCLE).compile(dialect=dialect)
+    lease_sql, lease_params = lease.string, lease.params  # the statements' constants, once
+    release_sql, release_params = release.string, release.params
+    mailbox_at = release.positiontup.index("b_mailboxid")
+    step = timedelta(seconds=cadence_s)
+    start = datetime(2030, 1, 1)
+    stamp = "%Y-%m-%d %H:%M:%S.%f"  # how the sandbox stores an instant in SQLite
+    con.execute("UPDATE mailbox SET processingstatecode = 0, hostid = NULL, postponemailboxprocessinguntil = ?",
+                (start.strftime(stamp),))
+    now, done = start, 0
+    with timed() as t:
+        while done < leases:
+            at = now.strftime(stamp)
+            params = dict(lease_params, now=at, stale=(now - LEASE_TIMEOUT).strftime(stamp),
+                          limit=min(batch, leases - done), hostid="floor")
+            con.execute("BEGIN")
+            rows = con.execute(lease_sql, [params[name] for name in lease.positiontup]).fetchall()
+            con.execute("COMMIT")
+            if not rows:  # nothing due: on to the next due time
+                now += step
+                continue
+            nxt = (now + step).strftime(stamp)
+            quiet = dict(release_params, lastincomingstartedon=at, itemsprocessedforlastsync=0, itemsfailedforlastsync=0,
+                         noemailcount=1, receivingpostponeduntil=nxt, incomingtransientfailurecount=0,
+                         incomingemailstatus=1, transientfailurecount=0, lastsuccessfulsynccompletedon=at,
+                         lastoutgoingstartedon=at, postponesendinguntil=nxt, outgoingtransientfailurecount=0,
+                         outgoingemailstatus=1, postponemailboxprocessinguntil=nxt, mailboxstatus=1,
+                         b_hostid="floor", b_mailboxid=None)
+            values = tuple(quiet[name] for name in release.positiontup)
+            before, after = values[:mailbox_at], values[mailbox_at + 1:]
+            con.execute("BEGIN")
+            freed = con.executemany(release_sql, [(*before, r[0], *after) for r in rows]).rowcount
+            con.execute("COMMIT")
+            if freed != len(rows):
+                raise RuntimeError(f"the row floor's release freed {freed} of the {len(rows)} mailboxes it leased")
+            done += len(rows)
+    con.close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
     return t
 
 
@@ -193,6 +273,7 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
         floor_t = floor_loop(polls, mailboxes)
         floor_share = check_share(floor_t, "the floor (bare heap loop)")
         db_floor_t = db_floor_loop(stats.cycles, mailboxes, os.path.dirname(os.path.abspath(db_path)))
+        row_floor_t = db_row_floor_loop(stats.cycles, db_path, os.path.dirname(os.path.abspath(db_path)))
         polls_per_s = polls / wall if wall else 0.0
         floor_polls_per_s = polls / floor_t.wall if floor_t.wall else 0.0
         result = dict(
@@ -214,6 +295,9 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
             polls_per_cpu_s=round(polls / cpu, 1) if cpu else 0.0,
             db_floor_polls_per_cpu_s=round(polls / db_floor_t.cpu, 1) if db_floor_t.cpu else 0.0,
             ratio_to_db_floor=round(cpu / db_floor_t.cpu, 2) if db_floor_t.cpu else None,
+            db_row_floor_cpu_seconds=round(row_floor_t.cpu, 2),
+            db_row_floor_polls_per_cpu_s=round(polls / row_floor_t.cpu, 1) if row_floor_t.cpu else 0.0,
+            ratio_to_db_row_floor=round(cpu / row_floor_t.cpu, 2) if row_floor_t.cpu else None,
             emails_per_cpu_s=round(stats.emails_tracked / cpu, 1) if cpu else 0.0,
             setup_seconds=round(setup_s, 2),
             wall_seconds=round(wall, 2),
@@ -297,6 +381,9 @@ def _rows(result: dict) -> list[tuple[str, str]]:
         ("database floor: leases (raw sqlite3)", f"{result['mailbox_leases']:,} in {result['db_floor_cpu_seconds']:.2f} s CPU"),
         ("database floor polls / CPU s", f"{result['db_floor_polls_per_cpu_s']:,.0f}"),
         ("ratio to database floor (CPU)", f"{result['ratio_to_db_floor']}x"),
+        ("mailbox-row floor: the same leases on the mailbox table", f"{result['db_row_floor_cpu_seconds']:.2f} s CPU"),
+        ("mailbox-row floor polls / CPU s", f"{result['db_row_floor_polls_per_cpu_s']:,.0f}"),
+        ("ratio to mailbox-row floor (CPU)", f"{result['ratio_to_db_row_floor']}x"),
         ("floor (bare heap loop) polls / s", f"{result['floor_polls_per_s']:,.0f}"),
         ("ratio to floor", f"{result['ratio_to_floor']}x"),
         ("floor's share of a core (least)",

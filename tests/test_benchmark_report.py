@@ -73,6 +73,44 @@ def test_act_switched_on_in_bulk_runs_act_cycles_and_syncs_the_seeded_changes(tm
     assert not stats.errors
 
 
+def test_the_mailbox_row_floor_releases_what_a_quiet_cycle_writes_and_leaves_the_run_alone(tmp_path):
+    """The row floor's release is the engine's: the columns it writes are those a quiet cycle of the
+    engine writes, in the same order; it leases and releases every lease asked for, on a copy."""
+    import sqlite3
+
+    from simulator.bulk_org import build
+    from simulator.crm.db import sqlite_url
+
+    path = tmp_path / "quiet.db"
+    org = build(20, 3, sqlite_url(path))
+    sb = org.sandbox
+    shapes = []
+    release = sb.crm.release
+
+    def watched(hostid, updates):
+        shapes.extend(tuple(u.values) for u in updates)
+        return release(hostid, updates)
+
+    sb.crm.release = watched
+    asyncio.run(sb.run_for(3600))
+    cycles = sb.engine.stats.cycles
+    sb.close()
+    # the first cycle of a mailbox finds its folders new; those after it are quiet
+    assert shapes.count(simulation.QUIET_CYCLE) >= cycles - 2 * 20 > 0
+
+    def table():
+        with sqlite3.connect(path) as con:
+            return con.execute("SELECT * FROM mailbox ORDER BY mailboxid").fetchall()
+
+    before = table()
+    leases = 3 * 20 + 7  # more than one round of the table: mailboxes come due again
+    # it raises if a release frees fewer mailboxes than its lease took
+    t = simulation.db_row_floor_loop(leases, str(path), str(tmp_path), batch=8)
+    assert t.cpu > 0
+    assert table() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("rowfloor")] == []
+
+
 # -- the instruction count comparison (benchmarks/instructions.py) ------------------------------
 
 @pytest.mark.parametrize("argv, flag", [

@@ -57,7 +57,7 @@ def _any_due_statement():
     return _due_select().limit(1)
 
 
-def _lease_statement(postgres: bool):
+def lease_statement(postgres: bool):
     """Take up to ``:limit`` due mailboxes (free, or leased longer ago than ``:stale``) for ``:hostid``."""
     now = bindparam("now", type_=M.c.processinglastattemptedon.type)
     due = (
@@ -114,6 +114,12 @@ def _update_statement(shape: tuple[str, ...], *, release: bool = False):
     return update(M).where(*where).values(values)
 
 
+def release_statement(shape: tuple[str, ...]):
+    """The release of one leased mailbox: the columns of ``shape`` set, the mailbox freed, where
+    ``b_hostid`` still holds its lease."""
+    return _update_statement(shape, release=True)
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -147,7 +153,7 @@ class LeasingMixin:
 
     def lease_due(self, hostid: str, now: datetime, limit: int) -> list[MailboxWork]:
         params = dict(now=now, stale=now - LEASE_TIMEOUT, limit=limit, hostid=hostid)
-        lease = self._prepared(("lease",), lambda: _lease_statement(self._postgres))
+        lease = self._prepared(("lease",), lambda: lease_statement(self._postgres))
         senders = self._prepared(("pending_senders",), _pending_senders_statement)
         with self.db.connect() as conn:
             if not self._prepared(("any_due",), _any_due_statement).fetchall(conn, params):
@@ -235,7 +241,7 @@ class LeasingMixin:
             self._flush(conn)
             for shape, rows in shapes.items():
                 self._prepared(("release", shape),
-                               lambda shape=shape: _update_statement(shape, release=True)).executemany(conn, rows)
+                               lambda shape=shape: release_statement(shape)).executemany(conn, rows)
             if free:
                 self._free(conn, hostid, free)
             if world is not None:  # the batch's Exchange changes commit with its CRM rows
