@@ -267,6 +267,7 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
             else:
                 asyncio.run(_run(sb, hours))
         gc.unfreeze()
+        rss_mb = peak_rss_mb()  # the organization's and the run's, before the floors add their own
         wall, cpu = run_t.wall, run_t.cpu
         stats = sb.engine.stats
         polls = stats.polls
@@ -287,7 +288,7 @@ def run(mailboxes: int, hours: float, seed: int, per_mailbox_day: float, db_path
             emails_per_s=round(stats.emails_tracked / wall, 1) if wall else 0.0,
             polls_by_workload=dict(sorted(stats.polls_by_workload.items())),
             errors=sum(stats.errors.values()),
-            peak_rss_mb=round(peak_rss_mb(), 1),
+            peak_rss_mb=round(rss_mb, 1),
             floor_polls_per_s=round(floor_polls_per_s, 1),
             ratio_to_floor=round(floor_polls_per_s / polls_per_s, 2) if polls_per_s else None,
             mailbox_leases=stats.cycles,

@@ -111,6 +111,22 @@ def test_the_mailbox_row_floor_releases_what_a_quiet_cycle_writes_and_leaves_the
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("rowfloor")] == []
 
 
+def test_the_peak_rss_reported_is_the_runs_read_before_the_floors_run(monkeypatch):
+    """The mailbox-row floor copies the mailbox table with a page cache of its own: the memory a
+    run reports must not include it."""
+    calls = []
+
+    def floor(*args, **kwargs):
+        calls.append("floor")
+        return report.Timing(wall=1.0, cpu=1.0)
+
+    monkeypatch.setattr(simulation, "db_floor_loop", floor)
+    monkeypatch.setattr(simulation, "db_row_floor_loop", floor)
+    monkeypatch.setattr(simulation, "peak_rss_mb", lambda: calls.append("rss") or 123.0)
+    result = simulation.run(20, 0.1, 1, 10.0, None)
+    assert calls == ["rss", "floor", "floor"] and result["peak_rss_mb"] == 123.0
+
+
 # -- the instruction count comparison (benchmarks/instructions.py) ------------------------------
 
 @pytest.mark.parametrize("argv, flag", [
