@@ -60,7 +60,9 @@ import sqlite3
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -125,6 +127,44 @@ def floor_loop(polls: int, mailboxes: int, cadence_s: float = 300.0) -> Timing:
     return t
 
 
+@contextmanager
+def _scratch_database(directory: str, name: str) -> Iterator[sqlite3.Connection]:
+    """A raw sqlite3 database of its own for a floor, with the sandbox's pragmas; removed after."""
+    path = os.path.join(directory, name)
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        tune_new_sqlite(con)
+        yield con
+    finally:
+        con.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+
+
+def _timed_leases(con: sqlite3.Connection, leases: int, batch: int, now, lease, release, advance) -> Timing:
+    """The floors' timed loop, batch by batch as the engine goes: ``lease(now, limit)`` takes up to
+    ``limit`` due mailboxes and commits; when none is due, ``advance(now)`` gives the next due time;
+    ``release(now, rows)`` frees them with their next due time (and says how many it freed) and
+    commits. Until ``leases`` mailboxes were leased and released."""
+    done = 0
+    with timed() as t:
+        while done < leases:
+            con.execute("BEGIN")
+            rows = lease(now, min(batch, leases - done))
+            con.execute("COMMIT")
+            if not rows:  # nothing due: on to the next due time
+                now = advance(now)
+                continue
+            con.execute("BEGIN")
+            freed = release(now, rows)
+            con.execute("COMMIT")
+            if freed != len(rows):
+                raise RuntimeError(f"a floor's release freed {freed} of the {len(rows)} mailboxes it leased")
+            done += len(rows)
+    return t
+
+
 def db_floor_loop(leases: int, mailboxes: int, directory: str, batch: int = 2000,
                   cadence_s: int = 300) -> Timing:
     """Wall and CPU time a bare loop in raw sqlite3 takes to lease and release ``leases`` mailbox
@@ -132,31 +172,20 @@ def db_floor_loop(leases: int, mailboxes: int, directory: str, batch: int = 2000
     (id, due time, state, host, leased at), each batch is one ``UPDATE ... RETURNING`` of up to
     ``batch`` due free rows, one executemany that frees them with the next due time, and one commit,
     with the sandbox's pragmas. What a database-backed scheduler in Python cannot go below."""
-    path = os.path.join(directory, "floor.db")
-    con = sqlite3.connect(path, isolation_level=None)
-    tune_new_sqlite(con)
-    con.execute("CREATE TABLE lease (id INTEGER PRIMARY KEY, due INTEGER NOT NULL, state INTEGER NOT NULL,"
-                " host TEXT, leased INTEGER)")
-    con.execute("CREATE INDEX lease_due ON lease (due, id) WHERE state = 0")
-    con.executemany("INSERT INTO lease VALUES (?, 0, 0, NULL, NULL)", ((i,) for i in range(mailboxes)))
-    lease_sql = ("UPDATE lease SET state = 1, host = 'floor', leased = :now WHERE id IN "
-                 "(SELECT id FROM lease WHERE state = 0 AND due <= :now ORDER BY due, id LIMIT :n) RETURNING id, due")
-    release_sql = "UPDATE lease SET state = 0, host = NULL, due = ? WHERE id = ? AND host = 'floor'"
-    now, done = 0, 0
-    with timed() as t:
-        while done < leases:
-            con.execute("BEGIN")
-            rows = con.execute(lease_sql, {"now": now, "n": min(batch, leases - done)}).fetchall()
-            con.execute("COMMIT")
-            if not rows:  # nothing due: on to the next due time
-                now = con.execute("SELECT min(due) FROM lease WHERE state = 0").fetchone()[0]
-                continue
-            con.execute("BEGIN")
-            con.executemany(release_sql, [(now + cadence_s, r[0]) for r in rows])
-            con.execute("COMMIT")
-            done += len(rows)
-    con.close()
-    return t
+    with _scratch_database(directory, "floor.db") as con:
+        con.execute("CREATE TABLE lease (id INTEGER PRIMARY KEY, due INTEGER NOT NULL, state INTEGER NOT NULL,"
+                    " host TEXT, leased INTEGER)")
+        con.execute("CREATE INDEX lease_due ON lease (due, id) WHERE state = 0")
+        con.executemany("INSERT INTO lease VALUES (?, 0, 0, NULL, NULL)", ((i,) for i in range(mailboxes)))
+        lease_sql = ("UPDATE lease SET state = 1, host = 'floor', leased = :now WHERE id IN "
+                     "(SELECT id FROM lease WHERE state = 0 AND due <= :now ORDER BY due, id LIMIT :n) RETURNING id, due")
+        release_sql = "UPDATE lease SET state = 0, host = NULL, due = ? WHERE id = ? AND host = 'floor'"
+        return _timed_leases(
+            con, leases, batch, 0,
+            lease=lambda now, n: con.execute(lease_sql, {"now": now, "n": n}).fetchall(),
+            release=lambda now, rows: con.executemany(release_sql, [(now + cadence_s, r[0]) for r in rows]).rowcount,
+            advance=lambda now: con.execute("SELECT min(due) FROM lease WHERE state = 0").fetchone()[0],
+        )
 
 
 # What a quiet cycle (incoming and outgoing ran and found nothing) writes to its mailbox at the
@@ -178,58 +207,42 @@ def db_row_floor_loop(leases: int, db_path: str, directory: str, batch: int = 20
     to ``batch`` due mailboxes (the lease's ``UPDATE ... RETURNING`` of the columns a cycle reads),
     commits, releases each with what a quiet cycle writes (one executemany) and commits. What this
     schema costs a database-backed scheduler; the run's database is not changed."""
-    path = os.path.join(directory, "rowfloor.db")
-    con = sqlite3.connect(path, isolation_level=None)
-    tune_new_sqlite(con)
-    con.execute("ATTACH DATABASE ? AS run", (db_path,))
-    for (sql,) in con.execute("SELECT sql FROM run.sqlite_master WHERE tbl_name = 'mailbox' AND sql IS NOT NULL"
-                              " ORDER BY type = 'index'").fetchall():
-        con.execute(sql)  # the table first, then its indexes
-    con.execute("INSERT INTO main.mailbox SELECT * FROM run.mailbox")
-    con.execute("DETACH DATABASE run")
     dialect = sqlite_dialect.dialect()  # "?" parameters, bound by position as the engine binds them
     lease = lease_statement(postgres=False).compile(dialect=dialect)
     release = release_statement(QUIET_CYCLE).compile(dialect=dialect)
-    lease_sql, lease_params = lease.string, lease.params  # the statements' constants, once
-    release_sql, release_params = release.string, release.params
+    lease_params, release_params = lease.params, release.params  # the statements' constants, once
     mailbox_at = release.positiontup.index("b_mailboxid")
+    stored = Mailbox.__table__.c.postponemailboxprocessinguntil.type
+    instant = stored.dialect_impl(dialect).bind_processor(dialect)  # an instant as the sandbox stores it
     step = timedelta(seconds=cadence_s)
-    start = datetime(2030, 1, 1)
-    stamp = "%Y-%m-%d %H:%M:%S.%f"  # how the sandbox stores an instant in SQLite
-    con.execute("UPDATE mailbox SET processingstatecode = 0, hostid = NULL, postponemailboxprocessinguntil = ?",
-                (start.strftime(stamp),))
-    now, done = start, 0
-    with timed() as t:
-        while done < leases:
-            at = now.strftime(stamp)
-            params = dict(lease_params, now=at, stale=(now - LEASE_TIMEOUT).strftime(stamp),
-                          limit=min(batch, leases - done), hostid="floor")
-            con.execute("BEGIN")
-            rows = con.execute(lease_sql, [params[name] for name in lease.positiontup]).fetchall()
-            con.execute("COMMIT")
-            if not rows:  # nothing due: on to the next due time
-                now += step
-                continue
-            nxt = (now + step).strftime(stamp)
-            quiet = dict(release_params, lastincomingstartedon=at, itemsprocessedforlastsync=0, itemsfailedforlastsync=0,
-                         noemailcount=1, receivingpostponeduntil=nxt, incomingtransientfailurecount=0,
-                         incomingemailstatus=1, transientfailurecount=0, lastsuccessfulsynccompletedon=at,
-                         lastoutgoingstartedon=at, postponesendinguntil=nxt, outgoingtransientfailurecount=0,
-                         outgoingemailstatus=1, postponemailboxprocessinguntil=nxt, mailboxstatus=1,
-                         b_hostid="floor", b_mailboxid=None)
-            values = tuple(quiet[name] for name in release.positiontup)
-            before, after = values[:mailbox_at], values[mailbox_at + 1:]
-            con.execute("BEGIN")
-            freed = con.executemany(release_sql, [(*before, r[0], *after) for r in rows]).rowcount
-            con.execute("COMMIT")
-            if freed != len(rows):
-                raise RuntimeError(f"the row floor's release freed {freed} of the {len(rows)} mailboxes it leased")
-            done += len(rows)
-    con.close()
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    return t
+
+    def take(now: datetime, limit: int) -> list:
+        params = dict(lease_params, now=instant(now), stale=instant(now - LEASE_TIMEOUT), limit=limit, hostid="floor")
+        return con.execute(lease.string, [params[name] for name in lease.positiontup]).fetchall()
+
+    def free(now: datetime, rows: list) -> int:
+        at, nxt = instant(now), instant(now + step)
+        quiet = dict(release_params, lastincomingstartedon=at, itemsprocessedforlastsync=0, itemsfailedforlastsync=0,
+                     noemailcount=1, receivingpostponeduntil=nxt, incomingtransientfailurecount=0,
+                     incomingemailstatus=1, transientfailurecount=0, lastsuccessfulsynccompletedon=at,
+                     lastoutgoingstartedon=at, postponesendinguntil=nxt, outgoingtransientfailurecount=0,
+                     outgoingemailstatus=1, postponemailboxprocessinguntil=nxt, mailboxstatus=1,
+                     b_hostid="floor", b_mailboxid=None)
+        values = tuple(quiet[name] for name in release.positiontup)
+        before, after = values[:mailbox_at], values[mailbox_at + 1:]
+        return con.executemany(release.string, [(*before, r[0], *after) for r in rows]).rowcount
+
+    with _scratch_database(directory, "rowfloor.db") as con:
+        con.execute("ATTACH DATABASE ? AS run", (db_path,))
+        for (sql,) in con.execute("SELECT sql FROM run.sqlite_master WHERE tbl_name = 'mailbox' AND sql IS NOT NULL"
+                                  " ORDER BY type = 'index'").fetchall():
+            con.execute(sql)  # the table first, then its indexes
+        con.execute("INSERT INTO main.mailbox SELECT * FROM run.mailbox")
+        con.execute("DETACH DATABASE run")
+        start = datetime(2030, 1, 1, tzinfo=UTC)
+        con.execute("UPDATE mailbox SET processingstatecode = 0, hostid = NULL, postponemailboxprocessinguntil = ?",
+                    (instant(start),))
+        return _timed_leases(con, leases, batch, start, take, free, advance=lambda now: now + step)
 
 
 def peak_rss_mb() -> float:

@@ -90,13 +90,10 @@ def _tune_sqlite(dbapi_connection, _record, durable: bool = True) -> None:
     cur.close()
 
 
-def _tune_sqlite_fast(dbapi_connection, record) -> None:
+def tune_new_sqlite(dbapi_connection, record=None) -> None:
+    """Give a sqlite3 connection the pragmas of a sandbox's database (``durable=False``); also the
+    engine's connect hook for one."""
     _tune_sqlite(dbapi_connection, record, durable=False)
-
-
-def tune_new_sqlite(dbapi_connection) -> None:
-    """Give a raw sqlite3 connection the pragmas of a sandbox's database (``durable=False``)."""
-    _tune_sqlite(dbapi_connection, None, durable=False)
 
 
 def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = True) -> Engine:
@@ -123,7 +120,7 @@ def make_engine(url: str = MEMORY_URL, *, create: bool = True, durable: bool = T
     except Exception as exc:  # unknown dialect, missing driver
         raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _tune_sqlite if durable else _tune_sqlite_fast)
+        event.listen(engine, "connect", _tune_sqlite if durable else tune_new_sqlite)
     elif engine.dialect.driver == "psycopg":
         _quiet_pipeline_abort()
     if create:
