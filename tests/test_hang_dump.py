@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import hang_dump
+import pytest
 
 
 def test_the_dump_names_the_waiting_task_and_the_loops_timers():
@@ -47,7 +48,10 @@ def test_the_dump_names_the_waiting_task_and_the_loops_timers():
     assert "timer at" in text and "<lambda>" in text
 
 
-def test_a_test_past_the_limit_gets_the_dump_and_still_passes(tmp_path: Path):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist-workers"])
+def test_a_test_past_the_limit_gets_the_dump_and_still_passes(tmp_path: Path, workers: list[str]):
+    """Also when the suite runs in pytest-xdist's workers, as ``pytest`` does by default here: the
+    dump is written past the capture, to the terminal the suite was started from."""
     tests = Path(__file__).parent
     (tmp_path / "conftest.py").write_text((tests / "conftest.py").read_text())
     (tmp_path / "test_slow.py").write_text(textwrap.dedent("""
@@ -57,7 +61,7 @@ def test_a_test_past_the_limit_gets_the_dump_and_still_passes(tmp_path: Path):
             asyncio.run(asyncio.sleep(1.0))
     """))
     env = {"SSS_TEST_HANG_DUMP_S": "0.3", "PYTHONPATH": str(tests), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "test_slow.py::test_slow still running after 0.3 s" in done.stdout + done.stderr
