@@ -190,13 +190,17 @@ def db_floor_loop(leases: int, mailboxes: int, directory: str, batch: int = 2000
 
 # What a quiet cycle (incoming and outgoing ran and found nothing) writes to its mailbox at the
 # release, in the order the engine sets the columns (tests/test_benchmark_report.py checks it
-# against the engine's own release).
-QUIET_CYCLE = (
-    "lastincomingstartedon", "itemsprocessedforlastsync", "itemsfailedforlastsync", "noemailcount",
-    "receivingpostponeduntil", "incomingtransientfailurecount", "incomingemailstatus", "transientfailurecount",
-    "lastsuccessfulsynccompletedon", "lastoutgoingstartedon", "postponesendinguntil",
-    "outgoingtransientfailurecount", "outgoingemailstatus", "postponemailboxprocessinguntil", "mailboxstatus",
-)
+# against the engine's own release): each column with its value, _START for the cycle's start and
+# _NEXT for the next due time.
+_START, _NEXT = object(), object()
+_QUIET_VALUES = {
+    "lastincomingstartedon": _START, "itemsprocessedforlastsync": 0, "itemsfailedforlastsync": 0, "noemailcount": 1,
+    "receivingpostponeduntil": _NEXT, "incomingtransientfailurecount": 0, "incomingemailstatus": 1,
+    "transientfailurecount": 0, "lastsuccessfulsynccompletedon": _START, "lastoutgoingstartedon": _START,
+    "postponesendinguntil": _NEXT, "outgoingtransientfailurecount": 0, "outgoingemailstatus": 1,
+    "postponemailboxprocessinguntil": _NEXT, "mailboxstatus": 1,
+}
+QUIET_CYCLE = tuple(_QUIET_VALUES)
 
 
 def db_row_floor_loop(leases: int, db_path: str, directory: str, batch: int = 2000,
@@ -222,12 +226,8 @@ def db_row_floor_loop(leases: int, db_path: str, directory: str, batch: int = 20
 
     def free(now: datetime, rows: list) -> int:
         at, nxt = instant(now), instant(now + step)
-        quiet = dict(release_params, lastincomingstartedon=at, itemsprocessedforlastsync=0, itemsfailedforlastsync=0,
-                     noemailcount=1, receivingpostponeduntil=nxt, incomingtransientfailurecount=0,
-                     incomingemailstatus=1, transientfailurecount=0, lastsuccessfulsynccompletedon=at,
-                     lastoutgoingstartedon=at, postponesendinguntil=nxt, outgoingtransientfailurecount=0,
-                     outgoingemailstatus=1, postponemailboxprocessinguntil=nxt, mailboxstatus=1,
-                     b_hostid="floor", b_mailboxid=None)
+        quiet = dict(release_params, b_hostid="floor", b_mailboxid=None)
+        quiet.update((name, at if v is _START else nxt if v is _NEXT else v) for name, v in _QUIET_VALUES.items())
         values = tuple(quiet[name] for name in release.positiontup)
         before, after = values[:mailbox_at], values[mailbox_at + 1:]
         return con.executemany(release.string, [(*before, r[0], *after) for r in rows]).rowcount
