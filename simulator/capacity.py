@@ -691,10 +691,20 @@ FIGURES = (
 )
 
 
+def _text(value: Any) -> str:
+    """A field's value as the planner would write it (1 h, not 1.0 h)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _value(request: Request, run: dict[str, Any]) -> str:
+    """The swept field's value in a run."""
+    return _text(run["inputs"][request.sweep_field])
+
+
 def _label(request: Request, run: dict[str, Any]) -> str:
     if request.sweep_field is None:
         return "this run"
-    return f"{request.sweep_field} = {run['inputs'][request.sweep_field]}"
+    return f"{request.sweep_field} = {_value(request, run)}"
 
 
 def _png(fig) -> str:
@@ -706,47 +716,89 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _legend(fig, ax) -> None:
-    """A few entries inside the plot; more below it, where they hide no line."""
+def _legend(fig, ax, empty: str = "", title: str | None = None) -> None:
+    """A few entries inside the plot; more below it, where they hide no line, in as many columns as fit
+    the picture's width; a plot with nothing drawn says ``empty`` instead. ``title``: what the entries
+    are (in a sweep, the swept field, whose values are the entries)."""
     handles, labels = ax.get_legend_handles_labels()
+    if not handles:  # matplotlib would warn of a legend without entries
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="grey")
+        return
+    style = {"fontsize": "small", "title": title, "title_fontsize": "small"}
     if len(handles) <= 3:
-        ax.legend(fontsize="small")
-    else:
-        fig.legend(handles, labels, loc="outside lower center", ncols=3 if len(handles) > 4 else 4,
-                   fontsize="small", frameon=False)
+        ax.legend(**style)
+        return
+    renderer = fig.canvas.get_renderer()
+    for ncols in range(4 if len(handles) == 4 else 3, 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols, frameon=False, **style)
+        if ncols == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+            return
+        legend.remove()
 
 
 def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    def new(ylabel: str, xlabel: str = "simulated hours since the start"):
+    hours = max(run["inputs"]["hours"] for run in runs)
+    by_minute_x = "simulated hours since the start"
+    by_hour_x = "simulated hours since the start (a point per hour, at its middle)"
+
+    def new(ylabel: str, xlabel: str = by_minute_x):
         fig = Figure(figsize=(9.5, 4.0), layout="constrained")
+        FigureCanvasAgg(fig)  # a renderer, to measure the legend
         ax = fig.subplots()
+        if xlabel in (by_minute_x, by_hour_x):
+            ax.set_xlim(0, hours)  # the whole run, even where a plot has few points
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         return fig, ax
 
-    sweep = request.sweep_field is not None
-    colors = [f"C{i % 10}" for i in range(len(runs))]
-    minute_x = [(i + 1) / 60 for i in range(len(runs[0]["per_minute"]["backlog"]))]
-    out: dict[str, str] = {}
+    def counted(ax) -> None:
+        """A count's axis: from 0, whole numbers, and at least up to 1 (when all are 0)."""
+        ax.set_ylim(0, max(1, ax.get_ylim()[1]))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
-    fig, ax = new("minutes")
+    def hour_x(run: dict[str, Any], n: int) -> list[float]:
+        """Where a run's per-hour amounts go: the middle of their hour (the last one may be short)."""
+        return [(h + min(h + 1, run["inputs"]["hours"])) / 2 for h in range(n)]
+
+    sweep = request.sweep_field is not None
+    swept = request.sweep_field  # the legends' title in a sweep: each entry is one of its values
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+
+    def label(run: dict[str, Any], alone: str) -> str:  # a run's entry: its value in a sweep
+        return _value(request, run) if sweep else alone
+
+    def by_minute(ax, series: list, **style) -> None:
+        """A per-minute series against its own run's time (a sweep of the hours gives runs of other lengths);
+        a sample is the state at the end of its minute."""
+        ax.plot([(i + 1) / 60 for i in range(len(series))], series, **style)
+
+    out: dict[str, str] = {}
+    no_mail = "no email became an activity"
+
+    fig, ax = new("minutes", by_hour_x)
+    if sweep:  # one entry per value in the legend; the two lines of a value told apart here
+        ax.set_title("p95: solid line, dots; p50: dashed line, crosses", loc="left", fontsize="small")
     for run, color in zip(runs, colors, strict=True):
         lat = run["per_hour"]["latency_seconds"]
-        hx = [h + 0.5 for h in range(len(lat["p50"]))]
+        if not any(lat["count"]):
+            continue
+        hx = hour_x(run, len(lat["p50"]))
 
         def minutes(series, hx=hx):
             return [x for x, v in zip(hx, series, strict=True) if v is not None], \
                 [v / 60 for v in series if v is not None]
         if sweep:
-            ax.plot(*minutes(lat["p95"]), color=color, marker=".", label=f"p95, {_label(request, run)}")
-            ax.plot(*minutes(lat["p50"]), color=color, linestyle="--", linewidth=1, label=f"p50, {_label(request, run)}")
+            ax.plot(*minutes(lat["p95"]), color=color, marker=".", label=_value(request, run))
+            ax.plot(*minutes(lat["p50"]), color=color, linestyle="--", linewidth=1, marker="x", markersize=4)
         else:
             for key, style in (("p50", "-"), ("p95", "-"), ("p99", "-"), ("max", ":")):
                 ax.plot(*minutes(lat[key]), linestyle=style, marker=".", label=key)
-    _legend(fig, ax)
+    _legend(fig, ax, no_mail, swept)
     out["latency-by-hour"] = _png(fig)
 
     fig, ax = new("share of tracked emails", "minutes from delivery to activity")
@@ -755,78 +807,93 @@ def _figures(request: Request, runs: list[dict[str, Any]]) -> dict[str, str]:
         if values:
             n = len(values)
             ax.step([v / 60 for v in values], [(i + 1) / n for i in range(n)], where="post", color=color,
-                    label=_label(request, run))
+                    label=label(run, "this run"))
     ax.set_ylim(0, 1.02)
-    _legend(fig, ax)
+    _legend(fig, ax, no_mail, swept)
     out["latency-distribution"] = _png(fig)
 
     fig, ax = new("untracked emails")
     for run, color in zip(runs, colors, strict=True):
-        ax.plot(minute_x, run["per_minute"]["backlog"], color=color, linewidth=1, label=_label(request, run))
-    _legend(fig, ax)
+        by_minute(ax, run["per_minute"]["backlog"], color=color, linewidth=1, label=label(run, "this run"))
+    counted(ax)
+    _legend(fig, ax, title=swept)
     out["backlog"] = _png(fig)
 
-    fig, ax = new("requests per minute")
+    several = any(run["inputs"]["profiles"] > 1 for run in runs)
+    busiest = " (busiest profile)" if several else ""
+    fig, ax = new(f"requests per minute{busiest if sweep else ''}")
     for run, color in zip(runs, colors, strict=True):
         by_profile = run["per_minute"]["ews_requests_by_profile"]
         if sweep or len(by_profile) > 8:
-            busiest = [max(col) for col in zip(*by_profile.values(), strict=True)]
-            ax.plot(minute_x, busiest, color=color, linewidth=1,
-                    label=f"busiest profile, {_label(request, run)}" if sweep else "busiest profile")
+            top = [max(col) for col in zip(*by_profile.values(), strict=True)]
+            by_minute(ax, top, color=color, linewidth=1, label=label(run, "busiest profile"))
             if not sweep:
                 mean = [sum(col) / len(col) for col in zip(*by_profile.values(), strict=True)]
-                ax.plot(minute_x, mean, linewidth=1, label="mean of the profiles")
+                by_minute(ax, mean, linewidth=1, label="mean of the profiles")
         else:
             for name, series in by_profile.items():
-                ax.plot(minute_x, series, linewidth=1, label=name)
-        ceiling = run["summary"]["ews_requests_per_minute_ceiling_per_profile"]
-        peak = run["summary"]["ews_requests_per_minute_max_per_profile"]
-        if ceiling is not None and (sweep or run is runs[0]):
-            label = f"what the connections carry at the latency ({ceiling:,.0f}/min)"
-            if ceiling <= 2 * max(peak, 1):
-                ax.axhline(ceiling, color=color, linestyle=":", linewidth=1, label=label)
-            else:  # far above the requests: named, not drawn (the requests would be a flat line)
-                ax.plot([], [], color=color, linestyle=":", linewidth=1, label=label + ", above the plot")
-    _legend(fig, ax)
+                by_minute(ax, series, linewidth=1, label=name)
+    ceilings = [run["summary"]["ews_requests_per_minute_ceiling_per_profile"] for run in runs]
+    shared = len(set(ceilings)) == 1  # one line for all the runs; else one per run, in its colour
+    for run, color, ceiling in zip(runs, colors, ceilings, strict=True):
+        if ceiling is None or (shared and run is not runs[0]):
+            continue
+        peak = max(r["summary"]["ews_requests_per_minute_max_per_profile"] for r in (runs if shared else [run]))
+        text = f"most the connections carry ({ceiling:,.0f}/min)"
+        text = text if shared else f"{_value(request, run)}: {text}"
+        color = "grey" if shared else color
+        if ceiling <= 2 * max(peak, 1):
+            ax.axhline(ceiling, color=color, linestyle=":", linewidth=1, label=text)
+        else:  # far above the requests: named, not drawn (the requests would be a flat line)
+            ax.plot([], [], color=color, linestyle=":", linewidth=1, label=text + ", above the plot")
+    counted(ax)
+    _legend(fig, ax, title=swept)
     out["ews-requests"] = _png(fig)
 
-    fig, ax = new("connections")
+    fig, ax = new(f"connections{busiest if sweep else ''}")
     caps = set()
     for run, color in zip(runs, colors, strict=True):
         by_profile = run["per_minute"]["connections_max_by_profile"]
-        busiest = [max(col) for col in zip(*by_profile.values(), strict=True)]
-        ax.plot(minute_x, busiest, color=color, linewidth=1, drawstyle="steps-post",
-                label=f"busiest profile, {_label(request, run)}" if sweep else "busiest profile")
+        top = [max(col) for col in zip(*by_profile.values(), strict=True)]
+        by_minute(ax, top, color=color, linewidth=1, drawstyle="steps-post",
+                  label=label(run, "busiest profile" if several else next(iter(by_profile))))
         caps.add(run["inputs"]["maxconcurrentconnections"])
     for cap in sorted(caps):
         ax.axhline(cap, color="grey", linestyle="--", linewidth=1, label=f"the profile's cap ({cap})")
     ax.axhline(EXCHANGE_CONNECTIONS_PER_ACCOUNT, color="red", linestyle=":", linewidth=1,
                label=f"Exchange Online's limit per account ({EXCHANGE_CONNECTIONS_PER_ACCOUNT})")
-    _legend(fig, ax)
+    counted(ax)
+    _legend(fig, ax, title=swept)
     out["connections"] = _png(fig)
 
     fig, ax = new("mailboxes")
+    if sweep:
+        ax.set_title("in back-off: solid line; disabled: dashed line", loc="left", fontsize="small")
     for run, color in zip(runs, colors, strict=True):
-        ax.plot(minute_x, run["per_minute"]["mailboxes_in_backoff"], color=color, linewidth=1,
-                label=f"in back-off, {_label(request, run)}")
-        ax.plot(minute_x, run["per_minute"]["mailboxes_disabled"], color=color, linewidth=1, linestyle="--",
-                label=f"disabled, {_label(request, run)}")
-    _legend(fig, ax)
+        by_minute(ax, run["per_minute"]["mailboxes_in_backoff"], color=color, linewidth=1,
+                  label=label(run, "in back-off"))
+        by_minute(ax, run["per_minute"]["mailboxes_disabled"], color=color, linewidth=1, linestyle="--",
+                  label=None if sweep else "disabled")
+    counted(ax)
+    _legend(fig, ax, title=swept)
     out["mailbox-health"] = _png(fig)
 
     if any(run["summary"]["sends_queued"] for run in runs):
         fig, ax = new("emails in Pending Send")
         for run, color in zip(runs, colors, strict=True):
-            ax.plot(minute_x, run["per_minute"]["pending_send"], color=color, linewidth=1, label=_label(request, run))
-        _legend(fig, ax)
+            by_minute(ax, run["per_minute"]["pending_send"], color=color, linewidth=1, label=label(run, "this run"))
+        counted(ax)
+        _legend(fig, ax, title=swept)
         out["pending-send"] = _png(fig)
 
-    fig, ax = new("CPU seconds")
+    fig, ax = new("CPU seconds", by_hour_x)
     for run, color in zip(runs, colors, strict=True):
         cpu = run["cost"]["cpu_seconds_per_simulated_hour"]
-        ax.plot([h + 1 for h in range(len(cpu))], cpu, color=color, marker=".", label=_label(request, run))
+        if not cpu:
+            continue
+        ax.plot(hour_x(run, len(cpu)), cpu, color=color, marker=".", label=label(run, "this run"))
     ax.set_ylim(bottom=0)
-    _legend(fig, ax)
+    _legend(fig, ax, "no whole simulated hour ran (the CPU is read at the end of each hour)", swept)
     out["cpu"] = _png(fig)
     return out
 
@@ -884,15 +951,35 @@ def _minutes_text(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def _question(run: CapacityInput) -> str:
-    latency = f"{run.ews_latency_ms} ms" + (f" (± {run.ews_latency_spread_ms} ms)" if run.ews_latency_spread_ms else "")
+def _given(request: Request, name: str, unit: str = "") -> str:
+    """A field's value as the report states it, with its ``unit``; the swept field's values, said to be
+    swept."""
+    def text(value: Any) -> str:
+        return f"{value:,}" if name == "mailboxes" else _text(value)
+
+    if name != request.sweep_field:
+        return text(getattr(request.base, name)) + unit
+    values = [text(v) for v in request.sweep_values]
+    return f"{', '.join(values[:-1])} or {values[-1]}{unit} (swept)"
+
+
+def _question(request: Request) -> str:
+    run = request.base
+
+    def given(name: str, unit: str = "") -> str:
+        return _given(request, name, unit)
+
+    spread = run.ews_latency_spread_ms or request.sweep_field == "ews_latency_spread_ms"
+    sends = run.sends_per_mailbox_day or request.sweep_field == "sends_per_mailbox_day"
     faults = ", ".join(f"{code} on {p:.2%} of calls" for code, p in sorted((run.faults or {}).items()))
-    return (f"{run.mailboxes:,} mailboxes on {run.profiles} profile(s), a {run.minpollingintervalinminutes}-minute "
-            f"minimum polling interval, {run.maxconcurrentconnections} concurrent connections per profile, "
-            f"{latency} of EWS latency{', ' + faults if faults else ''}; {run.emails_per_mailbox_day:g} emails per "
-            f"mailbox and day ({run.daily_shape})"
-            + (f", {run.sends_per_mailbox_day:g} sent per mailbox and day" if run.sends_per_mailbox_day else "")
-            + f", over {run.hours:g} simulated hours.")
+    return (f"{given('mailboxes', ' mailboxes')} on {given('profiles', ' profile(s)')}, a minimum polling "
+            f"interval of {given('minpollingintervalinminutes', ' minutes')}, "
+            f"{given('maxconcurrentconnections', ' concurrent connections')} per profile, "
+            f"{given('ews_latency_ms', ' ms')}" + (f" (± {given('ews_latency_spread_ms', ' ms')})" if spread else "")
+            + f" of EWS latency{', ' + faults if faults else ''}; {given('emails_per_mailbox_day', ' emails')} per "
+            f"mailbox and day ({given('daily_shape')})"
+            + (f", {given('sends_per_mailbox_day', ' sent')} per mailbox and day" if sends else "")
+            + f", over {given('hours', ' simulated hours')}.")
 
 
 def _verdicts(request: Request, runs: list[dict[str, Any]]) -> list[str]:
@@ -926,7 +1013,7 @@ def render_html(request: Request, runs: list[dict[str, Any]]) -> str:
     for name in FIELDS:
         value = _inputs_json(base)[name]
         if name == request.sweep_field:
-            value = ", ".join(str(v) for v in request.sweep_values) + " (swept)"
+            value = _given(request, name)
         elif name == "faults":
             value = ", ".join(f"{c}={p}" for c, p in value.items()) or "none"
         inputs.append((name, CapacityInput.flag(name), value))
@@ -955,11 +1042,12 @@ def render_html(request: Request, runs: list[dict[str, Any]]) -> str:
         per_hour = c["cpu_seconds_per_simulated_hour"]
         c["mean"] = f"{sum(per_hour) / len(per_hour):.2f}" if per_hour else "-"
         costs.append((_label(request, run), c))
-    title = (f"{base.mailboxes:,} mailboxes, {base.hours:g} h"
-             + (f", {request.sweep_field} swept" if request.sweep_field else ""))
+    title = ", ".join([*(text for name, text in (("mailboxes", f"{base.mailboxes:,} mailboxes"),
+                                                 ("hours", f"{base.hours:g} h")) if name != request.sweep_field),
+                       *([f"{request.sweep_field} swept"] if request.sweep_field else [])])
     env = Environment(autoescape=True)
     return env.from_string(_TEMPLATE).render(
-        title=title, question=_question(base), seed=base.seed, inputs=inputs, summary_head=head,
+        title=title, question=_question(request), seed=_given(request, "seed"), inputs=inputs, summary_head=head,
         summary_rows=rows, verdicts=_verdicts(request, runs), assumptions=ASSUMPTIONS, figures=figures, costs=costs)
 
 

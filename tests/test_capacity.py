@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+import warnings
 
 import pytest
 from typer.testing import CliRunner
 
+from simulator import capacity
 from simulator.capacity import HTML_NAME, JSON_NAME
 from simulator.cli import app
 
@@ -76,6 +78,99 @@ def test_a_higher_minimum_polling_interval_gives_a_higher_p50(tmp_path):
     html = (tmp_path / "sweep" / HTML_NAME).read_text()
     assert "p95, minpollingintervalinminutes = 30" not in html  # legends are in the pictures, not the text
     assert html.count("minpollingintervalinminutes = ") >= 4  # summary and cost rows name each value
+
+
+def _keep_figures(monkeypatch):
+    """The report's figures by their y label, kept as they are turned into PNGs."""
+    kept = {}
+    png = capacity._png
+
+    def keep(fig):
+        uri = png(fig)
+        kept[fig.axes[0].get_ylabel()] = fig
+        return uri
+    monkeypatch.setattr(capacity, "_png", keep)
+    return kept
+
+
+@pytest.fixture
+def pictures(monkeypatch):
+    return _keep_figures(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def four_intervals(tmp_path_factory):
+    """A sweep of four minimum polling intervals over an hour, run once: its HTML and its figures."""
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        figures = _keep_figures(monkeypatch)
+        _run(["--mailboxes", "5", "--hours", "1", "--emails-per-mailbox-day", "100",
+              "--sweep", "minpollingintervalinminutes=0,5,15,30"], out)
+    return (out / HTML_NAME).read_text(), figures
+
+
+def _legends(fig):
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def test_a_sweep_of_the_hours_plots_each_run_over_its_own_time(tmp_path, pictures):
+    doc = _run(["--mailboxes", "5", "--emails-per-mailbox-day", "100", "--sweep", "hours=0.5,1"], tmp_path / "r")
+    assert [len(run["per_minute"]["backlog"]) for run in doc["runs"]] == [30, 60]
+    html = (tmp_path / "r" / HTML_NAME).read_text()
+    assert html.count('src="data:image/png;base64,') >= 7
+    [backlog] = pictures["untracked emails"].axes
+    assert [max(line.get_xdata()) for line in backlog.get_lines()] == [0.5, 1.0]  # each ends where its run does
+
+
+def test_the_legends_of_a_sweep_fit_in_their_pictures(four_intervals):
+    _, pictures = four_intervals
+    assert len(pictures) >= 7
+    for ylabel, fig in pictures.items():
+        renderer = fig.canvas.get_renderer()
+        assert _legends(fig), ylabel
+        for legend in _legends(fig):
+            box = legend.get_window_extent(renderer)
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (ylabel, box, fig.bbox)
+            assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, (ylabel, box, fig.bbox)
+
+
+def test_a_sweep_report_states_the_swept_values_not_the_default(four_intervals):
+    html, _ = four_intervals
+    question = re.search(r"</h1>\s*<p>(.*?)</p>", html, re.S).group(1)
+    assert "a minimum polling interval of 0, 5, 15 or 30 minutes (swept)" in question
+    assert "5-minute" not in question and "of 5 minutes" not in question
+
+
+def test_a_limit_the_runs_of_a_sweep_share_is_drawn_once(four_intervals):
+    _, pictures = four_intervals
+    texts = [t.get_text() for legend in _legends(pictures["requests per minute"]) for t in legend.get_texts()]
+    assert len([t for t in texts if "connections carry" in t]) == 1, texts
+    assert texts[:4] == ["0", "5", "15", "30"]
+
+
+def test_plots_of_counts_start_at_zero(four_intervals):
+    _, pictures = four_intervals
+    for ylabel in ("untracked emails", "requests per minute", "connections", "mailboxes"):
+        [ax] = pictures[ylabel].axes
+        assert ax.get_ylim()[0] == 0, ylabel
+    [health] = pictures["mailboxes"].axes  # no errors: all zero, and the axis still from 0 to 1
+    assert health.get_ylim() == (0, 1)
+
+
+def test_per_hour_points_sit_in_the_middle_of_their_hour(four_intervals):
+    _, pictures = four_intervals
+    for ylabel in ("minutes", "CPU seconds"):
+        [ax] = pictures[ylabel].axes
+        assert {tuple(line.get_xdata()) for line in ax.get_lines() if len(line.get_xdata())} == {(0.5,)}, ylabel
+        assert "middle" in ax.get_xlabel()  # and the axis says so
+
+
+def test_a_run_that_tracks_no_mail_gives_a_report_without_warnings(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        doc = _run(["--mailboxes", "1", "--hours", "0.1", "--emails-per-mailbox-day", "0"], tmp_path / "tiny")
+    assert doc["runs"][0]["summary"]["emails_tracked"] == 0
+    assert [str(w.message) for w in caught] == []
 
 
 def test_latency_is_simulated_time_shared_by_the_profile_connections(tmp_path):
