@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import math
 import os
@@ -255,7 +256,7 @@ def _output(value: Any, where: _Where) -> Path:
     if value is None:
         value = DEFAULT_OUTPUT
     if not isinstance(value, str | Path) or not str(value).strip():
-        raise where("output", f"{show(value)} is not a folder name")
+        raise where("output", f"{show(value)} is not a folder name; give one, e.g. {DEFAULT_OUTPUT}")
     path = Path(value)
     if path.exists() and not path.is_dir():
         raise where("output", f"{path} is a file; give a folder (the report is written into it)")
@@ -265,7 +266,32 @@ def _output(value: Any, where: _Where) -> Path:
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise where("output", f"{path} cannot be written here ({ancestor} is not a writable folder); "
                               "give another folder")
+    problem = _cannot_write_into(path)
+    if problem:
+        raise where("output", f"{path} cannot be written ({problem}); give another folder")
     return path
+
+
+def _cannot_write_into(folder: Path) -> str | None:
+    """Why a file cannot be written into ``folder`` (made with its missing parents), or None.
+
+    Tried for real before the runs (access rights do not tell, e.g. for root or under /proc) and
+    undone: the folders it made and the file are removed."""
+    made = []
+    try:
+        for parent in (*reversed(folder.parents), folder):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sss-capacity-", suffix=".tmp"):
+            pass
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def _read_sweep(request: Request, sweep: Any, values: dict[str, Any], where: _Where) -> None:
@@ -333,6 +359,8 @@ def parse_fault_flags(texts: list[str] | None) -> dict[str, Any] | None:
             probability = float(number)
         except ValueError:
             raise CapacityError(f"--fault: {text!r} is not CODE=PROBABILITY (e.g. ErrorServerBusy=0.01)") from None
+        if code.strip() in out:
+            raise CapacityError(f"--fault: {code.strip()} is given twice; give each code once")
         out[code.strip()] = probability
     return out
 

@@ -60,7 +60,7 @@ def _root() -> None:
 
 @app.command()
 def demo(
-    seed: int = typer.Option(1, help="Seed of the traffic; the same seed gives the same result."),
+    seed: int = typer.Option(1, min=0, help="Seed of the traffic; the same seed gives the same result."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     db: Path = typer.Option(Path("sss-demo.db"), help="Where to write the demo database (replaced each run)."),
     hours: float = typer.Option(24.0, min=0.1, max=24 * 30, help="Simulated hours to run."),
@@ -94,7 +94,8 @@ def demo(
         d.sb.close()
         return s
 
-    summary = asyncio.run(go())
+    with _Refused():  # a --db that cannot hold the demo's database: one line, nothing removed
+        summary = asyncio.run(go())
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -282,6 +283,18 @@ def org_init(
     _say_next(db)
 
 
+def _must_exist(db: str) -> None:
+    """Refuse a SQLite --db that does not exist, for a command that only reads: a mistyped name
+    would otherwise make an empty database and show empty tables."""
+    from simulator.crm.db import DatabaseError
+    from simulator.procedure import _sqlite_path
+
+    target = _sqlite_path(db)
+    if isinstance(target, Path) and not target.exists():
+        raise DatabaseError(f"--db: {db} does not exist; give the database your sandbox uses "
+                            f"(sss status --db FILE says what one holds), or start one: sss walkthrough --db {db}")
+
+
 def _organization_exists(db: str) -> bool:
     """Whether ``db`` holds an organization, read without creating or changing anything."""
     from sqlalchemy import inspect as inspect_db
@@ -306,6 +319,7 @@ def _organization_exists(db: str) -> bool:
 def org_check(db: str = _db_option()) -> None:
     """Step 1.1: the prerequisites (organization, System Administrator, IFD, Hybrid Connector); exits 1 if one is missing."""
     with _Refused():
+        _must_exist(db)
         items = _in_sandbox(db, lambda ws: ws.admin.check_organization())
     table = Table(title="Prerequisites (step 1.1)")
     for col in ("prerequisite", "result", "detail", "fix"):
@@ -361,6 +375,7 @@ def tenant_list(db: str = _db_option()) -> None:
     from simulator.crm.s2s import list_tenants
 
     with _Refused():
+        _must_exist(db)
         tenants = list_tenants(_engine(db))
     table = Table(title="Tenants")
     for col in ("name", "tenant id", "domains", "administrators", "CRM principal keys"):
@@ -509,6 +524,7 @@ def clock_show(db: str = _db_option()) -> None:
     from simulator.crm.s2s import current_time
 
     with _Refused():
+        _must_exist(db)
         now = current_time(_engine(db))
     _say(f"{now:%Y-%m-%d %H:%M:%S} UTC")
 
@@ -559,7 +575,7 @@ def stop_on_signals(stop):
 @app.command()
 def serve(
     db: str = _db_option(),
-    seed: int = typer.Option(1, help="Seed of the organization built on an empty database."),
+    seed: int = typer.Option(1, min=0, help="Seed of the organization built on an empty database."),
     virtual: bool = typer.Option(False, "--virtual", help="Virtual clock, moved with POST /_sim/clock/advance."),
     info_json: Path | None = typer.Option(None, "--info-json", metavar="FILE",
                                           help="Write the endpoints, CA file, ids and certificate as JSON."),

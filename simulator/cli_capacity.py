@@ -54,22 +54,25 @@ def capacity(
                                            "(repeat for several)."),
     hours: str | None = _option("--hours", "H", "Simulated hours to run (default 24)."),
     seed: str | None = _option("--seed", "N", "Seed of the mail; the same seed gives the same report (default 1)."),
-    output: Path | None = typer.Option(None, "--output", "-o", metavar="FOLDER",
+    output: str | None = typer.Option(None, "--output", "-o", metavar="FOLDER",
                                        help="Where to write capacity.html and capacity.json "
                                        "(default capacity-report)."),
-    sweep: str | None = typer.Option(None, "--sweep", metavar="FIELD=V1,V2,...", help=_SWEEP_HELP),
+    sweep: list[str] | None = typer.Option(None, "--sweep", metavar="FIELD=V1,V2,...", help=_SWEEP_HELP),
 ) -> None:
     """Simulate an organization's mail and report how long email takes to become activities (p50/p95/p99),
     the backlog, EWS requests and connections against Exchange Online's limits, and the engine's cost."""
     from simulator.capacity import CapacityError, parse_fault_flags, read_inputs, run_request, write_report
 
     try:
+        if sweep and len(sweep) > 1:
+            raise CapacityError(f"--sweep: given {len(sweep)} times; one report sweeps one field, "
+                                "with all its values in one --sweep FIELD=V1,V2,...")
         flags = {"mailboxes": mailboxes, "profiles": profiles, "minpollingintervalinminutes": min_polling_interval,
                  "maxconcurrentconnections": max_connections, "emails_per_mailbox_day": emails_per_mailbox_day,
                  "daily_shape": daily_shape, "sends_per_mailbox_day": sends_per_mailbox_day,
                  "ews_latency_ms": ews_latency_ms, "ews_latency_spread_ms": ews_latency_spread_ms,
                  "faults": parse_fault_flags(fault), "hours": hours, "seed": seed,
-                 "output": str(output) if output is not None else None, "sweep": sweep}
+                 "output": output, "sweep": sweep[0] if sweep else None}
         request = read_inputs(flags, config)
     except CapacityError as exc:
         typer.echo(f"Error: {exc}", err=True)

@@ -7,6 +7,7 @@ one fails permanently (401 for the connecting account) and one is busy for a few
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -19,13 +20,14 @@ from sqlalchemy import func, select
 
 from engine.clock import parse_instant
 from engine.errors import KNOWN_ERRORS
-from simulator.crm.db import sqlite_url
+from simulator.crm.db import DatabaseError, sqlite_url
 from simulator.crm.models import ActSyncMapping, ExchangeSyncIdMapping, Mailbox
 from simulator.crm.outcomes import mail_outcomes
 from simulator.sandbox import DEFAULT_START, Sandbox
 from simulator.traffic import Party, TrafficMix, TrafficPlan
 
 DEMO_DB = "sss-demo.db"
+SQLITE_HEADER = b"SQLite format 3\x00"
 FIRST_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Gus", "Hana", "Ivo", "Jia", "Kai", "Lena",
                "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove", "Uma", "Vik", "Wen", "Xavi",
                "Yara", "Zed")
@@ -33,8 +35,27 @@ LAST_NAMES = ("Berg", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Haddad",
 
 
 def fresh_database(path: str | Path) -> Path:
-    """Remove a previous demo database (and its WAL files); return the absolute path."""
+    """Remove a previous demo database (and its WAL files); return the absolute path.
+
+    Only a SQLite database is replaced: a folder, another kind of file or a folder that cannot be
+    written is refused (:class:`DatabaseError`) before anything is removed or written."""
+    given = str(path)
     path = Path(path).resolve()
+    if path.is_dir():
+        raise DatabaseError(f"--db: {given} is a folder; give a file in it, e.g. {Path(given) / DEMO_DB}")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise DatabaseError(f"--db: {given} cannot be read ({exc.strerror or exc}); give another file") from None
+        if header and header != SQLITE_HEADER:
+            raise DatabaseError(f"--db: {given} is not a SQLite database, and the demo replaces its database "
+                                "each run; give another file")
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseError(f"--db: {given} cannot be written ({folder} is not a writable folder); "
+                            "give a file in a folder that exists")
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     return path

@@ -250,3 +250,44 @@ def test_an_output_that_is_a_file_is_refused(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().startswith(f"Error: --output: {target} is a file; give a folder")
     assert target.read_text() == "mine"
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_runs(tmp_path, monkeypatch):
+    import simulator.capacity
+
+    def no_runs(*_args, **_kwargs):
+        raise AssertionError("the runs started")
+
+    monkeypatch.setattr(simulator.capacity, "run_request", no_runs)
+    # a folder whose mode says writable to root but which refuses files: /proc is such a place;
+    # an ordinary user is refused by the access check before the real try
+    result = CliRunner().invoke(app, ["capacity", *SMALL, "--output", "/proc/sss-capacity-report"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().startswith("Error: --output: /proc/sss-capacity-report cannot be written")
+
+    result = CliRunner().invoke(app, ["capacity", *SMALL, "--output", ""])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("Error: --output: '' is not a folder name")
+
+
+def test_the_write_check_of_the_output_leaves_nothing_behind(tmp_path):
+    from simulator.capacity import _cannot_write_into
+
+    folder = tmp_path / "a" / "b"
+    assert _cannot_write_into(folder) is None
+    assert list(tmp_path.iterdir()) == []  # the folders it made to try are gone
+    (tmp_path / "file").write_text("x")
+    assert _cannot_write_into(tmp_path / "file" / "inside")  # a file in the way: a reason, not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--sweep", "hours=1,2", "--sweep", "mailboxes=10,20"], "--sweep: given 2 times;"),
+    (["--fault", "ErrorServerBusy=0.1", "--fault", "ErrorServerBusy=0.2"], "--fault: ErrorServerBusy is given twice;"),
+])
+def test_an_option_given_twice_where_once_is_meant_is_refused(tmp_path, args, says):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["capacity", *SMALL, "--output", str(out), *args])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"Error: {says}"), result.stderr
+    assert not out.exists()

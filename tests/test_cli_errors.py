@@ -35,9 +35,12 @@ def test_an_unexpected_error_is_one_line_and_a_report(tmp_path, monkeypatch, cap
     def broken(*_args, **_kwargs):
         raise RuntimeError("a bug deep inside")
 
+    import simulator.scenarios
     import simulator.workspace
 
     monkeypatch.setattr(simulator.workspace, "open_workspace", broken)
+    monkeypatch.setattr(simulator.scenarios, "open_workspace", broken)  # imported there by name
+    (tmp_path / "w.db").touch()  # an empty database: a reading command goes on to open it
     monkeypatch.setattr(sys, "argv", ["sss", "fault", "list", "--db", str(tmp_path / "w.db")])
     with pytest.raises(SystemExit) as stop:
         cli.main()
@@ -141,3 +144,53 @@ def test_a_clock_advance_out_of_range_names_the_option_and_leaves_the_clock(tmp_
     assert all_rows(trial.url) == before
     moved = CliRunner().invoke(app, ["clock", "advance", "--days", "1.5", "--db", str(tmp_path / "sss.db")])
     assert moved.exit_code == 0 and all_rows(trial.url) != before
+
+
+@pytest.mark.parametrize("args", [
+    ["mailbox", "list"], ["mailbox", "show", "-m", "alice@contoso.example"], ["user", "list"], ["email", "list"],
+    ["fault", "list"], ["tenant", "list"], ["clock", "show"], ["alerts"], ["settings", "show"], ["profile", "show"],
+    ["org", "check"], ["act", "links"], ["act", "directions"],
+])
+def test_a_command_that_only_reads_refuses_a_database_that_does_not_exist(tmp_path, monkeypatch, args):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    db = tmp_path / "mistyped.db"
+    result = CliRunner().invoke(app, [*args, "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert err.startswith(f"Error: --db: {db} does not exist;") and "\n" not in err, err
+    assert not db.exists()  # a typo does not leave an empty sandbox behind
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.mkdir(), "is a folder; give a file in it"),
+    (lambda p: p.write_text("my notes"), "is not a SQLite database"),
+])
+def test_the_demo_refuses_a_database_path_it_must_not_replace(tmp_path, monkeypatch, make, says):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    target = tmp_path / "taken"
+    make(target)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["demo", "--db", str(target), "--hours", "0.1"])
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert err == err.splitlines()[0] and err.startswith(f"Error: --db: {target} {says}"), err
+    assert "unexpectedly" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing removed, nothing written
+    if target.is_file():
+        assert target.read_text() == "my notes"
+
+
+def test_the_demo_refuses_a_database_in_a_folder_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    target = tmp_path / "no" / "such" / "demo.db"
+    result = CliRunner().invoke(app, ["demo", "--db", str(target), "--hours", "0.1"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().startswith(f"Error: --db: {target} cannot be written ({target.parent} is not")
+    assert not (tmp_path / "no").exists() and not (tmp_path / "home" / "reports").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "serve"])
+def test_a_negative_seed_is_refused(tmp_path, command):
+    result = CliRunner().invoke(app, [command, "--seed", "-5", "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 2 and "--seed" in result.output, result.output
+    assert not (tmp_path / "x.db").exists()
