@@ -313,27 +313,28 @@ def _read_sweep(request: Request, sweep: Any, values: dict[str, Any], where: _Wh
     runs: list[Any] = []
     for text in texts:
         try:
-            run = _checked({**values, name: text}, _SweepWhere(where, name), strict=False)
+            run = _checked({**values, name: text}, _SweepWhere(where, name, written), strict=False)
         except CapacityError as exc:
             raise where("sweep", str(exc)) from None
         value = getattr(run, name)
         if value in runs:
-            raise where("sweep", f"{name}: {text} is given twice; give each value once")
+            raise where("sweep", f"{written}: {text} is given twice; give each value once")
         runs.append(value)
     request.sweep_field, request.sweep_values, request.sweep_written = name, runs, written
 
 
 class _SweepWhere(_Where):
-    """Inside ``--sweep``: a refusal names the swept field (the caller adds where the sweep was given)."""
+    """Inside ``--sweep``: a refusal names the swept field as the user wrote it (the caller adds where
+    the sweep was given)."""
 
-    def __init__(self, outer: _Where, swept: str) -> None:
+    def __init__(self, outer: _Where, swept: str, written: str) -> None:
         super().__init__(None, None, set())
-        self.outer, self.swept = outer, swept
+        self.outer, self.swept, self.written = outer, swept, written
 
     def __call__(self, name: str, message: str, *, flag: str | None = None) -> CapacityError:
         if name != self.swept:  # a rule across fields that the swept value breaks
-            return CapacityError(" ".join(f"{self.swept}: with {name} as given, {message}".split()))
-        return CapacityError(" ".join(f"{name}: {message}".split()))
+            return CapacityError(" ".join(f"{self.written}: with {name} as given, {message}".split()))
+        return CapacityError(" ".join(f"{self.written}: {message}".split()))
 
 
 def _field_named(written: str) -> str | None:
@@ -952,7 +953,9 @@ the same inputs give the same figures on any machine, except the CPU cost, which
 {% for row in summary_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>
 {% endfor %}</table></div>
 <p class="note">Latency in minutes (nearest-rank percentiles of the emails tracked during the run). Backlog: Inbox
-items delivered but not yet an activity, skipped or failed, at the end of a simulated minute.</p>
+items delivered but not yet an activity, skipped or failed, at the end of a simulated minute. Polls: one per
+workload turn of a mailbox (incoming, outgoing and ACT each count); an outgoing turn with nothing to send asks
+Exchange nothing, so EWS requests can be well below polls.</p>
 
 <h2>Against Exchange Online's limits</h2>
 <ul>{% for line in verdicts %}<li>{{ line }}</li>{% endfor %}</ul>

@@ -21,6 +21,21 @@ from typer.core import TyperGroup
 from engine.clock import RealClock
 
 
+def _typed_value(exc: ClickException, args: list[str]) -> str | None:
+    """What the user typed for the option a BadParameter is about (the last time it is given), if found."""
+    param = getattr(exc, "param", None)
+    if type(exc).__name__ != "BadParameter" or param is None or not getattr(param, "opts", None):
+        return None
+    names = (*param.opts, *getattr(param, "secondary_opts", ()))
+    found = None
+    for i, arg in enumerate(args):
+        if arg in names and i + 1 < len(args):
+            found = args[i + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in names:
+            found = arg.split("=", 1)[1]
+    return found
+
+
 class _OneLineErrors(TyperGroup):
     """Usage errors (a missing option, a value of the wrong type) as one line on stderr, exit 2."""
 
@@ -35,7 +50,11 @@ class _OneLineErrors(TyperGroup):
                 typer.echo(ctx.get_help())
                 sys.exit(0)
             where = f"{ctx.command_path}: " if ctx is not None else ""
-            typer.echo("Error: " + where + " ".join(exc.format_message().split()), err=True)
+            message = exc.format_message()
+            typed = _typed_value(exc, sys.argv[1:] if args is None else list(args))
+            if typed is not None and message.startswith("Invalid value for "):
+                message = f"Invalid value {typed!r} for " + message[len("Invalid value for "):]
+            typer.echo("Error: " + where + " ".join(message.split()), err=True)
             sys.exit(exc.exit_code)
         except typer.Abort:
             typer.echo("Aborted.", err=True)

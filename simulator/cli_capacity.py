@@ -130,7 +130,9 @@ def _print(request, results, html_path: Path, json_path: Path, wall: float, cpu:
                       f"{s['polls_per_hour']:,.0f}", f"{s['ews_requests_per_hour']:,.0f}",
                       f"{s['tracked_per_hour']:,.0f}", f"{sum(per_hour) / len(per_hour):.2f}" if per_hour else "-")
     out.print(table)
-    out.print("backlog: the most mail delivered and not yet decided; CPU s/h: CPU seconds per simulated hour "
-              "(the only figure that depends on the machine).")
+    out.print("backlog: the most mail delivered and not yet decided; polls/h: workload turns (incoming, outgoing "
+              "and ACT each count; an outgoing turn with nothing to send makes no EWS request); CPU s/h: CPU seconds "
+              "per simulated hour of the runs alone (the only figure that depends on the machine).")
     out.print(f"Report: {escape(str(html_path))} and {escape(str(json_path))}")
-    out.print(f"Took {wall:.1f} s of wall time and {cpu:.1f} s of CPU on this machine.")
+    out.print(f"Took {wall:.1f} s of wall time and {cpu:.1f} s of CPU on this machine in all: building the "
+              "organization and its mail, the runs, and the report.")

@@ -209,8 +209,9 @@ def test_a_config_file_gives_the_keys_and_flags_override_them(tmp_path):
     (["--ews-latency-ms", "1.5"], "--ews-latency-ms: '1.5' is not a whole number (from 0 to 60000)"),
     (["--sweep", "colour=1,2"], "--sweep: 'colour' is not a field that can be swept"),
     (["--sweep", "minpollingintervalinminutes=0"], "--sweep: 'minpollingintervalinminutes=0' names fewer than two"),
-    (["--sweep", "min-polling-interval=0,abc"],
-     "--sweep: minpollingintervalinminutes: 'abc' is not a whole number (from 0 to 1440)"),
+    (["--sweep", "min-polling-interval=0,abc"],  # the field as the user wrote it
+     "--sweep: min-polling-interval: 'abc' is not a whole number (from 0 to 1440)"),
+    (["--sweep", "min-polling-interval=5,5"], "--sweep: min-polling-interval: 5 is given twice"),
     (["--sweep", "minpollingintervalinminutes=0,9999"],
      "--sweep: minpollingintervalinminutes: '9999' is out of range (from 0 to 1440)"),
     (["--sweep", "mailboxes=10,5", "--profiles", "8"], "--sweep: mailboxes: with profiles as given, 8 is more"),

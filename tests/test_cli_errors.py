@@ -190,7 +190,8 @@ def test_the_demo_refuses_a_database_in_a_folder_that_does_not_exist(tmp_path, m
 
 
 @pytest.mark.parametrize("command", ["demo", "serve"])
-def test_a_negative_seed_is_refused(tmp_path, command):
+def test_a_negative_seed_is_refused_naming_the_value_typed(tmp_path, command):
     result = CliRunner().invoke(app, [command, "--seed", "-5", "--db", str(tmp_path / "x.db")])
-    assert result.exit_code == 2 and "--seed" in result.output, result.output
+    assert result.exit_code == 2, result.output
+    assert f"{command}: Invalid value '-5' for '--seed':" in result.stderr, result.stderr
     assert not (tmp_path / "x.db").exists()

@@ -300,6 +300,7 @@ def test_credentials_raise_the_authentication_failure(configured):
 # ------------------------------------------------------------------------------ CLI odds and ends
 
 def test_clock_is_persisted_and_only_moves_forward(trial):
+    trial.tenant_create()  # a sandbox to read: clock show refuses a database that does not exist
     first = trial.ok("clock", "show").output
     assert trial.ok("clock", "show").output == first
     back = trial.sss("clock", "advance", "--days", "-1")
