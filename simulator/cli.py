@@ -141,8 +141,25 @@ DEFAULT_DB = "sss.db"
 
 
 def _db_option():
-    return typer.Option(DEFAULT_DB, "--db", envvar="SSS_DB", metavar="URL",
+    return typer.Option(DEFAULT_DB, "--db", envvar="SSS_DB", metavar="URL", callback=_usable_db,
                         help="The sandbox's CRM database: a SQLAlchemy URL, or a SQLite file path.")
+
+
+def _usable_db(value: str) -> str:
+    """--db as given, refused at once when it cannot be a sandbox's database: empty, a folder, a file
+    of another kind (a usage error: one line, exit 2, nothing opened)."""
+    from simulator.crm.db import file_problem
+    from simulator.procedure import _sqlite_path
+
+    if not value.strip():
+        raise typer.BadParameter(f"it is empty; give a SQLite file path (e.g. {DEFAULT_DB}) or a SQLAlchemy URL")
+    target = _sqlite_path(value)
+    problem = file_problem(target) if isinstance(target, Path) else None
+    if problem == "is a folder":
+        raise typer.BadParameter(f"it is a folder; give a file in it, e.g. {target / DEFAULT_DB}")
+    if problem:
+        raise typer.BadParameter(f"it {problem}; give the sandbox's database file")
+    return value
 
 
 def _as_option():
@@ -150,9 +167,15 @@ def _as_option():
                         help="The CRM user who runs the step (domain name, e.g. admin); needs System Administrator.")
 
 
-def _engine(db: str):
+def _engine(db: str, *, creates: bool = False):
+    """The sandbox's database; one that does not exist is refused unless the command ``creates`` it
+    (a mistyped --db would otherwise leave an empty database behind)."""
     from simulator.crm.db import make_engine, sqlite_url
 
+    if creates:
+        _starting(db)
+    else:
+        _must_exist(db)
     return make_engine(db if "://" in db else sqlite_url(db))
 
 
@@ -198,14 +221,23 @@ class _Refused:
     ``operation`` is the operation the command runs (a key of ``OPERATIONS``): a refused field is
     named by the option its input model declares. ``derived`` names, for a field the command
     filled in itself, the option the user typed instead (a logon name taken from ``--email``), or
-    None when the user typed none (a default): the line names what the user wrote."""
+    None when the user typed none (a default): the line names what the user wrote.
+
+    A database file the refused command started (:func:`_starting`) is removed: nothing written."""
 
     def __init__(self, operation: str | None = None, derived: dict[str, str | None] | None = None) -> None:
         self.operation = operation
         self.derived = derived or {}
 
     def __enter__(self) -> None:
+        _STARTED.clear()
         return None
+
+    def _remove_started(self) -> None:
+        for path in _STARTED:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        _STARTED.clear()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
@@ -242,16 +274,36 @@ class _Refused:
                 line += " (the database was made by an older version of sss-sim: start a new one with another --db)"
         else:
             return False
+        self._remove_started()
         typer.echo("Error: " + " ".join(line.split()), err=True)
         raise typer.Exit(1)
 
 
-def _in_sandbox(db: str, action, *, wire: bool = False):
+_STARTED: list[Path] = []  # database files the running command created, until it succeeds
+
+
+def _starting(db: str) -> None:
+    """Note a SQLite --db that does not exist yet and that this command is about to create: if the
+    command is refused, :class:`_Refused` removes it again."""
+    from simulator.procedure import _sqlite_path
+
+    target = _sqlite_path(db)
+    if isinstance(target, Path) and not target.exists():
+        _STARTED.append(target)
+
+
+def _in_sandbox(db: str, action, *, wire: bool = False, creates: bool = False):
     """``action(ws)`` (a function or a coroutine function) on the sandbox stored in ``db``.
 
-    With ``wire`` the sandbox's network services run meanwhile (Exchange over EWS, msal tokens):
-    they need an organization, so a database without one is refused first, and not created."""
+    A database that does not exist is refused, not created, unless the command ``creates`` it. With
+    ``wire`` the sandbox's network services run meanwhile (Exchange over EWS, msal tokens): they need
+    an organization, so a database without one is refused first."""
     from simulator.workspace import open_workspace
+
+    if creates:
+        _starting(db)
+    elif not wire:
+        _must_exist(db)
 
     if wire and not _organization_exists(db):
         from simulator.crm.errors import OutOfOrderError
@@ -291,8 +343,9 @@ def org_init(
         parse(OrganizationInput, {"name": name, "admin_name": admin_name, "admin_domain": admin_domain,
                                   "admin_email": admin_email})  # before anything is written (the seed)
         if not _organization_exists(db):
+            _starting(db)
             remember_seed(db, seed)
-        orgid = _in_sandbox(db, lambda ws: ws.admin.create_organization(
+        orgid = _in_sandbox(db, creates=True, action=lambda ws: ws.admin.create_organization(
             name, admin_name=admin_name, admin_domain=admin_domain, admin_email=admin_email, ifd=ifd,
             hybrid_connector=hybrid_connector))
     _say(f"[green]Organization {name.strip()} created[/green] (id {orgid}).")
@@ -303,15 +356,15 @@ def org_init(
 
 
 def _must_exist(db: str) -> None:
-    """Refuse a SQLite --db that does not exist, for a command that only reads: a mistyped name
-    would otherwise make an empty database and show empty tables."""
+    """Refuse a SQLite --db that does not exist, for a command that does not create the sandbox: a
+    mistyped name would otherwise leave an empty database behind (and show empty tables)."""
     from simulator.crm.db import DatabaseError
     from simulator.procedure import _sqlite_path
 
     target = _sqlite_path(db)
     if isinstance(target, Path) and not target.exists():
-        raise DatabaseError(f"--db: {db} does not exist; give the database your sandbox uses "
-                            f"(sss status --db FILE says what one holds), or start one: sss walkthrough --db {db}")
+        raise DatabaseError(f"--db: {db} does not exist, so there is no organization yet: start with sss org init "
+                            "(sss walkthrough shows every step), or give the --db your sandbox uses")
 
 
 def _organization_exists(db: str) -> bool:
@@ -338,7 +391,6 @@ def _organization_exists(db: str) -> bool:
 def org_check(db: str = _db_option()) -> None:
     """Step 1.1: the prerequisites (organization, System Administrator, IFD, Hybrid Connector); exits 1 if one is missing."""
     with _Refused():
-        _must_exist(db)
         items = _in_sandbox(db, lambda ws: ws.admin.check_organization())
     table = Table(title="Prerequisites (step 1.1)")
     for col in ("prerequisite", "result", "detail", "fix"):
@@ -382,7 +434,7 @@ def tenant_create(
     from simulator.crm.s2s import create_tenant
 
     with _Refused("tenant create"):
-        tenant = create_tenant(_engine(db), name, list(domain), list(admin))
+        tenant = create_tenant(_engine(db, creates=True), name, list(domain), list(admin))
     _say(f"[green]Tenant {tenant.name} created[/green]: tenant id {tenant.tenant_id}")
     _say(f"Domains: {', '.join(tenant.domains)}; administrators: {', '.join(tenant.admins)}")
     _say_next(db)
@@ -394,7 +446,6 @@ def tenant_list(db: str = _db_option()) -> None:
     from simulator.crm.s2s import list_tenants
 
     with _Refused():
-        _must_exist(db)
         tenants = list_tenants(_engine(db))
     table = Table(title="Tenants")
     for col in ("name", "tenant id", "domains", "administrators", "CRM principal keys"):
@@ -430,7 +481,7 @@ def cert_new(
     with _Refused("cert new"):
         days = parse(CertificateInput, {"subject": subject, "days": days, "password": password},
                      strict=False).days
-        engine = _engine(db)
+        engine = _engine(db, creates=True)  # a certificate may come first: it starts the sandbox's clock
         with Session(engine) as session:
             clock = load_clock(session)
             made = new_certificate(subject, days, password, out, clock=clock, file_name=name,
@@ -543,7 +594,6 @@ def clock_show(db: str = _db_option()) -> None:
     from simulator.crm.s2s import current_time
 
     with _Refused():
-        _must_exist(db)
         now = current_time(_engine(db))
     _say(f"{now:%Y-%m-%d %H:%M:%S} UTC")
 
@@ -608,6 +658,10 @@ def serve(
     from simulator.serve import serve as run_serve
 
     url = db if "://" in db else sqlite_url(db)
+    problem = _serve_problem(info_json, state_dir, {"--http-port": http_port, "--smtp-port": smtp_port})
+    if problem:  # before the organization is built: a refused serve writes nothing
+        typer.echo(f"Error: {problem}", err=True)
+        raise typer.Exit(2)
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -620,6 +674,29 @@ def serve(
 
     with _Refused():
         asyncio.run(go())
+
+
+def _serve_problem(info_json: Path | None, state_dir: Path | None, ports: dict[str, int]) -> str | None:
+    """What in serve's options cannot work (one line naming the option), found before anything is built."""
+    import socket
+
+    if info_json is not None:
+        if info_json.is_dir():
+            return f"--info-json: {info_json} is a folder; give a file path, e.g. {info_json / 'sss.json'}"
+        if not info_json.parent.is_dir():
+            return f"--info-json: {info_json.parent} is not a folder that exists; give a file in one"
+    if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
+        return f"--state-dir: {state_dir} is a file; give a folder (it is made when missing)"
+    for option, port in ports.items():
+        if port:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    return (f"--{option.lstrip('-')}: {port} cannot be used on 127.0.0.1 ({exc.strerror or exc}); "
+                            "give another port, or 0 for a free one")
+    return None
 
 
 # the other commands register themselves on `app`

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from simulator.cli import _as_option, _db_option, _in_sandbox, _must_exist, _Refused, _say, _say_next, app
+from simulator.cli import _as_option, _db_option, _in_sandbox, _Refused, _say, _say_next, app
 from simulator.crm.errors import AdminError, ValidationError
 from simulator.crm.inputs import RunInput, parse
 from simulator.crm.operations import OPERATIONS
@@ -150,7 +150,6 @@ def user_add(
 def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
     """The organization's users: logon name (for --as), name, address, security roles."""
     with _Refused():
-        _must_exist(db)
         rows = _in_sandbox(db, lambda ws: ws.admin.users())
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -346,7 +345,6 @@ def profile_show(
 ) -> None:
     """Every field of a profile, with its last Test Connection."""
     with _Refused("profile update"):
-        _must_exist(db)
         views = _in_sandbox(db, lambda ws: [ws.admin.profile(profile)] if profile else ws.admin.profiles())
     if as_json:
         typer.echo(json.dumps(views, indent=2, default=str))
@@ -450,7 +448,6 @@ def jobs(
 def settings_show(as_json: bool = typer.Option(False, "--json"), db: str = _db_option()) -> None:
     """The organization's email settings."""
     with _Refused():
-        _must_exist(db)
         view = _in_sandbox(db, lambda ws: ws.admin.settings())
     if as_json:
         typer.echo(json.dumps(view, indent=2, default=str))
@@ -534,7 +531,6 @@ def settings_set(
 def mailbox_list(as_json: bool = typer.Option(False, "--json"), db: str = _db_option()) -> None:
     """Every mailbox with its statuses."""
     with _Refused():
-        _must_exist(db)
         rows = _in_sandbox(db, lambda ws: ws.admin.mailboxes())
     if as_json:
         from dataclasses import asdict
@@ -578,7 +574,8 @@ def mailbox_show(
 ) -> None:
     """Every field of one mailbox, and its alerts."""
     with _Refused():
-        _must_exist(db)
+        if not mailbox.strip():
+            raise ValidationError("is empty: give the mailbox's email address (sss mailbox list shows them)", "mailbox")
         def action(ws):
             view = ws.admin.mailbox(mailbox)
             return view, ws.admin.alerts(regarding=view["mailboxid"], limit=20)
@@ -732,7 +729,6 @@ def alerts(
 ) -> None:
     """Alerts (trace log), newest first: a user's wall, by level, about a mailbox or a profile."""
     with _Refused("alerts"):
-        _must_exist(db)
         if level is not None and level.lower() not in LEVELS:
             raise ValidationError(f"{level!r} is not error, warning or information", "level")
         count = _typed("alerts", {"limit": limit})["limit"]
@@ -823,7 +819,6 @@ def email_list(
     from simulator.crm.models import EmailStatus
 
     with _Refused("email list"):
-        _must_exist(db)
         count = _typed("email list", {"limit": limit})["limit"]
 
         rows = _in_sandbox(db, lambda ws: ws.admin.emails(count))
@@ -916,7 +911,6 @@ def fault_list(as_json: bool = typer.Option(False, "--json", help="Print JSON (e
     from simulator.faults import describe
 
     with _Refused():
-        _must_exist(db)
         _trainer_only(db, "sss fault list")
         rules = _in_sandbox(db, lambda ws: list(ws.sb.faults.rules))
     if as_json:
@@ -1098,7 +1092,6 @@ def act_delete(
 def _act_rows(db: str, read, as_json: bool) -> list[dict] | None:
     """Rows an ACT listing reads (``read(conn)``); printed as JSON, and None, with ``--json``."""
     with _Refused():
-        _must_exist(db)
         def action(ws):
             with ws.sb.db.connect() as conn:
                 return read(conn)
@@ -1172,7 +1165,6 @@ def act_filters(
 ) -> None:
     """A user's sync filters: which appointments, contacts and tasks ACT brings to their mailbox."""
     with _Refused(derived=_FILTER_DERIVED):
-        _must_exist(db)
         rows = _in_sandbox(db, lambda ws: ws.admin.sync_filters(user))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -1253,7 +1245,6 @@ def act_direction(
 def act_directions(as_json: bool = typer.Option(False, "--json", help="Print JSON."), db: str = _db_option()) -> None:
     """The direction of every synchronized field of appointments, contacts and tasks."""
     with _Refused():
-        _must_exist(db)
         rows = _in_sandbox(db, lambda ws: ws.admin.act_directions())
     if as_json:
         from dataclasses import asdict

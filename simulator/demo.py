@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,17 +18,19 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlmodel import Session
 
 from engine.clock import parse_instant
 from engine.errors import KNOWN_ERRORS
-from simulator.crm.db import DatabaseError, sqlite_url
+from simulator.crm.db import DatabaseError, file_problem, sqlite_url
 from simulator.crm.models import ActSyncMapping, ExchangeSyncIdMapping, Mailbox
 from simulator.crm.outcomes import mail_outcomes
+from simulator.crm.s2s import write_state
 from simulator.sandbox import DEFAULT_START, Sandbox
 from simulator.traffic import Party, TrafficMix, TrafficPlan
 
 DEMO_DB = "sss-demo.db"
-SQLITE_HEADER = b"SQLite format 3\x00"
+DEMO_KEY = "demo"  # simulatorstate: marks a database the demo made
 FIRST_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Gus", "Hana", "Ivo", "Jia", "Kai", "Lena",
                "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove", "Uma", "Vik", "Wen", "Xavi",
                "Yara", "Zed")
@@ -41,17 +44,15 @@ def fresh_database(path: str | Path) -> Path:
     written is refused (:class:`DatabaseError`) before anything is removed or written."""
     given = str(path)
     path = Path(path).resolve()
-    if path.is_dir():
+    problem = file_problem(path)
+    if problem == "is a folder":
         raise DatabaseError(f"--db: {given} is a folder; give a file in it, e.g. {Path(given) / DEMO_DB}")
-    if path.exists():
-        try:
-            with path.open("rb") as f:
-                header = f.read(len(SQLITE_HEADER))
-        except OSError as exc:
-            raise DatabaseError(f"--db: {given} cannot be read ({exc.strerror or exc}); give another file") from None
-        if header and header != SQLITE_HEADER:
-            raise DatabaseError(f"--db: {given} is not a SQLite database, and the demo replaces its database "
-                                "each run; give another file")
+    if problem:
+        raise DatabaseError(f"--db: {given} {problem}, and the demo replaces its database each run; "
+                            "give another file")
+    if path.exists() and _holds_another_sandbox(path):
+        raise DatabaseError(f"--db: {given} holds a sandbox the demo did not make, and the demo replaces its "
+                            "database each run; give another file (or delete this one yourself)")
     folder = path.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise DatabaseError(f"--db: {given} cannot be written ({folder} is not a writable folder); "
@@ -61,6 +62,22 @@ def fresh_database(path: str | Path) -> Path:
     return path
 
 
+def _holds_another_sandbox(path: Path) -> bool:
+    """Whether the SQLite file holds an organization that no demo marked as its own (read only)."""
+    try:
+        conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "organization" not in tables or conn.execute("SELECT 1 FROM organization LIMIT 1").fetchone() is None:
+            return False
+        return "simulatorstate" not in tables or conn.execute(
+            "SELECT 1 FROM simulatorstate WHERE key = ?", (DEMO_KEY,)).fetchone() is None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 def build_organization(admin, rng: random.Random, *, users: int, queues: int, contacts: int,
                        tenant_id: str | None = None, domain: str = "contoso.example",
@@ -103,6 +120,9 @@ class Demo:
         self.hours = hours
         self.db_path = fresh_database(db_path)
         self.sb = Sandbox(db_url=sqlite_url(self.db_path), seed=seed, start=start)
+        with Session(self.sb.db) as session:  # this database is the demo's: the next run may replace it
+            write_state(session, DEMO_KEY, str(seed))
+            session.commit()
         self.rng = random.Random(f"demo-{seed}")
         self.n_users, self.n_queues, self.n_contacts = users, queues, contacts
         self.failing: dict[str, str] = {}

@@ -88,7 +88,10 @@ def _sqlite_path(db: str) -> Path | None | str:
         return Path(db)
     if db.startswith("sqlite:///"):
         rest = db[len("sqlite:///"):]
-        return None if rest in ("", ":memory:") else Path(rest.split("?", 1)[0])
+        path = rest.split("?", 1)[0]
+        if path.startswith("file:"):  # a SQLite URI filename (sqlite:///file:PATH?mode=ro&uri=true)
+            path = path[len("file:"):]
+        return None if path in ("", ":memory:") else Path(path)
     if db.startswith("sqlite:"):
         return None
     return db

@@ -56,6 +56,8 @@ def test_an_unexpected_error_is_one_line_and_a_report(tmp_path, monkeypatch, cap
 def test_fault_list_speaks_of_rules_without_python_values(tmp_path):
     db = str(tmp_path / "w.db")
     runner = CliRunner()
+    assert runner.invoke(app, ["org", "init", "--name", "Contoso", "--admin-email", "admin@contoso.example",
+                               "--db", db]).exit_code == 0
     assert runner.invoke(app, ["fault", "add", "--code", "ErrorServerBusy", "--db", db]).exit_code == 0
     assert runner.invoke(app, ["fault", "add", "--code", "ErrorServerBusy", "--count", "3", "--backoff-ms", "60000",
                                "--mailbox", "alice@contoso.example", "--db", db]).exit_code == 0
@@ -150,14 +152,19 @@ def test_a_clock_advance_out_of_range_names_the_option_and_leaves_the_clock(tmp_
     ["mailbox", "list"], ["mailbox", "show", "-m", "alice@contoso.example"], ["user", "list"], ["email", "list"],
     ["fault", "list"], ["tenant", "list"], ["clock", "show"], ["alerts"], ["settings", "show"], ["profile", "show"],
     ["org", "check"], ["act", "links"], ["act", "directions"],
+    ["user", "add", "--name", "Bob", "--email", "bob@contoso.example", "--as", "admin"],
+    ["fault", "add", "--code", "ErrorServerBusy"], ["clock", "advance", "--hours", "1"],
+    ["profile", "create", "--name", "Exchange Online", "--as", "admin"],
 ])
-def test_a_command_that_only_reads_refuses_a_database_that_does_not_exist(tmp_path, monkeypatch, args):
+def test_a_command_that_does_not_start_a_sandbox_refuses_a_database_that_does_not_exist(tmp_path, monkeypatch,
+                                                                                        args):
     monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
     db = tmp_path / "mistyped.db"
     result = CliRunner().invoke(app, [*args, "--db", str(db)])
     assert result.exit_code == 1, result.output
     err = result.stderr.strip()
-    assert err.startswith(f"Error: --db: {db} does not exist;") and "\n" not in err, err
+    assert err.startswith(f"Error: --db: {db} does not exist, so there is no organization yet: start with "
+                          "sss org init") and "\n" not in err, err
     assert not db.exists()  # a typo does not leave an empty sandbox behind
 
 
@@ -195,3 +202,81 @@ def test_a_negative_seed_is_refused_naming_the_value_typed(tmp_path, command):
     assert result.exit_code == 2, result.output
     assert f"{command}: Invalid value '-5' for '--seed':" in result.stderr, result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_demo_keeps_a_sandbox_it_did_not_make_and_replaces_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    own = tmp_path / "demo.db"
+    assert runner.invoke(app, ["demo", "--db", str(own), "--hours", "0.1"]).exit_code == 0
+    assert runner.invoke(app, ["demo", "--db", str(own), "--hours", "0.1"]).exit_code == 0  # its own: replaced
+
+    precious = tmp_path / "precious.db"
+    assert runner.invoke(app, ["org", "init", "--name", "Contoso", "--admin-email", "admin@contoso.example",
+                               "--db", str(precious)]).exit_code == 0
+    before = precious.read_bytes()
+    result = runner.invoke(app, ["demo", "--db", str(precious), "--hours", "0.1"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().startswith(f"Error: --db: {precious} holds a sandbox the demo did not make")
+    assert precious.read_bytes() == before
+
+
+@pytest.mark.parametrize("given, says", [
+    ("", "it is empty; give a SQLite file path"),
+    ("{tmp}", "it is a folder; give a file in it, e.g. {tmp}/sss.db"),
+    ("{tmp}/notes.txt", "it is not a SQLite database"),
+])
+@pytest.mark.parametrize("command", [["status"], ["mailbox", "list"], ["org", "init", "--name", "Contoso",
+                                                                        "--admin-email", "admin@contoso.example"]])
+def test_a_db_that_cannot_be_a_database_is_a_usage_error(tmp_path, command, given, says):
+    (tmp_path / "notes.txt").write_text("my notes")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(app, [*command, "--db", given.format(tmp=tmp_path)])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert "\n" not in err and "for '--db'" in err and says.format(tmp=tmp_path) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "notes.txt").read_text() == "my notes"
+
+
+def test_serve_refuses_options_that_cannot_work_before_building_anything(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    db = tmp_path / "serve.db"
+    (tmp_path / "afile").write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            (["--info-json", str(tmp_path / "no" / "info.json")], f"--info-json: {tmp_path / 'no'} is not a folder"),
+            (["--info-json", str(tmp_path)], f"--info-json: {tmp_path} is a folder"),
+            (["--state-dir", str(tmp_path / "afile")], f"--state-dir: {tmp_path / 'afile'} is a file"),
+            (["--http-port", str(port)], f"--http-port: {port} cannot be used on 127.0.0.1"),
+            (["--smtp-port", str(port)], f"--smtp-port: {port} cannot be used on 127.0.0.1"),
+        ]
+        for args, says in cases:
+            result = CliRunner().invoke(app, ["serve", "--virtual", "--db", str(db), *args])
+            assert result.exit_code == 2, (args, result.output)
+            assert result.stderr.strip().startswith(f"Error: {says}"), result.stderr
+            assert not db.exists()  # refused before the organization is built
+
+
+def test_mailbox_show_names_the_option_typed_for_an_empty_address(tmp_path):
+    result = CliRunner().invoke(app, ["mailbox", "show", "--mailbox", " ", "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("Error: --mailbox: is empty"), result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["tenant", "create", "--name", "Contoso", "--domain", "bad", "--admin", "x@contoso.onmicrosoft.com"],
+    ["cert", "new", "--subject", "crm.contoso.com", "--password", "x"],
+])
+def test_a_refused_first_step_leaves_no_database_behind(tmp_path, monkeypatch, args):
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "new.db"
+    result = CliRunner().invoke(app, [*args, "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: ")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == []  # no database, no -wal

@@ -220,6 +220,8 @@ CLI_RULES = [
 def test_the_cli_adds_lists_and_clears_rules_of_every_protocol(tmp_path):
     db = str(tmp_path / "w.db")
     runner = CliRunner()
+    assert runner.invoke(app, ["org", "init", "--name", "Contoso", "--admin-email", "admin@contoso.example",
+                               "--db", db]).exit_code == 0  # rules go into a sandbox: it must exist
     for args, _line in CLI_RULES:
         added = runner.invoke(app, ["fault", "add", *args, "--db", db])
         assert added.exit_code == 0, added.output

@@ -36,6 +36,24 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def file_problem(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be a SQLite database (a folder, unreadable, other content),
+    or None: it is one, or is empty, or does not exist yet."""
+    if path.is_dir():
+        return "is a folder"
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None if not header or header == SQLITE_HEADER else "is not a SQLite database"
+
+
 # sqlite3 binds an int, float or str at once, but looks for an adapter (two failed attribute
 # look-ups, each raising and clearing an AttributeError) before it binds None as NULL: ~0.5 µs per
 # NULL, and a tracked email writes about ten. An adapter registered for None is found first and
