@@ -109,10 +109,12 @@ def test_a_query_string_finds_words_phrases_and_properties(acc):
     assert subjects("budget NOT Subject:lunch") == ["Budget review 2024"]
     assert subjects("Participants:fabrikam") == ["Lunch plans"]
     assert folder.filter("(Subject:lunch OR Subject:budget) AND Body:tight").count() == 1
+    Message(account=acc, folder=acc.drafts, subject="AtxjI6..EXqX7if").save()  # dots inside a word: text
+    assert subjects("Subject:AtxjI6..EXqX7if") == ["AtxjI6..EXqX7if"]
 
 
-@pytest.mark.parametrize("query", ["received:today", "Subject:>b", 'Subject:"open quote', "budget AND",
-                                   "(Subject:budget"])
+@pytest.mark.parametrize("query", ["received:today", "Subject:>b", "Subject:1..5", "Subject:2024/1/1..2024/2/1",
+                                   'Subject:"open quote', "budget AND", "(Subject:budget"])
 def test_a_query_string_the_server_cannot_evaluate_is_refused(acc, query):
     with pytest.raises(ErrorUnsupportedQueryFilter):
         list(acc.drafts.filter(query))

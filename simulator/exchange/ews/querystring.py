@@ -17,8 +17,8 @@ A value with no letter or digit in it (a lone ``-``) is no condition.
 A ``name:value`` whose name is no AQS property is read as free text (``re:budget`` is two words).
 What the simulator does not evaluate is refused with ``ErrorUnsupportedQueryFilter`` naming it:
 AQS properties outside the list (``received:``, ``size:``, ``hasattachment:`` ...), comparisons and
-ranges (``size:>10``, ``received:1/1/2024..2/1/2024``), unbalanced quotes or parentheses, and a
-dangling operator.
+ranges of numbers or dates (``Subject:>b``, ``Subject:1..5``), unbalanced quotes or parentheses, and
+a dangling operator.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ _WORD = re.compile(r"[^\W_]+")
 _TOKEN = re.compile(r'\s*(?:(?P<paren>[()])|(?P<prop>[A-Za-z][\w.]*):(?P<pvalue>"[^"]*"|[^\s()"]*)'
                     r'|(?P<phrase>"[^"]*")|(?P<word>[^\s()"]+))')
 _OPERATORS = ("AND", "OR", "NOT")
+# a range of numbers or dates (1..5, 1/1/2024..2/1/2024, ..10); dots inside a word (a subject such
+# as "AtxjI6..EXq") are text, cut into words like any other punctuation
+_RANGE = re.compile(r"[\d/:.\-]*\.\.[\d/:.\-]*$")
 
 
 def words(text: str) -> list[str]:
@@ -159,7 +162,7 @@ class _Parser:
                               f"(searchable: {', '.join(sorted(self.fields))})")
             else:  # no AQS property: the whole token is text
                 value, prop = f"{prop}:{value}", ""
-        if prop and (value[:1] in (">", "<", "=") or ".." in value):
+        if prop and (value[:1] in (">", "<", "=") or _RANGE.match(value)):
             raise _refuse(f"comparisons and ranges ({prop}:{value}) are not supported")
         wanted = words(value.strip('"'))
         if not wanted:
