@@ -611,6 +611,10 @@ def clock_advance(
 
     with _Refused("clock advance"):
         span = parse(ClockAdvanceInput, {"days": days, "hours": hours, "minutes": minutes}, strict=False)
+        if not (span.days or span.hours or span.minutes):
+            from simulator.crm.errors import ValidationError
+
+            raise ValidationError("nothing to advance: give --days, --hours or --minutes (more than 0)", None)
         now = advance_clock(_engine(db), days=span.days or 0, hours=span.hours or 0, minutes=span.minutes or 0)
     _say(f"The sandbox clock is now {now:%Y-%m-%d %H:%M:%S} UTC.")
 

@@ -131,6 +131,8 @@ def test_a_read_only_database_is_one_line_saying_what_to_do(tmp_path, monkeypatc
     (["--days", "9999999"], "Error: --days: '9999999' is out of range (from 0 to 36600)"),
     (["--hours", "soon"], "Error: --hours: 'soon' is not a number (from 0 to 878400)"),
     (["--days", "-1"], "Error: --days: '-1' is out of range (from 0 to 36600)"),
+    ([], "Error: nothing to advance: give --days, --hours or --minutes (more than 0)"),
+    (["--hours", "0"], "Error: nothing to advance: give --days, --hours or --minutes (more than 0)"),
 ])
 def test_a_clock_advance_out_of_range_names_the_option_and_leaves_the_clock(tmp_path, monkeypatch, args, says):
     """The clock advance reads its amounts through its input model (the one range check): the value
