@@ -172,10 +172,7 @@ def _engine(db: str, *, creates: bool = False):
     (a mistyped --db would otherwise leave an empty database behind)."""
     from simulator.crm.db import make_engine, sqlite_url
 
-    if creates:
-        _starting(db)
-    else:
-        _must_exist(db)
+    _claim(db, creates=creates)
     return make_engine(db if "://" in db else sqlite_url(db))
 
 
@@ -223,7 +220,7 @@ class _Refused:
     filled in itself, the option the user typed instead (a logon name taken from ``--email``), or
     None when the user typed none (a default): the line names what the user wrote.
 
-    A database file the refused command started (:func:`_starting`) is removed: nothing written."""
+    A database file the refused command started (:func:`_claim`) is removed: nothing written."""
 
     def __init__(self, operation: str | None = None, derived: dict[str, str | None] | None = None) -> None:
         self.operation = operation
@@ -282,14 +279,20 @@ class _Refused:
 _STARTED: list[Path] = []  # database files the running command created, until it succeeds
 
 
-def _starting(db: str) -> None:
-    """Note a SQLite --db that does not exist yet and that this command is about to create: if the
-    command is refused, :class:`_Refused` removes it again."""
+def _claim(db: str, *, creates: bool) -> None:
+    """Before a command opens a SQLite --db that does not exist yet: a command that ``creates`` the
+    sandbox notes the file (if the command is refused, :class:`_Refused` removes it again); any
+    other command is refused, as a mistyped name would leave an empty database behind."""
+    from simulator.crm.db import DatabaseError
     from simulator.procedure import _sqlite_path
 
     target = _sqlite_path(db)
-    if isinstance(target, Path) and not target.exists():
-        _STARTED.append(target)
+    if not isinstance(target, Path) or target.exists():
+        return
+    if not creates:
+        raise DatabaseError(f"--db: {db} does not exist, so there is no organization yet: start with sss org init "
+                            "(sss walkthrough shows every step), or give the --db your sandbox uses")
+    _STARTED.append(target)
 
 
 def _in_sandbox(db: str, action, *, wire: bool = False, creates: bool = False):
@@ -300,10 +303,8 @@ def _in_sandbox(db: str, action, *, wire: bool = False, creates: bool = False):
     an organization, so a database without one is refused first."""
     from simulator.workspace import open_workspace
 
-    if creates:
-        _starting(db)
-    elif not wire:
-        _must_exist(db)
+    if creates or not wire:  # (wire refuses a database without an organization just below)
+        _claim(db, creates=creates)
 
     if wire and not _organization_exists(db):
         from simulator.crm.errors import OutOfOrderError
@@ -343,7 +344,7 @@ def org_init(
         parse(OrganizationInput, {"name": name, "admin_name": admin_name, "admin_domain": admin_domain,
                                   "admin_email": admin_email})  # before anything is written (the seed)
         if not _organization_exists(db):
-            _starting(db)
+            _claim(db, creates=True)
             remember_seed(db, seed)
         orgid = _in_sandbox(db, creates=True, action=lambda ws: ws.admin.create_organization(
             name, admin_name=admin_name, admin_domain=admin_domain, admin_email=admin_email, ifd=ifd,
@@ -353,18 +354,6 @@ def org_init(
     if not (ifd and hybrid_connector):
         _say("[yellow]Prerequisites are missing: see sss org check.[/yellow]")
     _say_next(db)
-
-
-def _must_exist(db: str) -> None:
-    """Refuse a SQLite --db that does not exist, for a command that does not create the sandbox: a
-    mistyped name would otherwise leave an empty database behind (and show empty tables)."""
-    from simulator.crm.db import DatabaseError
-    from simulator.procedure import _sqlite_path
-
-    target = _sqlite_path(db)
-    if isinstance(target, Path) and not target.exists():
-        raise DatabaseError(f"--db: {db} does not exist, so there is no organization yet: start with sss org init "
-                            "(sss walkthrough shows every step), or give the --db your sandbox uses")
 
 
 def _organization_exists(db: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from engine.clock import parse_instant
@@ -25,7 +25,8 @@ from engine.errors import KNOWN_ERRORS
 from simulator.crm.db import DatabaseError, file_problem, sqlite_url
 from simulator.crm.models import ActSyncMapping, ExchangeSyncIdMapping, Mailbox
 from simulator.crm.outcomes import mail_outcomes
-from simulator.crm.s2s import write_state
+from simulator.crm.s2s import read_state, write_state
+from simulator.procedure import _open_read_only
 from simulator.sandbox import DEFAULT_START, Sandbox
 from simulator.traffic import Party, TrafficMix, TrafficPlan
 
@@ -50,7 +51,7 @@ def fresh_database(path: str | Path) -> Path:
     if problem:
         raise DatabaseError(f"--db: {given} {problem}, and the demo replaces its database each run; "
                             "give another file")
-    if path.exists() and _holds_another_sandbox(path):
+    if _holds_another_sandbox(path):
         raise DatabaseError(f"--db: {given} holds a sandbox the demo did not make, and the demo replaces its "
                             "database each run; give another file (or delete this one yourself)")
     folder = path.parent
@@ -64,20 +65,20 @@ def fresh_database(path: str | Path) -> Path:
 
 def _holds_another_sandbox(path: Path) -> bool:
     """Whether the SQLite file holds an organization that no demo marked as its own (read only)."""
-    try:
-        conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error:
+    engine = _open_read_only(str(path))
+    if engine is None:
         return False
     try:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "organization" not in tables or conn.execute("SELECT 1 FROM organization LIMIT 1").fetchone() is None:
-            return False
-        return "simulatorstate" not in tables or conn.execute(
-            "SELECT 1 FROM simulatorstate WHERE key = ?", (DEMO_KEY,)).fetchone() is None
-    except sqlite3.Error:
+        tables = set(inspect(engine).get_table_names())
+        with Session(engine) as session:
+            if "organization" not in tables or session.execute(text("SELECT 1 FROM organization")).first() is None:
+                return False
+            return "simulatorstate" not in tables or read_state(session, DEMO_KEY) is None
+    except SQLAlchemyError:
         return False
     finally:
-        conn.close()
+        engine.dispose()
+
 
 def build_organization(admin, rng: random.Random, *, users: int, queues: int, contacts: int,
                        tenant_id: str | None = None, domain: str = "contoso.example",
