@@ -232,8 +232,9 @@ class _Refused:
 
     def _remove_started(self) -> None:
         for path in _STARTED:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
+            if _as_new(path):  # another process may have written into it meanwhile: then it stays
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
         _STARTED.clear()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -277,6 +278,37 @@ class _Refused:
 
 
 _STARTED: list[Path] = []  # database files the running command created, until it succeeds
+
+
+_NEW_DATABASE_STATE = {"schema", "seed"}  # simulatorstate keys a database has before any step succeeded
+
+
+def _as_new(path: Path) -> bool:
+    """Whether the SQLite file holds only what a database gets when it is made (its schema version,
+    the seed, the id counters): nothing a step wrote, in this process or another."""
+    from sqlalchemy import inspect as inspect_db
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from simulator.procedure import _open_read_only
+
+    engine = _open_read_only(str(path))
+    if engine is None:
+        return True
+    try:
+        with engine.connect() as conn:
+            for table in inspect_db(conn).get_table_names():
+                if table == "simulatorstate":
+                    keys = {key for (key,) in conn.execute(text("SELECT key FROM simulatorstate"))}
+                    if not keys <= _NEW_DATABASE_STATE:
+                        return False
+                elif table != "simulatorcounter" and conn.execute(text(f'SELECT 1 FROM "{table}" LIMIT 1')).first():
+                    return False
+        return True
+    except SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
 
 
 def _claim(db: str, *, creates: bool) -> None:

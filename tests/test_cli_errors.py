@@ -282,3 +282,31 @@ def test_a_refused_first_step_leaves_no_database_behind(tmp_path, monkeypatch, a
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("Error: ")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == []  # no database, no -wal
+
+
+def test_a_refused_first_step_keeps_a_database_another_process_wrote_into(tmp_path, monkeypatch):
+    """The file a refused step started is removed only while it holds nothing a step wrote: a second
+    process that created a tenant in it meanwhile keeps its tenant."""
+    from simulator.crm import s2s
+    from simulator.crm.db import make_engine, sqlite_url
+    from simulator.crm.errors import ValidationError
+
+    monkeypatch.setenv("SSS_HOME", str(tmp_path / "home"))
+    db = tmp_path / "new.db"
+    real = s2s.create_tenant
+
+    def raced(engine, *_args):
+        other = make_engine(sqlite_url(db))  # the other process, on its own connection
+        try:
+            real(other, "Fabrikam", ["fabrikam.onmicrosoft.com"], ["admin@fabrikam.onmicrosoft.com"])
+        finally:
+            other.dispose()
+        raise ValidationError("refused after the other process wrote", "name")
+
+    monkeypatch.setattr(s2s, "create_tenant", raced)
+    result = CliRunner().invoke(app, ["tenant", "create", "--name", "Contoso", "--domain", "contoso.onmicrosoft.com",
+                                      "--admin", "admin@contoso.onmicrosoft.com", "--db", str(db)])
+    assert result.exit_code == 1 and "refused after the other process wrote" in result.stderr
+    monkeypatch.setattr(s2s, "create_tenant", real)
+    listed = CliRunner().invoke(app, ["tenant", "list", "--db", str(db)])
+    assert listed.exit_code == 0 and "Fabrikam" in listed.output, listed.output
