@@ -51,7 +51,7 @@ def fresh_database(path: str | Path) -> Path:
     if problem:
         raise DatabaseError(f"--db: {given} {problem}, and the demo replaces its database each run; "
                             "give another file")
-    if _holds_another_sandbox(path):
+    if path.name != DEMO_DB and _holds_another_sandbox(path):  # its default file: always its own (README)
         raise DatabaseError(f"--db: {given} holds a sandbox the demo did not make, and the demo replaces its "
                             "database each run; give another file (or delete this one yourself)")
     folder = path.parent

@@ -222,6 +222,10 @@ def test_the_demo_keeps_a_sandbox_it_did_not_make_and_replaces_its_own(tmp_path,
     assert result.stderr.strip().startswith(f"Error: --db: {precious} holds a sandbox the demo did not make")
     assert precious.read_bytes() == before
 
+    default = tmp_path / "sss-demo.db"  # the demo's own default name: replaced even without its mark
+    precious.rename(default)
+    assert runner.invoke(app, ["demo", "--db", str(default), "--hours", "0.1"]).exit_code == 0
+
 
 @pytest.mark.parametrize("given, says", [
     ("", "it is empty; give a SQLite file path"),
