@@ -79,7 +79,8 @@ def _encode_value(value: Any) -> Any:
 # exponent form would read 1e16 rather than 1e+16, the same number, and a NaN or an infinity null;
 # the store's events hold no floats).
 # What it cannot write as ASCII JSON (a lone surrogate, non-ASCII text, an integer beyond 64 bits, a
-# key that is not a string) is written by json as before: the journal stays ASCII either way.
+# key that is not a string, the DEL character) is written by json as before: the journal stays ASCII
+# either way.
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
@@ -88,7 +89,7 @@ def encode(events: list[dict]) -> str:
         out = orjson.dumps(events, default=_encode_value, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
         out = None
-    if out is not None and out.isascii():
+    if out is not None and out.isascii() and b"\x7f" not in out:  # (json escapes DEL as \u007f; orjson does not)
         return out.decode("ascii")
     return json.dumps(events, default=_encode_value, separators=(",", ":"), ensure_ascii=True)
 
